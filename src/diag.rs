@@ -1,0 +1,1 @@
+//! Diagnostics: what is wrong in a recipe, where, and how to fix it.

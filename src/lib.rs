@@ -1,0 +1,20 @@
+//! `recipe`: declarative contrastive representation learning on images.
+//!
+//! A YAML *recipe* flows one way through the crate:
+//!
+//! ```text
+//! YAML text --spec::load--> typed Recipe --spec::check--> validated Recipe
+//!   --build--> { data loader, augment chain, model (nn), objective, optimiser }
+//!   --train--> checkpoints + metrics --eval--> downstream results --report--> run dir
+//! ```
+//!
+//! The language layer ([`spec`], [`diag`]) knows nothing about tensors; the engine
+//! ([`nn`], [`optim`], [`objective`]) knows nothing about YAML; the binary is a thin
+//! shell over this library. See `ARCHITECTURE.md` for the codemap.
+
+pub mod augment;
+pub mod data;
+pub mod diag;
+pub mod nn;
+pub mod optim;
+pub mod spec;

@@ -1,0 +1,1 @@
+//! The project's own differentiable ops (conv2d, pooling, batch norm, …).

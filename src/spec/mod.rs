@@ -1,0 +1,1 @@
+//! The recipe language: typed sections, loading with positions, and semantic checks.
