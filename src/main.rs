@@ -142,7 +142,11 @@ fn render(file: &PathBuf, sets: &[String], format: Format) -> ExitCode {
     };
     eprint!("{}", render_human(&loaded.diagnostics, &loaded.sources));
     let text = match format {
-        Format::Human => serde_yaml::to_string(recipe).unwrap_or_default(),
+        // Through JSON, so op lists render as plain one-key mappings, not YAML tags.
+        Format::Human => serde_json::to_value(recipe)
+            .ok()
+            .and_then(|v| serde_yaml::to_string(&v).ok())
+            .unwrap_or_default(),
         Format::Json => serde_json::to_string_pretty(recipe).unwrap_or_default() + "\n",
     };
     let mut out = std::io::stdout().lock();

@@ -142,6 +142,7 @@ impl Loader {
             loaded.document = Some(doc);
             return Ok(loaded);
         }
+        resolve_data_paths(&mut doc, &loaded.sources);
         let mut nf = Vec::new();
         yaml::non_finite(&doc, &mut Vec::new(), &mut nf);
         loaded.diagnostics.extend(nf);
@@ -365,19 +366,61 @@ fn resolve_extends(
     );
     chain.pop();
     let mut base = base?;
-    merge(&mut base, root);
+    merge(&mut base, root, &mut Vec::new());
     Some(base)
 }
 
+/// The key that selects the variant of the tagged section at `path`, if it is one.
+fn tag_key(path: &[&str]) -> Option<&'static str> {
+    match path {
+        ["loss"] => Some("method"),
+        ["optimizer"] => Some("name"),
+        ["schedule"] => Some("kind"),
+        ["model", "backbone"] => Some("arch"),
+        ["data", "source"] => Some("format"),
+        _ => None,
+    }
+}
+
 /// Deep merge: mappings merge key by key; anything else in `over` replaces `base`.
-fn merge(base: &mut Node, over: Node) {
+/// A tagged section whose tag changes (`loss.method: moco` over `simclr`) is replaced
+/// whole, since the base variant's keys mean nothing to the new one.
+fn merge(base: &mut Node, over: Node, path: &mut Vec<&str>) {
+    if let (NodeKind::Map(b), NodeKind::Map(o), Some(tag)) = (&base.kind, &over.kind, tag_key(path))
+    {
+        let get = |m: &[(Key, Node)]| {
+            m.iter()
+                .find(|(k, _)| k.name == tag)
+                .map(|(_, v)| v.kind.clone())
+        };
+        if let Some(to) = get(o) {
+            if get(b).as_ref() != Some(&to) {
+                *base = over;
+                return;
+            }
+        }
+    }
     match (&mut base.kind, over.kind) {
         (NodeKind::Map(b), NodeKind::Map(o)) => {
             for (k, v) in o {
                 match b.iter_mut().find(|(bk, _)| bk.name == k.name) {
                     Some((bk, bv)) => {
+                        let name = k.name.clone();
                         *bk = k;
-                        merge(bv, v);
+                        // Paths only need the static section names `tag_key` knows.
+                        let seg: &str = match name.as_str() {
+                            "loss" => "loss",
+                            "optimizer" => "optimizer",
+                            "schedule" => "schedule",
+                            "model" => "model",
+                            "backbone" => "backbone",
+                            "data" => "data",
+                            "source" => "source",
+                            _ => "",
+                        };
+                        path.push(seg);
+                        merge(bv, v, path);
+                        path.pop();
                     }
                     None => b.push((k, v)),
                 }
@@ -387,6 +430,74 @@ fn merge(base: &mut Node, over: Node) {
             base.kind = kind;
             base.span = over.span;
         }
+    }
+}
+
+/// Keys of `data.source` that hold file or folder paths.
+const PATH_KEYS: [&str; 7] = [
+    "train_images",
+    "train_labels",
+    "test_images",
+    "test_labels",
+    "dir",
+    "train",
+    "test",
+];
+
+/// Resolves relative data paths against the recipe file that wrote them (a base file's
+/// paths stay right when a recipe elsewhere extends it) and makes them absolute.
+/// `--set` paths stay relative to the current directory.
+fn resolve_data_paths(doc: &mut Node, sources: &Sources) {
+    let NodeKind::Map(root) = &mut doc.kind else {
+        return;
+    };
+    let Some((_, data)) = root.iter_mut().find(|(k, _)| k.name == "data") else {
+        return;
+    };
+    let NodeKind::Map(data) = &mut data.kind else {
+        return;
+    };
+    let Some((_, source)) = data.iter_mut().find(|(k, _)| k.name == "source") else {
+        return;
+    };
+    let NodeKind::Map(source) = &mut source.kind else {
+        return;
+    };
+    for (k, v) in source.iter_mut() {
+        let NodeKind::Str(p) = &v.kind else { continue };
+        if !PATH_KEYS.contains(&k.name.as_str()) || Path::new(p).is_absolute() {
+            continue;
+        }
+        let file = &sources.get(v.span.file).name;
+        if file == "--set" {
+            continue;
+        }
+        if let Some(dir) = Path::new(file).parent() {
+            // Absolute, so a rendered recipe means the same wherever it is saved.
+            let joined = dir.join(p);
+            let abs = std::path::absolute(&joined).unwrap_or(joined);
+            v.kind = NodeKind::Str(normalize_lexically(&abs).display().to_string());
+        }
+    }
+}
+
+/// Removes `.` and `a/..` pairs without touching the file system.
+fn normalize_lexically(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out: Vec<Component> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.last(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.is_empty() {
+        PathBuf::from(".")
+    } else {
+        out.iter().collect()
     }
 }
 

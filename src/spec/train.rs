@@ -41,8 +41,10 @@ fn prefetch_default() -> usize {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Device {
-    /// The CPU (always available).
+    /// CUDA when this binary was built with it, else the CPU.
     #[default]
+    Auto,
+    /// The CPU (always available).
     Cpu,
     /// An NVIDIA GPU; needs a binary built with `--features cuda`.
     Cuda,
