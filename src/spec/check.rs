@@ -312,9 +312,14 @@ fn check_augment(r: &Recipe, out: &mut Vec<Diagnostic>) {
     let sizes = view_sizes(a, size);
     let min_side = 1usize << r.model.backbone.downsamplings();
     if let Some((v, s)) = sizes.iter().enumerate().find(|(_, s)| **s < min_side) {
+        let at = if *s == size {
+            "data.image_size"
+        } else {
+            "augment"
+        };
         err(
             out,
-            "augment",
+            at,
             format!(
                 "view {v} is {s}×{s}, smaller than the {min_side}×{min_side} that `{}` needs for its {} stride-2 stages",
                 r.model.backbone.arch(),

@@ -145,9 +145,11 @@ impl Loader {
         resolve_data_paths(&mut doc, &loaded.sources);
         let mut nf = Vec::new();
         yaml::non_finite(&doc, &mut Vec::new(), &mut nf);
-        loaded.diagnostics.extend(nf);
+        loaded.diagnostics.extend(nf.iter().cloned());
         let json = doc.to_json();
         let mut schema_diags = self.validator.validate(&json, &doc);
+        // A non-finite number was already reported; its type error says nothing new.
+        schema_diags.retain(|d| !nf.iter().any(|n| n.path == d.path));
         sort_by_position(&mut schema_diags);
         loaded.diagnostics.extend(schema_diags);
         if !loaded.has_errors() {
@@ -182,11 +184,32 @@ pub fn span_of(doc: &Node, dotted: &str) -> Option<Span> {
         dotted.split('.').map(str::to_string).collect()
     };
     let loc = doc.locate(&path);
-    Some(if loc.depth == path.len() {
+    let reached = loc.depth == path.len();
+    let block = reached
+        && matches!(
+            doc_at(doc, &path).map(|n| &n.kind),
+            Some(NodeKind::Map(_) | NodeKind::Null)
+        );
+    Some(if reached && !block {
         loc.value
     } else {
         loc.key.unwrap_or(loc.value)
     })
+}
+
+fn doc_at<'a>(doc: &'a Node, path: &[String]) -> Option<&'a Node> {
+    let mut n = doc;
+    for seg in path {
+        n = match &n.kind {
+            NodeKind::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| &k.name == seg)
+                .map(|(_, v)| v)?,
+            NodeKind::Seq(items) => items.get(seg.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(n)
 }
 
 fn sort_by_position(diags: &mut [Diagnostic]) {

@@ -58,7 +58,9 @@ fn refine(v: &mut Value) {
                 obj.remove("format");
             }
             if let Some(Value::Array(branches)) = obj.get("oneOf") {
-                if let Some(merged) = merge_external(branches).or_else(|| merge_internal(branches))
+                if let Some(merged) = merge_external(branches)
+                    .or_else(|| merge_internal(branches))
+                    .or_else(|| merge_string_enum(branches))
                 {
                     obj.remove("oneOf");
                     obj.remove("type");
@@ -97,6 +99,27 @@ fn merge_external(branches: &[Value]) -> Option<Map<String, Value>> {
     out.insert("additionalProperties".into(), json!(false));
     out.insert("minProperties".into(), json!(1));
     out.insert("maxProperties".into(), json!(1));
+    Some(out)
+}
+
+/// `oneOf` of documented single-value string enums (a unit enum whose variants have
+/// doc comments) → one `enum`, with the descriptions kept in `enumDescriptions`, which
+/// editors (yaml-language-server) show and validators ignore.
+fn merge_string_enum(branches: &[Value]) -> Option<Map<String, Value>> {
+    let mut values = Vec::new();
+    let mut descriptions = Vec::new();
+    for b in branches {
+        let e = b.get("enum")?.as_array()?;
+        if e.len() != 1 || !e[0].is_string() {
+            return None;
+        }
+        values.push(e[0].clone());
+        descriptions.push(b.get("description").cloned().unwrap_or(json!("")));
+    }
+    let mut out = Map::new();
+    out.insert("type".into(), json!("string"));
+    out.insert("enum".into(), Value::Array(values));
+    out.insert("enumDescriptions".into(), Value::Array(descriptions));
     Some(out)
 }
 
@@ -348,8 +371,23 @@ impl Validator {
         let schema = self.schema_at(doc, path);
         let dotted = path.join(".");
         let loc = root.locate(path);
-        let value_span = Some(loc.value);
-        let key_or_value = Some(loc.key.unwrap_or(loc.value));
+        // Nulls and containers start at awkward places (the next token, the first item):
+        // point at their key instead.
+        let value_span = match instance {
+            Some(Value::Null | Value::Object(_)) if loc.key.is_some() => loc.key,
+            _ if path.is_empty() => Some(crate::diag::Span {
+                line: 1,
+                col: 1,
+                len: 1,
+                ..loc.value
+            }),
+            _ => Some(loc.value),
+        };
+        let key_or_value = if path.is_empty() {
+            value_span
+        } else {
+            Some(loc.key.unwrap_or(loc.value))
+        };
         let d = match err.kind() {
             K::AdditionalProperties { unexpected } => {
                 let allowed_owned = self.allowed_keys(doc, path);
@@ -448,6 +486,15 @@ impl Validator {
                 ),
             )
             .with_span(value_span),
+            K::Maximum { .. } if dotted == "version" => Diagnostic::error(
+                dotted.clone(),
+                format!(
+                    "unsupported recipe language version {}; this build reads version 1",
+                    json_kind(instance).trim_start_matches("the number ")
+                ),
+            )
+            .with_span(value_span)
+            .with_help("write `version: 1`, or use a newer `recipe`"),
             K::Maximum { limit } => Diagnostic::error(
                 dotted.clone(),
                 format!(
