@@ -3,7 +3,7 @@
 //! 0 success / valid, 1 invalid recipe, 2 usage or I/O error.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -72,7 +72,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(loader: &Loader, file: &PathBuf, sets: &[String]) -> Result<Loaded, ExitCode> {
+fn load(loader: &Loader, file: &Path, sets: &[String]) -> Result<Loaded, ExitCode> {
     loader.load_file(file, sets).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)
@@ -129,7 +129,7 @@ fn validate(files: &[PathBuf], sets: &[String], format: Format) -> ExitCode {
     ExitCode::from(code)
 }
 
-fn render(file: &PathBuf, sets: &[String], format: Format) -> ExitCode {
+fn render(file: &Path, sets: &[String], format: Format) -> ExitCode {
     let loader = Loader::new();
     let loaded = match load(&loader, file, sets) {
         Ok(l) => l,

@@ -114,19 +114,18 @@ fn check_data(r: &Recipe, out: &mut Vec<Diagnostic>) {
         test_labels,
         ..
     } = &d.source
+        && test_images.is_some() != test_labels.is_some()
     {
-        if test_images.is_some() != test_labels.is_some() {
-            let which = if test_images.is_some() {
-                "test_labels"
-            } else {
-                "test_images"
-            };
-            err(
-                out,
-                format!("data.source.{which}"),
-                "IDX test images and test labels must be given together",
-            );
-        }
+        let which = if test_images.is_some() {
+            "test_labels"
+        } else {
+            "test_images"
+        };
+        err(
+            out,
+            format!("data.source.{which}"),
+            "IDX test images and test labels must be given together",
+        );
     }
     if let Some(n) = &d.normalize {
         for (key, vals) in [("mean", &n.mean), ("std", &n.std)] {
@@ -161,19 +160,19 @@ fn check_ops(ops: &[Op], base: &str, image_size: usize, out: &mut Vec<Diagnostic
             Op::RandomResizedCrop(c) => {
                 ordered(out, &format!("{p}.scale"), "scale", c.scale, Some(1.0));
                 ordered(out, &format!("{p}.ratio"), "ratio", c.ratio, None);
-                if let Some(s) = c.size {
-                    if s > image_size {
-                        err(
-                            out,
-                            format!("{p}.size"),
-                            format!(
-                                "crop size {s} is larger than the image ({image_size}×{image_size})"
-                            ),
-                        )
-                        .help = Some(format!(
-                            "use a size of at most {image_size}, or raise `data.image_size`"
-                        ));
-                    }
+                if let Some(s) = c.size
+                    && s > image_size
+                {
+                    err(
+                        out,
+                        format!("{p}.size"),
+                        format!(
+                            "crop size {s} is larger than the image ({image_size}×{image_size})"
+                        ),
+                    )
+                    .help = Some(format!(
+                        "use a size of at most {image_size}, or raise `data.image_size`"
+                    ));
                 }
             }
             Op::GaussianBlur(b) => {
@@ -208,10 +207,9 @@ fn check_ops(ops: &[Op], base: &str, image_size: usize, out: &mut Vec<Diagnostic
     if let Some(pos) = ops
         .iter()
         .position(|o| matches!(o, Op::RandomResizedCrop(_)))
+        && pos != 0
     {
-        if pos != 0 {
-            out.push(Diagnostic::warning(format!("{base}.{pos}"), "`random_resized_crop` is not the first op, so the ops before it run at full resolution and are then cropped").with_help("torchvision and solo-learn crop first"));
-        }
+        out.push(Diagnostic::warning(format!("{base}.{pos}"), "`random_resized_crop` is not the first op, so the ops before it run at full resolution and are then cropped").with_help("torchvision and solo-learn crop first"));
     }
 }
 
@@ -423,9 +421,9 @@ fn check_loss(r: &Recipe, out: &mut Vec<Diagnostic>) {
                         "queue_size must be a positive multiple of the batch size ({batch}), found {queue_size}"
                     ),
                 );
-                if batch > 0 {
-                    let lower = (queue_size / batch).max(1) * batch;
-                    e.help = Some(format!("use {lower} ({} × {batch})", lower / batch));
+                if let Some(times) = queue_size.checked_div(batch) {
+                    let times = times.max(1);
+                    e.help = Some(format!("use {} ({times} × {batch})", times * batch));
                 }
             }
             if views != 2 {

@@ -416,11 +416,11 @@ fn merge(base: &mut Node, over: Node, path: &mut Vec<&str>) {
                 .find(|(k, _)| k.name == tag)
                 .map(|(_, v)| v.kind.clone())
         };
-        if let Some(to) = get(o) {
-            if get(b).as_ref() != Some(&to) {
-                *base = over;
-                return;
-            }
+        if let Some(to) = get(o)
+            && get(b).as_ref() != Some(&to)
+        {
+            *base = over;
+            return;
         }
     }
     match (&mut base.kind, over.kind) {
@@ -531,8 +531,11 @@ fn line_col(text: &str, prefix: &str) -> (usize, usize) {
     (line, col)
 }
 
+/// A parsed `--set`: the argument, its path, and the value's offset and text.
+type SetArg = (String, Vec<String>, (usize, String));
+
 /// `a.b.0.c=value` → (argument, path segments, value text offset and text).
-fn parse_set(arg: &str) -> Result<(String, Vec<String>, (usize, String)), LoadError> {
+fn parse_set(arg: &str) -> Result<SetArg, LoadError> {
     let Some((path, value)) = arg.split_once('=') else {
         return Err(LoadError::BadSet(arg.to_string()));
     };

@@ -57,16 +57,15 @@ fn refine(v: &mut Value) {
             }) {
                 obj.remove("format");
             }
-            if let Some(Value::Array(branches)) = obj.get("oneOf") {
-                if let Some(merged) = merge_external(branches)
+            if let Some(Value::Array(branches)) = obj.get("oneOf")
+                && let Some(merged) = merge_external(branches)
                     .or_else(|| merge_internal(branches))
                     .or_else(|| merge_string_enum(branches))
-                {
-                    obj.remove("oneOf");
-                    obj.remove("type");
-                    for (k, val) in merged {
-                        obj.insert(k, val);
-                    }
+            {
+                obj.remove("oneOf");
+                obj.remove("type");
+                for (k, val) in merged {
+                    obj.insert(k, val);
                 }
             }
         }
@@ -239,10 +238,10 @@ impl Validator {
             if key_is_tag(schema, key) {
                 return Some(s);
             }
-            if let Some(then) = self.selected_arm(schema, inst) {
-                if let Some(s2) = then.get("properties").and_then(|p| p.get(key)) {
-                    return self.resolve(s2);
-                }
+            if let Some(then) = self.selected_arm(schema, inst)
+                && let Some(s2) = then.get("properties").and_then(|p| p.get(key))
+            {
+                return self.resolve(s2);
             }
             return self.resolve(s);
         }

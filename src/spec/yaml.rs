@@ -213,15 +213,15 @@ fn plain_scalar(text: &str) -> NodeKind {
         ".nan" | ".NaN" | ".NAN" => return NodeKind::Float(f64::NAN),
         _ => {}
     }
-    if let Some(hex) = text.strip_prefix("0x") {
-        if let Ok(i) = i64::from_str_radix(hex, 16) {
-            return NodeKind::Int(i);
-        }
+    if let Some(hex) = text.strip_prefix("0x")
+        && let Ok(i) = i64::from_str_radix(hex, 16)
+    {
+        return NodeKind::Int(i);
     }
-    if let Some(oct) = text.strip_prefix("0o") {
-        if let Ok(i) = i64::from_str_radix(oct, 8) {
-            return NodeKind::Int(i);
-        }
+    if let Some(oct) = text.strip_prefix("0o")
+        && let Ok(i) = i64::from_str_radix(oct, 8)
+    {
+        return NodeKind::Int(i);
     }
     let looks_numeric = text
         .chars()
@@ -236,10 +236,9 @@ fn plain_scalar(text: &str) -> NodeKind {
             .chars()
             .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'))
             && body.chars().any(|c| c.is_ascii_digit())
+            && let Ok(f) = text.parse::<f64>()
         {
-            if let Ok(f) = text.parse::<f64>() {
-                return NodeKind::Float(f);
-            }
+            return NodeKind::Float(f);
         }
     }
     NodeKind::Str(text.to_string())
