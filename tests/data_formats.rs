@@ -638,3 +638,72 @@ fn check_paths_reports_each_field() {
     assert_eq!(problems[1].field, "source.test");
     assert!(check_paths(&DataConfig::new(Source::Builtin)).is_empty());
 }
+
+// ---------- the recipe adapter ----------
+
+fn spec_data(yaml: &str) -> recipe::spec::data::Data {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+#[test]
+fn recipe_data_section_maps_onto_the_config() {
+    let d = spec_data(
+        "source: {format: builtin}\nimage_size: 28\nchannels: 1\nmixed_sizes: error\n\
+         labels: false\nsubset: 0.1\n",
+    );
+    let cfg = DataConfig::from_spec(&d, 5);
+    assert_eq!(cfg.source, Source::Builtin);
+    assert_eq!(
+        (cfg.channels, cfg.image_size, cfg.resize),
+        (Some(1), Some((28, 28)), Resize::Error)
+    );
+    assert_eq!(
+        (cfg.subset, cfg.holdout, cfg.use_labels, cfg.seed),
+        (Some(0.1), None, false, 5)
+    );
+    let data = load(&cfg).unwrap();
+    assert_eq!(data.train.len(), 1000);
+    assert!(data.train.labels().is_none());
+    assert_eq!(
+        data.test.unwrap().len(),
+        2000,
+        "test labels kept for evaluation"
+    );
+    assert!(recipe::data::check_spec_paths(&d).is_empty());
+
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("cifar");
+    let d = spec_data(&format!(
+        "source: {{format: cifar, variant: cifar100, dir: '{}'}}\nimage_size: 32\n",
+        missing.display()
+    ));
+    let cfg = DataConfig::from_spec(&d, 0);
+    match &cfg.source {
+        Source::Cifar(f) => {
+            assert_eq!(f.kind, CifarKind::Cifar100Fine);
+            assert_eq!(f.train, vec![missing.join("train.bin")]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!((cfg.channels, cfg.resize), (Some(3), Resize::Bilinear));
+    let problems = recipe::data::check_spec_paths(&d);
+    assert_eq!(problems.len(), 1);
+    assert_eq!(
+        (problems[0].field.as_str(), problems[0].problem.as_str()),
+        ("data.source.dir", "does not exist")
+    );
+    std::fs::create_dir_all(&missing).unwrap();
+    write(&missing.join("train.bin"), &cifar_record(&[0, 1], 0));
+    let problems = recipe::data::check_spec_paths(&d);
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].path, missing.join("test.bin"));
+
+    let d = spec_data(&format!(
+        "source: {{format: image_folder, train: '{}'}}\nimage_size: 8\ntest_fraction: 0.25\n",
+        tmp.path().join("nope").display()
+    ));
+    let cfg = DataConfig::from_spec(&d, 0);
+    assert_eq!(cfg.holdout, Some(0.25));
+    let problems = recipe::data::check_spec_paths(&d);
+    assert_eq!(problems[0].field, "data.source.train");
+}

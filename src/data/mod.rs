@@ -37,6 +37,7 @@ pub mod idx;
 pub mod image;
 pub mod loader;
 pub mod source;
+pub mod spec;
 
 pub use check::{PathProblem, check_paths};
 pub use cifar::CifarKind;
@@ -46,3 +47,4 @@ pub use folder::Skipped;
 pub use image::Image;
 pub use loader::{Batch, Epoch, Loader, LoaderConfig, ViewBatch};
 pub use source::{CifarFiles, DataConfig, IdxFiles, LoadedData, Resize, Source, load};
+pub use spec::check_spec_paths;
