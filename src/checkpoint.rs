@@ -1,0 +1,732 @@
+//! Training checkpoints and weight export, in the safetensors format.
+//!
+//! A checkpoint is one safetensors file holding:
+//! - every entry of the [`ParamStore`] (parameters and buffers) under its own
+//!   torchvision-style name (`layer1.0.conv1.weight`, `bn1.running_mean`), `F32`, with its
+//!   logical shape;
+//! - the optimiser state ([`OptimizerState`]) under `optimizer.<param>.<slot>`;
+//! - in the safetensors metadata (string → string): the format tag and version, the
+//!   schedule position (`epoch`, `step`), the caller's RNG state (opaque `u64`s), the hash
+//!   of the resolved recipe, the optimiser kind and step count, and a SHA-256 digest over
+//!   all of the above and every tensor's name, dtype, shape and bytes.
+//!
+//! Invariants:
+//! - Writing is atomic: the bytes go to a temporary file in the destination directory,
+//!   which is fsynced, renamed over the destination, and the directory is fsynced. A
+//!   crash leaves either the old file or the new one, and a failed write removes its
+//!   temporary file.
+//! - Loading never half-loads: the file is parsed, its digest checked, and every name,
+//!   shape and dtype compared with the store and the optimiser; only when nothing is
+//!   wrong are the store and the optimiser changed. All mismatches are reported in one
+//!   [`CheckpointError::Mismatch`], by name.
+//! - safetensors itself has no checksum; the digest is what turns a flipped byte anywhere
+//!   in the file (data, names, metadata) into a clear [`CheckpointError::Corrupt`].
+//!
+//! [`export_weights`] writes a plain safetensors file of selected entries (e.g. the
+//! backbone) for PyTorch: `safetensors.torch.load_file` then `load_state_dict`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dfdx::prelude::*;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use sha2::{Digest, Sha256};
+
+use crate::nn::params::{ParamStore, Role};
+use crate::optim::{Optimizer, OptimizerState, StateTensor};
+
+/// Value of the `format` metadata key in every checkpoint.
+pub const FORMAT: &str = "recipe-checkpoint";
+/// Version of the checkpoint layout; bumped when the layout changes incompatibly.
+pub const FORMAT_VERSION: &str = "1";
+/// Prefix of optimiser-state tensor names.
+pub const OPTIMIZER_PREFIX: &str = "optimizer.";
+
+const KEY_FORMAT: &str = "format";
+const KEY_VERSION: &str = "format_version";
+const KEY_EPOCH: &str = "epoch";
+const KEY_STEP: &str = "step";
+const KEY_RNG: &str = "rng_state";
+const KEY_RECIPE: &str = "recipe_hash";
+const KEY_OPTIM: &str = "optimizer";
+const KEY_OPTIM_STEP: &str = "optimizer_step";
+const KEY_DIGEST: &str = "sha256";
+
+/// Where training stands and what produced it: everything in a checkpoint besides the
+/// tensors.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct CheckpointMeta {
+    /// Epochs completed.
+    pub epoch: u64,
+    /// Optimiser steps completed (the schedule's position).
+    pub step: u64,
+    /// The caller's RNG state, stored and returned verbatim.
+    pub rng_state: Vec<u64>,
+    /// Hash of the resolved recipe that produced the run.
+    pub recipe_hash: String,
+}
+
+/// One way a checkpoint disagrees with the model it is loaded into.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mismatch {
+    /// The model has this tensor; the file does not.
+    Missing {
+        /// Tensor name.
+        name: String,
+    },
+    /// The file has this tensor; the model does not.
+    Unexpected {
+        /// Tensor name.
+        name: String,
+    },
+    /// Same name, different shape.
+    Shape {
+        /// Tensor name.
+        name: String,
+        /// Shape in the model.
+        expected: Vec<usize>,
+        /// Shape in the file.
+        found: Vec<usize>,
+    },
+    /// Same name, different element type.
+    Dtype {
+        /// Tensor name.
+        name: String,
+        /// Element type the model holds.
+        expected: String,
+        /// Element type in the file.
+        found: String,
+    },
+    /// The file's optimiser state is for a different optimiser.
+    Optimizer {
+        /// The optimiser being restored (`none` when the caller passed none).
+        expected: String,
+        /// The optimiser recorded in the file (`none` when it has no state).
+        found: String,
+    },
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mismatch::Missing { name } => write!(f, "missing tensor `{name}`"),
+            Mismatch::Unexpected { name } => write!(f, "unexpected tensor `{name}`"),
+            Mismatch::Shape {
+                name,
+                expected,
+                found,
+            } => write!(
+                f,
+                "tensor `{name}` has shape {found:?}, the model expects {expected:?}"
+            ),
+            Mismatch::Dtype {
+                name,
+                expected,
+                found,
+            } => write!(
+                f,
+                "tensor `{name}` has dtype {found}, the model expects {expected}"
+            ),
+            Mismatch::Optimizer { expected, found } => write!(
+                f,
+                "optimiser state is for `{found}`, the run uses `{expected}`"
+            ),
+        }
+    }
+}
+
+/// Errors from writing, reading or exporting checkpoints.
+#[derive(Debug)]
+pub enum CheckpointError {
+    /// Reading, writing or renaming failed.
+    Io {
+        /// What was being done (`write`, `read`, `rename`, ...).
+        action: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The file is not a readable checkpoint: truncated, corrupted, not safetensors, or
+    /// not written by this program.
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The file is intact but does not fit the model (every mismatch listed).
+    Mismatch {
+        /// The file.
+        path: PathBuf,
+        /// Each disagreement, by name.
+        problems: Vec<Mismatch>,
+    },
+    /// The store or request cannot be written as asked.
+    Invalid(String),
+}
+
+impl fmt::Display for CheckpointError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CheckpointError::Io {
+                action,
+                path,
+                source,
+            } => write!(f, "cannot {action} `{}`: {source}", path.display()),
+            CheckpointError::Corrupt { path, reason } => write!(
+                f,
+                "`{}` is not a usable checkpoint: {reason}",
+                path.display()
+            ),
+            CheckpointError::Mismatch { path, problems } => {
+                write!(
+                    f,
+                    "checkpoint `{}` does not fit the model ({} problem{}):",
+                    path.display(),
+                    problems.len(),
+                    if problems.len() == 1 { "" } else { "s" }
+                )?;
+                for p in problems {
+                    write!(f, "\n  - {p}")?;
+                }
+                Ok(())
+            }
+            CheckpointError::Invalid(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for CheckpointError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CheckpointError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CheckpointError {
+    let path = path.to_path_buf();
+    move |source| CheckpointError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// One tensor to write: name, dtype, shape, little-endian bytes.
+struct Blob {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+fn f32_bytes(data: &[f32]) -> Vec<u8> {
+    data.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn f32_from_bytes(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 over the metadata (except the digest itself) and every tensor, both in name
+/// order, with lengths so that no two different contents hash the same byte stream.
+fn digest<'a>(
+    meta: &BTreeMap<String, String>,
+    tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>,
+) -> String {
+    let mut h = Sha256::new();
+    let mut field = |b: &[u8]| {
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    for (k, v) in meta.iter().filter(|(k, _)| *k != KEY_DIGEST) {
+        field(k.as_bytes());
+        field(v.as_bytes());
+    }
+    let mut sorted: Vec<_> = tensors.collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, dtype, shape, bytes) in sorted {
+        field(name.as_bytes());
+        field(dtype.to_string().as_bytes());
+        let dims: Vec<u8> = shape
+            .iter()
+            .flat_map(|&d| (d as u64).to_le_bytes())
+            .collect();
+        field(&dims);
+        field(bytes);
+    }
+    hex(&h.finalize())
+}
+
+/// Serialises `blobs` with `meta` (plus the digest) and writes them atomically.
+fn write_file(
+    path: &Path,
+    blobs: &BTreeMap<String, Blob>,
+    mut meta: BTreeMap<String, String>,
+) -> Result<(), CheckpointError> {
+    let d = digest(
+        &meta,
+        blobs
+            .iter()
+            .map(|(n, b)| (n.as_str(), b.dtype, b.shape.as_slice(), b.bytes.as_slice())),
+    );
+    meta.insert(KEY_DIGEST.to_string(), d);
+    let views = blobs
+        .iter()
+        .map(|(n, b)| {
+            TensorView::new(b.dtype, b.shape.clone(), &b.bytes)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| CheckpointError::Invalid(format!("tensor `{n}`: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let bytes = safetensors::serialize(views, Some(meta.into_iter().collect()))
+        .map_err(|e| CheckpointError::Invalid(format!("cannot serialise checkpoint: {e}")))?;
+    write_atomic(path, &bytes)
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `bytes` to `path` through a temporary file in the same directory: write,
+/// fsync, rename, fsync the directory. On failure the temporary file is removed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let file_name = path.file_name().ok_or_else(|| {
+        CheckpointError::Invalid(format!("`{}` does not name a file", path.display()))
+    })?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{}",
+        file_name.to_string_lossy(),
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = write_then_rename(&tmp, path, &dir, bytes);
+    if result.is_err() {
+        // Best effort: the temporary file may not exist if creating it failed.
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn write_then_rename(
+    tmp: &Path,
+    path: &Path,
+    dir: &Path,
+    bytes: &[u8],
+) -> Result<(), CheckpointError> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .map_err(io_err("create", tmp))?;
+    f.write_all(bytes).map_err(io_err("write", tmp))?;
+    f.sync_all().map_err(io_err("fsync", tmp))?;
+    drop(f);
+    fs::rename(tmp, path).map_err(io_err("rename into", path))?;
+    sync_dir(dir)
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync directory", dir))
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> Result<(), CheckpointError> {
+    // Directories cannot be opened for syncing on this platform; rename is still atomic.
+    Ok(())
+}
+
+/// Saves `store`, the optimiser state (if any) and `meta` to `path`, atomically.
+pub fn save<D: Device<f32>>(
+    path: &Path,
+    store: &ParamStore<D>,
+    optimizer: Option<&OptimizerState>,
+    meta: &CheckpointMeta,
+) -> Result<(), CheckpointError> {
+    let mut blobs = BTreeMap::new();
+    for e in store.entries() {
+        if e.name.starts_with(OPTIMIZER_PREFIX) {
+            return Err(CheckpointError::Invalid(format!(
+                "parameter `{}` collides with the reserved `{OPTIMIZER_PREFIX}` prefix",
+                e.name
+            )));
+        }
+        blobs.insert(
+            e.name.clone(),
+            Blob {
+                dtype: Dtype::F32,
+                shape: e.shape.clone(),
+                bytes: f32_bytes(&e.tensor.as_vec()),
+            },
+        );
+    }
+    let mut m = BTreeMap::new();
+    m.insert(KEY_FORMAT.to_string(), FORMAT.to_string());
+    m.insert(KEY_VERSION.to_string(), FORMAT_VERSION.to_string());
+    m.insert(KEY_EPOCH.to_string(), meta.epoch.to_string());
+    m.insert(KEY_STEP.to_string(), meta.step.to_string());
+    m.insert(
+        KEY_RNG.to_string(),
+        serde_json::to_string(&meta.rng_state).expect("a list of integers serialises"),
+    );
+    m.insert(KEY_RECIPE.to_string(), meta.recipe_hash.clone());
+    if let Some(o) = optimizer {
+        m.insert(KEY_OPTIM.to_string(), o.kind.clone());
+        m.insert(KEY_OPTIM_STEP.to_string(), o.step.to_string());
+        for t in &o.tensors {
+            let name = format!("{OPTIMIZER_PREFIX}{}", t.name);
+            if t.data.len() != t.shape.iter().product::<usize>() {
+                return Err(CheckpointError::Invalid(format!(
+                    "optimiser tensor `{}` has {} values for shape {:?}",
+                    t.name,
+                    t.data.len(),
+                    t.shape
+                )));
+            }
+            blobs.insert(
+                name,
+                Blob {
+                    dtype: Dtype::F32,
+                    shape: t.shape.clone(),
+                    bytes: f32_bytes(&t.data),
+                },
+            );
+        }
+    }
+    write_file(path, &blobs, m)
+}
+
+/// A parsed, digest-checked checkpoint file, not yet applied to anything.
+struct Parsed {
+    /// name -> (dtype, shape, bytes)
+    tensors: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>,
+    meta: HashMap<String, String>,
+}
+
+fn read_checked(path: &Path) -> Result<Parsed, CheckpointError> {
+    let bytes = fs::read(path).map_err(io_err("read", path))?;
+    let corrupt = |reason: String| CheckpointError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        corrupt(format!(
+            "not a safetensors file, or truncated or corrupted ({e})"
+        ))
+    })?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| corrupt(format!("unreadable header ({e})")))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    match meta.get(KEY_FORMAT) {
+        Some(f) if f == FORMAT => {}
+        _ => {
+            return Err(corrupt(format!(
+                "a safetensors file, but not a checkpoint written by recipe (no `{KEY_FORMAT}: {FORMAT}` metadata)"
+            )));
+        }
+    }
+    match meta.get(KEY_VERSION) {
+        Some(v) if v == FORMAT_VERSION => {}
+        v => {
+            return Err(corrupt(format!(
+                "checkpoint format version {} is not the supported version {FORMAT_VERSION}",
+                v.map_or("(none)", String::as_str)
+            )));
+        }
+    }
+    let tensors: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = st
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.to_string(),
+                (v.dtype(), v.shape().to_vec(), v.data().to_vec()),
+            )
+        })
+        .collect();
+    let sorted: BTreeMap<String, String> =
+        meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let want = digest(
+        &sorted,
+        tensors
+            .iter()
+            .map(|(n, (d, s, b))| (n.as_str(), *d, s.as_slice(), b.as_slice())),
+    );
+    match meta.get(KEY_DIGEST) {
+        Some(d) if *d == want => {}
+        Some(_) => {
+            return Err(corrupt(
+                "its contents do not match the stored SHA-256 digest (the file is corrupted)"
+                    .to_string(),
+            ));
+        }
+        None => return Err(corrupt("it has no SHA-256 digest".to_string())),
+    }
+    Ok(Parsed { tensors, meta })
+}
+
+fn parse_meta(
+    path: &Path,
+    meta: &HashMap<String, String>,
+) -> Result<CheckpointMeta, CheckpointError> {
+    let corrupt = |reason: String| CheckpointError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let get = |k: &str| {
+        meta.get(k)
+            .ok_or_else(|| corrupt(format!("metadata key `{k}` is missing")))
+    };
+    let num = |k: &str| -> Result<u64, CheckpointError> {
+        get(k)?
+            .parse()
+            .map_err(|e| corrupt(format!("metadata `{k}` is not an integer ({e})")))
+    };
+    Ok(CheckpointMeta {
+        epoch: num(KEY_EPOCH)?,
+        step: num(KEY_STEP)?,
+        rng_state: serde_json::from_str(get(KEY_RNG)?).map_err(|e| {
+            corrupt(format!(
+                "metadata `{KEY_RNG}` is not a list of integers ({e})"
+            ))
+        })?,
+        recipe_hash: get(KEY_RECIPE)?.clone(),
+    })
+}
+
+/// Compares one expected tensor with what the file holds.
+fn check_tensor(
+    problems: &mut Vec<Mismatch>,
+    name: &str,
+    shape: &[usize],
+    found: Option<&(Dtype, Vec<usize>, Vec<u8>)>,
+) {
+    match found {
+        None => problems.push(Mismatch::Missing {
+            name: name.to_string(),
+        }),
+        Some((dtype, fshape, _)) => {
+            if *dtype != Dtype::F32 {
+                problems.push(Mismatch::Dtype {
+                    name: name.to_string(),
+                    expected: Dtype::F32.to_string(),
+                    found: dtype.to_string(),
+                });
+            }
+            if fshape != shape {
+                problems.push(Mismatch::Shape {
+                    name: name.to_string(),
+                    expected: shape.to_vec(),
+                    found: fshape.clone(),
+                });
+            }
+        }
+    }
+}
+
+/// Reads only the metadata of a checkpoint (verifying its digest), e.g. to compare the
+/// recipe hash before building the model.
+pub fn read_meta(path: &Path) -> Result<CheckpointMeta, CheckpointError> {
+    let parsed = read_checked(path)?;
+    parse_meta(path, &parsed.meta)
+}
+
+/// Loads the checkpoint at `path` into `store` and, if given, `optimizer`, and returns
+/// its metadata.
+///
+/// Every entry of the store must be in the file with its shape and dtype `F32`; with an
+/// optimiser, its state must be there for the same optimiser kind; nothing else may be
+/// in the file. Without an optimiser, optimiser state in the file is ignored (loading
+/// weights to evaluate them). On any error neither the store nor the optimiser changes.
+pub fn load<D: Device<f32>>(
+    path: &Path,
+    store: &mut ParamStore<D>,
+    optimizer: Option<&mut Optimizer<D>>,
+) -> Result<CheckpointMeta, CheckpointError> {
+    let parsed = read_checked(path)?;
+    let meta = parse_meta(path, &parsed.meta)?;
+    let mut problems = Vec::new();
+    for e in store.entries() {
+        check_tensor(
+            &mut problems,
+            &e.name,
+            &e.shape,
+            parsed.tensors.get(&e.name),
+        );
+    }
+    let file_kind = parsed.meta.get(KEY_OPTIM).cloned();
+    let mut layout = BTreeMap::new();
+    if let Some(opt) = optimizer.as_deref() {
+        let kind = opt.config().kind();
+        if file_kind.as_deref() != Some(kind) {
+            problems.push(Mismatch::Optimizer {
+                expected: kind.to_string(),
+                found: file_kind.clone().unwrap_or_else(|| "none".to_string()),
+            });
+        } else {
+            for (name, shape) in opt.state_layout(store) {
+                let full = format!("{OPTIMIZER_PREFIX}{name}");
+                check_tensor(&mut problems, &full, &shape, parsed.tensors.get(&full));
+                layout.insert(full, name);
+            }
+        }
+    }
+    for name in parsed.tensors.keys() {
+        let known = if name.starts_with(OPTIMIZER_PREFIX) {
+            // Optimiser state is only checked when an optimiser of the same kind is
+            // being restored; otherwise it is not part of the comparison.
+            optimizer.is_none()
+                || layout.contains_key(name)
+                || problems
+                    .iter()
+                    .any(|p| matches!(p, Mismatch::Optimizer { .. }))
+        } else {
+            store.id(name).is_some()
+        };
+        if !known {
+            problems.push(Mismatch::Unexpected { name: name.clone() });
+        }
+    }
+    if !problems.is_empty() {
+        return Err(CheckpointError::Mismatch {
+            path: path.to_path_buf(),
+            problems,
+        });
+    }
+    let optimizer_state = match &optimizer {
+        Some(_) => {
+            let step = parse_meta_u64(path, &parsed.meta, KEY_OPTIM_STEP)?;
+            Some(OptimizerState {
+                kind: file_kind.unwrap_or_default(),
+                step,
+                tensors: layout
+                    .iter()
+                    .map(|(full, name)| {
+                        let (_, shape, bytes) = &parsed.tensors[full];
+                        StateTensor {
+                            name: name.clone(),
+                            shape: shape.clone(),
+                            data: f32_from_bytes(bytes),
+                        }
+                    })
+                    .collect(),
+            })
+        }
+        None => None,
+    };
+    // Everything is validated; from here on nothing can fail half-way.
+    if let (Some(opt), Some(state)) = (optimizer, optimizer_state) {
+        opt.load_state(store, &state).map_err(|e| {
+            CheckpointError::Invalid(format!("optimiser state rejected after validation: {e}"))
+        })?;
+    }
+    let ids: Vec<_> = store.ids().collect();
+    for id in ids {
+        let (_, _, bytes) = &parsed.tensors[&store.get(id).name];
+        store
+            .set_data(id, f32_from_bytes(bytes))
+            .expect("shape was validated above");
+    }
+    Ok(meta)
+}
+
+fn parse_meta_u64(
+    path: &Path,
+    meta: &HashMap<String, String>,
+    key: &str,
+) -> Result<u64, CheckpointError> {
+    meta.get(key)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("metadata `{key}` is missing or not an integer"),
+        })
+}
+
+/// Writes the entries whose names start with `prefix` (parameters and buffers) as a
+/// plain safetensors file for PyTorch, atomically, and returns the names written.
+///
+/// With `strip_prefix`, `prefix` is removed from the names (`backbone.layer1.0.conv1.weight`
+/// → `layer1.0.conv1.weight`), so the file loads into a torchvision model with
+/// `model.load_state_dict(safetensors.torch.load_file(path), strict=False)` (strict when
+/// the prefix selects the whole model minus `fc`). Buffers named `num_batches_tracked`
+/// are written as `I64`, torchvision's dtype; everything else as `F32`. The metadata
+/// carries `format: pt`, as `safetensors.torch.save_file` writes it.
+pub fn export_weights<D: Device<f32>>(
+    path: &Path,
+    store: &ParamStore<D>,
+    prefix: &str,
+    strip_prefix: bool,
+) -> Result<Vec<String>, CheckpointError> {
+    let mut blobs = BTreeMap::new();
+    for e in store
+        .entries()
+        .iter()
+        .filter(|e| e.name.starts_with(prefix))
+    {
+        let name = if strip_prefix {
+            e.name[prefix.len()..].to_string()
+        } else {
+            e.name.clone()
+        };
+        if name.is_empty() {
+            return Err(CheckpointError::Invalid(format!(
+                "stripping `{prefix}` from `{}` leaves an empty name",
+                e.name
+            )));
+        }
+        let data = e.tensor.as_vec();
+        let blob = if e.role == Role::Buffer && name.ends_with("num_batches_tracked") {
+            Blob {
+                dtype: Dtype::I64,
+                shape: e.shape.clone(),
+                bytes: data
+                    .iter()
+                    .flat_map(|&x| (x.round() as i64).to_le_bytes())
+                    .collect(),
+            }
+        } else {
+            Blob {
+                dtype: Dtype::F32,
+                shape: e.shape.clone(),
+                bytes: f32_bytes(&data),
+            }
+        };
+        blobs.insert(name, blob);
+    }
+    if blobs.is_empty() {
+        return Err(CheckpointError::Invalid(format!(
+            "no parameter or buffer name starts with `{prefix}`; nothing to export"
+        )));
+    }
+    let views = blobs
+        .iter()
+        .map(|(n, b)| {
+            TensorView::new(b.dtype, b.shape.clone(), &b.bytes)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| CheckpointError::Invalid(format!("tensor `{n}`: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let bytes = safetensors::serialize(views, Some(meta))
+        .map_err(|e| CheckpointError::Invalid(format!("cannot serialise weights: {e}")))?;
+    write_atomic(path, &bytes)?;
+    Ok(blobs.into_keys().collect())
+}

@@ -1,0 +1,764 @@
+//! Rules a JSON Schema cannot express: relations between keys and sections, and
+//! numeric conditions with a message a researcher understands.
+//!
+//! Every rule reports with the dotted recipe path of the value at fault; the loader
+//! attaches spans. Checks never stop at the first problem.
+
+use super::Recipe;
+use super::augment::{Augment, Op};
+use super::data::Source;
+use super::loss::Loss;
+use super::optim::{Optimizer, Schedule};
+use super::train::Device;
+use crate::diag::Diagnostic;
+
+/// Whether this binary was built with the `cuda` feature.
+pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
+
+/// Runs every semantic rule and returns all problems found.
+pub fn check(r: &Recipe) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    check_data(r, &mut out);
+    check_augment(r, &mut out);
+    check_model(r, &mut out);
+    check_loss(r, &mut out);
+    check_optim(r, &mut out);
+    check_train(r, &mut out);
+    check_downstream(r, &mut out);
+    out
+}
+
+fn err(
+    out: &mut Vec<Diagnostic>,
+    path: impl Into<String>,
+    msg: impl Into<String>,
+) -> &mut Diagnostic {
+    out.push(Diagnostic::error(path, msg));
+    out.last_mut().expect("just pushed")
+}
+
+fn positive(out: &mut Vec<Diagnostic>, path: &str, what: &str, v: f64) {
+    if v <= 0.0 {
+        err(
+            out,
+            path,
+            format!("{what} must be greater than 0, found {v}"),
+        );
+    }
+}
+
+fn unit_open(out: &mut Vec<Diagnostic>, path: &str, what: &str, v: f64) {
+    if !(0.0..1.0).contains(&v) {
+        let e = err(out, path, format!("{what} must be in [0, 1), found {v}"));
+        if v == 1.0 {
+            e.help =
+                Some("a momentum of 1 never updates; values like 0.9 or 0.99 are usual".into());
+        }
+    }
+}
+
+fn ordered(out: &mut Vec<Diagnostic>, path: &str, what: &str, r: [f64; 2], hi: Option<f64>) {
+    if r[0] > r[1] {
+        err(
+            out,
+            path,
+            format!(
+                "{what} range must be `[min, max]` with min ≤ max, found [{}, {}]",
+                r[0], r[1]
+            ),
+        )
+        .help = Some(format!("did you mean [{}, {}]?", r[1], r[0]));
+    } else if r[0] <= 0.0 || hi.is_some_and(|h| r[1] > h) {
+        let bound = hi.map_or("greater than 0".to_string(), |h| format!("in (0, {h}]"));
+        err(
+            out,
+            path,
+            format!("{what} values must be {bound}, found [{}, {}]", r[0], r[1]),
+        );
+    }
+}
+
+fn check_data(r: &Recipe, out: &mut Vec<Diagnostic>) {
+    let d = &r.data;
+    if d.channels == 2 {
+        err(
+            out,
+            "data.channels",
+            "channels must be 1 (grayscale) or 3 (RGB), found 2",
+        );
+    }
+    if d.subset <= 0.0 {
+        err(
+            out,
+            "data.subset",
+            format!("subset must be a fraction in (0, 1], found {}", d.subset),
+        );
+    }
+    if d.test_fraction >= 1.0 {
+        err(
+            out,
+            "data.test_fraction",
+            "test_fraction must be below 1, or nothing is left to train on",
+        );
+    }
+    if d.test_fraction > 0.0 && d.source.has_test_split() {
+        err(
+            out,
+            "data.test_fraction",
+            "this source has its own test split, so `test_fraction` would be ignored",
+        )
+        .help = Some("remove `test_fraction`".into());
+    }
+    if let Source::Idx {
+        test_images,
+        test_labels,
+        ..
+    } = &d.source
+        && test_images.is_some() != test_labels.is_some()
+    {
+        let which = if test_images.is_some() {
+            "test_labels"
+        } else {
+            "test_images"
+        };
+        err(
+            out,
+            format!("data.source.{which}"),
+            "IDX test images and test labels must be given together",
+        );
+    }
+    if let Some(n) = &d.normalize {
+        for (key, vals) in [("mean", &n.mean), ("std", &n.std)] {
+            if vals.len() != d.channels {
+                err(
+                    out,
+                    format!("data.normalize.{key}"),
+                    format!(
+                        "`{key}` needs one value per channel ({}), found {}",
+                        d.channels,
+                        vals.len()
+                    ),
+                );
+            }
+        }
+        for (i, s) in n.std.iter().enumerate() {
+            if *s <= 0.0 {
+                err(
+                    out,
+                    format!("data.normalize.std.{i}"),
+                    format!("standard deviations must be greater than 0, found {s}"),
+                );
+            }
+        }
+    }
+}
+
+fn check_ops(ops: &[Op], base: &str, image_size: usize, out: &mut Vec<Diagnostic>) {
+    for (i, op) in ops.iter().enumerate() {
+        let p = format!("{base}.{i}.{}", op.name());
+        match op {
+            Op::RandomResizedCrop(c) => {
+                ordered(out, &format!("{p}.scale"), "scale", c.scale, Some(1.0));
+                ordered(out, &format!("{p}.ratio"), "ratio", c.ratio, None);
+                if let Some(s) = c.size
+                    && s > image_size
+                {
+                    err(
+                        out,
+                        format!("{p}.size"),
+                        format!(
+                            "crop size {s} is larger than the image ({image_size}×{image_size})"
+                        ),
+                    )
+                    .help = Some(format!(
+                        "use a size of at most {image_size}, or raise `data.image_size`"
+                    ));
+                }
+            }
+            Op::GaussianBlur(b) => {
+                ordered(out, &format!("{p}.sigma"), "sigma", b.sigma, None);
+                if b.kernel_size % 2 == 0 {
+                    err(
+                        out,
+                        format!("{p}.kernel_size"),
+                        format!("kernel_size must be odd, found {}", b.kernel_size),
+                    )
+                    .help = Some(format!(
+                        "use {} or {}",
+                        b.kernel_size - 1,
+                        b.kernel_size + 1
+                    ));
+                }
+            }
+            Op::HorizontalFlip(_) | Op::ColorJitter(_) | Op::Grayscale(_) | Op::Solarize(_) => {}
+        }
+    }
+    let crops = ops
+        .iter()
+        .filter(|o| matches!(o, Op::RandomResizedCrop(_)))
+        .count();
+    if crops > 1 {
+        err(
+            out,
+            base,
+            format!("the pipeline has {crops} `random_resized_crop` ops; a view is cropped once"),
+        );
+    }
+    if let Some(pos) = ops
+        .iter()
+        .position(|o| matches!(o, Op::RandomResizedCrop(_)))
+        && pos != 0
+    {
+        out.push(Diagnostic::warning(format!("{base}.{pos}"), "`random_resized_crop` is not the first op, so the ops before it run at full resolution and are then cropped").with_help("torchvision and solo-learn crop first"));
+    }
+}
+
+fn view_sizes(a: &Augment, image_size: usize) -> Vec<usize> {
+    if let Some(mc) = &a.multi_crop {
+        return std::iter::repeat_n(mc.global.size, mc.global.count)
+            .chain(std::iter::repeat_n(mc.local.size, mc.local.count))
+            .collect();
+    }
+    a.view_pipelines()
+        .iter()
+        .map(|ops| {
+            ops.iter()
+                .find_map(|o| match o {
+                    Op::RandomResizedCrop(c) => Some(c.size.unwrap_or(image_size)),
+                    _ => None,
+                })
+                .unwrap_or(image_size)
+        })
+        .collect()
+}
+
+fn check_augment(r: &Recipe, out: &mut Vec<Diagnostic>) {
+    let a = &r.augment;
+    let size = r.data.image_size;
+    match &a.per_view {
+        Some(pv) => {
+            if pv.len() != a.views {
+                err(
+                    out,
+                    "augment.per_view",
+                    format!(
+                        "`per_view` has {} pipeline(s) but `views` is {}",
+                        pv.len(),
+                        a.views
+                    ),
+                )
+                .help = Some("give one pipeline per view".into());
+            }
+            for (v, ops) in pv.iter().enumerate() {
+                check_ops(ops, &format!("augment.per_view.{v}"), size, out);
+            }
+        }
+        None => check_ops(&a.pipeline, "augment.pipeline", size, out),
+    }
+    if let Some(mc) = &a.multi_crop {
+        if a.per_view.is_some() {
+            err(
+                out,
+                "augment.multi_crop",
+                "`multi_crop` and `per_view` cannot be combined",
+            );
+        }
+        if mc.global.count < 2 {
+            err(
+                out,
+                "augment.multi_crop.global.count",
+                format!(
+                    "multi-crop needs at least 2 global crops, found {}",
+                    mc.global.count
+                ),
+            );
+        }
+        for (g, grp) in [("global", &mc.global), ("local", &mc.local)] {
+            let p = format!("augment.multi_crop.{g}");
+            ordered(out, &format!("{p}.scale"), "scale", grp.scale, Some(1.0));
+            ordered(out, &format!("{p}.ratio"), "ratio", grp.ratio, None);
+            if grp.size > size {
+                err(
+                    out,
+                    format!("{p}.size"),
+                    format!(
+                        "crop size {} is larger than the image ({size}×{size})",
+                        grp.size
+                    ),
+                );
+            }
+        }
+        if mc.local.size > mc.global.size {
+            err(
+                out,
+                "augment.multi_crop.local.size",
+                format!(
+                    "local crops ({}) must not be larger than global crops ({})",
+                    mc.local.size, mc.global.size
+                ),
+            );
+        }
+        if a.pipeline
+            .iter()
+            .any(|o| matches!(o, Op::RandomResizedCrop(_)))
+        {
+            out.push(Diagnostic::warning("augment.pipeline", "with `multi_crop`, the pipeline's `random_resized_crop` is replaced by the global and local crops").with_help("remove it from the pipeline to make that explicit"));
+        }
+    }
+    // Views are stacked per view index, so views of one pipeline must agree in size
+    // with the model's expectations only through global pooling; sizes must be positive.
+    let sizes = view_sizes(a, size);
+    let min_side = 1usize << r.model.backbone.downsamplings();
+    if let Some((v, s)) = sizes.iter().enumerate().find(|(_, s)| **s < min_side) {
+        let at = if *s == size {
+            "data.image_size"
+        } else {
+            "augment"
+        };
+        err(
+            out,
+            at,
+            format!(
+                "view {v} is {s}×{s}, smaller than the {min_side}×{min_side} that `{}` needs for its {} stride-2 stages",
+                r.model.backbone.arch(),
+                r.model.backbone.downsamplings()
+            ),
+        );
+    }
+}
+
+fn check_model(r: &Recipe, out: &mut Vec<Diagnostic>) {
+    use super::model::Backbone;
+    match &r.model.backbone {
+        Backbone::Resnet18 { width, .. }
+        | Backbone::Resnet34 { width, .. }
+        | Backbone::Resnet50 { width, .. } => {
+            if *width <= 0.0 || *width > 16.0 {
+                err(
+                    out,
+                    "model.backbone.width",
+                    format!("width multiplier must be in (0, 16], found {width}"),
+                );
+            } else if (64.0 * width).round() < 1.0 {
+                err(
+                    out,
+                    "model.backbone.width",
+                    format!("width {width} leaves the first stage with no channels"),
+                );
+            }
+        }
+        Backbone::SmallCnn { channels } => {
+            if channels.is_empty() {
+                err(
+                    out,
+                    "model.backbone.channels",
+                    "a small CNN needs at least one stage",
+                );
+            }
+            for (i, c) in channels.iter().enumerate() {
+                if *c == 0 {
+                    err(
+                        out,
+                        format!("model.backbone.channels.{i}"),
+                        "a stage needs at least one channel",
+                    );
+                }
+            }
+        }
+    }
+    for (i, h) in r.model.head.hidden.iter().enumerate() {
+        if *h == 0 {
+            err(
+                out,
+                format!("model.head.hidden.{i}"),
+                "a hidden layer needs at least one unit",
+            );
+        }
+    }
+}
+
+fn check_loss(r: &Recipe, out: &mut Vec<Diagnostic>) {
+    let batch = r.train.batch_size;
+    let views = r.augment.total_views();
+    let multi_crop_ok = matches!(r.loss, Loss::Swav { .. });
+    if r.augment.multi_crop.is_some() && !multi_crop_ok {
+        err(
+            out,
+            "augment.multi_crop",
+            format!(
+                "`{}` does not use multi-crop; only `swav` does",
+                r.loss.method()
+            ),
+        )
+        .help = Some("remove `multi_crop`, or use `method: swav`".into());
+    }
+    match &r.loss {
+        Loss::Simclr { temperature } => {
+            positive(out, "loss.temperature", "temperature", *temperature);
+            if views < 2 {
+                err(
+                    out,
+                    "augment.views",
+                    format!(
+                        "SimCLR contrasts views of one image, so it needs at least 2 views, found {views}"
+                    ),
+                );
+            }
+        }
+        Loss::Moco {
+            temperature,
+            momentum,
+            queue_size,
+            ..
+        } => {
+            positive(out, "loss.temperature", "temperature", *temperature);
+            unit_open(out, "loss.momentum", "momentum", *momentum);
+            if *queue_size == 0 || batch == 0 || queue_size % batch != 0 {
+                let e = err(
+                    out,
+                    "loss.queue_size",
+                    format!(
+                        "queue_size must be a positive multiple of the batch size ({batch}), found {queue_size}"
+                    ),
+                );
+                if let Some(times) = queue_size.checked_div(batch) {
+                    let times = times.max(1);
+                    e.help = Some(format!("use {} ({times} × {batch})", times * batch));
+                }
+            }
+            if views != 2 {
+                err(
+                    out,
+                    "augment.views",
+                    format!(
+                        "MoCo uses a query and a key view, so it needs exactly 2 views, found {views}"
+                    ),
+                );
+            }
+        }
+        Loss::MemoryBank {
+            temperature,
+            bank_momentum,
+            negatives,
+        } => {
+            positive(out, "loss.temperature", "temperature", *temperature);
+            unit_open(out, "loss.bank_momentum", "bank_momentum", *bank_momentum);
+            if *negatives == 0 {
+                err(
+                    out,
+                    "loss.negatives",
+                    "the memory bank needs at least one negative",
+                );
+            }
+            if let Some(n) = r.data.source.known_train_len() {
+                let n = ((n as f64) * r.data.subset).floor() as usize;
+                if *negatives >= n {
+                    err(out, "loss.negatives", format!("{negatives} negatives cannot be drawn from a bank of {n} training images")).help = Some(format!("use fewer than {n}"));
+                }
+            }
+        }
+        Loss::Swav {
+            temperature,
+            prototypes,
+            epsilon,
+            sinkhorn_iterations,
+            queue,
+            ..
+        } => {
+            positive(out, "loss.temperature", "temperature", *temperature);
+            positive(out, "loss.epsilon", "epsilon", *epsilon);
+            if *prototypes < 2 {
+                err(
+                    out,
+                    "loss.prototypes",
+                    format!("SwAV needs at least 2 prototypes, found {prototypes}"),
+                );
+            }
+            if *sinkhorn_iterations == 0 {
+                err(
+                    out,
+                    "loss.sinkhorn_iterations",
+                    "Sinkhorn-Knopp needs at least one iteration",
+                );
+            }
+            if views < 2 {
+                err(
+                    out,
+                    "augment.views",
+                    format!(
+                        "SwAV predicts the code of one view from another, so it needs at least 2 views, found {views}"
+                    ),
+                );
+            }
+            if let Some(q) = queue {
+                if batch > 0 && q.size % batch != 0 {
+                    err(
+                        out,
+                        "loss.queue.size",
+                        format!(
+                            "the SwAV queue size must be a multiple of the batch size ({batch}), found {}",
+                            q.size
+                        ),
+                    );
+                }
+                if q.start_epoch >= r.train.epochs {
+                    err(
+                        out,
+                        "loss.queue.start_epoch",
+                        format!(
+                            "the queue starts at epoch {} but training has only {} epoch(s)",
+                            q.start_epoch, r.train.epochs
+                        ),
+                    );
+                }
+            }
+        }
+        Loss::Supcon {
+            temperature,
+            base_temperature,
+        } => {
+            positive(out, "loss.temperature", "temperature", *temperature);
+            positive(
+                out,
+                "loss.base_temperature",
+                "base_temperature",
+                *base_temperature,
+            );
+            if !r.data.labels {
+                err(out, "loss.method", "SupCon needs labels, but `data.labels` is false").help = Some("set `data.labels: true` with a labelled source, or use a self-supervised method".into());
+            }
+        }
+    }
+}
+
+fn check_optim(r: &Recipe, out: &mut Vec<Diagnostic>) {
+    let o = &r.optimizer;
+    positive(out, "optimizer.lr", "the learning rate", o.lr());
+    if o.weight_decay() < 0.0 {
+        err(
+            out,
+            "optimizer.weight_decay",
+            format!("weight_decay must be ≥ 0, found {}", o.weight_decay()),
+        );
+    }
+    match o {
+        Optimizer::Sgd {
+            momentum, nesterov, ..
+        } => {
+            unit_open(out, "optimizer.momentum", "momentum", *momentum);
+            if *nesterov && *momentum == 0.0 {
+                err(
+                    out,
+                    "optimizer.nesterov",
+                    "Nesterov momentum needs a momentum above 0",
+                );
+            }
+        }
+        Optimizer::Lars {
+            momentum,
+            trust_coefficient,
+            ..
+        } => {
+            unit_open(out, "optimizer.momentum", "momentum", *momentum);
+            positive(
+                out,
+                "optimizer.trust_coefficient",
+                "trust_coefficient",
+                *trust_coefficient,
+            );
+        }
+        Optimizer::Adamw { betas, eps, .. } => {
+            for (i, b) in betas.iter().enumerate() {
+                unit_open(out, &format!("optimizer.betas.{i}"), "beta", *b);
+            }
+            positive(out, "optimizer.eps", "eps", *eps);
+        }
+    }
+    let epochs = r.train.epochs;
+    match &r.schedule {
+        Schedule::Constant => {}
+        Schedule::Step { milestones, gamma } => {
+            if *gamma <= 0.0 || *gamma > 1.0 {
+                err(
+                    out,
+                    "schedule.gamma",
+                    format!("gamma must be in (0, 1], found {gamma}"),
+                );
+            }
+            for (i, m) in milestones.iter().enumerate() {
+                if *m >= epochs || *m == 0 {
+                    err(
+                        out,
+                        format!("schedule.milestones.{i}"),
+                        format!("milestone {m} is outside the training run (epochs 1..{epochs})"),
+                    );
+                }
+                if i > 0 && *m <= milestones[i - 1] {
+                    err(
+                        out,
+                        format!("schedule.milestones.{i}"),
+                        "milestones must be strictly increasing",
+                    );
+                }
+            }
+        }
+        Schedule::WarmupCosine {
+            warmup_epochs,
+            warmup_start_lr,
+            final_lr,
+        } => {
+            if *warmup_epochs < 0.0 || *warmup_epochs >= epochs as f64 {
+                err(out, "schedule.warmup_epochs", format!("warmup ({warmup_epochs} epochs) must be shorter than training ({epochs} epochs)")).help = Some(format!("use fewer than {epochs} warmup epochs, or train longer"));
+            }
+            if *warmup_start_lr < 0.0 {
+                err(
+                    out,
+                    "schedule.warmup_start_lr",
+                    "learning rates cannot be negative",
+                );
+            }
+            if *final_lr < 0.0 {
+                err(
+                    out,
+                    "schedule.final_lr",
+                    "learning rates cannot be negative",
+                );
+            }
+        }
+    }
+}
+
+fn check_train(r: &Recipe, out: &mut Vec<Diagnostic>) {
+    let t = &r.train;
+    if t.batch_size < 2 {
+        err(
+            out,
+            "train.batch_size",
+            format!(
+                "batch_size must be at least 2 (contrastive losses need negatives in the batch), found {}",
+                t.batch_size
+            ),
+        );
+    }
+    if let Some(n) = r.data.source.known_train_len() {
+        let n = ((n as f64) * r.data.subset * (1.0 - r.data.test_fraction)).floor() as usize;
+        if t.batch_size > n {
+            err(
+                out,
+                "train.batch_size",
+                format!(
+                    "batch_size {} is larger than the {n} training images",
+                    t.batch_size
+                ),
+            );
+        }
+    }
+    if t.checkpoint_every > t.epochs {
+        out.push(Diagnostic::warning("train.checkpoint_every", format!("checkpoint_every ({}) is longer than training ({} epochs): only the final checkpoint is written", t.checkpoint_every, t.epochs)));
+    }
+    if t.device == Device::Cuda && !CUDA_BUILT {
+        err(out, "train.device", "`device: cuda` needs a binary built with CUDA support, and this one was built without it").help =
+            Some("rebuild with `cargo build --release --features cuda` on a machine with the CUDA toolkit (see README, \"GPU\"), or use `device: cpu`".into());
+    }
+}
+
+fn check_downstream(r: &Recipe, out: &mut Vec<Diagnostic>) {
+    use super::downstream::Task;
+    for (i, t) in r.downstream.iter().enumerate() {
+        let p = format!("downstream.{i}");
+        if t.needs_labels() && !r.data.labels {
+            err(
+                out,
+                format!("{p}.task"),
+                format!(
+                    "`{}` needs labelled data, but `data.labels` is false",
+                    t.name()
+                ),
+            )
+            .help =
+                Some("set `data.labels: true` with a labelled source, or remove this task".into());
+        }
+        if t.needs_labels() && !r.data.source.has_test_split() && r.data.test_fraction == 0.0 {
+            err(
+                out,
+                format!("{p}.task"),
+                format!(
+                    "`{}` is measured on a test split, but the source has none",
+                    t.name()
+                ),
+            )
+            .help = Some("add a test folder to the source, or set `data.test_fraction`".into());
+        }
+        match t {
+            Task::Knn { k, temperature, .. } => {
+                if *k == 0 {
+                    err(out, format!("{p}.k"), "k must be at least 1");
+                }
+                positive(
+                    out,
+                    &format!("{p}.temperature"),
+                    "temperature",
+                    *temperature,
+                );
+            }
+            Task::LinearProbe {
+                epochs,
+                batch_size,
+                lr,
+                weight_decay,
+                ..
+            } => {
+                probe_common(out, &p, *epochs, *batch_size, *lr, *weight_decay);
+            }
+            Task::FineTune {
+                epochs,
+                batch_size,
+                lr,
+                backbone_lr_scale,
+                weight_decay,
+            } => {
+                probe_common(out, &p, *epochs, *batch_size, *lr, *weight_decay);
+                if *backbone_lr_scale < 0.0 {
+                    err(
+                        out,
+                        format!("{p}.backbone_lr_scale"),
+                        "backbone_lr_scale cannot be negative",
+                    );
+                }
+            }
+            Task::Visualize { plots, samples } => {
+                if plots.is_empty() {
+                    err(out, format!("{p}.plots"), "list at least one plot");
+                }
+                if *samples < 2 {
+                    err(
+                        out,
+                        format!("{p}.samples"),
+                        "an embedding plot needs at least 2 samples",
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn probe_common(out: &mut Vec<Diagnostic>, p: &str, epochs: usize, batch: usize, lr: f64, wd: f64) {
+    if epochs == 0 {
+        err(out, format!("{p}.epochs"), "epochs must be at least 1");
+    }
+    if batch == 0 {
+        err(
+            out,
+            format!("{p}.batch_size"),
+            "batch_size must be at least 1",
+        );
+    }
+    positive(out, &format!("{p}.lr"), "the learning rate", lr);
+    if wd < 0.0 {
+        err(
+            out,
+            format!("{p}.weight_decay"),
+            "weight_decay cannot be negative",
+        );
+    }
+}

@@ -1,0 +1,132 @@
+//! The `loss` section: the contrastive objective and its state, tagged by `method`.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The objective, tagged by `method`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Loss {
+    /// SimCLR's NT-Xent (Chen et al. 2020): each view's positive is the other view of
+    /// the same image; the other 2(N−1) views of the batch are negatives.
+    Simclr {
+        /// Softmax temperature τ (> 0).
+        #[serde(default = "half")]
+        temperature: f64,
+    },
+    /// MoCo InfoNCE (He et al. 2020; v2: Chen et al. 2020) with a momentum key encoder
+    /// and a queue of negative keys.
+    Moco {
+        /// Softmax temperature τ (> 0); MoCo v2 uses 0.2.
+        #[serde(default = "moco_t")]
+        temperature: f64,
+        /// EMA momentum of the key encoder, in [0, 1); MoCo uses 0.999.
+        #[serde(default = "moco_m")]
+        momentum: f64,
+        /// Negative keys kept in the queue; a positive multiple of the batch size.
+        #[serde(default = "moco_queue")]
+        queue_size: usize,
+        /// Also swap query and key views and average the two losses.
+        #[serde(default)]
+        symmetric: bool,
+    },
+    /// Memory bank of instance embeddings with sampled negatives (Wu et al. 2018, InstDisc).
+    MemoryBank {
+        /// Softmax temperature τ (> 0); InstDisc uses 0.07.
+        #[serde(default = "bank_t")]
+        temperature: f64,
+        /// Momentum of the bank update `v ← m·v + (1−m)·f`, in [0, 1); InstDisc uses 0.5.
+        #[serde(default = "half")]
+        bank_momentum: f64,
+        /// Negatives sampled from the bank per example; InstDisc uses 4096.
+        #[serde(default = "bank_negatives")]
+        negatives: usize,
+    },
+    /// SwAV swapped prediction of Sinkhorn cluster codes (Caron et al. 2020).
+    Swav {
+        /// Softmax temperature τ of the prototype scores (> 0); SwAV uses 0.1.
+        #[serde(default = "swav_t")]
+        temperature: f64,
+        /// Number of prototypes (≥ 2); SwAV uses 3000 on ImageNet.
+        #[serde(default = "swav_k")]
+        prototypes: usize,
+        /// Entropy regularisation ε of Sinkhorn-Knopp (> 0); SwAV uses 0.05.
+        #[serde(default = "swav_eps")]
+        epsilon: f64,
+        /// Sinkhorn-Knopp iterations; SwAV uses 3.
+        #[serde(default = "swav_iters")]
+        sinkhorn_iterations: usize,
+        /// Keep the prototypes fixed for this many optimiser steps at the start.
+        #[serde(default)]
+        freeze_prototypes_steps: usize,
+        /// A queue of past embeddings to stabilise small-batch codes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        queue: Option<SwavQueue>,
+    },
+    /// Supervised contrastive loss (Khosla et al. 2020): all views of the same class are
+    /// positives. Needs labelled data.
+    Supcon {
+        /// Softmax temperature τ (> 0); SupCon uses 0.1.
+        #[serde(default = "swav_t")]
+        temperature: f64,
+        /// Base temperature; the loss is scaled by τ / base (> 0), 0.07 in the paper's code.
+        #[serde(default = "bank_t")]
+        base_temperature: f64,
+    },
+}
+
+/// SwAV's feature queue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SwavQueue {
+    /// Embeddings kept; a positive multiple of the batch size.
+    #[schemars(range(min = 1))]
+    pub size: usize,
+    /// Epoch from which the queue is used.
+    #[serde(default)]
+    pub start_epoch: usize,
+}
+
+impl Loss {
+    /// The `method` name as written in a recipe.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Loss::Simclr { .. } => "simclr",
+            Loss::Moco { .. } => "moco",
+            Loss::MemoryBank { .. } => "memory_bank",
+            Loss::Swav { .. } => "swav",
+            Loss::Supcon { .. } => "supcon",
+        }
+    }
+}
+
+fn half() -> f64 {
+    0.5
+}
+fn moco_t() -> f64 {
+    0.2
+}
+fn moco_m() -> f64 {
+    0.99
+}
+fn moco_queue() -> usize {
+    4096
+}
+fn bank_t() -> f64 {
+    0.07
+}
+fn bank_negatives() -> usize {
+    4096
+}
+fn swav_t() -> f64 {
+    0.1
+}
+fn swav_k() -> usize {
+    3000
+}
+fn swav_eps() -> f64 {
+    0.05
+}
+fn swav_iters() -> usize {
+    3
+}

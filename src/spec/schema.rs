@@ -1,0 +1,561 @@
+//! The recipe JSON Schema: generated from the types, refined for editors and for
+//! precise diagnostics, and applied to a loaded document.
+//!
+//! schemars writes tagged enums as `oneOf`, which validators and editors report as
+//! "matches none of the alternatives". [`generate`] rewrites them: an op list entry
+//! (`- horizontal_flip: {…}`) becomes one object whose properties are all the ops, and
+//! a `method:`/`name:`/`kind:`/`arch:`/`task:`/`format:`-tagged section becomes an
+//! object with an `enum` tag and one `if`/`then` per variant. The result is plain
+//! Draft 7 that yaml-language-server understands, and every validation error points
+//! at one key or value.
+
+use schemars::r#gen::SchemaSettings;
+use serde_json::{Map, Value, json};
+
+use super::Recipe;
+use super::yaml::Node;
+use crate::diag::{Diagnostic, did_you_mean};
+
+/// The committed schema, compiled in so validation never depends on the working directory.
+pub const COMMITTED: &str = include_str!("../../schemas/recipe.schema.json");
+
+/// Generates the recipe schema from the types (what `recipe schema` prints).
+pub fn generate() -> Value {
+    let settings = SchemaSettings::draft07().with(|s| {
+        s.option_add_null_type = false;
+        s.option_nullable = false;
+    });
+    let root = settings.into_generator().into_root_schema_for::<Recipe>();
+    let mut value = serde_json::to_value(root).expect("a schema is plain JSON");
+    refine(&mut value);
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert(
+            "$id".into(),
+            json!("https://recipe.dev/schemas/recipe.schema.json"),
+        );
+    }
+    value
+}
+
+/// The generated schema as pretty JSON with a trailing newline (the committed form).
+pub fn generate_pretty() -> String {
+    let mut s = serde_json::to_string_pretty(&generate()).expect("a schema serialises");
+    s.push('\n');
+    s
+}
+
+fn refine(v: &mut Value) {
+    match v {
+        Value::Object(obj) => {
+            for child in obj.values_mut() {
+                refine(child);
+            }
+            // schemars' numeric formats (`uint`, `double`) are not Draft 7 formats;
+            // strict validators reject them, and `minimum` already carries the meaning.
+            if obj.get("format").and_then(Value::as_str).is_some_and(|f| {
+                f.starts_with("uint") || f.starts_with("int") || f == "double" || f == "float"
+            }) {
+                obj.remove("format");
+            }
+            if let Some(Value::Array(branches)) = obj.get("oneOf")
+                && let Some(merged) = merge_external(branches)
+                    .or_else(|| merge_internal(branches))
+                    .or_else(|| merge_string_enum(branches))
+            {
+                obj.remove("oneOf");
+                obj.remove("type");
+                for (k, val) in merged {
+                    obj.insert(k, val);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(refine),
+        _ => {}
+    }
+}
+
+/// `oneOf` of `{required: [k], properties: {k: S}}` (an externally tagged enum) →
+/// one object with every `k` as an optional property and exactly one present.
+fn merge_external(branches: &[Value]) -> Option<Map<String, Value>> {
+    let mut props = Map::new();
+    for b in branches {
+        let props_b = b.get("properties")?.as_object()?;
+        let req = b.get("required")?.as_array()?;
+        if props_b.len() != 1 || req.len() != 1 {
+            return None;
+        }
+        let (k, s) = props_b.iter().next()?;
+        let mut s = s.clone();
+        if let (Some(desc), Some(o)) = (b.get("description"), s.as_object_mut()) {
+            // Put the variant's description next to its `$ref` for editors.
+            o.entry("description").or_insert(desc.clone());
+        }
+        props.insert(k.clone(), s);
+    }
+    let mut out = Map::new();
+    out.insert("type".into(), json!("object"));
+    out.insert("properties".into(), Value::Object(props));
+    out.insert("additionalProperties".into(), json!(false));
+    out.insert("minProperties".into(), json!(1));
+    out.insert("maxProperties".into(), json!(1));
+    Some(out)
+}
+
+/// `oneOf` of documented single-value string enums (a unit enum whose variants have
+/// doc comments) → one `enum`, with the descriptions kept in `enumDescriptions`, which
+/// editors (yaml-language-server) show and validators ignore.
+fn merge_string_enum(branches: &[Value]) -> Option<Map<String, Value>> {
+    let mut values = Vec::new();
+    let mut descriptions = Vec::new();
+    for b in branches {
+        let e = b.get("enum")?.as_array()?;
+        if e.len() != 1 || !e[0].is_string() {
+            return None;
+        }
+        values.push(e[0].clone());
+        descriptions.push(b.get("description").cloned().unwrap_or(json!("")));
+    }
+    let mut out = Map::new();
+    out.insert("type".into(), json!("string"));
+    out.insert("enum".into(), Value::Array(values));
+    out.insert("enumDescriptions".into(), Value::Array(descriptions));
+    Some(out)
+}
+
+/// The tag property of an internally tagged variant: a property whose schema is a
+/// single-valued string enum.
+fn variant_tag(b: &Value) -> Option<(String, String)> {
+    let props = b.get("properties")?.as_object()?;
+    props.iter().find_map(|(k, s)| {
+        let e = s.get("enum")?.as_array()?;
+        (e.len() == 1 && b.get("required")?.as_array()?.contains(&json!(k)))
+            .then(|| (k.clone(), e[0].as_str().map(str::to_string)))
+            .and_then(|(k, v)| Some((k, v?)))
+    })
+}
+
+/// `oneOf` of objects sharing a single-valued tag property (an internally tagged
+/// enum) → an object with the tag as an `enum` and one `if`/`then` per variant.
+fn merge_internal(branches: &[Value]) -> Option<Map<String, Value>> {
+    let first = variant_tag(branches.first()?)?;
+    let tag = first.0;
+    let mut values = Vec::new();
+    let mut arms = Vec::new();
+    for b in branches {
+        let (t, val) = variant_tag(b)?;
+        if t != tag {
+            return None;
+        }
+        let mut then = b.clone();
+        if let Some(o) = then.as_object_mut() {
+            o.remove("type");
+        }
+        arms.push(json!({
+            "if": {"properties": {&tag: {"const": &val}}, "required": [&tag]},
+            "then": then,
+        }));
+        values.push(val);
+    }
+    let mut out = Map::new();
+    out.insert("type".into(), json!("object"));
+    out.insert("required".into(), json!([&tag]));
+    out.insert(
+        "properties".into(),
+        json!({ &tag: {"type": "string", "enum": values} }),
+    );
+    out.insert("allOf".into(), Value::Array(arms));
+    Some(out)
+}
+
+/// A compiled validator for the committed schema.
+pub struct Validator {
+    schema: Value,
+    compiled: jsonschema::Validator,
+}
+
+impl Validator {
+    /// Compiles the committed schema.
+    pub fn committed() -> Self {
+        let schema: Value =
+            serde_json::from_str(COMMITTED).expect("the committed schema is JSON (tested)");
+        Self::new(schema)
+    }
+
+    /// Compiles `schema` (Draft 7).
+    pub fn new(schema: Value) -> Self {
+        let compiled =
+            jsonschema::draft7::new(&schema).expect("the recipe schema compiles (tested)");
+        Validator { schema, compiled }
+    }
+
+    /// Validates `doc` (the JSON form of `root`), returning one diagnostic per problem
+    /// with spans taken from `root`.
+    pub fn validate(&self, doc: &Value, root: &Node) -> Vec<Diagnostic> {
+        let mut out: Vec<Diagnostic> = Vec::new();
+        for err in self.compiled.iter_errors(doc) {
+            let path: Vec<String> = err.instance_path().iter().map(|s| s.to_string()).collect();
+            let instance = lookup(doc, &path);
+            for d in self.describe(&err, &path, doc, instance, root) {
+                if !out
+                    .iter()
+                    .any(|o| o.path == d.path && o.message == d.message)
+                {
+                    out.push(d);
+                }
+            }
+        }
+        out
+    }
+
+    /// The object schema that applies at `path` in `doc`, following `$ref`, items and
+    /// the `if`/`then` arm selected by the instance's tag.
+    fn schema_at<'a>(&'a self, doc: &Value, path: &[String]) -> Option<&'a Value> {
+        let mut schema = self.resolve(&self.schema)?;
+        let mut inst = doc;
+        for seg in path {
+            let next = if let Some(arr) = inst.as_array() {
+                let item = arr.get(seg.parse::<usize>().ok()?)?;
+                let s = self.resolve(schema.get("items")?)?;
+                (item, s)
+            } else {
+                let item = inst.get(seg)?;
+                let s = self.property_schema(schema, inst, seg)?;
+                (item, s)
+            };
+            inst = next.0;
+            schema = next.1;
+        }
+        Some(schema)
+    }
+
+    fn property_schema<'a>(
+        &'a self,
+        schema: &'a Value,
+        inst: &Value,
+        key: &str,
+    ) -> Option<&'a Value> {
+        if let Some(s) = schema.get("properties").and_then(|p| p.get(key)) {
+            if key_is_tag(schema, key) {
+                return Some(s);
+            }
+            if let Some(then) = self.selected_arm(schema, inst)
+                && let Some(s2) = then.get("properties").and_then(|p| p.get(key))
+            {
+                return self.resolve(s2);
+            }
+            return self.resolve(s);
+        }
+        let then = self.selected_arm(schema, inst)?;
+        self.resolve(then.get("properties")?.get(key)?)
+    }
+
+    /// The `then` schema of the `if`/`then` arm whose tag matches `inst`.
+    fn selected_arm<'a>(&'a self, schema: &'a Value, inst: &Value) -> Option<&'a Value> {
+        schema.get("allOf")?.as_array()?.iter().find_map(|arm| {
+            let cond = arm.get("if")?.get("properties")?.as_object()?;
+            let (tag, c) = cond.iter().next()?;
+            (inst.get(tag)? == c.get("const")?)
+                .then(|| arm.get("then"))
+                .flatten()
+        })
+    }
+
+    fn resolve<'a>(&'a self, mut s: &'a Value) -> Option<&'a Value> {
+        for _ in 0..16 {
+            if let Some(r) = s.get("$ref").and_then(Value::as_str) {
+                let name = r.strip_prefix("#/definitions/")?;
+                s = self.schema.get("definitions")?.get(name)?;
+                continue;
+            }
+            // schemars wraps a `$ref` that carries a default or description in a
+            // one-element `allOf`.
+            match s.get("allOf").and_then(Value::as_array) {
+                Some(all) if all.len() == 1 && s.get("properties").is_none() => s = &all[0],
+                _ => return Some(s),
+            }
+        }
+        None
+    }
+
+    /// The names a mapping at `path` may hold, for "did you mean".
+    pub fn allowed_keys(&self, doc: &Value, path: &[String]) -> Vec<String> {
+        let Some(schema) = self.schema_at(doc, path) else {
+            return Vec::new();
+        };
+        let inst = lookup(doc, path);
+        let mut keys: Vec<String> = Vec::new();
+        let mut add = |s: &Value| {
+            if let Some(p) = s.get("properties").and_then(Value::as_object) {
+                keys.extend(p.keys().cloned());
+            }
+        };
+        add(schema);
+        if let Some(then) = inst.and_then(|i| self.selected_arm(schema, i)) {
+            add(then);
+        }
+        keys.dedup();
+        keys
+    }
+}
+
+fn key_is_tag(schema: &Value, key: &str) -> bool {
+    schema.get("allOf").is_some()
+        && schema
+            .get("required")
+            .and_then(Value::as_array)
+            .is_some_and(|r| r.contains(&json!(key)))
+}
+
+fn lookup<'a>(doc: &'a Value, path: &[String]) -> Option<&'a Value> {
+    let mut v = doc;
+    for seg in path {
+        v = match v {
+            Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+            Value::Object(o) => o.get(seg)?,
+            _ => return None,
+        };
+    }
+    Some(v)
+}
+
+fn json_kind(v: Option<&Value>) -> String {
+    match v {
+        None => "nothing".into(),
+        Some(Value::Null) => "null".into(),
+        Some(Value::Bool(b)) => format!("the boolean `{b}`"),
+        Some(Value::Number(n)) => format!("the number `{n}`"),
+        Some(Value::String(s)) => format!("the string `{s}`"),
+        Some(Value::Array(a)) => format!("a sequence of {} item(s)", a.len()),
+        Some(Value::Object(_)) => "a mapping".into(),
+    }
+}
+
+fn type_name(t: &str) -> &str {
+    match t {
+        "object" => "a mapping",
+        "array" => "a sequence",
+        "string" => "a string",
+        "integer" => "an integer",
+        "number" => "a number",
+        "boolean" => "a boolean (true/false)",
+        "null" => "null",
+        other => other,
+    }
+}
+
+fn section_name(path: &[String]) -> String {
+    if path.is_empty() {
+        "the top level".into()
+    } else {
+        format!("`{}`", path.join("."))
+    }
+}
+
+fn first_sentence(schema: Option<&Value>) -> Option<String> {
+    let d = schema?.get("description")?.as_str()?;
+    let s = d.split(". ").next().unwrap_or(d).trim_end_matches('.');
+    Some(s.replace('\n', " "))
+}
+
+impl Validator {
+    fn describe(
+        &self,
+        err: &jsonschema::ValidationError<'_>,
+        path: &[String],
+        doc: &Value,
+        instance: Option<&Value>,
+        root: &Node,
+    ) -> Vec<Diagnostic> {
+        use jsonschema::error::{TypeKind, ValidationErrorKind as K};
+        let schema = self.schema_at(doc, path);
+        let dotted = path.join(".");
+        let loc = root.locate(path);
+        // Nulls and containers start at awkward places (the next token, the first item):
+        // point at their key instead.
+        let value_span = match instance {
+            Some(Value::Null | Value::Object(_)) if loc.key.is_some() => loc.key,
+            _ if path.is_empty() => Some(crate::diag::Span {
+                line: 1,
+                col: 1,
+                len: 1,
+                ..loc.value
+            }),
+            _ => Some(loc.value),
+        };
+        let key_or_value = if path.is_empty() {
+            value_span
+        } else {
+            Some(loc.key.unwrap_or(loc.value))
+        };
+        let d = match err.kind() {
+            K::AdditionalProperties { unexpected } => {
+                let allowed_owned = self.allowed_keys(doc, path);
+                let allowed: Vec<&str> = allowed_owned.iter().map(String::as_str).collect();
+                return unexpected
+                .iter()
+                .map(|k| {
+                    let mut p = path.to_vec();
+                    p.push(k.clone());
+                    let l = root.locate(&p);
+                    let mut d = Diagnostic::error(p.join("."), format!("unknown key `{k}` in {}", section_name(path))).with_span(Some(l.key.unwrap_or(l.value)));
+                    if let Some(best) = did_you_mean(k, allowed.iter().copied()) {
+                        d = d.with_help(format!("did you mean `{best}`?"));
+                    } else if k == "normalize" && path.len() >= 2 && path[0] == "augment" {
+                        d = d.with_help("normalisation is set once, in `data.normalize` (it also applies to evaluation images)");
+                    } else if !allowed.is_empty() {
+                        d = d.with_help(format!("expected one of: {}", allowed.join(", ")));
+                    }
+                    d
+                })
+                .collect();
+            }
+            K::Required { property } => {
+                let p = property.as_str().unwrap_or_default();
+                let prop_schema = schema.and_then(|s| {
+                    let direct = s.get("properties").and_then(|ps| ps.get(p));
+                    direct.or_else(|| self.selected_arm(s, instance?)?.get("properties")?.get(p))
+                });
+                let mut d = Diagnostic::error(
+                    dotted.clone(),
+                    format!("missing required key `{p}` in {}", section_name(path)),
+                )
+                .with_span(key_or_value);
+                if let Some(desc) = first_sentence(prop_schema) {
+                    d = d.with_help(format!("add `{p}:` ({desc})"));
+                }
+                d
+            }
+            K::Type { kind } => {
+                let expected = match kind {
+                    TypeKind::Single(t) => type_name(&t.to_string()).to_string(),
+                    TypeKind::Multiple(ts) => ts
+                        .iter()
+                        .map(|t| type_name(&t.to_string()).to_string())
+                        .collect::<Vec<_>>()
+                        .join(" or "),
+                };
+                let mut d = Diagnostic::error(
+                    dotted.clone(),
+                    format!("expected {expected}, found {}", json_kind(instance)),
+                )
+                .with_span(value_span);
+                if expected.contains("integer")
+                    && matches!(instance, Some(Value::Number(n)) if n.is_f64())
+                {
+                    d = d.with_help("this value must be a whole number");
+                } else if matches!(instance, Some(Value::String(s)) if s.parse::<f64>().is_ok()) {
+                    d = d.with_help("remove the quotes to write a number");
+                }
+                d
+            }
+            K::Enum { options } => {
+                let opts: Vec<&str> = options
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                let found = instance
+                    .map(|v| {
+                        v.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| v.to_string())
+                    })
+                    .unwrap_or_default();
+                let what = path
+                    .last()
+                    .map_or("value".to_string(), |k| format!("`{k}`"));
+                let mut d = Diagnostic::error(
+                    dotted.clone(),
+                    format!(
+                        "unknown {what} `{found}`; expected one of: {}",
+                        opts.join(", ")
+                    ),
+                )
+                .with_span(value_span);
+                if let Some(best) = did_you_mean(&found, opts.iter().copied()) {
+                    d = d.with_help(format!("did you mean `{best}`?"));
+                }
+                d
+            }
+            K::Minimum { limit } => Diagnostic::error(
+                dotted.clone(),
+                format!(
+                    "{} is below the minimum of {}",
+                    json_kind(instance),
+                    number(limit)
+                ),
+            )
+            .with_span(value_span),
+            K::Maximum { .. } if dotted == "version" => Diagnostic::error(
+                dotted.clone(),
+                format!(
+                    "unsupported recipe language version {}; this build reads version 1",
+                    json_kind(instance).trim_start_matches("the number ")
+                ),
+            )
+            .with_span(value_span)
+            .with_help("write `version: 1`, or use a newer `recipe`"),
+            K::Maximum { limit } => Diagnostic::error(
+                dotted.clone(),
+                format!(
+                    "{} is above the maximum of {}",
+                    json_kind(instance),
+                    number(limit)
+                ),
+            )
+            .with_span(value_span),
+            K::MinItems { limit } | K::MaxItems { limit } => {
+                let (lo, hi) = schema_item_bounds(schema).unwrap_or((*limit, *limit));
+                let expect = if lo == hi {
+                    format!("exactly {lo}")
+                } else {
+                    format!("between {lo} and {hi}")
+                };
+                let mut d = Diagnostic::error(
+                    dotted.clone(),
+                    format!("expected {expect} item(s), found {}", json_kind(instance)),
+                )
+                .with_span(value_span);
+                if lo == 2 && hi == 2 {
+                    d = d.with_help("write a range as `[min, max]`");
+                }
+                d
+            }
+            K::MinProperties { .. } | K::MaxProperties { .. } => {
+                let ops: Vec<&str> = schema
+                    .and_then(|s| s.get("properties"))
+                    .and_then(Value::as_object)
+                    .map(|p| p.keys().map(String::as_str).collect())
+                    .unwrap_or_default();
+                Diagnostic::error(dotted.clone(), format!("expected a mapping with exactly one key, found {}", json_kind(instance)))
+                .with_span(value_span)
+                .with_help(format!("write each op as its own list item, e.g. `- horizontal_flip: {{p: 0.5}}`; ops: {}", ops.join(", ")))
+            }
+            K::MinLength { .. } => Diagnostic::error(dotted.clone(), "expected a non-empty string")
+                .with_span(value_span),
+            K::Pattern { pattern } => Diagnostic::error(
+                dotted.clone(),
+                format!(
+                    "{} does not match the pattern `{pattern}`",
+                    json_kind(instance)
+                ),
+            )
+            .with_span(value_span)
+            .with_help("use letters, digits, `_`, `-` and `.`, starting with a letter or digit"),
+            _ => Diagnostic::error(dotted.clone(), err.to_string()).with_span(value_span),
+        };
+        vec![d]
+    }
+}
+
+/// A schema bound as written by a person: `1`, not `1.0`.
+fn number(v: &Value) -> String {
+    match v.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+        _ => v.to_string(),
+    }
+}
+
+fn schema_item_bounds(schema: Option<&Value>) -> Option<(u64, u64)> {
+    let s = schema?;
+    Some((s.get("minItems")?.as_u64()?, s.get("maxItems")?.as_u64()?))
+}

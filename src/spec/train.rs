@@ -1,0 +1,71 @@
+//! The `train` and `output` sections.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// How long and how big the training run is, and where it runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Train {
+    /// Passes over the training set.
+    #[schemars(range(min = 1))]
+    pub epochs: usize,
+    /// Images per batch (each image yields `augment.views` views), at least 2.
+    pub batch_size: usize,
+    /// Where the model runs.
+    #[serde(default)]
+    pub device: Device,
+    /// CPU threads for the model and the augmentation; 0 uses every core.
+    #[serde(default)]
+    pub threads: usize,
+    /// Write a checkpoint every this many epochs (0: only at the end).
+    #[serde(default)]
+    pub checkpoint_every: usize,
+    /// Log the loss every this many steps.
+    #[serde(default = "log_default")]
+    #[schemars(range(min = 1))]
+    pub log_every: usize,
+    /// Batches prepared ahead in the background while the model trains.
+    #[serde(default = "prefetch_default")]
+    pub prefetch: usize,
+}
+
+fn log_default() -> usize {
+    10
+}
+fn prefetch_default() -> usize {
+    2
+}
+
+/// The compute device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Device {
+    /// CUDA when this binary was built with it, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU (always available).
+    Cpu,
+    /// An NVIDIA GPU; needs a binary built with `--features cuda`.
+    Cuda,
+}
+
+/// Where results are written.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    /// Parent of the run directory; the run writes to `<dir>/<name>`. Relative paths
+    /// are taken from the current directory.
+    #[serde(default = "dir_default")]
+    pub dir: String,
+}
+
+impl Default for Output {
+    fn default() -> Self {
+        Output { dir: dir_default() }
+    }
+}
+
+fn dir_default() -> String {
+    "runs".into()
+}

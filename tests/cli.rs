@@ -1,0 +1,140 @@
+//! The `recipe` binary: exit codes (0 valid, 1 invalid, 2 usage or I/O), output
+//! formats, and the `schema` / `render` commands.
+
+use std::process::{Command, Output};
+
+fn recipe(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_recipe"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn validate_exit_codes() {
+    let ok = recipe(&["validate", "recipes/simclr.yaml", "recipes/moco.yaml"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    assert!(text(&ok.stdout).contains("recipes/moco.yaml: valid"));
+
+    let bad = recipe(&[
+        "validate",
+        "recipes/simclr.yaml",
+        "tests/invalid/many_errors.yaml",
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    let err = text(&bad.stderr);
+    assert!(
+        err.contains("tests/invalid/many_errors.yaml: 4 error(s)"),
+        "{err}"
+    );
+    assert!(err.contains("help: did you mean `temperature`?"), "{err}");
+    assert!(text(&bad.stdout).contains("recipes/simclr.yaml: valid"));
+
+    let missing = recipe(&["validate", "no/such/recipe.yaml"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing.stderr).contains("cannot read `no/such/recipe.yaml`"));
+
+    let bad_set = recipe(&[
+        "validate",
+        "recipes/simclr.yaml",
+        "--set",
+        "loss.temperature",
+    ]);
+    assert_eq!(bad_set.status.code(), Some(2));
+    assert!(text(&bad_set.stderr).contains("is not of the form `path.to.key=value`"));
+
+    let usage = recipe(&["validate"]);
+    assert_eq!(usage.status.code(), Some(2));
+}
+
+#[test]
+fn set_overrides_are_checked_too() {
+    let out = recipe(&[
+        "validate",
+        "recipes/moco.yaml",
+        "--set",
+        "loss.queue_size=1000",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("--> --set:1:17"), "{err}");
+    assert!(
+        err.contains("queue_size must be a positive multiple of the batch size (256), found 1000"),
+        "{err}"
+    );
+}
+
+#[test]
+fn validate_json_format() {
+    let out = recipe(&[
+        "validate",
+        "--format",
+        "json",
+        "tests/invalid/unknown_nested_key.yaml",
+        "recipes/swav.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(v[0]["valid"], false);
+    let d = &v[0]["diagnostics"][0];
+    assert_eq!(d["severity"], "error");
+    assert_eq!(d["path"], "loss.temprature");
+    assert_eq!(
+        (d["line"].as_u64(), d["column"].as_u64()),
+        (Some(14), Some(24))
+    );
+    assert_eq!(d["help"], "did you mean `temperature`?");
+    assert_eq!(v[1]["valid"], true);
+    assert_eq!(v[1]["diagnostics"], serde_json::json!([]));
+}
+
+#[test]
+fn schema_prints_the_committed_schema() {
+    let out = recipe(&["schema"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        text(&out.stdout),
+        std::fs::read_to_string("schemas/recipe.schema.json").unwrap()
+    );
+}
+
+#[test]
+fn render_resolves_everything() {
+    let out = recipe(&[
+        "render",
+        "recipes/cifar10/swav.yaml",
+        "--set",
+        "train.epochs=100",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["name"], "cifar10-swav");
+    assert_eq!(v["train"]["epochs"], 100);
+    assert_eq!(v["loss"]["method"], "swav");
+    assert_eq!(v["loss"]["prototypes"], 3000);
+    assert_eq!(
+        v["model"]["backbone"]["width"], 1.0,
+        "defaults are filled in"
+    );
+    assert!(v.get("extends").is_none());
+    let dir = v["data"]["source"]["dir"].as_str().unwrap();
+    assert!(
+        dir.ends_with("data/cifar-10-batches-bin") && std::path::Path::new(dir).is_absolute(),
+        "{dir}"
+    );
+
+    let json = recipe(&["render", "--format", "json", "recipes/simclr.yaml"]);
+    let j: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        j["augment"]["pipeline"][0]["random_resized_crop"]["ratio"][0],
+        0.75
+    );
+
+    let bad = recipe(&["render", "tests/invalid/temperature_zero.yaml"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(bad.stdout.is_empty());
+}

@@ -1,0 +1,212 @@
+//! The shipped recipes, the schema file, rendering, and the invalid-recipe corpus
+//! (one file per class of error, each with an insta snapshot of its diagnostics).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use recipe::diag::render_human;
+use recipe::spec::{Loader, Recipe, schema};
+
+fn yaml_files(dir: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::from(dir)];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "yaml") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn every_shipped_recipe_is_valid() {
+    let loader = Loader::new();
+    let files = yaml_files("recipes");
+    assert!(
+        files.len() >= 11,
+        "expected the quick and CIFAR-10 recipes, found {files:?}"
+    );
+    for f in files.iter().chain(yaml_files("tests/valid").iter()) {
+        let loaded = loader.load_file(f, &[]).unwrap();
+        let text = render_human(&loaded.diagnostics, &loaded.sources);
+        assert!(
+            loaded.valid_recipe().is_some(),
+            "{} is invalid:\n{text}",
+            f.display()
+        );
+        assert!(
+            loaded.diagnostics.is_empty(),
+            "{} has warnings:\n{text}",
+            f.display()
+        );
+        let first = fs::read_to_string(f).unwrap();
+        if f.starts_with("recipes") {
+            assert!(
+                first.starts_with("# yaml-language-server: $schema="),
+                "{} lacks the schema modeline",
+                f.display()
+            );
+            let rel = first
+                .lines()
+                .next()
+                .unwrap()
+                .split("$schema=")
+                .nth(1)
+                .unwrap();
+            assert!(
+                f.parent().unwrap().join(rel).exists(),
+                "{}: schema path {rel} does not exist",
+                f.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn quick_recipes_use_the_builtin_dataset_and_each_method() {
+    let loader = Loader::new();
+    let mut methods = Vec::new();
+    for name in ["simclr", "moco", "memory_bank", "swav", "supcon"] {
+        let l = loader
+            .load_file(Path::new(&format!("recipes/{name}.yaml")), &[])
+            .unwrap();
+        let r = l.valid_recipe().unwrap();
+        assert!(matches!(
+            r.data.source,
+            recipe::spec::data::Source::Builtin { .. }
+        ));
+        methods.push(r.loss.method());
+    }
+    assert_eq!(methods, ["simclr", "moco", "memory_bank", "swav", "supcon"]);
+}
+
+#[test]
+fn committed_schema_is_current() {
+    let generated = schema::generate_pretty();
+    let committed = fs::read_to_string("schemas/recipe.schema.json").unwrap();
+    assert!(
+        generated == committed,
+        "schemas/recipe.schema.json is stale: run `cargo run -- schema > schemas/recipe.schema.json`"
+    );
+}
+
+#[test]
+fn schema_is_valid_draft7() {
+    let s: serde_json::Value = serde_json::from_str(schema::COMMITTED).unwrap();
+    assert_eq!(s["$schema"], "http://json-schema.org/draft-07/schema#");
+    jsonschema::meta::validate(&s).expect("the schema is valid against the Draft 7 meta-schema");
+    // A wrong type deep inside a tagged section is caught by a third-party validator.
+    let bad = serde_json::json!({"version": 1, "name": "x", "data": {"source": {"format": "builtin"}, "image_size": 28},
+        "model": {"backbone": {"arch": "small_cnn"}}, "loss": {"method": "moco", "queue_size": "big"},
+        "optimizer": {"name": "sgd", "lr": 0.1}, "train": {"epochs": 1, "batch_size": 8}});
+    let v = jsonschema::draft7::new(&s).unwrap();
+    let errs: Vec<String> = v
+        .iter_errors(&bad)
+        .map(|e| e.instance_path().to_string())
+        .collect();
+    assert_eq!(errs, ["/loss/queue_size"]);
+}
+
+#[test]
+fn render_fills_defaults_and_round_trips() {
+    let loader = Loader::new();
+    for f in yaml_files("recipes") {
+        let l = loader.load_file(&f, &[]).unwrap();
+        let r = l.valid_recipe().unwrap().clone();
+        let text = serde_yaml::to_string(&serde_json::to_value(&r).unwrap()).unwrap();
+        let again = loader
+            .load_bytes("rendered.yaml", None, text.as_bytes(), &[])
+            .unwrap();
+        let r2: &Recipe = again.valid_recipe().unwrap_or_else(|| {
+            panic!(
+                "rendered {} is invalid: {:?}",
+                f.display(),
+                again.diagnostics
+            )
+        });
+        assert_eq!(&r, r2, "{} does not round-trip", f.display());
+    }
+    let l = loader
+        .load_file(Path::new("tests/valid/minimal.yaml"), &[])
+        .unwrap();
+    let r = l.valid_recipe().unwrap();
+    assert_eq!(r.augment.pipeline.len(), 2);
+    assert_eq!(r.model.head.out_dim, 128);
+    assert_eq!(r.train.log_every, 10);
+}
+
+#[test]
+fn extends_and_set_merge_in_order() {
+    let loader = Loader::new();
+    let l = loader
+        .load_file(
+            Path::new("tests/valid/extends_child.yaml"),
+            &[
+                "train.epochs=3".into(),
+                "augment.pipeline.1.horizontal_flip.p=0.25".into(),
+            ],
+        )
+        .unwrap();
+    let r = l
+        .valid_recipe()
+        .unwrap_or_else(|| panic!("{:?}", l.diagnostics));
+    assert_eq!(r.name, "child");
+    assert_eq!((r.train.epochs, r.train.batch_size), (3, 32));
+    assert_eq!(
+        r.loss,
+        recipe::spec::loss::Loss::Moco {
+            temperature: 0.2,
+            momentum: 0.99,
+            queue_size: 256,
+            symmetric: false
+        }
+    );
+    let recipe::spec::augment::Op::HorizontalFlip(f) = &r.augment.pipeline[1] else {
+        panic!()
+    };
+    assert_eq!(f.p, 0.25);
+    assert_eq!(r.downstream.len(), 1, "inherited from the base");
+}
+
+/// `# set: path=value` lines at the top of a corpus file become `--set` arguments.
+fn sets_of(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# set: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn invalid_corpus_snapshots() {
+    let loader = Loader::new();
+    let mut files: Vec<PathBuf> = fs::read_dir("tests/invalid")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 40,
+        "the corpus should cover at least 40 classes of error"
+    );
+    for f in files {
+        let bytes = fs::read(&f).unwrap();
+        let sets = sets_of(&String::from_utf8_lossy(&bytes));
+        let loaded = loader.load_file(&f, &sets).unwrap();
+        let text = render_human(&loaded.diagnostics, &loaded.sources);
+        assert!(loaded.has_errors(), "{} should be invalid", f.display());
+        assert!(
+            loaded.diagnostics.iter().all(|d| d.span.is_some()),
+            "{}: every diagnostic needs a location:\n{text}",
+            f.display()
+        );
+        let name = f.file_stem().unwrap().to_string_lossy().into_owned();
+        insta::assert_snapshot!(name, text);
+    }
+}
