@@ -25,6 +25,13 @@ pub enum AugmentError {
         /// The channel count that was found.
         found: usize,
     },
+    /// A problem located at a recipe path (`augment.pipeline.2`, `data.normalize`, ...).
+    At {
+        /// Dotted recipe path of the offending value.
+        path: String,
+        /// The problem.
+        source: Box<AugmentError>,
+    },
     /// The preview was asked for something it cannot draw (e.g. no images).
     Preview(String),
     /// The preview PNG could not be encoded or written.
@@ -47,6 +54,7 @@ impl fmt::Display for AugmentError {
                 f,
                 "image has {found} channel(s) where {expected} were expected (only 1 or 3 are supported)"
             ),
+            AugmentError::At { path, source } => write!(f, "{path}: {source}"),
             AugmentError::Preview(message) => write!(f, "preview: {message}"),
             AugmentError::Write { path, source } => {
                 write!(f, "cannot write preview `{}`: {source}", path.display())
@@ -59,6 +67,7 @@ impl std::error::Error for AugmentError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             AugmentError::Write { source, .. } => Some(source),
+            AugmentError::At { source, .. } => Some(source.as_ref()),
             _ => None,
         }
     }
