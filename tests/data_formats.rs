@@ -140,7 +140,14 @@ fn idx_bad_magic_sizes_and_counts() {
         other => panic!("expected a count mismatch, got {other:?}"),
     }
 
+    // No images at all.
+    write(&files.train_images, &idx_images(0, 3, 2, |_| 0));
+    write(files.train_labels.as_ref().unwrap(), &idx_labels(&[]));
+    let e = err_of(&DataConfig::new(Source::Idx(files.clone())));
+    assert!(e.contains("has no training images"), "{e}");
+
     // Missing file.
+    write(&files.train_images, &idx_images(20, 3, 2, |_| 0));
     write(files.train_labels.as_ref().unwrap(), &idx_labels(&[0; 20]));
     let mut f = files.clone();
     f.test_images = Some(d.join("nope-idx3-ubyte"));
@@ -521,6 +528,9 @@ fn corrupt_images_error_or_are_skipped() {
     // A truncated PNG: a real file cut in half.
     let good = std::fs::read(root.join("cat/ok.png")).unwrap();
     write(&root.join("dog/cut.png"), &good[..good.len() / 2]);
+    // A dangling link: listed as an image, but the file cannot be opened.
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(root.join("gone.png"), root.join("dog/link.png")).unwrap();
     let mut cfg = DataConfig::new(Source::ImageFolder {
         train: root.clone(),
         test: None,
@@ -540,7 +550,15 @@ fn corrupt_images_error_or_are_skipped() {
         .map(|s| s.path.file_name().unwrap().to_owned())
         .collect();
     skipped.sort();
-    assert_eq!(skipped, ["cut.png", "garbage.jpg"]);
+    let mut want = vec!["cut.png", "garbage.jpg"];
+    if cfg!(unix) {
+        want.push("link.png");
+    }
+    assert_eq!(skipped, want);
+    let link = data.skipped.iter().find(|s| s.path.ends_with("link.png"));
+    if let Some(link) = link {
+        assert!(link.reason.contains("does not exist"), "{}", link.reason);
+    }
 }
 
 #[test]

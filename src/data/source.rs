@@ -601,6 +601,12 @@ pub fn load(cfg: &DataConfig) -> Result<LoadedData, DataError> {
             load_folders(train, test.as_deref(), cfg, &mut skipped)?
         }
     };
+    if train.is_empty() {
+        return Err(DataError::Config(format!(
+            "{} has no training images",
+            describe(&cfg.source)
+        )));
+    }
     let train = conform(train, cfg)?;
     let test = test.map(|t| conform(t, cfg)).transpose()?;
 
