@@ -725,3 +725,33 @@ fn recipe_data_section_maps_onto_the_config() {
     let problems = recipe::data::check_spec_paths(&d);
     assert_eq!(problems[0].field, "data.source.train");
 }
+
+#[test]
+fn every_image_format_of_the_build_decodes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("formats");
+    let exts = ["bmp", "gif", "jpeg", "png", "tif", "webp"];
+    for ext in exts {
+        save_rgb(&root.join(format!("img.{ext}")), 4, 4, |_, _| {
+            [200, 100, 50]
+        });
+    }
+    let mut cfg = DataConfig::new(Source::ImageFolder {
+        train: root,
+        test: None,
+    });
+    cfg.use_labels = false;
+    let ds = load(&cfg).unwrap().train;
+    assert_eq!(ds.len(), exts.len());
+    assert_eq!(ds.shape(), (3, 4, 4));
+    for (i, ext) in exts.iter().enumerate() {
+        let p = ds.pixels(i);
+        for (c, want) in [200i32, 100, 50].into_iter().enumerate() {
+            let got = p[c * 16 + 5] as i32;
+            assert!(
+                (got - want).abs() <= 3,
+                "{ext}: channel {c} is {got}, want {want}"
+            );
+        }
+    }
+}
