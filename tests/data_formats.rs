@@ -140,7 +140,14 @@ fn idx_bad_magic_sizes_and_counts() {
         other => panic!("expected a count mismatch, got {other:?}"),
     }
 
+    // No images at all.
+    write(&files.train_images, &idx_images(0, 3, 2, |_| 0));
+    write(files.train_labels.as_ref().unwrap(), &idx_labels(&[]));
+    let e = err_of(&DataConfig::new(Source::Idx(files.clone())));
+    assert!(e.contains("has no training images"), "{e}");
+
     // Missing file.
+    write(&files.train_images, &idx_images(20, 3, 2, |_| 0));
     write(files.train_labels.as_ref().unwrap(), &idx_labels(&[0; 20]));
     let mut f = files.clone();
     f.test_images = Some(d.join("nope-idx3-ubyte"));
@@ -521,6 +528,9 @@ fn corrupt_images_error_or_are_skipped() {
     // A truncated PNG: a real file cut in half.
     let good = std::fs::read(root.join("cat/ok.png")).unwrap();
     write(&root.join("dog/cut.png"), &good[..good.len() / 2]);
+    // A dangling link: listed as an image, but the file cannot be opened.
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(root.join("gone.png"), root.join("dog/link.png")).unwrap();
     let mut cfg = DataConfig::new(Source::ImageFolder {
         train: root.clone(),
         test: None,
@@ -540,7 +550,15 @@ fn corrupt_images_error_or_are_skipped() {
         .map(|s| s.path.file_name().unwrap().to_owned())
         .collect();
     skipped.sort();
-    assert_eq!(skipped, ["cut.png", "garbage.jpg"]);
+    let mut want = vec!["cut.png", "garbage.jpg"];
+    if cfg!(unix) {
+        want.push("link.png");
+    }
+    assert_eq!(skipped, want);
+    let link = data.skipped.iter().find(|s| s.path.ends_with("link.png"));
+    if let Some(link) = link {
+        assert!(link.reason.contains("does not exist"), "{}", link.reason);
+    }
 }
 
 #[test]
@@ -706,4 +724,34 @@ fn recipe_data_section_maps_onto_the_config() {
     assert_eq!(cfg.holdout, Some(0.25));
     let problems = recipe::data::check_spec_paths(&d);
     assert_eq!(problems[0].field, "data.source.train");
+}
+
+#[test]
+fn every_image_format_of_the_build_decodes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("formats");
+    let exts = ["bmp", "gif", "jpeg", "png", "tif", "webp"];
+    for ext in exts {
+        save_rgb(&root.join(format!("img.{ext}")), 4, 4, |_, _| {
+            [200, 100, 50]
+        });
+    }
+    let mut cfg = DataConfig::new(Source::ImageFolder {
+        train: root,
+        test: None,
+    });
+    cfg.use_labels = false;
+    let ds = load(&cfg).unwrap().train;
+    assert_eq!(ds.len(), exts.len());
+    assert_eq!(ds.shape(), (3, 4, 4));
+    for (i, ext) in exts.iter().enumerate() {
+        let p = ds.pixels(i);
+        for (c, want) in [200i32, 100, 50].into_iter().enumerate() {
+            let got = p[c * 16 + 5] as i32;
+            assert!(
+                (got - want).abs() <= 3,
+                "{ext}: channel {c} is {got}, want {want}"
+            );
+        }
+    }
 }

@@ -84,6 +84,18 @@ impl RawImage {
     }
 }
 
+impl RawImage {
+    /// [`RawImage::into_channels`] and [`RawImage::resize`] together, resizing the image
+    /// with fewer channels (gray is replicated after resizing, colour made gray before).
+    pub(crate) fn conform(self, channels: usize, height: usize, width: usize) -> RawImage {
+        if channels > self.channels {
+            self.resize(height, width).into_channels(channels)
+        } else {
+            self.into_channels(channels).resize(height, width)
+        }
+    }
+}
+
 /// PIL's `L = R*299/1000 + G*587/1000 + B*114/1000`, in its 16-bit fixed point.
 pub(crate) fn luma(r: u8, g: u8, b: u8) -> u8 {
     ((r as u32 * 19595 + g as u32 * 38470 + b as u32 * 7471 + 0x8000) >> 16) as u8
@@ -248,22 +260,40 @@ impl Dataset {
         if channels == self.channels {
             return self;
         }
-        let n = self.len();
-        let mut pixels = Vec::with_capacity(n * channels * self.height * self.width);
-        for i in 0..n {
-            let raw = RawImage {
-                channels: self.channels,
-                height: self.height,
-                width: self.width,
-                pixels: self.pixels(i).to_vec(),
-            };
-            pixels.extend(raw.into_channels(channels).pixels);
-        }
+        let pixels = self.map_images(channels, self.height, self.width, |raw| {
+            raw.into_channels(channels)
+        });
         Dataset {
             channels,
             pixels,
             ..self
         }
+    }
+
+    /// Applies `f` to every image in parallel; each result must be `(c, h, w)`.
+    fn map_images(
+        &self,
+        c: usize,
+        h: usize,
+        w: usize,
+        f: impl Fn(RawImage) -> RawImage + Sync,
+    ) -> Vec<u8> {
+        use rayon::prelude::*;
+        let out_len = c * h * w;
+        let mut pixels = vec![0u8; self.len() * out_len];
+        pixels
+            .par_chunks_mut(out_len)
+            .enumerate()
+            .for_each(|(i, out)| {
+                let raw = RawImage {
+                    channels: self.channels,
+                    height: self.height,
+                    width: self.width,
+                    pixels: self.pixels(i).to_vec(),
+                };
+                out.copy_from_slice(&f(raw).pixels);
+            });
+        pixels
     }
 
     /// Resizes every image to `(height, width)`; antialiased bilinear (triangle filter), like
@@ -272,17 +302,9 @@ impl Dataset {
         if (height, width) == (self.height, self.width) {
             return self;
         }
-        let n = self.len();
-        let mut pixels = Vec::with_capacity(n * self.channels * height * width);
-        for i in 0..n {
-            let raw = RawImage {
-                channels: self.channels,
-                height: self.height,
-                width: self.width,
-                pixels: self.pixels(i).to_vec(),
-            };
-            pixels.extend(raw.resize(height, width).pixels);
-        }
+        let pixels = self.map_images(self.channels, height, width, |raw| {
+            raw.resize(height, width)
+        });
         Dataset {
             height,
             width,

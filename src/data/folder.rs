@@ -14,12 +14,12 @@ use super::DataError;
 use super::dataset::RawImage;
 use super::error::io_error;
 
-/// An image file that could not be decoded and was skipped.
+/// An image file that could not be read or decoded and was skipped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Skipped {
     /// The file.
     pub path: PathBuf,
-    /// The decoder's message.
+    /// Why: the full error message (decoder or I/O).
     pub reason: String,
 }
 
@@ -185,9 +185,8 @@ pub(crate) fn decode_file(path: &Path) -> Result<RawImage, DataError> {
 /// A decoded file: its path, class (in a labelled folder) and pixels.
 pub(crate) type Decoded = (PathBuf, Option<u32>, RawImage);
 
-/// Decodes every listed file in parallel, preserving order. Undecodable files are an
-/// error, or with `skip_unreadable` are dropped and reported; a missing file or an I/O
-/// failure is always an error.
+/// Decodes every listed file in parallel, preserving order. A file that cannot be read
+/// or decoded is an error, or with `skip_unreadable` is dropped and reported.
 pub(crate) fn decode_all(
     files: Vec<(PathBuf, Option<u32>)>,
     skip_unreadable: bool,
@@ -204,9 +203,9 @@ pub(crate) fn decode_all(
     for (p, y, r) in decoded {
         match r {
             Ok(img) => ok.push((p, y, img)),
-            Err(DataError::Decode { path, message }) if skip_unreadable => skipped.push(Skipped {
-                path,
-                reason: message,
+            Err(e) if skip_unreadable => skipped.push(Skipped {
+                reason: e.to_string(),
+                path: p,
             }),
             Err(e) => return Err(e),
         }

@@ -485,7 +485,7 @@ fn load_folder_split(
                     expected_from: target_from,
                 });
             }
-            im.into_channels(channels).resize(target.0, target.1)
+            im.conform(channels, target.0, target.1)
         } else {
             im.into_channels(channels)
         };
@@ -548,24 +548,23 @@ fn load_folders(
 /// Brings a whole dataset (IDX, CIFAR, built-in: one size already) to the configured
 /// channels and size.
 fn conform(ds: Dataset, cfg: &DataConfig) -> Result<Dataset, DataError> {
-    let ds = match cfg.channels {
-        Some(c) => ds.into_channels(c),
-        None => ds,
-    };
-    match cfg.image_size {
-        Some((h, w)) if (h, w) != (ds.shape().1, ds.shape().2) => {
-            if cfg.resize == Resize::Error {
-                return Err(DataError::MixedSizes {
-                    path: PathBuf::from(ds.origin()),
-                    found: (ds.shape().1, ds.shape().2),
-                    expected: (h, w),
-                    expected_from: "the configured image size".into(),
-                });
-            }
-            Ok(ds.resize(h, w))
-        }
-        _ => Ok(ds),
+    let (c, h, w) = ds.shape();
+    let channels = cfg.channels.unwrap_or(c);
+    let (th, tw) = cfg.image_size.unwrap_or((h, w));
+    if (th, tw) != (h, w) && cfg.resize == Resize::Error {
+        return Err(DataError::MixedSizes {
+            path: PathBuf::from(ds.origin()),
+            found: (h, w),
+            expected: (th, tw),
+            expected_from: "the configured image size".into(),
+        });
     }
+    // Resize the variant with fewer channels: less work, same result up to rounding.
+    Ok(if channels > c {
+        ds.resize(th, tw).into_channels(channels)
+    } else {
+        ds.into_channels(channels).resize(th, tw)
+    })
 }
 
 fn describe(source: &Source) -> String {
@@ -602,6 +601,12 @@ pub fn load(cfg: &DataConfig) -> Result<LoadedData, DataError> {
             load_folders(train, test.as_deref(), cfg, &mut skipped)?
         }
     };
+    if train.is_empty() {
+        return Err(DataError::Config(format!(
+            "{} has no training images",
+            describe(&cfg.source)
+        )));
+    }
     let train = conform(train, cfg)?;
     let test = test.map(|t| conform(t, cfg)).transpose()?;
 
