@@ -78,6 +78,14 @@ impl Optimizer<Cpu> {
             let g: &[f32] = grads
                 .get_or_alloc_mut(&e.tensor)
                 .map_err(|err| OptimError::Device(format!("{err:?}")))?;
+            if g.len() != n {
+                // The zips below would silently truncate.
+                return Err(OptimError::Device(format!(
+                    "gradient of `{}` has {} values, the parameter {n}",
+                    e.name,
+                    g.len()
+                )));
+            }
             let mut p = host_copy(&e.tensor);
             let (momentum, nesterov, wd, scale) = match cfg {
                 OptimizerConfig::Sgd(c) => (
