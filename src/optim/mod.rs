@@ -26,6 +26,10 @@
 //!   [`Optimizer::state`] under stable names (`<param>.momentum_buffer`,
 //!   `<param>.exp_avg`, `<param>.exp_avg_sq`; PyTorch's state names) and restored by
 //!   [`Optimizer::load_state`], which validates everything before changing anything.
+//!
+//! `dfdx::prelude::*` also exports an `Optimizer` trait and an `SgdConfig`; import this
+//! module's names explicitly (`use recipe::optim::{Optimizer, SgdConfig}`), which
+//! shadows the glob.
 
 mod cpu;
 pub mod schedule;
