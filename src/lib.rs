@@ -19,4 +19,5 @@ pub mod data;
 pub mod diag;
 pub mod nn;
 pub mod optim;
+pub mod plan;
 pub mod spec;

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use recipe::diag::{render_human, render_json};
-use recipe::spec::{Loaded, Loader, schema};
+use recipe::spec::{Loaded, Loader, Recipe, schema};
+use recipe::{augment, build, data};
 
 /// Declarative contrastive representation learning on images.
 #[derive(Parser)]
@@ -40,6 +41,50 @@ enum Command {
         /// Diagnostic format.
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
+        /// Do not check that the data files and folders exist.
+        #[arg(long)]
+        no_data_check: bool,
+    },
+    /// Validate, read the data, build the model, and print shapes, parameters, FLOPs,
+    /// memory and the learning-rate plan.
+    Plan {
+        /// Recipe file.
+        file: PathBuf,
+        /// Override a key: `--set train.batch_size=128` (value is YAML).
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Measure training-step throughput and peak memory of the recipe's model on
+    /// synthetic input, with a per-op time breakdown.
+    Bench {
+        /// Recipe file.
+        file: PathBuf,
+        /// Override a key (value is YAML).
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        sets: Vec<String>,
+        /// Timed steps.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Untimed warm-up steps.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Images per view per step (default: the recipe's batch size).
+        #[arg(long)]
+        batch: Option<usize>,
+    },
+    /// Write a PNG grid of images and their augmented views.
+    Preview {
+        /// Recipe file.
+        file: PathBuf,
+        /// Override a key (value is YAML).
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        sets: Vec<String>,
+        /// Output PNG.
+        #[arg(short, long, default_value = "views.png")]
+        output: PathBuf,
+        /// Number of images (rows).
+        #[arg(long, default_value_t = 8)]
+        n: usize,
     },
     /// Print the recipe JSON Schema (Draft 7).
     Schema,
@@ -63,7 +108,22 @@ fn main() -> ExitCode {
             files,
             sets,
             format,
-        } => validate(&files, &sets, format),
+            no_data_check,
+        } => validate(&files, &sets, format, !no_data_check),
+        Command::Plan { file, sets } => plan(&file, &sets),
+        Command::Bench {
+            file,
+            sets,
+            steps,
+            warmup,
+            batch,
+        } => bench(&file, &sets, steps, warmup, batch),
+        Command::Preview {
+            file,
+            sets,
+            output,
+            n,
+        } => preview(&file, &sets, &output, n),
         Command::Schema => {
             print!("{}", schema::generate_pretty());
             ExitCode::SUCCESS
@@ -79,18 +139,21 @@ fn load(loader: &Loader, file: &Path, sets: &[String]) -> Result<Loaded, ExitCod
     })
 }
 
-fn validate(files: &[PathBuf], sets: &[String], format: Format) -> ExitCode {
+fn validate(files: &[PathBuf], sets: &[String], format: Format, data_check: bool) -> ExitCode {
     let loader = Loader::new();
     let mut code = 0u8;
     let mut json_out = Vec::new();
     for file in files {
-        let loaded = match load(&loader, file, sets) {
+        let mut loaded = match load(&loader, file, sets) {
             Ok(l) => l,
             Err(_) => {
                 code = 2;
                 continue;
             }
         };
+        if data_check {
+            build::check_data_paths(&mut loaded);
+        }
         let errors = loaded.diagnostics.iter().filter(|d| d.is_error()).count();
         let warnings = loaded.diagnostics.len() - errors;
         match format {
@@ -154,4 +217,183 @@ fn render(file: &Path, sets: &[String], format: Format) -> ExitCode {
         return ExitCode::from(2);
     }
     ExitCode::SUCCESS
+}
+
+/// Loads a recipe that must be valid (data paths included), printing its diagnostics;
+/// on failure returns the exit code.
+fn load_valid(file: &Path, sets: &[String]) -> Result<Recipe, ExitCode> {
+    let loader = Loader::new();
+    let mut loaded = load(&loader, file, sets)?;
+    build::check_data_paths(&mut loaded);
+    eprint!("{}", render_human(&loaded.diagnostics, &loaded.sources));
+    match loaded.valid_recipe() {
+        Some(r) => Ok(r.clone()),
+        None => {
+            eprintln!("{}: invalid recipe", file.display());
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+/// Sizes rayon's pool (used by the engine's kernels and the augmentation) from
+/// `train.threads`; 0 keeps rayon's default of one thread per core.
+fn set_threads(threads: usize) {
+    if threads > 0 {
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global();
+    }
+}
+
+fn plan(file: &Path, sets: &[String]) -> ExitCode {
+    let r = match load_valid(file, sets) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    set_threads(r.train.threads);
+    match recipe::plan::plan(&r) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(diags) => {
+            let loader = Loader::new();
+            let loaded = loader.load_file(file, sets).ok();
+            let sources = loaded
+                .as_ref()
+                .map(|l| l.sources.clone())
+                .unwrap_or_default();
+            let located: Vec<_> = diags
+                .into_iter()
+                .map(|d| {
+                    let span = loaded
+                        .as_ref()
+                        .and_then(|l| l.document.as_ref())
+                        .and_then(|doc| recipe::spec::load::span_of(doc, &d.path));
+                    d.with_span(span)
+                })
+                .collect();
+            eprint!("{}", render_human(&located, &sources));
+            eprintln!("{}: the recipe cannot be planned", file.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn bench(
+    file: &Path,
+    sets: &[String],
+    steps: usize,
+    warmup: usize,
+    batch: Option<usize>,
+) -> ExitCode {
+    use recipe::nn::bench::{BenchConfig, run};
+    let r = match load_valid(file, sets) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    set_threads(r.train.threads);
+    let size = build::view_sizes(&r)
+        .first()
+        .map_or(r.data.image_size, |(s, _)| *s);
+    let model = match build::model(&r, size) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let tau = match r.loss {
+        recipe::spec::loss::Loss::Simclr { temperature } => temperature as f32,
+        _ => 0.5,
+    };
+    let batch = batch.unwrap_or(r.train.batch_size);
+    let lr = build::peak_lr(&r).map(|l| l.lr as f32).unwrap_or(0.1);
+    let cfg = BenchConfig {
+        model,
+        batch,
+        steps: steps.max(1),
+        warmup,
+        tau,
+        lr,
+        seed: r.seed,
+        per_op: true,
+    };
+    eprintln!(
+        "bench `{}`: {} at {size}×{size}, 2 views × {batch} images, {} timed step(s) after {warmup} warm-up, {} thread(s)",
+        r.name,
+        r.model.backbone.arch(),
+        cfg.steps,
+        rayon::current_num_threads()
+    );
+    match run(dfdx::prelude::Cpu::default(), &cfg) {
+        Ok(rep) => {
+            println!("images/s: {:.1}", rep.images_per_s);
+            println!("step: {:.1} ms", rep.step_ms);
+            match rep.peak_rss_mib {
+                Some(m) => println!("peak RSS: {m:.0} MiB"),
+                None => println!("peak RSS: unavailable (no /proc)"),
+            }
+            println!("loss after the last step: {:.4}", rep.last_loss);
+            println!(
+                "\n{:<28} {:>12} {:>10} {:>8}",
+                "op", "ms/step", "calls", "share"
+            );
+            let total: f64 = rep.ops.iter().map(|o| o.ms_per_step).sum::<f64>().max(1e-9);
+            for o in &rep.ops {
+                println!(
+                    "{:<28} {:>12.2} {:>10.1} {:>7.1}%",
+                    o.name,
+                    o.ms_per_step,
+                    o.calls_per_step,
+                    100.0 * o.ms_per_step / total
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn preview(file: &Path, sets: &[String], output: &Path, n: usize) -> ExitCode {
+    let r = match load_valid(file, sets) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    set_threads(r.train.threads);
+    let loaded = match data::load(&data::DataConfig::from_spec(&r.data, r.seed)) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: cannot read the data: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let chain = match augment::Chain::from_spec(&r.augment, &r.data) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let count = n.clamp(1, loaded.train.len());
+    // Spread the rows over the dataset rather than showing its first few images.
+    let step = (loaded.train.len() / count).max(1);
+    let images: Vec<_> = (0..count).map(|i| loaded.train.image(i * step)).collect();
+    match augment::write_preview(&chain, &images, r.seed, output) {
+        Ok(()) => {
+            println!(
+                "wrote {} ({count} images × {} views)",
+                output.display(),
+                augment::ViewMaker::view_shapes(&chain).len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

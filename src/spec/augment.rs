@@ -266,6 +266,27 @@ impl Augment {
         }
     }
 
+    /// The side of every view, in order, for images of side `image_size`: the crop size
+    /// of its pipeline's `random_resized_crop` (or the multi-crop group's), else the image's.
+    pub fn view_sizes(&self, image_size: usize) -> Vec<usize> {
+        if let Some(mc) = &self.multi_crop {
+            return std::iter::repeat_n(mc.global.size, mc.global.count)
+                .chain(std::iter::repeat_n(mc.local.size, mc.local.count))
+                .collect();
+        }
+        self.view_pipelines()
+            .iter()
+            .map(|ops| {
+                ops.iter()
+                    .find_map(|o| match o {
+                        Op::RandomResizedCrop(c) => Some(c.size.unwrap_or(image_size)),
+                        _ => None,
+                    })
+                    .unwrap_or(image_size)
+            })
+            .collect()
+    }
+
     /// Number of views each image yields.
     pub fn total_views(&self) -> usize {
         match &self.multi_crop {

@@ -5,7 +5,7 @@
 //! attaches spans. Checks never stop at the first problem.
 
 use super::Recipe;
-use super::augment::{Augment, Op};
+use super::augment::Op;
 use super::data::Source;
 use super::loss::Loss;
 use super::optim::{Optimizer, Schedule};
@@ -213,25 +213,6 @@ fn check_ops(ops: &[Op], base: &str, image_size: usize, out: &mut Vec<Diagnostic
     }
 }
 
-fn view_sizes(a: &Augment, image_size: usize) -> Vec<usize> {
-    if let Some(mc) = &a.multi_crop {
-        return std::iter::repeat_n(mc.global.size, mc.global.count)
-            .chain(std::iter::repeat_n(mc.local.size, mc.local.count))
-            .collect();
-    }
-    a.view_pipelines()
-        .iter()
-        .map(|ops| {
-            ops.iter()
-                .find_map(|o| match o {
-                    Op::RandomResizedCrop(c) => Some(c.size.unwrap_or(image_size)),
-                    _ => None,
-                })
-                .unwrap_or(image_size)
-        })
-        .collect()
-}
-
 fn check_augment(r: &Recipe, out: &mut Vec<Diagnostic>) {
     let a = &r.augment;
     let size = r.data.image_size;
@@ -307,7 +288,7 @@ fn check_augment(r: &Recipe, out: &mut Vec<Diagnostic>) {
     }
     // Views are stacked per view index, so views of one pipeline must agree in size
     // with the model's expectations only through global pooling; sizes must be positive.
-    let sizes = view_sizes(a, size);
+    let sizes = a.view_sizes(size);
     let min_side = 1usize << r.model.backbone.downsamplings();
     if let Some((v, s)) = sizes.iter().enumerate().find(|(_, s)| **s < min_side) {
         let at = if *s == size {
