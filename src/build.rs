@@ -115,6 +115,81 @@ pub fn schedule(s: &Schedule) -> ScheduleConfig {
     }
 }
 
+/// The encoder a recipe describes, planned for square `size`×`size` inputs: backbone,
+/// projection head, and SwAV prototypes when the loss uses them.
+pub fn model(r: &Recipe, size: usize) -> Result<ModelConfig, ModelError> {
+    let stem = |s: SpecStem| match s {
+        SpecStem::Cifar => Stem::Cifar,
+        SpecStem::Imagenet => Stem::ImageNet,
+    };
+    let kind = match &r.model.backbone {
+        Backbone::Resnet18 { stem: s, width } => {
+            BackboneKind::ResNet(ResNetSpec::standard(18, stem(*s), *width as f32)?)
+        }
+        Backbone::Resnet34 { stem: s, width } => {
+            BackboneKind::ResNet(ResNetSpec::standard(34, stem(*s), *width as f32)?)
+        }
+        Backbone::Resnet50 { stem: s, width } => {
+            BackboneKind::ResNet(ResNetSpec::standard(50, stem(*s), *width as f32)?)
+        }
+        Backbone::SmallCnn { channels } => BackboneKind::SmallCnn {
+            channels: channels.clone(),
+        },
+    };
+    let head = &r.model.head;
+    let prototypes = match r.loss {
+        Loss::Swav { prototypes, .. } => Some(PrototypesConfig {
+            count: prototypes,
+            dim: None,
+        }),
+        _ => None,
+    };
+    Ok(ModelConfig {
+        backbone: BackboneConfig {
+            kind,
+            in_channels: r.data.channels,
+        },
+        head: Some(HeadConfig {
+            in_dim: None,
+            hidden: head.hidden.clone(),
+            out_dim: head.out_dim,
+            batch_norm: head.batch_norm,
+            last_bn: false,
+        }),
+        prototypes,
+        input_hw: (size, size),
+    })
+}
+
+/// The distinct view sizes a recipe's augmentation produces, with how many views of
+/// each size every image yields, largest first.
+pub fn view_sizes(r: &Recipe) -> Vec<(usize, usize)> {
+    let sizes = r.augment.view_sizes(r.data.image_size);
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for s in sizes {
+        match out.iter_mut().find(|(size, _)| *size == s) {
+            Some((_, n)) => *n += 1,
+            None => out.push((s, 1)),
+        }
+    }
+    out.sort_by_key(|&(size, _)| std::cmp::Reverse(size));
+    out
+}
+
+/// Adds a diagnostic for every data path of a loaded recipe that does not exist or has
+/// the wrong kind (file vs folder), located at the recipe key that names it.
+pub fn check_data_paths(loaded: &mut crate::spec::Loaded) {
+    let (Some(r), Some(doc)) = (&loaded.recipe, &loaded.document) else {
+        return;
+    };
+    for p in crate::data::check_spec_paths(&r.data) {
+        let d = crate::diag::Diagnostic::error(p.field.clone(), format!("`{}` {}", p.path.display(), p.problem))
+            .with_span(crate::spec::load::span_of(doc, &p.field))
+            .with_help("paths are relative to the recipe file that names them; `--no-data-check` skips this check");
+        loaded.diagnostics.push(d);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,80 +270,5 @@ mod tests {
             })
         );
         assert_eq!(peak_lr(&r).unwrap().lr, 0.001);
-    }
-}
-
-/// The encoder a recipe describes, planned for square `size`×`size` inputs: backbone,
-/// projection head, and SwAV prototypes when the loss uses them.
-pub fn model(r: &Recipe, size: usize) -> Result<ModelConfig, ModelError> {
-    let stem = |s: SpecStem| match s {
-        SpecStem::Cifar => Stem::Cifar,
-        SpecStem::Imagenet => Stem::ImageNet,
-    };
-    let kind = match &r.model.backbone {
-        Backbone::Resnet18 { stem: s, width } => {
-            BackboneKind::ResNet(ResNetSpec::standard(18, stem(*s), *width as f32)?)
-        }
-        Backbone::Resnet34 { stem: s, width } => {
-            BackboneKind::ResNet(ResNetSpec::standard(34, stem(*s), *width as f32)?)
-        }
-        Backbone::Resnet50 { stem: s, width } => {
-            BackboneKind::ResNet(ResNetSpec::standard(50, stem(*s), *width as f32)?)
-        }
-        Backbone::SmallCnn { channels } => BackboneKind::SmallCnn {
-            channels: channels.clone(),
-        },
-    };
-    let head = &r.model.head;
-    let prototypes = match r.loss {
-        Loss::Swav { prototypes, .. } => Some(PrototypesConfig {
-            count: prototypes,
-            dim: None,
-        }),
-        _ => None,
-    };
-    Ok(ModelConfig {
-        backbone: BackboneConfig {
-            kind,
-            in_channels: r.data.channels,
-        },
-        head: Some(HeadConfig {
-            in_dim: None,
-            hidden: head.hidden.clone(),
-            out_dim: head.out_dim,
-            batch_norm: head.batch_norm,
-            last_bn: false,
-        }),
-        prototypes,
-        input_hw: (size, size),
-    })
-}
-
-/// The distinct view sizes a recipe's augmentation produces, with how many views of
-/// each size every image yields, largest first.
-pub fn view_sizes(r: &Recipe) -> Vec<(usize, usize)> {
-    let sizes = r.augment.view_sizes(r.data.image_size);
-    let mut out: Vec<(usize, usize)> = Vec::new();
-    for s in sizes {
-        match out.iter_mut().find(|(size, _)| *size == s) {
-            Some((_, n)) => *n += 1,
-            None => out.push((s, 1)),
-        }
-    }
-    out.sort_by(|a, b| b.0.cmp(&a.0));
-    out
-}
-
-/// Adds a diagnostic for every data path of a loaded recipe that does not exist or has
-/// the wrong kind (file vs folder), located at the recipe key that names it.
-pub fn check_data_paths(loaded: &mut crate::spec::Loaded) {
-    let (Some(r), Some(doc)) = (&loaded.recipe, &loaded.document) else {
-        return;
-    };
-    for p in crate::data::check_spec_paths(&r.data) {
-        let d = crate::diag::Diagnostic::error(p.field.clone(), format!("`{}` {}", p.path.display(), p.problem))
-            .with_span(crate::spec::load::span_of(doc, &p.field))
-            .with_help("paths are relative to the recipe file that names them; `--no-data-check` skips this check");
-        loaded.diagnostics.push(d);
     }
 }
