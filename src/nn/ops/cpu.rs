@@ -490,6 +490,32 @@ pub fn batch_norm2d<T: Tape<f32, Cpu>>(
     train: bool,
     cfg: BnConfig,
 ) -> (T4<Cpu, T>, Option<BnRunning<Cpu>>) {
+    bn_impl(x, gamma, beta, running, train, cfg, false)
+}
+
+/// Batch norm followed by ReLU in one kernel: the ReLU mask is recomputed from the
+/// saved input in backward, so nothing extra is stored.
+pub fn batch_norm2d_relu<T: Tape<f32, Cpu>>(
+    x: T4<Cpu, T>,
+    gamma: T1<Cpu, T>,
+    beta: T1<Cpu, T>,
+    running: &BnRunning<Cpu>,
+    train: bool,
+    cfg: BnConfig,
+) -> (T4<Cpu, T>, Option<BnRunning<Cpu>>) {
+    bn_impl(x, gamma, beta, running, train, cfg, true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bn_impl<T: Tape<f32, Cpu>>(
+    x: T4<Cpu, T>,
+    gamma: T1<Cpu, T>,
+    beta: T1<Cpu, T>,
+    running: &BnRunning<Cpu>,
+    train: bool,
+    cfg: BnConfig,
+    relu: bool,
+) -> (T4<Cpu, T>, Option<BnRunning<Cpu>>) {
     let _t = timing::start("batch_norm.fwd");
     let shape = *x.shape();
     let (n, c, h, w) = shape;
@@ -527,7 +553,13 @@ pub fn batch_norm2d<T: Tape<f32, Cpu>>(
             let ci = i % c;
             let s = gv[ci] * inv[ci];
             let t = bv[ci] - mean[ci] * s;
-            yp.iter_mut().zip(xp).for_each(|(y, x)| *y = x * s + t);
+            if relu {
+                yp.iter_mut()
+                    .zip(xp)
+                    .for_each(|(y, x)| *y = (x * s + t).max(0.0));
+            } else {
+                yp.iter_mut().zip(xp).for_each(|(y, x)| *y = x * s + t);
+            }
         });
     let new = train.then(|| {
         let mo = cfg.momentum;
@@ -554,7 +586,24 @@ pub fn batch_norm2d<T: Tape<f32, Cpu>>(
         let (xg, gg, bg, yg) = (x.ghost(), g.ghost(), b.ghost(), y.ghost());
         tape.add_backward_op(move |grads| {
             let _t = timing::start("batch_norm.bwd");
-            let gy = take_grad!(grads, yg);
+            let mut gy = take_grad!(grads, yg);
+            if relu {
+                // Zero the gradient where the fused ReLU clipped the output.
+                gy.par_chunks_mut(plane.max(1))
+                    .zip(xv.par_chunks(plane.max(1)))
+                    .enumerate()
+                    .for_each(|(p, (gp, xp))| {
+                        let ci = p % c;
+                        let s = gv[ci] * inv[ci];
+                        let t = bv[ci] - mean[ci] * s;
+                        for (g, x) in gp.iter_mut().zip(xp) {
+                            if x * s + t <= 0.0 {
+                                *g = 0.0;
+                            }
+                        }
+                    });
+            }
+            let gy = gy;
             let xhat = |i: usize, ci: usize| (xv[i] - mean[ci]) * inv[ci];
             let sum_gy = channel_sums(&gy, c, plane, |i, _| gy[i]);
             let sum_gyx = channel_sums(&gy, c, plane, |i, ci| gy[i] * xhat(i, ci));
@@ -617,6 +666,51 @@ pub fn relu<S: Shape, T: Tape<f32, Cpu>>(x: Tensor<S, f32, Cpu, T>) -> Tensor<S,
                         }
                     }
                 });
+            Ok(())
+        });
+    }
+    y.put_tape(tape)
+}
+
+/// Fused residual join `max(a + b, 0)`.
+pub fn add_relu<T: Tape<f32, Cpu>>(a: T4<Cpu, T>, b: T4<Cpu, T>) -> T4<Cpu, T> {
+    let _t = timing::start("add_relu.fwd");
+    let shape = *a.shape();
+    let (a, ta) = a.contiguous().split_tape();
+    let (b, tb) = b.contiguous().split_tape();
+    let mut tape = ta.merge(tb);
+    let mut yv = read(&a);
+    let bv = read(&b);
+    yv.par_chunks_mut(1 << 14)
+        .zip(bv.par_chunks(1 << 14))
+        .for_each(|(y, b)| {
+            y.iter_mut()
+                .zip(b)
+                .for_each(|(y, b)| *y = (*y + b).max(0.0))
+        });
+    drop(bv);
+    let mask: Vec<bool> = if T::OWNS_TAPE {
+        yv.par_iter().map(|v| *v > 0.0).collect()
+    } else {
+        Vec::new()
+    };
+    let y = a.device().tensor_from_vec(yv, shape);
+    if T::OWNS_TAPE {
+        let (ag, bg, yg) = (a.ghost(), b.ghost(), y.ghost());
+        tape.add_backward_op(move |grads| {
+            let _t = timing::start("add_relu.bwd");
+            let mut gy = take_grad!(grads, yg);
+            gy.par_chunks_mut(1 << 14)
+                .zip(mask.par_chunks(1 << 14))
+                .for_each(|(g, m)| {
+                    g.iter_mut().zip(m).for_each(|(g, m)| {
+                        if !*m {
+                            *g = 0.0
+                        }
+                    })
+                });
+            add_assign(grads.get_or_alloc_mut(&ag)?, &gy);
+            add_assign(grads.get_or_alloc_mut(&bg)?, &gy);
             Ok(())
         });
     }
@@ -761,8 +855,21 @@ impl EngineDevice for Cpu {
     ) -> (T4<Self, T>, Option<BnRunning<Self>>) {
         batch_norm2d(x, gamma, beta, running, train, cfg)
     }
+    fn batch_norm2d_relu<T: Tape<f32, Self>>(
+        x: T4<Self, T>,
+        gamma: T1<Self, T>,
+        beta: T1<Self, T>,
+        running: &BnRunning<Self>,
+        train: bool,
+        cfg: BnConfig,
+    ) -> (T4<Self, T>, Option<BnRunning<Self>>) {
+        batch_norm2d_relu(x, gamma, beta, running, train, cfg)
+    }
     fn relu4<T: Tape<f32, Self>>(x: T4<Self, T>) -> T4<Self, T> {
         relu(x)
+    }
+    fn add_relu<T: Tape<f32, Self>>(a: T4<Self, T>, b: T4<Self, T>) -> T4<Self, T> {
+        add_relu(a, b)
     }
     fn relu2<T: Tape<f32, Self>>(x: T2<Self, T>) -> T2<Self, T> {
         relu(x)
