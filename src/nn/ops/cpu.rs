@@ -112,20 +112,22 @@ impl ConvDims {
     fn ckk(&self) -> usize {
         self.c * self.win.kernel * self.win.kernel
     }
-    fn direct(&self) -> bool {
-        self.win.kernel == 1 && self.win.stride == 1 && self.win.padding == 0
+    /// Samples per gemm: enough output columns (about 1024) to keep gemm efficient on
+    /// the small late-stage maps, while the column buffer stays small.
+    fn group(&self, n: usize) -> usize {
+        (1024 / (self.ho * self.wo).max(1)).clamp(1, n.max(1))
     }
 }
 
-/// One sample `(c, h, w)` → columns `(c·k·k, ho·wo)`.
-fn im2col(x: &[f32], d: ConvDims, col: &mut [f32]) {
+/// One sample `(c, h, w)` → rows `r` of `col[r·ld ..][.. ho·wo]` (`r` over `c·k·k`).
+fn im2col(x: &[f32], d: ConvDims, col: &mut [f32], ld: usize) {
     let k = d.win.kernel;
     let howo = d.ho * d.wo;
     for ci in 0..d.c {
         let xc = &x[ci * d.h * d.w..(ci + 1) * d.h * d.w];
         for ki in 0..k {
             for kj in 0..k {
-                let row = &mut col[((ci * k + ki) * k + kj) * howo..][..howo];
+                let row = &mut col[((ci * k + ki) * k + kj) * ld..][..howo];
                 let (lo, hi) = valid_range(d.w, d.wo, kj, d.win);
                 for oy in 0..d.ho {
                     let dst = &mut row[oy * d.wo..(oy + 1) * d.wo];
@@ -151,15 +153,15 @@ fn im2col(x: &[f32], d: ConvDims, col: &mut [f32]) {
     }
 }
 
-/// Adds columns `(c·k·k, ho·wo)` back into one sample's gradient `(c, h, w)`.
-fn col2im_add(col: &[f32], d: ConvDims, gx: &mut [f32]) {
+/// Adds rows `col[r·ld ..][.. ho·wo]` back into one sample's gradient `(c, h, w)`.
+fn col2im_add(col: &[f32], d: ConvDims, gx: &mut [f32], ld: usize) {
     let k = d.win.kernel;
     let howo = d.ho * d.wo;
     for ci in 0..d.c {
         let gc = &mut gx[ci * d.h * d.w..(ci + 1) * d.h * d.w];
         for ki in 0..k {
             for kj in 0..k {
-                let row = &col[((ci * k + ki) * k + kj) * howo..][..howo];
+                let row = &col[((ci * k + ki) * k + kj) * ld..][..howo];
                 let (lo, hi) = valid_range(d.w, d.wo, kj, d.win);
                 if lo >= hi {
                     continue;
@@ -187,37 +189,39 @@ fn col2im_add(col: &[f32], d: ConvDims, gx: &mut [f32]) {
     }
 }
 
+/// Forward: per thread a contiguous range of samples, processed in groups whose
+/// columns sit side by side so one gemm covers the whole group.
 fn conv_forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, n: usize, d: ConvDims) -> Vec<f32> {
     let (ckk, howo, chw) = (d.ckk(), d.ho * d.wo, d.c * d.h * d.w);
     let mut y = vec![0.0; n * d.o * howo];
     let chunk = n.div_ceil(threads()).max(1);
+    let g = d.group(chunk);
     y.par_chunks_mut(chunk * d.o * howo)
         .zip(x.par_chunks(chunk * chw))
         .for_each(|(yc, xc)| {
-            let mut col = if d.direct() {
-                Vec::new()
-            } else {
-                vec![0.0; ckk * howo]
-            };
-            for (ys, xs) in yc.chunks_mut(d.o * howo).zip(xc.chunks(chw)) {
-                let cols: &[f32] = if d.direct() {
-                    xs
-                } else {
-                    im2col(xs, d, &mut col);
-                    &col
-                };
+            let mut col = vec![0.0; ckk * g * howo];
+            let mut tmp = vec![0.0; d.o * g * howo];
+            for (yg, xg) in yc.chunks_mut(g * d.o * howo).zip(xc.chunks(g * chw)) {
+                let ns = xg.len() / chw;
+                let ld = ns * howo;
+                for (s, xs) in xg.chunks(chw).enumerate() {
+                    im2col(xs, d, &mut col[s * howo..], ld);
+                }
                 mm(
-                    (d.o, howo, ckk),
-                    ys,
-                    howo,
+                    (d.o, ld, ckk),
+                    &mut tmp,
+                    ld,
                     false,
                     (wt, ckk, 1),
-                    (cols, howo, 1),
+                    (&col, ld, 1),
                     Parallelism::None,
                 );
-                if let Some(b) = bias {
+                for (s, ys) in yg.chunks_mut(d.o * howo).enumerate() {
                     for (oc, plane) in ys.chunks_mut(howo).enumerate() {
-                        plane.iter_mut().for_each(|v| *v += b[oc]);
+                        plane.copy_from_slice(&tmp[oc * ld + s * howo..][..howo]);
+                        if let Some(b) = bias {
+                            plane.iter_mut().for_each(|v| *v += b[oc]);
+                        }
                     }
                 }
             }
@@ -236,60 +240,53 @@ fn conv_backward(
 ) -> Vec<f32> {
     let (ckk, howo, chw) = (d.ckk(), d.ho * d.wo, d.c * d.h * d.w);
     let chunk = n.div_ceil(threads()).max(1);
+    let g = d.group(chunk);
     let wlen = d.o * ckk;
     gx.par_chunks_mut(chunk * chw)
         .zip(x.par_chunks(chunk * chw))
         .zip(gy.par_chunks(chunk * d.o * howo))
         .map(|((gxc, xc), gyc)| {
             let mut dw = vec![0.0; wlen];
-            let (mut col, mut dcol) = if d.direct() {
-                (Vec::new(), Vec::new())
-            } else {
-                (vec![0.0; ckk * howo], vec![0.0; ckk * howo])
-            };
-            for ((gxs, xs), gys) in gxc
-                .chunks_mut(chw)
-                .zip(xc.chunks(chw))
-                .zip(gyc.chunks(d.o * howo))
+            let mut col = vec![0.0; ckk * g * howo];
+            let mut dcol = vec![0.0; ckk * g * howo];
+            let mut gyg = vec![0.0; d.o * g * howo];
+            for ((gxg, xg), gysrc) in gxc
+                .chunks_mut(g * chw)
+                .zip(xc.chunks(g * chw))
+                .zip(gyc.chunks(g * d.o * howo))
             {
-                let cols: &[f32] = if d.direct() {
-                    xs
-                } else {
-                    im2col(xs, d, &mut col);
-                    &col
-                };
-                // dW (o×ckk) += gy (o×howo) · colsᵀ
+                let ns = xg.len() / chw;
+                let ld = ns * howo;
+                for (s, xs) in xg.chunks(chw).enumerate() {
+                    im2col(xs, d, &mut col[s * howo..], ld);
+                }
+                for (s, gys) in gysrc.chunks(d.o * howo).enumerate() {
+                    for (oc, plane) in gys.chunks(howo).enumerate() {
+                        gyg[oc * ld + s * howo..][..howo].copy_from_slice(plane);
+                    }
+                }
+                // dW (o×ckk) += gy (o×ld) · colᵀ
                 mm(
-                    (d.o, ckk, howo),
+                    (d.o, ckk, ld),
                     &mut dw,
                     ckk,
                     true,
-                    (gys, howo, 1),
-                    (cols, 1, howo),
+                    (&gyg, ld, 1),
+                    (&col, 1, ld),
                     Parallelism::None,
                 );
-                // dcols (ckk×howo) = Wᵀ · gy
-                if d.direct() {
-                    mm(
-                        (ckk, howo, d.o),
-                        gxs,
-                        howo,
-                        true,
-                        (wt, 1, ckk),
-                        (gys, howo, 1),
-                        Parallelism::None,
-                    );
-                } else {
-                    mm(
-                        (ckk, howo, d.o),
-                        &mut dcol,
-                        howo,
-                        false,
-                        (wt, 1, ckk),
-                        (gys, howo, 1),
-                        Parallelism::None,
-                    );
-                    col2im_add(&dcol, d, gxs);
+                // dcol (ckk×ld) = Wᵀ · gy
+                mm(
+                    (ckk, ld, d.o),
+                    &mut dcol,
+                    ld,
+                    false,
+                    (wt, 1, ckk),
+                    (&gyg, ld, 1),
+                    Parallelism::None,
+                );
+                for (s, gxs) in gxg.chunks_mut(chw).enumerate() {
+                    col2im_add(&dcol[s * howo..], d, gxs, ld);
                 }
             }
             dw
