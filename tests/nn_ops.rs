@@ -362,3 +362,50 @@ fn l2_normalize_matches_reference_and_finite_differences() {
         assert!((norm - 1.0).abs() < 1e-5);
     }
 }
+
+#[test]
+fn fused_batch_norm_relu_and_add_relu_match_reference() {
+    let xs = (3, 2, 3, 2);
+    let n = 36;
+    let c = 2;
+    for train in [true, false] {
+        let make = move |fast: bool| -> Box<Op> {
+            Box::new(move |dev: &Cpu, mut v: Vec<Flat>| {
+                let beta = v.pop().unwrap();
+                let gamma = v.pop().unwrap();
+                let x = four(v.pop().unwrap(), xs);
+                let r = BnRunning {
+                    mean: dev.tensor_from_vec(vec![0.1, -0.2], (c,)),
+                    var: dev.tensor_from_vec(vec![1.5, 0.7], (c,)),
+                };
+                let cfg = BnConfig::default();
+                flat4(if fast {
+                    cpu::batch_norm2d_relu(x, gamma, beta, &r, train, cfg).0
+                } else {
+                    composed::relu(composed::batch_norm2d(x, gamma, beta, &r, train, cfg).0)
+                })
+            })
+        };
+        check(
+            &format!("batch_norm_relu train={train}"),
+            vec![distinct(n, 51), vec![1.1, 0.8], vec![0.05, -0.1]],
+            &*make(true),
+            &*make(false),
+            5e-4,
+        );
+    }
+    let make = |fast: bool| -> Box<Op> {
+        Box::new(move |_d: &Cpu, mut v: Vec<Flat>| {
+            let b = four(v.pop().unwrap(), xs);
+            let a = four(v.pop().unwrap(), xs);
+            flat4(if fast {
+                cpu::add_relu(a, b)
+            } else {
+                composed::relu(a + b)
+            })
+        })
+    };
+    let a = distinct(n, 52);
+    let b: Vec<f32> = a.iter().map(|v| v * 0.5).collect();
+    check("add_relu", vec![a, b], &*make(true), &*make(false), 2e-3);
+}

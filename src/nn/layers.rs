@@ -248,6 +248,26 @@ impl BatchNorm {
         y
     }
 
+    /// Batch norm then ReLU on NCHW `x` (one fused kernel on CPU).
+    pub fn forward2d_relu<D: EngineDevice, T: Tape<f32, D>>(
+        &self,
+        store: &mut ParamStore<D>,
+        x: T4<D, T>,
+        train: bool,
+    ) -> T4<D, T> {
+        let running = self.running(store);
+        let (y, new) = D::batch_norm2d_relu(
+            x,
+            flat(store, self.weight),
+            flat(store, self.bias),
+            &running,
+            train,
+            self.cfg,
+        );
+        self.store_running(store, new);
+        y
+    }
+
     /// Normalises `(n, f)` `x`; in training mode updates the running statistics.
     pub fn forward1d<D: EngineDevice, T: Tape<f32, D>>(
         &self,

@@ -308,15 +308,16 @@ impl Block {
             None => x,
         };
         let h = self.conv1.forward(store, h);
-        let h = D::relu4(self.bn1.forward2d(store, h, train));
+        let h = self.bn1.forward2d_relu(store, h, train);
         let h = self.conv2.forward(store, h);
-        let mut h = self.bn2.forward2d(store, h, train);
-        if let Some((c, b)) = &self.conv3 {
-            h = D::relu4(h);
-            h = b.forward2d(store, c.forward(store, h), train);
-        }
-        let sum = h + shortcut;
-        D::relu4(sum)
+        let h = match &self.conv3 {
+            Some((c, b)) => {
+                let h = self.bn2.forward2d_relu(store, h, train);
+                b.forward2d(store, c.forward(store, h), train)
+            }
+            None => self.bn2.forward2d(store, h, train),
+        };
+        D::add_relu(h, shortcut)
     }
 }
 
@@ -511,7 +512,7 @@ impl Backbone {
                 pool,
                 blocks,
             } => {
-                x = D::relu4(bn1.forward2d(store, conv1.forward(store, x), train));
+                x = bn1.forward2d_relu(store, conv1.forward(store, x), train);
                 if let Some(p) = pool {
                     x = D::max_pool2d(x, *p);
                 }
@@ -521,7 +522,7 @@ impl Backbone {
             }
             BackboneNet::Cnn(layers) => {
                 for (c, b) in layers {
-                    x = D::relu4(b.forward2d(store, c.forward(store, x), train));
+                    x = b.forward2d_relu(store, c.forward(store, x), train);
                 }
             }
         }

@@ -112,20 +112,22 @@ impl ConvDims {
     fn ckk(&self) -> usize {
         self.c * self.win.kernel * self.win.kernel
     }
-    fn direct(&self) -> bool {
-        self.win.kernel == 1 && self.win.stride == 1 && self.win.padding == 0
+    /// Samples per gemm: enough output columns (about 1024) to keep gemm efficient on
+    /// the small late-stage maps, while the column buffer stays small.
+    fn group(&self, n: usize) -> usize {
+        (1024 / (self.ho * self.wo).max(1)).clamp(1, n.max(1))
     }
 }
 
-/// One sample `(c, h, w)` → columns `(c·k·k, ho·wo)`.
-fn im2col(x: &[f32], d: ConvDims, col: &mut [f32]) {
+/// One sample `(c, h, w)` → rows `r` of `col[r·ld ..][.. ho·wo]` (`r` over `c·k·k`).
+fn im2col(x: &[f32], d: ConvDims, col: &mut [f32], ld: usize) {
     let k = d.win.kernel;
     let howo = d.ho * d.wo;
     for ci in 0..d.c {
         let xc = &x[ci * d.h * d.w..(ci + 1) * d.h * d.w];
         for ki in 0..k {
             for kj in 0..k {
-                let row = &mut col[((ci * k + ki) * k + kj) * howo..][..howo];
+                let row = &mut col[((ci * k + ki) * k + kj) * ld..][..howo];
                 let (lo, hi) = valid_range(d.w, d.wo, kj, d.win);
                 for oy in 0..d.ho {
                     let dst = &mut row[oy * d.wo..(oy + 1) * d.wo];
@@ -151,15 +153,15 @@ fn im2col(x: &[f32], d: ConvDims, col: &mut [f32]) {
     }
 }
 
-/// Adds columns `(c·k·k, ho·wo)` back into one sample's gradient `(c, h, w)`.
-fn col2im_add(col: &[f32], d: ConvDims, gx: &mut [f32]) {
+/// Adds rows `col[r·ld ..][.. ho·wo]` back into one sample's gradient `(c, h, w)`.
+fn col2im_add(col: &[f32], d: ConvDims, gx: &mut [f32], ld: usize) {
     let k = d.win.kernel;
     let howo = d.ho * d.wo;
     for ci in 0..d.c {
         let gc = &mut gx[ci * d.h * d.w..(ci + 1) * d.h * d.w];
         for ki in 0..k {
             for kj in 0..k {
-                let row = &col[((ci * k + ki) * k + kj) * howo..][..howo];
+                let row = &col[((ci * k + ki) * k + kj) * ld..][..howo];
                 let (lo, hi) = valid_range(d.w, d.wo, kj, d.win);
                 if lo >= hi {
                     continue;
@@ -187,37 +189,39 @@ fn col2im_add(col: &[f32], d: ConvDims, gx: &mut [f32]) {
     }
 }
 
+/// Forward: per thread a contiguous range of samples, processed in groups whose
+/// columns sit side by side so one gemm covers the whole group.
 fn conv_forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, n: usize, d: ConvDims) -> Vec<f32> {
     let (ckk, howo, chw) = (d.ckk(), d.ho * d.wo, d.c * d.h * d.w);
     let mut y = vec![0.0; n * d.o * howo];
     let chunk = n.div_ceil(threads()).max(1);
+    let g = d.group(chunk);
     y.par_chunks_mut(chunk * d.o * howo)
         .zip(x.par_chunks(chunk * chw))
         .for_each(|(yc, xc)| {
-            let mut col = if d.direct() {
-                Vec::new()
-            } else {
-                vec![0.0; ckk * howo]
-            };
-            for (ys, xs) in yc.chunks_mut(d.o * howo).zip(xc.chunks(chw)) {
-                let cols: &[f32] = if d.direct() {
-                    xs
-                } else {
-                    im2col(xs, d, &mut col);
-                    &col
-                };
+            let mut col = vec![0.0; ckk * g * howo];
+            let mut tmp = vec![0.0; d.o * g * howo];
+            for (yg, xg) in yc.chunks_mut(g * d.o * howo).zip(xc.chunks(g * chw)) {
+                let ns = xg.len() / chw;
+                let ld = ns * howo;
+                for (s, xs) in xg.chunks(chw).enumerate() {
+                    im2col(xs, d, &mut col[s * howo..], ld);
+                }
                 mm(
-                    (d.o, howo, ckk),
-                    ys,
-                    howo,
+                    (d.o, ld, ckk),
+                    &mut tmp,
+                    ld,
                     false,
                     (wt, ckk, 1),
-                    (cols, howo, 1),
+                    (&col, ld, 1),
                     Parallelism::None,
                 );
-                if let Some(b) = bias {
+                for (s, ys) in yg.chunks_mut(d.o * howo).enumerate() {
                     for (oc, plane) in ys.chunks_mut(howo).enumerate() {
-                        plane.iter_mut().for_each(|v| *v += b[oc]);
+                        plane.copy_from_slice(&tmp[oc * ld + s * howo..][..howo]);
+                        if let Some(b) = bias {
+                            plane.iter_mut().for_each(|v| *v += b[oc]);
+                        }
                     }
                 }
             }
@@ -236,60 +240,53 @@ fn conv_backward(
 ) -> Vec<f32> {
     let (ckk, howo, chw) = (d.ckk(), d.ho * d.wo, d.c * d.h * d.w);
     let chunk = n.div_ceil(threads()).max(1);
+    let g = d.group(chunk);
     let wlen = d.o * ckk;
     gx.par_chunks_mut(chunk * chw)
         .zip(x.par_chunks(chunk * chw))
         .zip(gy.par_chunks(chunk * d.o * howo))
         .map(|((gxc, xc), gyc)| {
             let mut dw = vec![0.0; wlen];
-            let (mut col, mut dcol) = if d.direct() {
-                (Vec::new(), Vec::new())
-            } else {
-                (vec![0.0; ckk * howo], vec![0.0; ckk * howo])
-            };
-            for ((gxs, xs), gys) in gxc
-                .chunks_mut(chw)
-                .zip(xc.chunks(chw))
-                .zip(gyc.chunks(d.o * howo))
+            let mut col = vec![0.0; ckk * g * howo];
+            let mut dcol = vec![0.0; ckk * g * howo];
+            let mut gyg = vec![0.0; d.o * g * howo];
+            for ((gxg, xg), gysrc) in gxc
+                .chunks_mut(g * chw)
+                .zip(xc.chunks(g * chw))
+                .zip(gyc.chunks(g * d.o * howo))
             {
-                let cols: &[f32] = if d.direct() {
-                    xs
-                } else {
-                    im2col(xs, d, &mut col);
-                    &col
-                };
-                // dW (o×ckk) += gy (o×howo) · colsᵀ
+                let ns = xg.len() / chw;
+                let ld = ns * howo;
+                for (s, xs) in xg.chunks(chw).enumerate() {
+                    im2col(xs, d, &mut col[s * howo..], ld);
+                }
+                for (s, gys) in gysrc.chunks(d.o * howo).enumerate() {
+                    for (oc, plane) in gys.chunks(howo).enumerate() {
+                        gyg[oc * ld + s * howo..][..howo].copy_from_slice(plane);
+                    }
+                }
+                // dW (o×ckk) += gy (o×ld) · colᵀ
                 mm(
-                    (d.o, ckk, howo),
+                    (d.o, ckk, ld),
                     &mut dw,
                     ckk,
                     true,
-                    (gys, howo, 1),
-                    (cols, 1, howo),
+                    (&gyg, ld, 1),
+                    (&col, 1, ld),
                     Parallelism::None,
                 );
-                // dcols (ckk×howo) = Wᵀ · gy
-                if d.direct() {
-                    mm(
-                        (ckk, howo, d.o),
-                        gxs,
-                        howo,
-                        true,
-                        (wt, 1, ckk),
-                        (gys, howo, 1),
-                        Parallelism::None,
-                    );
-                } else {
-                    mm(
-                        (ckk, howo, d.o),
-                        &mut dcol,
-                        howo,
-                        false,
-                        (wt, 1, ckk),
-                        (gys, howo, 1),
-                        Parallelism::None,
-                    );
-                    col2im_add(&dcol, d, gxs);
+                // dcol (ckk×ld) = Wᵀ · gy
+                mm(
+                    (ckk, ld, d.o),
+                    &mut dcol,
+                    ld,
+                    false,
+                    (wt, 1, ckk),
+                    (&gyg, ld, 1),
+                    Parallelism::None,
+                );
+                for (s, gxs) in gxg.chunks_mut(chw).enumerate() {
+                    col2im_add(&dcol[s * howo..], d, gxs, ld);
                 }
             }
             dw
@@ -490,6 +487,32 @@ pub fn batch_norm2d<T: Tape<f32, Cpu>>(
     train: bool,
     cfg: BnConfig,
 ) -> (T4<Cpu, T>, Option<BnRunning<Cpu>>) {
+    bn_impl(x, gamma, beta, running, train, cfg, false)
+}
+
+/// Batch norm followed by ReLU in one kernel: the ReLU mask is recomputed from the
+/// saved input in backward, so nothing extra is stored.
+pub fn batch_norm2d_relu<T: Tape<f32, Cpu>>(
+    x: T4<Cpu, T>,
+    gamma: T1<Cpu, T>,
+    beta: T1<Cpu, T>,
+    running: &BnRunning<Cpu>,
+    train: bool,
+    cfg: BnConfig,
+) -> (T4<Cpu, T>, Option<BnRunning<Cpu>>) {
+    bn_impl(x, gamma, beta, running, train, cfg, true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bn_impl<T: Tape<f32, Cpu>>(
+    x: T4<Cpu, T>,
+    gamma: T1<Cpu, T>,
+    beta: T1<Cpu, T>,
+    running: &BnRunning<Cpu>,
+    train: bool,
+    cfg: BnConfig,
+    relu: bool,
+) -> (T4<Cpu, T>, Option<BnRunning<Cpu>>) {
     let _t = timing::start("batch_norm.fwd");
     let shape = *x.shape();
     let (n, c, h, w) = shape;
@@ -527,7 +550,13 @@ pub fn batch_norm2d<T: Tape<f32, Cpu>>(
             let ci = i % c;
             let s = gv[ci] * inv[ci];
             let t = bv[ci] - mean[ci] * s;
-            yp.iter_mut().zip(xp).for_each(|(y, x)| *y = x * s + t);
+            if relu {
+                yp.iter_mut()
+                    .zip(xp)
+                    .for_each(|(y, x)| *y = (x * s + t).max(0.0));
+            } else {
+                yp.iter_mut().zip(xp).for_each(|(y, x)| *y = x * s + t);
+            }
         });
     let new = train.then(|| {
         let mo = cfg.momentum;
@@ -554,7 +583,24 @@ pub fn batch_norm2d<T: Tape<f32, Cpu>>(
         let (xg, gg, bg, yg) = (x.ghost(), g.ghost(), b.ghost(), y.ghost());
         tape.add_backward_op(move |grads| {
             let _t = timing::start("batch_norm.bwd");
-            let gy = take_grad!(grads, yg);
+            let mut gy = take_grad!(grads, yg);
+            if relu {
+                // Zero the gradient where the fused ReLU clipped the output.
+                gy.par_chunks_mut(plane.max(1))
+                    .zip(xv.par_chunks(plane.max(1)))
+                    .enumerate()
+                    .for_each(|(p, (gp, xp))| {
+                        let ci = p % c;
+                        let s = gv[ci] * inv[ci];
+                        let t = bv[ci] - mean[ci] * s;
+                        for (g, x) in gp.iter_mut().zip(xp) {
+                            if x * s + t <= 0.0 {
+                                *g = 0.0;
+                            }
+                        }
+                    });
+            }
+            let gy = gy;
             let xhat = |i: usize, ci: usize| (xv[i] - mean[ci]) * inv[ci];
             let sum_gy = channel_sums(&gy, c, plane, |i, _| gy[i]);
             let sum_gyx = channel_sums(&gy, c, plane, |i, ci| gy[i] * xhat(i, ci));
@@ -617,6 +663,51 @@ pub fn relu<S: Shape, T: Tape<f32, Cpu>>(x: Tensor<S, f32, Cpu, T>) -> Tensor<S,
                         }
                     }
                 });
+            Ok(())
+        });
+    }
+    y.put_tape(tape)
+}
+
+/// Fused residual join `max(a + b, 0)`.
+pub fn add_relu<T: Tape<f32, Cpu>>(a: T4<Cpu, T>, b: T4<Cpu, T>) -> T4<Cpu, T> {
+    let _t = timing::start("add_relu.fwd");
+    let shape = *a.shape();
+    let (a, ta) = a.contiguous().split_tape();
+    let (b, tb) = b.contiguous().split_tape();
+    let mut tape = ta.merge(tb);
+    let mut yv = read(&a);
+    let bv = read(&b);
+    yv.par_chunks_mut(1 << 14)
+        .zip(bv.par_chunks(1 << 14))
+        .for_each(|(y, b)| {
+            y.iter_mut()
+                .zip(b)
+                .for_each(|(y, b)| *y = (*y + b).max(0.0))
+        });
+    drop(bv);
+    let mask: Vec<bool> = if T::OWNS_TAPE {
+        yv.par_iter().map(|v| *v > 0.0).collect()
+    } else {
+        Vec::new()
+    };
+    let y = a.device().tensor_from_vec(yv, shape);
+    if T::OWNS_TAPE {
+        let (ag, bg, yg) = (a.ghost(), b.ghost(), y.ghost());
+        tape.add_backward_op(move |grads| {
+            let _t = timing::start("add_relu.bwd");
+            let mut gy = take_grad!(grads, yg);
+            gy.par_chunks_mut(1 << 14)
+                .zip(mask.par_chunks(1 << 14))
+                .for_each(|(g, m)| {
+                    g.iter_mut().zip(m).for_each(|(g, m)| {
+                        if !*m {
+                            *g = 0.0
+                        }
+                    })
+                });
+            add_assign(grads.get_or_alloc_mut(&ag)?, &gy);
+            add_assign(grads.get_or_alloc_mut(&bg)?, &gy);
             Ok(())
         });
     }
@@ -761,8 +852,21 @@ impl EngineDevice for Cpu {
     ) -> (T4<Self, T>, Option<BnRunning<Self>>) {
         batch_norm2d(x, gamma, beta, running, train, cfg)
     }
+    fn batch_norm2d_relu<T: Tape<f32, Self>>(
+        x: T4<Self, T>,
+        gamma: T1<Self, T>,
+        beta: T1<Self, T>,
+        running: &BnRunning<Self>,
+        train: bool,
+        cfg: BnConfig,
+    ) -> (T4<Self, T>, Option<BnRunning<Self>>) {
+        batch_norm2d_relu(x, gamma, beta, running, train, cfg)
+    }
     fn relu4<T: Tape<f32, Self>>(x: T4<Self, T>) -> T4<Self, T> {
         relu(x)
+    }
+    fn add_relu<T: Tape<f32, Self>>(a: T4<Self, T>, b: T4<Self, T>) -> T4<Self, T> {
+        add_relu(a, b)
     }
     fn relu2<T: Tape<f32, Self>>(x: T2<Self, T>) -> T2<Self, T> {
         relu(x)

@@ -128,6 +128,24 @@ pub trait EngineDevice: Device<f32> {
     /// Rows divided by `max(‖row‖₂, eps)` (PyTorch's `F.normalize(x, dim=1)`).
     fn l2_normalize<T: Tape<f32, Self>>(x: T2<Self, T>, eps: f32) -> T2<Self, T>;
 
+    /// Batch norm then ReLU (fused where the device has a kernel for it).
+    fn batch_norm2d_relu<T: Tape<f32, Self>>(
+        x: T4<Self, T>,
+        gamma: T1<Self, T>,
+        beta: T1<Self, T>,
+        running: &BnRunning<Self>,
+        train: bool,
+        cfg: BnConfig,
+    ) -> (T4<Self, T>, Option<BnRunning<Self>>) {
+        let (y, r) = Self::batch_norm2d(x, gamma, beta, running, train, cfg);
+        (Self::relu4(y), r)
+    }
+
+    /// `max(a + b, 0)` (a residual join), fused where the device has a kernel.
+    fn add_relu<T: Tape<f32, Self>>(a: T4<Self, T>, b: T4<Self, T>) -> T4<Self, T> {
+        Self::relu4(a + b)
+    }
+
     /// Batch norm 1-D on `(n, c)`: the 2-D op on `(n, c, 1, 1)`.
     fn batch_norm1d<T: Tape<f32, Self>>(
         x: T2<Self, T>,
