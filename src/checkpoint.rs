@@ -37,7 +37,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use sha2::{Digest, Sha256};
 
 use crate::nn::params::{ParamStore, Role};
-use crate::optim::{Optimizer, OptimizerState, StateTensor};
+use crate::optim::{Optimizer, OptimizerState, StateTensor, host_copy};
 
 /// Value of the `format` metadata key in every checkpoint.
 pub const FORMAT: &str = "recipe-checkpoint";
@@ -227,7 +227,11 @@ struct Blob {
 }
 
 fn f32_bytes(data: &[f32]) -> Vec<u8> {
-    data.iter().flat_map(|x| x.to_le_bytes()).collect()
+    let mut out = Vec::with_capacity(data.len() * 4);
+    for x in data {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
 }
 
 fn f32_from_bytes(bytes: &[u8]) -> Vec<f32> {
@@ -374,7 +378,7 @@ pub fn save<D: Device<f32>>(
             Blob {
                 dtype: Dtype::F32,
                 shape: e.shape.clone(),
-                bytes: f32_bytes(&e.tensor.as_vec()),
+                bytes: f32_bytes(&host_copy(&e.tensor)),
             },
         );
     }
@@ -692,7 +696,7 @@ pub fn export_weights<D: Device<f32>>(
                 e.name
             )));
         }
-        let data = e.tensor.as_vec();
+        let data = host_copy(&e.tensor);
         let blob = if e.role == Role::Buffer && name.ends_with("num_batches_tracked") {
             Blob {
                 dtype: Dtype::I64,

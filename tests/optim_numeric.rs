@@ -55,20 +55,49 @@ fn store() -> Store {
     s
 }
 
+/// A fresh optimiser; `fused` picks the fused CPU kernel or the device-generic
+/// tensor-op form, and every hand-computed case below runs in both.
+fn make(cfg: OptimizerConfig, fused: bool) -> Optimizer<Cpu> {
+    let mut opt = Optimizer::new(cfg).unwrap();
+    opt.set_fused(fused);
+    opt
+}
+
+macro_rules! both_forms {
+    ($($name:ident),*) => {
+        mod fused {
+            $(#[test] fn $name() { super::$name(true) })*
+        }
+        mod generic {
+            $(#[test] fn $name() { super::$name(false) })*
+        }
+    };
+}
+
+both_forms!(
+    sgd_momentum_with_coupled_weight_decay,
+    sgd_nesterov,
+    sgd_without_momentum_and_missing_gradient_is_zero,
+    lars_trust_ratio_decay_and_exclusion,
+    lars_clip_and_zero_norm,
+    adamw_bias_correction_and_decoupled_decay
+);
+
 fn step(opt: &mut Optimizer<Cpu>, s: &mut Store, g: &[(&str, Vec<f32>)], lr: f64) {
     let mut grads = grads_for(s, g);
     opt.step(s, &mut grads, lr).unwrap();
 }
 
-#[test]
-fn sgd_momentum_with_coupled_weight_decay() {
+fn sgd_momentum_with_coupled_weight_decay(fused: bool) {
     let mut s = store();
-    let mut opt = Optimizer::new(OptimizerConfig::Sgd(SgdConfig {
-        momentum: 0.9,
-        nesterov: false,
-        weight_decay: 0.01,
-    }))
-    .unwrap();
+    let mut opt = make(
+        OptimizerConfig::Sgd(SgdConfig {
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.01,
+        }),
+        fused,
+    );
     let g = [("fc.weight", vec![0.5, -1.0]), ("fc.bias", vec![0.2])];
     // Step 1, lr 0.1. Weight: g' = g + 0.01·w = [0.51, -0.98]; buf = g';
     // w = [1, 2] - 0.1·g' = [0.949, 2.098]. Bias (no decay): buf = 0.2; b = 0.5 - 0.02.
@@ -87,15 +116,16 @@ fn sgd_momentum_with_coupled_weight_decay() {
     assert_eq!(opt.steps_taken(), 2);
 }
 
-#[test]
-fn sgd_nesterov() {
+fn sgd_nesterov(fused: bool) {
     let mut s = store();
-    let mut opt = Optimizer::new(OptimizerConfig::Sgd(SgdConfig {
-        momentum: 0.9,
-        nesterov: true,
-        weight_decay: 0.0,
-    }))
-    .unwrap();
+    let mut opt = make(
+        OptimizerConfig::Sgd(SgdConfig {
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 0.0,
+        }),
+        fused,
+    );
     let g = [("fc.bias", vec![1.0])];
     // Step 1: buf = 1; d = g + 0.9·buf = 1.9; b = 0.5 - 0.1·1.9 = 0.31.
     step(&mut opt, &mut s, &g, 0.1);
@@ -105,15 +135,16 @@ fn sgd_nesterov() {
     close(&values(&s, "fc.bias"), &[0.039]);
 }
 
-#[test]
-fn sgd_without_momentum_and_missing_gradient_is_zero() {
+fn sgd_without_momentum_and_missing_gradient_is_zero(fused: bool) {
     let mut s = store();
-    let mut opt = Optimizer::new(OptimizerConfig::Sgd(SgdConfig {
-        momentum: 0.0,
-        nesterov: false,
-        weight_decay: 0.5,
-    }))
-    .unwrap();
+    let mut opt = make(
+        OptimizerConfig::Sgd(SgdConfig {
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.5,
+        }),
+        fused,
+    );
     // Only the bias has a gradient; the weight's is zero, so only decay moves it:
     // w = w - 0.1·(0 + 0.5·w) = 0.95·w. Bias: b = 0.5 - 0.1·2 = 0.3.
     step(&mut opt, &mut s, &[("fc.bias", vec![2.0])], 0.1);
@@ -122,21 +153,22 @@ fn sgd_without_momentum_and_missing_gradient_is_zero() {
     assert!(opt.state(&s).tensors.is_empty(), "no momentum, no state");
 }
 
-#[test]
-fn lars_trust_ratio_decay_and_exclusion() {
+fn lars_trust_ratio_decay_and_exclusion(fused: bool) {
     let mut s = ParamStore::new(Cpu::default());
     s.add("conv.weight", &[2], vec![3.0, 4.0], Role::Weight)
         .unwrap();
     s.add("bn.bias", &[1], vec![2.0], Role::NormBias).unwrap();
-    let mut opt = Optimizer::new(OptimizerConfig::Lars(LarsConfig {
-        momentum: 0.9,
-        nesterov: false,
-        weight_decay: 0.1,
-        eta: 1e-3,
-        eps: 1e-8,
-        clip_lr: false,
-    }))
-    .unwrap();
+    let mut opt = make(
+        OptimizerConfig::Lars(LarsConfig {
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.1,
+            eta: 1e-3,
+            eps: 1e-8,
+            clip_lr: false,
+        }),
+        fused,
+    );
     let g = [("conv.weight", vec![0.6, 0.8]), ("bn.bias", vec![0.5])];
     // Step 1, lr 1. ‖w‖ = 5, ‖g‖ = 1: t = 1e-3·5 / (1 + 0.1·5 + 1e-8) = 0.00333333;
     // d = t·(g + 0.1·w) = t·[0.9, 1.2] = [0.003, 0.004]; buf = d; w = [2.997, 3.996].
@@ -153,22 +185,23 @@ fn lars_trust_ratio_decay_and_exclusion() {
     close(&values(&s, "bn.bias"), &[0.55]);
 }
 
-#[test]
-fn lars_clip_and_zero_norm() {
+fn lars_clip_and_zero_norm(fused: bool) {
     let mut s = ParamStore::new(Cpu::default());
     s.add("a.weight", &[2], vec![3.0, 4.0], Role::Weight)
         .unwrap();
     s.add("z.weight", &[2], vec![0.0, 0.0], Role::Weight)
         .unwrap();
-    let mut opt = Optimizer::new(OptimizerConfig::Lars(LarsConfig {
-        momentum: 0.0,
-        nesterov: false,
-        weight_decay: 0.1,
-        eta: 1e-3,
-        eps: 0.0,
-        clip_lr: true,
-    }))
-    .unwrap();
+    let mut opt = make(
+        OptimizerConfig::Lars(LarsConfig {
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.1,
+            eta: 1e-3,
+            eps: 0.0,
+            clip_lr: true,
+        }),
+        fused,
+    );
     let g = [("a.weight", vec![0.6, 0.8]), ("z.weight", vec![1.0, -2.0])];
     // a: t = 1e-3·5 / 1.5 = 0.0033333; clipped: min(t / 0.001, 1) = 1;
     // d = g + 0.1·w = [0.9, 1.2]; w = [3 - 0.0009, 4 - 0.0012].
@@ -183,16 +216,17 @@ fn lars_clip_and_zero_norm() {
     close(&values(&s, "a.weight"), &[2.9961009, 3.9948012]);
 }
 
-#[test]
-fn adamw_bias_correction_and_decoupled_decay() {
+fn adamw_bias_correction_and_decoupled_decay(fused: bool) {
     let mut s = store();
-    let mut opt = Optimizer::new(OptimizerConfig::AdamW(AdamWConfig {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.1,
-    }))
-    .unwrap();
+    let mut opt = make(
+        OptimizerConfig::AdamW(AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        }),
+        fused,
+    );
     // Step 1, lr 0.1, weight[0] = 1, g = 0.5: decay p = 1·(1 - 0.1·0.1) = 0.99;
     // m = 0.05, v = 0.001·0.25 = 0.00025; m̂ = 0.05/0.1 = 0.5, v̂ = 0.00025/0.001 = 0.25;
     // p = 0.99 - 0.1·0.5/(0.5 + 1e-8) = 0.89. (Without bias correction the step would
@@ -444,4 +478,75 @@ fn lr_scaling_rules() {
     lr_close(LrScaling::None.apply(0.3, 4096).unwrap().lr, 0.3);
     assert!(LrScaling::Linear.apply(0.3, 0).is_err());
     assert!(LrScaling::Linear.apply(f64::INFINITY, 8).is_err());
+}
+
+/// The fused CPU kernel and the device-generic tensor-op form agree over several steps
+/// on varied data, for every optimiser and option that changes the arithmetic.
+#[test]
+fn fused_kernel_matches_tensor_op_form() {
+    let configs = [
+        OptimizerConfig::Sgd(SgdConfig {
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 1e-2,
+        }),
+        OptimizerConfig::Sgd(SgdConfig {
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 1e-2,
+        }),
+        OptimizerConfig::Lars(LarsConfig {
+            weight_decay: 1e-2,
+            ..LarsConfig::default()
+        }),
+        OptimizerConfig::Lars(LarsConfig {
+            momentum: 0.5,
+            nesterov: true,
+            weight_decay: 0.0,
+            clip_lr: true,
+            ..LarsConfig::default()
+        }),
+        OptimizerConfig::AdamW(AdamWConfig::default()),
+    ];
+    // Sizes around the kernel's chunk (2^15) so the parallel split is exercised.
+    let n = 40_000;
+    let init: Vec<f32> = (0..n)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+        .collect();
+    let grad = |k: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i + 7 * k) * 13 % 29) as f32 - 14.0) / 9.0)
+            .collect()
+    };
+    for cfg in configs {
+        let mut stores = [0, 1].map(|_| {
+            let mut s = ParamStore::new(Cpu::default());
+            s.add("big.weight", &[n], init.clone(), Role::Weight)
+                .unwrap();
+            s.add("big.bias", &[3], vec![0.1, -0.2, 0.3], Role::Bias)
+                .unwrap();
+            s
+        });
+        let mut opts = [make(cfg, true), make(cfg, false)];
+        for k in 0..4 {
+            let lr = 0.05 * (k + 1) as f64;
+            for (s, o) in stores.iter_mut().zip(opts.iter_mut()) {
+                let g = [("big.weight", grad(k)), ("big.bias", vec![0.5, -1.0, 0.25])];
+                step(o, s, &g, lr);
+            }
+        }
+        for name in ["big.weight", "big.bias"] {
+            let (a, b) = (values(&stores[0], name), values(&stores[1], name));
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
+                .fold(0.0f32, f32::max);
+            assert!(worst < 1e-5, "{cfg:?} {name}: worst relative gap {worst}");
+        }
+        assert_eq!(
+            opts[0].state(&stores[0]).tensors.len(),
+            opts[1].state(&stores[1]).tensors.len()
+        );
+    }
 }

@@ -15,7 +15,8 @@
 //!   [`DecayPolicy`](crate::nn::params::DecayPolicy) (biases and norm parameters
 //!   excluded by default).
 //! - Updates are written with dfdx tensor ops, so they run on any dfdx device (CPU and
-//!   CUDA). Each update *replaces* an entry's tensor (a new tensor id), exactly like
+//!   CUDA); on `Cpu` the same formulas run as one fused multithreaded pass per entry
+//!   (`cpu.rs`). Each update *replaces* an entry's tensor (a new tensor id), exactly like
 //!   [`ParamStore::set_data`]; gradients must therefore be computed afresh every step
 //!   (a persistent `Gradients` keyed by old ids would miss the new tensors).
 //! - A trainable entry that has no gradient in the `Gradients` is treated as having a
@@ -25,9 +26,15 @@
 //!   [`Optimizer::state`] under stable names (`<param>.momentum_buffer`,
 //!   `<param>.exp_avg`, `<param>.exp_avg_sq`; PyTorch's state names) and restored by
 //!   [`Optimizer::load_state`], which validates everything before changing anything.
+//!
+//! `dfdx::prelude::*` also exports an `Optimizer` trait and an `SgdConfig`; import this
+//! module's names explicitly (`use recipe::optim::{Optimizer, SgdConfig}`), which
+//! shadows the glob.
 
+mod cpu;
 pub mod schedule;
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -353,10 +360,20 @@ pub struct Optimizer<D: Device<f32>> {
     step: u64,
     /// `<param>.<slot>` -> state tensor (flat, like the store's entries).
     state: BTreeMap<String, Flat<D>>,
+    /// Use the fused multithreaded kernel when the device is `Cpu`.
+    fused: bool,
 }
 
 fn slot_name(param: &str, slot: &str) -> String {
     format!("{param}.{slot}")
+}
+
+/// A host copy of a flat tensor (`copy_into` is a `memcpy` on `Cpu`, where `as_vec`
+/// walks a strided index).
+pub(crate) fn host_copy<D: Device<f32>>(t: &Flat<D>) -> Vec<f32> {
+    let mut v = vec![0.0; t.shape().0];
+    t.copy_into(&mut v);
+    v
 }
 
 fn norm<D: Device<f32>>(t: &Flat<D>) -> f32 {
@@ -371,12 +388,20 @@ impl<D: Device<f32>> Optimizer<D> {
             cfg,
             step: 0,
             state: BTreeMap::new(),
+            fused: true,
         })
     }
 
     /// The configuration.
     pub fn config(&self) -> &OptimizerConfig {
         &self.cfg
+    }
+
+    /// Chooses between the fused multithreaded CPU kernel (the default, used only when
+    /// the device is `Cpu`) and the device-generic tensor-op form, which is what runs on
+    /// every other device and serves as the reference in tests.
+    pub fn set_fused(&mut self, fused: bool) {
+        self.fused = fused;
     }
 
     /// Steps taken so far.
@@ -387,17 +412,32 @@ impl<D: Device<f32>> Optimizer<D> {
     /// Takes one step with learning rate `lr` on every trainable entry of `store`.
     ///
     /// `grads` is taken mutably only so that an entry without a gradient can be given a
-    /// zero one (see the module invariants).
+    /// zero one (see the module invariants). On `Cpu` this runs the fused kernel of
+    /// [`set_fused`](Self::set_fused); elsewhere, dfdx tensor ops. A device error
+    /// (allocation failure) can leave the step half-applied.
     pub fn step(
         &mut self,
         store: &mut ParamStore<D>,
         grads: &mut Gradients<f32, D>,
         lr: f64,
-    ) -> Result<(), OptimError> {
+    ) -> Result<(), OptimError>
+    where
+        D: 'static,
+    {
         if !lr.is_finite() || lr < 0.0 {
             return Err(OptimError::LearningRate(lr));
         }
         self.step += 1;
+        if self.fused {
+            let cpu = (
+                (self as &mut dyn Any).downcast_mut::<Optimizer<Cpu>>(),
+                (store as &mut dyn Any).downcast_mut::<ParamStore<Cpu>>(),
+                (grads as &mut dyn Any).downcast_mut::<Gradients<f32, Cpu>>(),
+            );
+            if let (Some(opt), Some(store), Some(grads)) = cpu {
+                return opt.step_cpu(store, grads, lr);
+            }
+        }
         let t = self.step;
         let cfg = self.cfg;
         let dev = store.device().clone();
@@ -510,7 +550,7 @@ impl<D: Device<f32>> Optimizer<D> {
             .into_iter()
             .map(|(name, shape)| {
                 let data = match self.state.get(&name) {
-                    Some(t) => t.as_vec(),
+                    Some(t) => host_copy(t),
                     None => vec![0.0; shape.iter().product()],
                 };
                 StateTensor { name, shape, data }

@@ -44,6 +44,10 @@ pub enum Optimizer {
         /// Trust coefficient η (> 0); SimCLR uses 0.001.
         #[serde(default = "eta_default")]
         trust_coefficient: f64,
+        /// Clip the trust ratio to `min(ratio / lr, 1)` (LARC-style), as solo-learn's
+        /// CIFAR recipes do.
+        #[serde(default)]
+        clip_lr: bool,
         /// Exclude biases and normalisation parameters from weight decay and from the
         /// trust-ratio adaptation, as the SimCLR reference does.
         #[serde(default = "crate::spec::data::default_true")]
@@ -107,11 +111,6 @@ impl Optimizer {
             | Optimizer::Adamw { weight_decay, .. } => *weight_decay,
         }
     }
-
-    /// The learning rate actually used for `batch_size`, after the scaling rule.
-    pub fn effective_lr(&self, batch_size: usize) -> f64 {
-        self.lr_scaling().apply(self.lr(), batch_size)
-    }
 }
 
 /// How the learning rate scales with the batch size. The rule is always explicit:
@@ -126,21 +125,6 @@ pub enum LrScaling {
     Linear,
     /// `lr × sqrt(batch_size / 256)` (SimCLR with LARS at large batch).
     Sqrt,
-}
-
-impl LrScaling {
-    /// The reference batch size the rules divide by.
-    pub const REFERENCE_BATCH: f64 = 256.0;
-
-    /// Applies the rule to a base learning rate.
-    pub fn apply(self, lr: f64, batch_size: usize) -> f64 {
-        let r = batch_size as f64 / Self::REFERENCE_BATCH;
-        match self {
-            LrScaling::None => lr,
-            LrScaling::Linear => lr * r,
-            LrScaling::Sqrt => lr * r.sqrt(),
-        }
-    }
 }
 
 fn momentum_default() -> f64 {

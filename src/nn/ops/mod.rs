@@ -1,1 +1,145 @@
 //! The project's own differentiable ops (conv2d, pooling, batch norm, …).
+//!
+//! Every op exists in two forms:
+//! - [`composed`]: a composition of dfdx's own ops (`gather`, `matmul`, reductions,
+//!   broadcasts). It runs on any dfdx device, is the CUDA path, and is the plain
+//!   reference the fast kernels are tested against.
+//! - [`cpu`]: a multithreaded CPU kernel (rayon + gemm) registered on the tape with
+//!   `split_tape` / `add_backward_op` / `put_tape`.
+//!
+//! Layers call the ops through [`EngineDevice`], which picks the fast kernel on
+//! [`Cpu`] and the composed form on `Cuda`.
+//!
+//! Contract: the ops assume valid shapes (checked by the layers, which return errors);
+//! a fast kernel moves its output's gradient out of the `Gradients` when its backward
+//! runs, so the gradient of an op's *output* cannot be read after `backward()`.
+
+pub mod composed;
+pub mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
+pub mod timing;
+
+use dfdx::prelude::*;
+
+/// Shape of an NCHW activation.
+pub type Shape4 = (usize, usize, usize, usize);
+/// An NCHW activation tensor.
+pub type T4<D, T> = Tensor<Shape4, f32, D, T>;
+/// A `(batch, features)` tensor.
+pub type T2<D, T> = Tensor<(usize, usize), f32, D, T>;
+/// A 1-D tensor (bias, norm scale, …).
+pub type T1<D, T> = Tensor<(usize,), f32, D, T>;
+
+/// Square window geometry shared by convolution and pooling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Window {
+    /// Kernel side.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero (conv) or -inf (max pool) padding on every side.
+    pub padding: usize,
+}
+
+impl Window {
+    /// A window of the given kernel, stride and padding.
+    pub fn new(kernel: usize, stride: usize, padding: usize) -> Self {
+        Window {
+            kernel,
+            stride,
+            padding,
+        }
+    }
+
+    /// Output side for an input side, or `None` when the window does not fit.
+    pub fn out_size(&self, input: usize) -> Option<usize> {
+        if self.kernel == 0 || self.stride == 0 {
+            return None;
+        }
+        (input + 2 * self.padding)
+            .checked_sub(self.kernel)
+            .map(|v| v / self.stride + 1)
+    }
+}
+
+/// Batch-norm hyper-parameters (PyTorch defaults: momentum 0.1, eps 1e-5).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BnConfig {
+    /// Weight of the new batch statistic in the running average.
+    pub momentum: f32,
+    /// Added to the variance before the square root.
+    pub eps: f32,
+}
+
+impl Default for BnConfig {
+    fn default() -> Self {
+        BnConfig {
+            momentum: 0.1,
+            eps: 1e-5,
+        }
+    }
+}
+
+/// Running statistics of a batch-norm layer (one value per channel).
+#[derive(Clone, Debug)]
+pub struct BnRunning<D: Device<f32>> {
+    /// Running mean.
+    pub mean: T1<D, NoneTape>,
+    /// Running (unbiased) variance.
+    pub var: T1<D, NoneTape>,
+}
+
+/// Ops with a device-specific implementation: the fast CPU kernel on `Cpu`,
+/// the composition of dfdx ops elsewhere.
+pub trait EngineDevice: Device<f32> {
+    /// 2-D convolution: `x` is `(n, c, h, w)`, `w` is `(o, c, k, k)`, `b` is `(o,)`.
+    fn conv2d<T: Tape<f32, Self>>(
+        x: T4<Self, T>,
+        w: T4<Self, T>,
+        b: Option<T1<Self, T>>,
+        win: Window,
+    ) -> T4<Self, T>;
+    /// Max pooling with -inf padding.
+    fn max_pool2d<T: Tape<f32, Self>>(x: T4<Self, T>, win: Window) -> T4<Self, T>;
+    /// Mean over the spatial axes: `(n, c, h, w)` → `(n, c)`.
+    fn global_avg_pool<T: Tape<f32, Self>>(x: T4<Self, T>) -> T2<Self, T>;
+    /// Batch norm over axes (0, 2, 3). In training mode normalises with the batch
+    /// statistics and returns the updated running statistics; in eval mode uses
+    /// `running` and returns `None`.
+    fn batch_norm2d<T: Tape<f32, Self>>(
+        x: T4<Self, T>,
+        gamma: T1<Self, T>,
+        beta: T1<Self, T>,
+        running: &BnRunning<Self>,
+        train: bool,
+        cfg: BnConfig,
+    ) -> (T4<Self, T>, Option<BnRunning<Self>>);
+    /// `max(x, 0)` on an NCHW tensor.
+    fn relu4<T: Tape<f32, Self>>(x: T4<Self, T>) -> T4<Self, T>;
+    /// `max(x, 0)` on a `(n, f)` tensor.
+    fn relu2<T: Tape<f32, Self>>(x: T2<Self, T>) -> T2<Self, T>;
+    /// `x · wᵀ + b` with `x` `(n, in)`, `w` `(out, in)`, `b` `(out,)`.
+    fn linear<T: Tape<f32, Self>>(
+        x: T2<Self, T>,
+        w: T2<Self, T>,
+        b: Option<T1<Self, T>>,
+    ) -> T2<Self, T>;
+    /// Rows divided by `max(‖row‖₂, eps)` (PyTorch's `F.normalize(x, dim=1)`).
+    fn l2_normalize<T: Tape<f32, Self>>(x: T2<Self, T>, eps: f32) -> T2<Self, T>;
+
+    /// Batch norm 1-D on `(n, c)`: the 2-D op on `(n, c, 1, 1)`.
+    fn batch_norm1d<T: Tape<f32, Self>>(
+        x: T2<Self, T>,
+        gamma: T1<Self, T>,
+        beta: T1<Self, T>,
+        running: &BnRunning<Self>,
+        train: bool,
+        cfg: BnConfig,
+    ) -> (T2<Self, T>, Option<BnRunning<Self>>) {
+        let (n, c) = *x.shape();
+        let x4 = x.reshape_like(&(n, c, 1usize, 1usize));
+        let (y, r) = Self::batch_norm2d(x4, gamma, beta, running, train, cfg);
+        (y.reshape_like(&(n, c)), r)
+    }
+}

@@ -1,0 +1,57 @@
+//! Engine throughput: `cargo bench --bench engine -- [MODEL] [BATCH] [STEPS] [THREADS]`
+//! (defaults `small16 64 20 2`). MODEL is `smallW` or `resnet18`, as in
+//! `shared/bench/torch_baseline.py`; BATCH is images per view (a step sees 2×BATCH).
+//! Prints a `RESULT` line in the baseline's format and the per-op breakdown.
+
+use dfdx::prelude::Cpu;
+use recipe::nn::bench::{BenchConfig, preset, run};
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let name = args.first().map_or("small16", String::as_str);
+    let batch: usize = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(64);
+    let steps: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(20);
+    let threads: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(2);
+    let Some(model) = preset(name) else {
+        eprintln!("unknown model `{name}` (use smallW, e.g. small16, or resnet18)");
+        std::process::exit(2);
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .expect("rayon pool");
+    let cfg = BenchConfig {
+        model,
+        batch,
+        steps,
+        warmup: 1,
+        tau: 0.5,
+        lr: 0.05,
+        seed: 0,
+        per_op: std::env::var_os("NO_PER_OP").is_none(),
+    };
+    match run(Cpu::default(), &cfg) {
+        Ok(r) => {
+            println!(
+                "RESULT recipe {name} batch=2x{batch} step_ms={:.1} img_per_s={:.1} peak_rss_mb={:.0} loss={:.4}",
+                r.step_ms,
+                r.images_per_s,
+                r.peak_rss_mib.unwrap_or(f64::NAN),
+                r.last_loss
+            );
+            for op in &r.ops {
+                println!(
+                    "  {:<18} {:>9.2} ms/step {:>7.1} calls/step",
+                    op.name, op.ms_per_step, op.calls_per_step
+                );
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    }
+}
