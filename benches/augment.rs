@@ -94,10 +94,74 @@ fn bench(label: &str, size: usize, n: usize, blur: bool, threads: usize) {
     });
 }
 
+/// Mean time per application of each op of the 224 chain, on one thread, with p = 1
+/// so the op always runs; shows where a view's time goes.
+fn breakdown() {
+    let size = 224;
+    // Every timed closure below runs over these 8 images.
+    let images = synthetic(8, size);
+    let crop = RandomResizedCrop::new((size, size), (0.08, 1.0), (3.0 / 4.0, 4.0 / 3.0))
+        .expect("valid crop");
+    let cropped: Vec<Image> = {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        images.iter().map(|i| crop.apply_ref(i, &mut rng)).collect()
+    };
+    let ops: Vec<(&str, Op)> = vec![
+        (
+            "horizontal_flip",
+            Op::HorizontalFlip(HorizontalFlip::new(1.0).expect("flip")),
+        ),
+        (
+            "color_jitter",
+            Op::ColorJitter(ColorJitter::new(0.4, 0.4, 0.4, 0.1, 1.0).expect("jitter")),
+        ),
+        (
+            "grayscale",
+            Op::Grayscale(RandomGrayscale::new(1.0).expect("gray")),
+        ),
+        (
+            "gaussian_blur k=23",
+            Op::GaussianBlur(GaussianBlur::new((0.1, 2.0), 23, 1.0).expect("blur")),
+        ),
+    ];
+    let time = |label: &str, f: &mut dyn FnMut(&mut ChaCha8Rng)| {
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let start = Instant::now();
+        let mut n = 0u32;
+        while start.elapsed() < Duration::from_millis(700) {
+            f(&mut rng);
+            n += 1;
+        }
+        println!(
+            "  {label:<32} {:>8.1} us per 3x224x224 image",
+            start.elapsed().as_secs_f64() * 1e6 / f64::from(n * 8)
+        );
+    };
+    println!("per-op cost at 224 (1 thread, p = 1):");
+    time("random_resized_crop", &mut |rng| {
+        for img in &images {
+            black_box(crop.apply_ref(img, rng));
+        }
+    });
+    for (label, op) in &ops {
+        time(label, &mut |rng| {
+            for img in &cropped {
+                black_box(op.apply(img.clone(), rng));
+            }
+        });
+    }
+    time("clone (baseline)", &mut |_| {
+        for img in &cropped {
+            black_box(img.clone());
+        }
+    });
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
     for threads in [2, 1] {
         bench("simclr 32x32 (no blur)", 32, 2048, false, threads);
         bench("simclr 224x224 (blur k=23)", 224, 64, true, threads);
     }
+    breakdown();
 }
