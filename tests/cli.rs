@@ -144,7 +144,10 @@ fn validate_checks_data_paths_unless_told_not_to() {
     let out = recipe(&["validate", "recipes/cifar10/simclr.yaml"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("data/cifar-10-batches-bin` does not exist"), "{err}");
+    assert!(
+        err.contains("data/cifar-10-batches-bin` does not exist"),
+        "{err}"
+    );
     assert!(err.contains("--> recipes/cifar10/base.yaml:11:"), "{err}");
     let out = recipe(&["validate", "--no-data-check", "recipes/cifar10/simclr.yaml"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -155,12 +158,24 @@ fn plan_reports_model_and_schedule() {
     let out = recipe(&["plan", "recipes/simclr.yaml"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let s = text(&out.stdout);
-    assert!(s.contains("simclr on 10000 training / 2000 test images, 1×28×28"), "{s}");
-    assert!(s.contains("schedule: 195 steps (5 epochs × 39 steps of 256 images"), "{s}");
-    assert!(s.contains("lr 0.3 = 0.3 × 256/256 (linear batch-size scaling)"), "{s}");
+    assert!(
+        s.contains("simclr on 10000 training / 2000 test images, 1×28×28"),
+        "{s}"
+    );
+    assert!(
+        s.contains("schedule: 195 steps (5 epochs × 39 steps of 256 images"),
+        "{s}"
+    );
+    assert!(
+        s.contains("lr 0.3 = 0.3 × 256/256 (linear batch-size scaling)"),
+        "{s}"
+    );
     assert!(s.contains("features.0") && s.contains("projector.3"), "{s}");
     let swav = text(&recipe(&["plan", "recipes/swav.yaml"]).stdout);
-    assert!(swav.contains("views: 6 per image (2 × 28×28 + 4 × 14×14)"), "{swav}");
+    assert!(
+        swav.contains("views: 6 per image (2 × 28×28 + 4 × 14×14)"),
+        "{swav}"
+    );
     assert!(swav.contains("prototypes"), "{swav}");
     let bad = recipe(&["plan", "tests/invalid/input_too_small.yaml"]);
     assert_eq!(bad.status.code(), Some(1));
@@ -170,12 +185,32 @@ fn plan_reports_model_and_schedule() {
 fn preview_writes_a_grid() {
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("views.png");
-    let out = recipe(&["preview", "recipes/moco.yaml", "-o", png.to_str().unwrap(), "--n", "3"]);
+    let out = recipe(&[
+        "preview",
+        "recipes/moco.yaml",
+        "-o",
+        png.to_str().unwrap(),
+        "--n",
+        "3",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let img = image::open(&png).unwrap();
     // 3 rows of 28 px and 3 columns (original + 2 views) of 28 px, with separators.
-    assert!(img.height() >= 3 * 28 && img.height() < 3 * 28 + 20, "{}", img.height());
-    assert!(img.width() >= 3 * 28 && img.width() < 3 * 28 + 20, "{}", img.width());
-    let unwritable = recipe(&["preview", "recipes/moco.yaml", "-o", "/nonexistent-dir/x.png"]);
+    assert!(
+        img.height() >= 3 * 28 && img.height() < 3 * 28 + 20,
+        "{}",
+        img.height()
+    );
+    assert!(
+        img.width() >= 3 * 28 && img.width() < 3 * 28 + 20,
+        "{}",
+        img.width()
+    );
+    let unwritable = recipe(&[
+        "preview",
+        "recipes/moco.yaml",
+        "-o",
+        "/nonexistent-dir/x.png",
+    ]);
     assert_eq!(unwritable.status.code(), Some(2));
 }

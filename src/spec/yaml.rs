@@ -554,7 +554,7 @@ mod tests {
         }
         let e = p(&bomb).unwrap_err();
         assert!(e[0].message.contains("expands to more than"));
-        let deep = "[".repeat(500) + &"]".repeat(500);
+        let deep = "[".repeat(100) + &"]".repeat(100);
         assert!(p(&deep).unwrap_err()[0].message.contains("nests deeper"));
     }
 
