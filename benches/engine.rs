@@ -4,7 +4,7 @@
 //! Prints a `RESULT` line in the baseline's format and the per-op breakdown.
 
 use dfdx::prelude::Cpu;
-use recipe::nn::bench::{BenchConfig, preset, run};
+use recipe::bench::{BenchConfig, preset, run};
 
 fn main() {
     let args: Vec<String> = std::env::args()

@@ -13,6 +13,7 @@
 //! shell over this library. See `ARCHITECTURE.md` for the codemap.
 
 pub mod augment;
+pub mod bench;
 pub mod build;
 pub mod checkpoint;
 pub mod data;

@@ -287,7 +287,7 @@ fn bench(
     warmup: usize,
     batch: Option<usize>,
 ) -> ExitCode {
-    use recipe::nn::bench::{BenchConfig, run};
+    use recipe::bench::{BenchConfig, run};
     let r = match load_valid(file, sets) {
         Ok(r) => r,
         Err(code) => return code,

@@ -20,7 +20,6 @@
 //!   small CNN), `Head` (MLP, optional BN), `Prototypes` (SwAV) and `Model`.
 //! - [`summary`]: per-layer output shape, parameters and FLOPs from shapes alone
 //!   (`recipe plan`).
-//! - [`bench`]: the training-step throughput harness (`recipe bench`).
 //!
 //! # Invariants
 //!
@@ -40,7 +39,6 @@
 //!   only leaves' (parameters', inputs') gradients are readable afterwards.
 //! - Same seed and config ⇒ bit-identical initial parameters.
 
-pub mod bench;
 pub mod error;
 pub mod init;
 pub mod layers;

@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 
 use dfdx::prelude::*;
 
-use super::error::ModelError;
-use super::init::Init;
-use super::model::{
+use crate::nn::ModelError;
+use crate::nn::init::Init;
+use crate::nn::model::{
     BackboneConfig, BackboneKind, HeadConfig, Model, ModelConfig, ResNetSpec, Stem,
 };
-use super::ops::{EngineDevice, T2, timing};
-use super::params::ParamStore;
+use crate::nn::ops::{EngineDevice, T2, timing};
+use crate::nn::params::{DecayPolicy, ParamStore};
+use crate::optim::{Optimizer, OptimizerConfig, SgdConfig};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -117,27 +118,6 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Plain SGD with momentum 0.9 and weight decay 1e-6 (PyTorch's formulation).
-fn sgd_step<D: Device<f32>>(
-    store: &mut ParamStore<D>,
-    grads: &Gradients<f32, D>,
-    velocity: &mut [Option<Tensor<(usize,), f32, D>>],
-    lr: f32,
-) {
-    for (e, v) in store.entries_mut().iter_mut().zip(velocity.iter_mut()) {
-        if !e.trainable {
-            continue;
-        }
-        let d = grads.get(&e.tensor) + e.tensor.clone() * 1e-6;
-        let nv = match v.take() {
-            Some(old) => old * 0.9 + d,
-            None => d,
-        };
-        e.tensor = e.tensor.clone() - nv.clone() * lr;
-        *v = Some(nv);
-    }
-}
-
 /// Runs the benchmark on `dev`.
 pub fn run<D: EngineDevice>(dev: D, cfg: &BenchConfig) -> Result<BenchReport, ModelError> {
     if cfg.batch < 2 {
@@ -155,15 +135,27 @@ pub fn run<D: EngineDevice>(dev: D, cfg: &BenchConfig) -> Result<BenchReport, Mo
     let mut data = a.clone();
     data.extend(a.iter().zip(&noise).map(|(x, e)| x + e));
     let x = dev.tensor_from_vec(data, (2 * n, c, h, w));
-    let mut velocity = vec![None; store.len()];
+    // The baseline's `torch.optim.SGD(momentum=0.9, weight_decay=1e-6)` decays every
+    // parameter, so no exclusions here.
+    store.apply_decay_policy(DecayPolicy {
+        exclude_bias: false,
+        exclude_norm: false,
+    });
+    let mut opt = Optimizer::new(OptimizerConfig::Sgd(SgdConfig {
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 1e-6,
+    }))
+    .map_err(|e| ModelError::Config(e.to_string()))?;
 
     let mut step = |store: &mut ParamStore<D>| -> Result<f32, ModelError> {
         let z = model.project(store, x.trace(Gradients::leaky()), true)?;
         let loss = nt_xent(z, cfg.tau);
         let value = loss.as_vec()[0];
-        let grads = loss.backward();
+        let mut grads = loss.backward();
         let t = Instant::now();
-        sgd_step(store, &grads, &mut velocity, cfg.lr);
+        opt.step(store, &mut grads, cfg.lr as f64)
+            .map_err(|e| ModelError::Config(e.to_string()))?;
         timing::record("sgd_update", t.elapsed());
         Ok(value)
     };
