@@ -401,3 +401,40 @@ fn default_blur_kernel_size_is_odd_tenth() {
     assert_eq!(GaussianBlur::default_kernel_size(32), 3);
     assert_eq!(GaussianBlur::default_kernel_size(8), 3);
 }
+
+#[test]
+fn fast_hue_shift_matches_the_hsv_round_trip() {
+    use rand::Rng;
+    let mut r = ChaCha8Rng::seed_from_u64(11);
+    let mut pixels: Vec<[f32; 3]> = (0..2000)
+        .map(|_| [r.r#gen::<f32>(), r.r#gen::<f32>(), r.r#gen::<f32>()])
+        .collect();
+    // Ties between channels, grays, black, white and saturated primaries.
+    pixels.extend([
+        [0.0, 0.0, 0.0],
+        [1.0, 1.0, 1.0],
+        [0.5, 0.5, 0.2],
+        [0.5, 0.2, 0.5],
+        [0.2, 0.5, 0.5],
+        [1.0, 0.0, 0.0],
+        [0.0, 0.0, 1.0],
+    ]);
+    for shift in [-0.5f32, -0.1, -1e-9, 0.0, 0.05, 0.25, 0.5, 1.7] {
+        let n = pixels.len();
+        let mut data = vec![0.0; 3 * n];
+        for (i, p) in pixels.iter().enumerate() {
+            for c in 0..3 {
+                data[c * n + i] = p[c];
+            }
+        }
+        let mut img = Image::from_planar(3, 1, n, data).unwrap();
+        adjust_hue(&mut img, shift);
+        for (i, p) in pixels.iter().enumerate() {
+            let (h, s, v) = rgb_to_hsv(p[0], p[1], p[2]);
+            let (er, eg, eb) = hsv_to_rgb(h + shift, s, v);
+            assert_close(img.data[i], er, 2e-5);
+            assert_close(img.data[n + i], eg, 2e-5);
+            assert_close(img.data[2 * n + i], eb, 2e-5);
+        }
+    }
+}

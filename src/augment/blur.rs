@@ -67,14 +67,24 @@ impl GaussianBlur {
     }
 
     /// The normalised 1-D kernel for `sigma`.
+    ///
+    /// Taps below `1e-12` of the total are set to zero (and the rest renormalised): a
+    /// small sigma would otherwise give subnormal `f32` taps, which make every multiply
+    /// they touch dozens of times slower, for a change of at most 1e-11 per sample.
     pub fn kernel(&self, sigma: f64) -> Vec<f32> {
         let half = (self.kernel_size as f64 - 1.0) / 2.0;
-        let raw: Vec<f64> = (0..self.kernel_size)
+        let mut raw: Vec<f64> = (0..self.kernel_size)
             .map(|i| {
                 let x = (i as f64 - half) / sigma;
                 (-0.5 * x * x).exp()
             })
             .collect();
+        let total: f64 = raw.iter().sum();
+        for v in &mut raw {
+            if *v < 1e-12 * total {
+                *v = 0.0;
+            }
+        }
         let total: f64 = raw.iter().sum();
         raw.iter().map(|&v| (v / total) as f32).collect()
     }
@@ -137,6 +147,9 @@ fn convolve_separable(mut img: Image, kernel: &[f32]) -> Image {
             let out = &mut tmp[y * w..(y + 1) * w];
             out.fill(0.0);
             for (t, &kt) in kernel.iter().enumerate() {
+                if kt == 0.0 {
+                    continue;
+                }
                 for (o, &v) in out.iter_mut().zip(&padded[t..t + w]) {
                     *o += kt * v;
                 }
@@ -147,6 +160,9 @@ fn convolve_separable(mut img: Image, kernel: &[f32]) -> Image {
             let out = &mut plane[y * w..(y + 1) * w];
             out.fill(0.0);
             for (t, &kt) in kernel.iter().enumerate() {
+                if kt == 0.0 {
+                    continue;
+                }
                 let sy = row_src[y + t];
                 for (o, &v) in out.iter_mut().zip(&tmp[sy * w..(sy + 1) * w]) {
                     *o += kt * v;
