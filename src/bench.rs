@@ -193,3 +193,29 @@ pub fn run<D: EngineDevice>(dev: D, cfg: &BenchConfig) -> Result<BenchReport, Mo
         ops,
     })
 }
+
+/// Augmentation throughput: images per second that `maker` turns into views (all its
+/// views per image, the way the loader calls it), spread over rayon's global pool, over
+/// at least `min_time`. Images are taken round-robin from `images`.
+pub fn augment_throughput(
+    maker: &dyn crate::augment::ViewMaker,
+    images: &[crate::data::Image],
+    min_time: Duration,
+) -> f64 {
+    use rand::SeedableRng;
+    use rayon::prelude::*;
+    if images.is_empty() {
+        return 0.0;
+    }
+    let chunk = 256usize;
+    let start = Instant::now();
+    let mut done = 0usize;
+    while start.elapsed() < min_time {
+        (done..done + chunk).into_par_iter().for_each(|i| {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(i as u64);
+            std::hint::black_box(maker.make_views(&images[i % images.len()], &mut rng));
+        });
+        done += chunk;
+    }
+    done as f64 / start.elapsed().as_secs_f64()
+}

@@ -335,6 +335,14 @@ fn bench(
                 None => println!("peak RSS: unavailable (no /proc)"),
             }
             println!("loss after the last step: {:.4}", rep.last_loss);
+            // The loader must stay well ahead of training, or it becomes the bottleneck.
+            if let Some(aug) = augmentation_rate(&r) {
+                println!(
+                    "augmentation: {aug:.0} images/s with the recipe's chain on {} thread(s), {:.1}× the training rate",
+                    rayon::current_num_threads(),
+                    aug / (rep.images_per_s / 2.0)
+                );
+            }
             println!(
                 "\n{:<28} {:>12} {:>10} {:>8}",
                 "op", "ms/step", "calls", "share"
@@ -356,6 +364,20 @@ fn bench(
             ExitCode::from(1)
         }
     }
+}
+
+/// Images/s the recipe's augmentation chain produces on its own data, when both load.
+fn augmentation_rate(r: &Recipe) -> Option<f64> {
+    let loaded = data::load(&data::DataConfig::from_spec(&r.data, r.seed)).ok()?;
+    let chain = augment::Chain::from_spec(&r.augment, &r.data).ok()?;
+    let images: Vec<_> = (0..loaded.train.len().min(512))
+        .map(|i| loaded.train.image(i))
+        .collect();
+    Some(recipe::bench::augment_throughput(
+        &chain,
+        &images,
+        std::time::Duration::from_secs(2),
+    ))
 }
 
 fn preview(file: &Path, sets: &[String], output: &Path, n: usize) -> ExitCode {
