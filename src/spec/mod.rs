@@ -28,7 +28,7 @@ pub use load::{Loaded, Loader};
 #[serde(deny_unknown_fields)]
 #[schemars(
     title = "recipe",
-    description = "A contrastive representation-learning experiment on images (https://github.com/recipe-rs/recipe)."
+    description = "A contrastive representation-learning experiment on images."
 )]
 pub struct Recipe {
     /// Version of the recipe language; currently 1.

@@ -28,12 +28,6 @@ pub fn generate() -> Value {
     let root = settings.into_generator().into_root_schema_for::<Recipe>();
     let mut value = serde_json::to_value(root).expect("a schema is plain JSON");
     refine(&mut value);
-    if let Some(obj) = value.as_object_mut() {
-        obj.insert(
-            "$id".into(),
-            json!("https://recipe.dev/schemas/recipe.schema.json"),
-        );
-    }
     value
 }
 
