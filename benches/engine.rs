@@ -7,6 +7,7 @@ use dfdx::prelude::Cpu;
 use recipe::bench::{BenchConfig, preset, run};
 
 fn main() {
+    recipe::tune_allocator();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))

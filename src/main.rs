@@ -102,6 +102,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    recipe::tune_allocator();
     let cli = Cli::parse();
     match cli.command {
         Command::Validate {
@@ -219,12 +220,14 @@ fn render(file: &Path, sets: &[String], format: Format) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Loads a recipe that must be valid (data paths included), printing its diagnostics;
+/// Loads a recipe that must be valid (data paths too, when `data_check`), printing its diagnostics;
 /// on failure returns the exit code.
-fn load_valid(file: &Path, sets: &[String]) -> Result<Recipe, ExitCode> {
+fn load_valid(file: &Path, sets: &[String], data_check: bool) -> Result<Recipe, ExitCode> {
     let loader = Loader::new();
     let mut loaded = load(&loader, file, sets)?;
-    build::check_data_paths(&mut loaded);
+    if data_check {
+        build::check_data_paths(&mut loaded);
+    }
     eprint!("{}", render_human(&loaded.diagnostics, &loaded.sources));
     match loaded.valid_recipe() {
         Some(r) => Ok(r.clone()),
@@ -246,7 +249,7 @@ fn set_threads(threads: usize) {
 }
 
 fn plan(file: &Path, sets: &[String]) -> ExitCode {
-    let r = match load_valid(file, sets) {
+    let r = match load_valid(file, sets, true) {
         Ok(r) => r,
         Err(code) => return code,
     };
@@ -288,7 +291,7 @@ fn bench(
     batch: Option<usize>,
 ) -> ExitCode {
     use recipe::bench::{BenchConfig, run};
-    let r = match load_valid(file, sets) {
+    let r = match load_valid(file, sets, false) {
         Ok(r) => r,
         Err(code) => return code,
     };
@@ -381,7 +384,7 @@ fn augmentation_rate(r: &Recipe) -> Option<f64> {
 }
 
 fn preview(file: &Path, sets: &[String], output: &Path, n: usize) -> ExitCode {
-    let r = match load_valid(file, sets) {
+    let r = match load_valid(file, sets, true) {
         Ok(r) => r,
         Err(code) => return code,
     };
