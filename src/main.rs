@@ -222,15 +222,19 @@ fn render(file: &Path, sets: &[String], format: Format) -> ExitCode {
 
 /// Loads a recipe that must be valid (data paths too, when `data_check`), printing its diagnostics;
 /// on failure returns the exit code.
-fn load_valid(file: &Path, sets: &[String], data_check: bool) -> Result<Recipe, ExitCode> {
+fn load_valid(
+    file: &Path,
+    sets: &[String],
+    data_check: bool,
+) -> Result<(Recipe, Loaded), ExitCode> {
     let loader = Loader::new();
     let mut loaded = load(&loader, file, sets)?;
     if data_check {
         build::check_data_paths(&mut loaded);
     }
     eprint!("{}", render_human(&loaded.diagnostics, &loaded.sources));
-    match loaded.valid_recipe() {
-        Some(r) => Ok(r.clone()),
+    match loaded.valid_recipe().cloned() {
+        Some(r) => Ok((r, loaded)),
         None => {
             eprintln!("{}: invalid recipe", file.display());
             Err(ExitCode::from(1))
@@ -249,8 +253,8 @@ fn set_threads(threads: usize) {
 }
 
 fn plan(file: &Path, sets: &[String]) -> ExitCode {
-    let r = match load_valid(file, sets, true) {
-        Ok(r) => r,
+    let (r, loaded) = match load_valid(file, sets, true) {
+        Ok(v) => v,
         Err(code) => return code,
     };
     set_threads(r.train.threads);
@@ -260,23 +264,17 @@ fn plan(file: &Path, sets: &[String]) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(diags) => {
-            let loader = Loader::new();
-            let loaded = loader.load_file(file, sets).ok();
-            let sources = loaded
-                .as_ref()
-                .map(|l| l.sources.clone())
-                .unwrap_or_default();
             let located: Vec<_> = diags
                 .into_iter()
                 .map(|d| {
                     let span = loaded
+                        .document
                         .as_ref()
-                        .and_then(|l| l.document.as_ref())
                         .and_then(|doc| recipe::spec::load::span_of(doc, &d.path));
                     d.with_span(span)
                 })
                 .collect();
-            eprint!("{}", render_human(&located, &sources));
+            eprint!("{}", render_human(&located, &loaded.sources));
             eprintln!("{}: the recipe cannot be planned", file.display());
             ExitCode::from(1)
         }
@@ -292,7 +290,7 @@ fn bench(
 ) -> ExitCode {
     use recipe::bench::{BenchConfig, run};
     let r = match load_valid(file, sets, false) {
-        Ok(r) => r,
+        Ok((r, _)) => r,
         Err(code) => return code,
     };
     set_threads(r.train.threads);
@@ -385,7 +383,7 @@ fn augmentation_rate(r: &Recipe) -> Option<f64> {
 
 fn preview(file: &Path, sets: &[String], output: &Path, n: usize) -> ExitCode {
     let r = match load_valid(file, sets, true) {
-        Ok(r) => r,
+        Ok((r, _)) => r,
         Err(code) => return code,
     };
     set_threads(r.train.threads);
