@@ -214,46 +214,26 @@ impl OptimizerConfig {
         };
         let nonneg = |x: f64| x.is_finite() && x >= 0.0;
         let unit = |x: f64| x.is_finite() && (0.0..1.0).contains(&x);
+        // SGD and LARS share their momentum and decay rules.
+        let momentum_checks = |check: &mut dyn FnMut(bool, &str, &str, f64),
+                               momentum: f64,
+                               wd: f64,
+                               nesterov: bool| {
+            check(nonneg(momentum), "momentum", "finite and >= 0", momentum);
+            check(nonneg(wd), "weight_decay", "finite and >= 0", wd);
+            check(
+                !nesterov || momentum > 0.0,
+                "momentum",
+                "> 0 when nesterov is on",
+                momentum,
+            );
+        };
         match *self {
             OptimizerConfig::Sgd(c) => {
-                check(
-                    nonneg(c.momentum),
-                    "momentum",
-                    "finite and >= 0",
-                    c.momentum,
-                );
-                check(
-                    nonneg(c.weight_decay),
-                    "weight_decay",
-                    "finite and >= 0",
-                    c.weight_decay,
-                );
-                check(
-                    !c.nesterov || c.momentum > 0.0,
-                    "momentum",
-                    "> 0 when nesterov is on",
-                    c.momentum,
-                );
+                momentum_checks(&mut check, c.momentum, c.weight_decay, c.nesterov);
             }
             OptimizerConfig::Lars(c) => {
-                check(
-                    nonneg(c.momentum),
-                    "momentum",
-                    "finite and >= 0",
-                    c.momentum,
-                );
-                check(
-                    nonneg(c.weight_decay),
-                    "weight_decay",
-                    "finite and >= 0",
-                    c.weight_decay,
-                );
-                check(
-                    !c.nesterov || c.momentum > 0.0,
-                    "momentum",
-                    "> 0 when nesterov is on",
-                    c.momentum,
-                );
+                momentum_checks(&mut check, c.momentum, c.weight_decay, c.nesterov);
                 check(c.eta.is_finite() && c.eta > 0.0, "eta", "> 0", c.eta);
                 check(nonneg(c.eps), "eps", "finite and >= 0", c.eps);
             }
