@@ -9,6 +9,11 @@ type Flat = Tensor<(usize,), f32, Cpu, OwnedTape<f32, Cpu>>;
 type Taped4 = recipe::nn::ops::T4<Cpu, OwnedTape<f32, Cpu>>;
 type Op = dyn Fn(&Cpu, Vec<Flat>) -> Flat;
 
+/// Run first by every test; `nn_ops_portable.rs` includes this file and defines
+/// its own, which switches the kernels to their portable paths.
+#[allow(dead_code)]
+fn before_kernels() {}
+
 /// Runs `f` on taped copies of `inputs`; returns the output and the gradient of
 /// `sum(out * r)` for every input (r fixed by `seed`).
 fn eval(dev: &Cpu, inputs: &[Vec<f32>], f: &Op, seed: u64) -> (Vec<f32>, Vec<Vec<f32>>) {
@@ -123,11 +128,19 @@ fn conv_case(n: usize, c: usize, h: usize, o: usize, win: Window, bias: bool) {
 
 #[test]
 fn conv2d_matches_reference_and_finite_differences() {
+    crate::before_kernels();
     conv_case(3, 2, 5, 3, Window::new(3, 1, 1), true);
     conv_case(3, 2, 6, 4, Window::new(3, 2, 1), false);
     conv_case(2, 3, 5, 2, Window::new(1, 1, 0), true);
     conv_case(2, 3, 5, 2, Window::new(1, 2, 0), false);
     conv_case(1, 1, 7, 2, Window::new(7, 2, 3), false);
+    // Large enough planes for the stride-1 wide path (on AVX-512 machines): several
+    // samples per product, more rows than one tile and an inner dimension over one
+    // block (30·3·3 = 270), a 2×2 kernel without padding, padding 2 (no gy margin).
+    conv_case(3, 3, 16, 5, Window::new(3, 1, 1), true);
+    conv_case(2, 30, 16, 20, Window::new(3, 1, 1), false);
+    conv_case(2, 2, 12, 3, Window::new(2, 1, 0), true);
+    conv_case(1, 2, 20, 3, Window::new(3, 1, 2), false);
 }
 
 /// Distinct values spaced 0.01 apart, shuffled, so that max and ReLU have no ties
@@ -145,6 +158,7 @@ fn distinct(n: usize, seed: u64) -> Vec<f32> {
 
 #[test]
 fn max_pool_matches_reference_and_finite_differences() {
+    crate::before_kernels();
     for (win, h) in [(Window::new(3, 2, 1), 6), (Window::new(2, 2, 0), 5)] {
         let xs = (2, 3, h, h);
         let make = |fast: bool| -> Box<Op> {
@@ -169,6 +183,7 @@ fn max_pool_matches_reference_and_finite_differences() {
 
 #[test]
 fn global_avg_pool_matches_reference_and_finite_differences() {
+    crate::before_kernels();
     let xs = (3, 2, 4, 5);
     let make = |fast: bool| -> Box<Op> {
         Box::new(move |_d: &Cpu, mut v: Vec<Flat>| {
@@ -191,6 +206,7 @@ fn global_avg_pool_matches_reference_and_finite_differences() {
 
 #[test]
 fn relu_matches_reference_and_finite_differences() {
+    crate::before_kernels();
     let make = |fast: bool| -> Box<Op> {
         Box::new(move |_d: &Cpu, mut v: Vec<Flat>| {
             let x = four(v.pop().unwrap(), (2, 3, 2, 2));
@@ -261,6 +277,7 @@ fn bn_case(train: bool, xs: (usize, usize, usize, usize), one_d: bool) {
 
 #[test]
 fn batch_norm_matches_reference_and_finite_differences() {
+    crate::before_kernels();
     bn_case(true, (3, 2, 3, 2), false);
     bn_case(false, (3, 2, 3, 2), false);
     bn_case(true, (6, 4, 1, 1), true);
@@ -269,6 +286,7 @@ fn batch_norm_matches_reference_and_finite_differences() {
 
 #[test]
 fn batch_norm_running_stats_follow_pytorch() {
+    crate::before_kernels();
     let dev = Cpu::default();
     let (n, c, h, w) = (4, 2, 3, 3);
     let x = rand(n * c * h * w, 21);
@@ -312,6 +330,7 @@ fn batch_norm_running_stats_follow_pytorch() {
 
 #[test]
 fn linear_matches_reference_and_finite_differences() {
+    crate::before_kernels();
     for bias in [true, false] {
         let (n, fin, fout) = (3, 5, 4);
         let make = |fast: bool| -> Box<Op> {
@@ -336,6 +355,7 @@ fn linear_matches_reference_and_finite_differences() {
 
 #[test]
 fn l2_normalize_matches_reference_and_finite_differences() {
+    crate::before_kernels();
     let (n, f) = (4, 6);
     let make = |fast: bool| -> Box<Op> {
         Box::new(move |_d: &Cpu, mut v: Vec<Flat>| {
@@ -365,6 +385,7 @@ fn l2_normalize_matches_reference_and_finite_differences() {
 
 #[test]
 fn fused_batch_norm_relu_and_add_relu_match_reference() {
+    crate::before_kernels();
     let xs = (3, 2, 3, 2);
     let n = 36;
     let c = 2;

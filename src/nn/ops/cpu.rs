@@ -9,6 +9,7 @@ use dfdx::prelude::*;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::kernels;
 use super::timing;
 use super::{BnConfig, BnRunning, EngineDevice, T1, T2, T4, Window};
 
@@ -82,6 +83,122 @@ fn mm(
             par,
         )
     }
+}
+
+/// `dst (m×n, row stride ldd) = [dst +] A·B` with `A(i, p) = a[i·ars + p·acs]` and
+/// `B` row-major (row stride `ldb`): the hand-written AVX-512 kernel where the CPU
+/// has it, `gemm` otherwise.
+#[allow(clippy::too_many_arguments)]
+fn mm_rows(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    ldd: usize,
+    acc: bool,
+    (a, ars, acs): (&[f32], usize, usize),
+    (b, ldb): (&[f32], usize),
+) {
+    #[cfg(target_arch = "x86_64")]
+    if kernels::avx512() {
+        if m == 0 || n == 0 {
+            return;
+        }
+        let boff: Vec<usize> = (0..k).map(|p| p * ldb).collect();
+        mm_offsets((m, n, k), dst, ldd, acc, (a, ars, acs), (b, &boff));
+        return;
+    }
+    mm(
+        (m, n, k),
+        dst,
+        ldd,
+        acc,
+        (a, ars, acs),
+        (b, ldb, 1),
+        Parallelism::None,
+    );
+}
+
+/// `dst (m×n, row stride ldd) += A·Bᵀ` with `A` `m×len` and `B` `n×len` row-major.
+fn mm_dot(
+    (m, n, len): (usize, usize, usize),
+    dst: &mut [f32],
+    ldd: usize,
+    (a, lda): (&[f32], usize),
+    (b, ldb): (&[f32], usize),
+) {
+    #[cfg(target_arch = "x86_64")]
+    if kernels::avx512() {
+        if m == 0 || n == 0 || len == 0 {
+            return;
+        }
+        let boff: Vec<usize> = (0..n).map(|j| j * ldb).collect();
+        mm_dot_offsets((m, n, len), dst, ldd, (a, lda), (b, &boff));
+        return;
+    }
+    mm(
+        (m, n, len),
+        dst,
+        ldd,
+        true,
+        (a, lda, 1),
+        (b, 1, ldb),
+        Parallelism::None,
+    );
+}
+
+/// [`mm_rows`] with row `p` of `B` at `b[boff[p]..]` (AVX-512 only).
+#[cfg(target_arch = "x86_64")]
+fn mm_offsets(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    ldd: usize,
+    acc: bool,
+    (a, ars, acs): (&[f32], usize, usize),
+    (b, boff): (&[f32], &[usize]),
+) {
+    assert!(kernels::avx512());
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst.len() >= (m - 1) * ldd + n && boff.len() >= k);
+    assert!(k == 0 || a.len() > (m - 1) * ars + (k - 1) * acs);
+    assert!(boff[..k].iter().all(|&o| o + n <= b.len()));
+    // SAFETY: AVX-512 is present and the asserts keep every access in bounds.
+    unsafe {
+        kernels::x86::gemm_bcast(
+            (m, n, k),
+            (a.as_ptr(), ars, acs),
+            (b.as_ptr(), boff),
+            (dst.as_mut_ptr(), ldd),
+            acc,
+        )
+    };
+}
+
+/// [`mm_dot`] with row `j` of `B` at `b[boff[j]..]` (AVX-512 only).
+#[cfg(target_arch = "x86_64")]
+fn mm_dot_offsets(
+    (m, n, len): (usize, usize, usize),
+    dst: &mut [f32],
+    ldd: usize,
+    (a, lda): (&[f32], usize),
+    (b, boff): (&[f32], &[usize]),
+) {
+    assert!(kernels::avx512());
+    if m == 0 || n == 0 || len == 0 {
+        return;
+    }
+    assert!(dst.len() >= (m - 1) * ldd + n && boff.len() >= n);
+    assert!(a.len() >= (m - 1) * lda + len);
+    assert!(boff[..n].iter().all(|&o| o + len <= b.len()));
+    // SAFETY: AVX-512 is present and the asserts keep every access in bounds.
+    unsafe {
+        kernels::x86::gemm_dot(
+            (m, n, len),
+            (a.as_ptr(), lda),
+            (b.as_ptr(), boff),
+            (dst.as_mut_ptr(), ldd),
+        )
+    };
 }
 
 /// Output columns `ox` whose input column `ox·s + kj - p` lies inside `[0, w)`.
@@ -189,9 +306,216 @@ fn col2im_add(col: &[f32], d: ConvDims, gx: &mut [f32], ld: usize) {
     }
 }
 
+impl ConvDims {
+    /// Whether the stride-1 "wide" path applies: the image is zero-padded once and
+    /// every padded position is computed (the extra columns are discarded), so the
+    /// kernel reads shifted views of the padded image instead of a column matrix
+    /// nine times its size. Worth it while the discarded share is small.
+    fn wide(&self) -> bool {
+        let (k, p) = (self.win.kernel, self.win.padding);
+        self.win.stride == 1
+            && p < k
+            && kernels::avx512()
+            && (self.hp() * self.wp()) as f64 <= 1.35 * (self.ho * self.wo) as f64
+    }
+    fn hp(&self) -> usize {
+        self.h + 2 * self.win.padding
+    }
+    fn wp(&self) -> usize {
+        self.w + 2 * self.win.padding
+    }
+    /// Zeros after the last padded plane, so the shifted views of the last rows
+    /// stay inside the buffer.
+    fn tail(&self) -> usize {
+        (self.win.kernel - 1) * (self.wp() + 1)
+    }
+    /// Samples per wide product: about 1.5k columns.
+    fn wide_group(&self, n: usize) -> usize {
+        (1536 / (self.hp() * self.wp()).max(1)).clamp(1, n.max(1))
+    }
+}
+
+/// Lays `ns` samples `(ch, hh, ww)` out as `(ch, sample, hp, wp)` with each image
+/// at row and column `top`, zeros elsewhere, plus `tail` zeros at the end.
+#[allow(clippy::too_many_arguments)]
+fn pad_planes(
+    src: &[f32],
+    (ch, hh, ww): (usize, usize, usize),
+    (hp, wp): (usize, usize),
+    top: usize,
+    tail: usize,
+    dst: &mut Vec<f32>,
+) {
+    let ns = src.len() / (ch * hh * ww).max(1);
+    let plane = hp * wp;
+    dst.clear();
+    dst.resize(ch * ns * plane + tail, 0.0);
+    for (si, sample) in src.chunks(ch * hh * ww).enumerate() {
+        for (ci, img) in sample.chunks(hh * ww).enumerate() {
+            let base = (ci * ns + si) * plane + top * wp + top;
+            for (y, row) in img.chunks(ww).enumerate() {
+                dst[base + y * wp..][..ww].copy_from_slice(row);
+            }
+        }
+    }
+}
+
+/// Row offsets of the shifted views: row `(ci, ki, kj)` of the implicit column
+/// matrix starts at `ci·stride + ki·wp + kj` of the padded buffer.
+fn view_offsets(ch: usize, stride: usize, k: usize, wp: usize) -> Vec<usize> {
+    let mut v = Vec::with_capacity(ch * k * k);
+    for ci in 0..ch {
+        for ki in 0..k {
+            for kj in 0..k {
+                v.push(ci * stride + ki * wp + kj);
+            }
+        }
+    }
+    v
+}
+
+#[cfg(target_arch = "x86_64")]
+fn conv_forward_wide(
+    x: &[f32],
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    n: usize,
+    d: ConvDims,
+) -> Vec<f32> {
+    let (ckk, howo, chw) = (d.ckk(), d.ho * d.wo, d.c * d.h * d.w);
+    let (hp, wp) = (d.hp(), d.wp());
+    let plane = hp * wp;
+    let mut y = vec![0.0; n * d.o * howo];
+    let chunk = n.div_ceil(threads()).max(1);
+    let g = d.wide_group(chunk);
+    y.par_chunks_mut(chunk * d.o * howo)
+        .zip(x.par_chunks(chunk * chw))
+        .for_each(|(yc, xc)| {
+            let mut xp = Vec::new();
+            let mut wide = vec![0.0; d.o * g * plane];
+            for (yg, xg) in yc.chunks_mut(g * d.o * howo).zip(xc.chunks(g * chw)) {
+                let ns = xg.len() / chw;
+                let cols = ns * plane;
+                pad_planes(
+                    xg,
+                    (d.c, d.h, d.w),
+                    (hp, wp),
+                    d.win.padding,
+                    d.tail(),
+                    &mut xp,
+                );
+                let off = view_offsets(d.c, cols, d.win.kernel, wp);
+                mm_offsets(
+                    (d.o, cols, ckk),
+                    &mut wide,
+                    cols,
+                    false,
+                    (wt, ckk, 1),
+                    (&xp, &off),
+                );
+                for (si, ys) in yg.chunks_mut(d.o * howo).enumerate() {
+                    for (oc, out) in ys.chunks_mut(howo).enumerate() {
+                        let b = bias.map_or(0.0, |b| b[oc]);
+                        let src = &wide[oc * cols + si * plane..];
+                        for (oy, row) in out.chunks_mut(d.wo).enumerate() {
+                            for (v, s) in row.iter_mut().zip(&src[oy * wp..oy * wp + d.wo]) {
+                                *v = s + b;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    y
+}
+
+#[cfg(target_arch = "x86_64")]
+fn conv_backward_wide(
+    x: &[f32],
+    wt: &[f32],
+    gy: &[f32],
+    gx: &mut [f32],
+    n: usize,
+    d: ConvDims,
+) -> Vec<f32> {
+    let (k, p) = (d.win.kernel, d.win.padding);
+    let (ckk, howo, chw) = (d.ckk(), d.ho * d.wo, d.c * d.h * d.w);
+    let (hp, wp) = (d.hp(), d.wp());
+    let plane = hp * wp;
+    let okk = d.o * k * k;
+    // gx is the correlation of gy, padded by k−1−p, with the flipped kernel whose
+    // in/out channels are swapped: wflip[c, (o, ki, kj)] = w[o, c, k−1−ki, k−1−kj].
+    let mut wflip = vec![0.0; d.c * okk];
+    for o in 0..d.o {
+        for c in 0..d.c {
+            for ki in 0..k {
+                for kj in 0..k {
+                    wflip[c * okk + (o * k + ki) * k + kj] =
+                        wt[((o * d.c + c) * k + k - 1 - ki) * k + k - 1 - kj];
+                }
+            }
+        }
+    }
+    let q = k - 1 - p;
+    let chunk = n.div_ceil(threads()).max(1);
+    let g = d.wide_group(chunk);
+    let wlen = d.o * ckk;
+    gx.par_chunks_mut(chunk * chw)
+        .zip(x.par_chunks(chunk * chw))
+        .zip(gy.par_chunks(chunk * d.o * howo))
+        .map(|((gxc, xc), gyc)| {
+            let mut dw = vec![0.0; wlen];
+            let (mut xp, mut gy0, mut gyq) = (Vec::new(), Vec::new(), Vec::new());
+            let mut wide = vec![0.0; d.c * g * plane];
+            for ((gxg, xg), gysrc) in gxc
+                .chunks_mut(g * chw)
+                .zip(xc.chunks(g * chw))
+                .zip(gyc.chunks(g * d.o * howo))
+            {
+                let ns = xg.len() / chw;
+                let cols = ns * plane;
+                pad_planes(xg, (d.c, d.h, d.w), (hp, wp), p, d.tail(), &mut xp);
+                pad_planes(gysrc, (d.o, d.ho, d.wo), (hp, wp), 0, 0, &mut gy0);
+                pad_planes(gysrc, (d.o, d.ho, d.wo), (hp, wp), q, d.tail(), &mut gyq);
+                // dW (o×ckk) += gy (o×cols) · viewsᵀ; gy is zero off the valid outputs.
+                let xoff = view_offsets(d.c, cols, k, wp);
+                mm_dot_offsets((d.o, ckk, cols), &mut dw, ckk, (&gy0, cols), (&xp, &xoff));
+                let goff = view_offsets(d.o, cols, k, wp);
+                mm_offsets(
+                    (d.c, cols, okk),
+                    &mut wide,
+                    cols,
+                    false,
+                    (&wflip, okk, 1),
+                    (&gyq, &goff),
+                );
+                for (si, gs) in gxg.chunks_mut(chw).enumerate() {
+                    for (ci, gp) in gs.chunks_mut(d.h * d.w).enumerate() {
+                        let src = &wide[ci * cols + si * plane..];
+                        for (iy, row) in gp.chunks_mut(d.w).enumerate() {
+                            kernels::add_to(row, &src[iy * wp..iy * wp + d.w]);
+                        }
+                    }
+                }
+            }
+            dw
+        })
+        .reduce(
+            || vec![0.0; wlen],
+            |mut a, b| {
+                kernels::add_to(&mut a, &b);
+                a
+            },
+        )
+}
+
 /// Forward: per thread a contiguous range of samples, processed in groups whose
 /// columns sit side by side so one gemm covers the whole group.
 fn conv_forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, n: usize, d: ConvDims) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if d.wide() {
+        return conv_forward_wide(x, wt, bias, n, d);
+    }
     let (ckk, howo, chw) = (d.ckk(), d.ho * d.wo, d.c * d.h * d.w);
     let mut y = vec![0.0; n * d.o * howo];
     let chunk = n.div_ceil(threads()).max(1);
@@ -207,14 +531,23 @@ fn conv_forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, n: usize, d: ConvDi
                 for (s, xs) in xg.chunks(chw).enumerate() {
                     im2col(xs, d, &mut col[s * howo..], ld);
                 }
-                mm(
+                if ns == 1 {
+                    // One sample: the product already has the output's layout.
+                    mm_rows((d.o, ld, ckk), yg, ld, false, (wt, ckk, 1), (&col, ld));
+                    if let Some(b) = bias {
+                        for (oc, plane) in yg.chunks_mut(howo).enumerate() {
+                            plane.iter_mut().for_each(|v| *v += b[oc]);
+                        }
+                    }
+                    continue;
+                }
+                mm_rows(
                     (d.o, ld, ckk),
                     &mut tmp,
                     ld,
                     false,
                     (wt, ckk, 1),
-                    (&col, ld, 1),
-                    Parallelism::None,
+                    (&col, ld),
                 );
                 for (s, ys) in yg.chunks_mut(d.o * howo).enumerate() {
                     for (oc, plane) in ys.chunks_mut(howo).enumerate() {
@@ -238,6 +571,10 @@ fn conv_backward(
     n: usize,
     d: ConvDims,
 ) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if d.wide() {
+        return conv_backward_wide(x, wt, gy, gx, n, d);
+    }
     let (ckk, howo, chw) = (d.ckk(), d.ho * d.wo, d.c * d.h * d.w);
     let chunk = n.div_ceil(threads()).max(1);
     let g = d.group(chunk);
@@ -266,24 +603,15 @@ fn conv_backward(
                     }
                 }
                 // dW (o×ckk) += gy (o×ld) · colᵀ
-                mm(
-                    (d.o, ckk, ld),
-                    &mut dw,
-                    ckk,
-                    true,
-                    (&gyg, ld, 1),
-                    (&col, 1, ld),
-                    Parallelism::None,
-                );
+                mm_dot((d.o, ckk, ld), &mut dw, ckk, (&gyg, ld), (&col, ld));
                 // dcol (ckk×ld) = Wᵀ · gy
-                mm(
+                mm_rows(
                     (ckk, ld, d.o),
                     &mut dcol,
                     ld,
                     false,
                     (wt, 1, ckk),
-                    (&gyg, ld, 1),
-                    Parallelism::None,
+                    (&gyg, ld),
                 );
                 for (s, gxs) in gxg.chunks_mut(chw).enumerate() {
                     col2im_add(&dcol[s * howo..], d, gxs, ld);
@@ -303,32 +631,41 @@ fn conv_backward(
 fn add_assign(dst: &mut [f32], src: &[f32]) {
     dst.par_chunks_mut(1 << 14)
         .zip(src.par_chunks(1 << 14))
-        .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(a, b)| *a += b));
+        .for_each(|(d, s)| kernels::add_to(d, s));
 }
 
-/// Per-channel sums of `v` laid out `(n, c, plane)`.
-fn channel_sums(
-    v: &[f32],
-    c: usize,
-    plane: usize,
-    f: impl Fn(usize, usize) -> f32 + Sync,
-) -> Vec<f32> {
+/// Per-channel sums of `v` laid out `(n, c, plane)`, in f64 across planes.
+fn channel_sums(v: &[f32], c: usize, plane: usize) -> Vec<f32> {
     let n = v.len() / (c * plane).max(1);
     (0..c)
         .into_par_iter()
         .map(|ci| {
-            let mut s = 0.0f64;
-            for ni in 0..n {
-                let base = (ni * c + ci) * plane;
-                let mut acc = 0.0f32;
-                for i in base..base + plane {
-                    acc += f(i, ci);
-                }
-                s += acc as f64;
-            }
-            s as f32
+            (0..n)
+                .map(|ni| kernels::sum(&v[(ni * c + ci) * plane..][..plane]) as f64)
+                .sum::<f64>() as f32
         })
         .collect()
+}
+
+/// Per-channel batch mean and biased variance of `x` laid out `(n, c, plane)`: one
+/// pass of shifted sums (shift = the channel's first value), combined in f64.
+fn channel_moments(x: &[f32], c: usize, plane: usize) -> (Vec<f32>, Vec<f32>) {
+    let n = x.len() / (c * plane).max(1);
+    let m = (n * plane).max(1) as f64;
+    (0..c)
+        .into_par_iter()
+        .map(|ci| {
+            let k = x[ci * plane];
+            let (mut s, mut q) = (0.0f64, 0.0f64);
+            for ni in 0..n {
+                let (ps, pq) = kernels::moments(&x[(ni * c + ci) * plane..][..plane], k);
+                s += ps as f64;
+                q += pq as f64;
+            }
+            let d = s / m;
+            ((k as f64 + d) as f32, (q / m - d * d).max(0.0) as f32)
+        })
+        .unzip()
 }
 
 /// Fast conv2d (im2col + gemm per sample, rayon over samples).
@@ -379,7 +716,7 @@ pub fn conv2d<T: Tape<f32, Cpu>>(
             };
             add_assign(grads.get_or_alloc_mut(&wg)?, &dw);
             if let Some(bg) = bg {
-                let db = channel_sums(&gy, o, d.ho * d.wo, |i, _| gy[i]);
+                let db = channel_sums(&gy, o, d.ho * d.wo);
                 add_assign(grads.get_or_alloc_mut(&bg)?, &db);
             }
             Ok(())
@@ -526,37 +863,21 @@ fn bn_impl<T: Tape<f32, Cpu>>(
     let gv = read(&g);
     let bv = read(&b);
     let (mean, var) = if train {
-        let mean: Vec<f32> = channel_sums(&xv, c, plane, |i, _| xv[i])
-            .into_iter()
-            .map(|s| s / m as f32)
-            .collect();
-        let var: Vec<f32> = channel_sums(&xv, c, plane, |i, ci| {
-            let d = xv[i] - mean[ci];
-            d * d
-        })
-        .into_iter()
-        .map(|s| s / m as f32)
-        .collect();
-        (mean, var)
+        channel_moments(&xv, c, plane)
     } else {
         (read(&running.mean), read(&running.var))
     };
     let inv: Vec<f32> = var.iter().map(|v| 1.0 / (v + cfg.eps).sqrt()).collect();
+    // Per channel, y = x·s + t.
+    let scale: Vec<f32> = (0..c).map(|ci| gv[ci] * inv[ci]).collect();
+    let shift: Vec<f32> = (0..c).map(|ci| bv[ci] - mean[ci] * scale[ci]).collect();
     let mut yv = vec![0.0; xv.len()];
     yv.par_chunks_mut(plane.max(1))
         .zip(xv.par_chunks(plane.max(1)))
         .enumerate()
         .for_each(|(i, (yp, xp))| {
             let ci = i % c;
-            let s = gv[ci] * inv[ci];
-            let t = bv[ci] - mean[ci] * s;
-            if relu {
-                yp.iter_mut()
-                    .zip(xp)
-                    .for_each(|(y, x)| *y = (x * s + t).max(0.0));
-            } else {
-                yp.iter_mut().zip(xp).for_each(|(y, x)| *y = x * s + t);
-            }
+            kernels::affine(xp, yp, scale[ci], shift[ci], relu);
         });
     let new = train.then(|| {
         let mo = cfg.momentum;
@@ -583,46 +904,55 @@ fn bn_impl<T: Tape<f32, Cpu>>(
         let (xg, gg, bg, yg) = (x.ghost(), g.ghost(), b.ghost(), y.ghost());
         tape.add_backward_op(move |grads| {
             let _t = timing::start("batch_norm.bwd");
-            let mut gy = take_grad!(grads, yg);
-            if relu {
-                // Zero the gradient where the fused ReLU clipped the output.
-                gy.par_chunks_mut(plane.max(1))
-                    .zip(xv.par_chunks(plane.max(1)))
-                    .enumerate()
-                    .for_each(|(p, (gp, xp))| {
-                        let ci = p % c;
-                        let s = gv[ci] * inv[ci];
-                        let t = bv[ci] - mean[ci] * s;
-                        for (g, x) in gp.iter_mut().zip(xp) {
-                            if x * s + t <= 0.0 {
-                                *g = 0.0;
-                            }
-                        }
-                    });
-            }
-            let gy = gy;
-            let xhat = |i: usize, ci: usize| (xv[i] - mean[ci]) * inv[ci];
-            let sum_gy = channel_sums(&gy, c, plane, |i, _| gy[i]);
-            let sum_gyx = channel_sums(&gy, c, plane, |i, ci| gy[i] * xhat(i, ci));
+            let gy = take_grad!(grads, yg);
+            let nplanes = n;
+            // Per channel: Σ g and Σ g·(x − mean), g masked by the fused ReLU.
+            let (sum_gy, sum_gxc): (Vec<f32>, Vec<f32>) = (0..c)
+                .into_par_iter()
+                .map(|ci| {
+                    let (mut a, mut b) = (0.0f64, 0.0f64);
+                    for ni in 0..nplanes {
+                        let o = (ni * c + ci) * plane;
+                        let (pa, pb) = kernels::bn_grad_sums(
+                            &xv[o..o + plane],
+                            &gy[o..o + plane],
+                            mean[ci],
+                            scale[ci],
+                            shift[ci],
+                            relu,
+                        );
+                        a += pa as f64;
+                        b += pb as f64;
+                    }
+                    (a as f32, b as f32)
+                })
+                .unzip();
+            let sum_gyx: Vec<f32> = (0..c).map(|ci| sum_gxc[ci] * inv[ci]).collect();
             {
+                // gx = k·(g − Σg/m − x̂·Σg·x̂/m) with x̂ = (x − mean)·inv, written as
+                // gx += k·g + c0 + c1·x.
+                let coef: Vec<(f32, f32)> = (0..c)
+                    .map(|ci| {
+                        if !train {
+                            return (0.0, 0.0);
+                        }
+                        let k = scale[ci];
+                        let (a, bb) = (sum_gy[ci] / m as f32, sum_gyx[ci] / m as f32);
+                        let c1 = -k * bb * inv[ci];
+                        (-k * a - c1 * mean[ci], c1)
+                    })
+                    .collect();
                 let gx = grads.get_or_alloc_mut(&xg)?;
                 gx.par_chunks_mut(plane.max(1))
+                    .zip(xv.par_chunks(plane.max(1)))
+                    .zip(gy.par_chunks(plane.max(1)))
                     .enumerate()
-                    .for_each(|(p, gp)| {
+                    .for_each(|(p, ((gp, xp), gyp))| {
                         let ci = p % c;
-                        let base = p * plane;
-                        let k = gv[ci] * inv[ci];
-                        if train {
-                            let (a, bb) = (sum_gy[ci] / m as f32, sum_gyx[ci] / m as f32);
-                            for (j, g) in gp.iter_mut().enumerate() {
-                                let i = base + j;
-                                *g += k * (gy[i] - a - xhat(i, ci) * bb);
-                            }
-                        } else {
-                            for (j, g) in gp.iter_mut().enumerate() {
-                                *g += k * gy[base + j];
-                            }
-                        }
+                        let (c0, c1) = coef[ci];
+                        kernels::bn_grad_input(
+                            gp, xp, gyp, scale[ci], c0, c1, scale[ci], shift[ci], relu,
+                        );
                     });
             }
             add_assign(grads.get_or_alloc_mut(&gg)?, &sum_gyx);
@@ -678,36 +1008,44 @@ pub fn add_relu<T: Tape<f32, Cpu>>(a: T4<Cpu, T>, b: T4<Cpu, T>) -> T4<Cpu, T> {
     let mut tape = ta.merge(tb);
     let mut yv = read(&a);
     let bv = read(&b);
+    let mut mask = vec![false; yv.len()];
     yv.par_chunks_mut(1 << 14)
         .zip(bv.par_chunks(1 << 14))
-        .for_each(|(y, b)| {
-            y.iter_mut()
-                .zip(b)
-                .for_each(|(y, b)| *y = (*y + b).max(0.0))
-        });
+        .zip(mask.par_chunks_mut(1 << 14))
+        .for_each(|((y, b), m)| kernels::add_relu_fwd(y, b, m));
     drop(bv);
-    let mask: Vec<bool> = if T::OWNS_TAPE {
-        yv.par_iter().map(|v| *v > 0.0).collect()
-    } else {
-        Vec::new()
-    };
     let y = a.device().tensor_from_vec(yv, shape);
     if T::OWNS_TAPE {
         let (ag, bg, yg) = (a.ghost(), b.ghost(), y.ghost());
         tape.add_backward_op(move |grads| {
             let _t = timing::start("add_relu.bwd");
-            let mut gy = take_grad!(grads, yg);
-            gy.par_chunks_mut(1 << 14)
+            let gy = take_grad!(grads, yg);
+            // Both input gradients in one pass: take one out of `grads` meanwhile.
+            let mut ga = {
+                grads.get_or_alloc_mut(&ag)?;
+                take_grad!(grads, ag)
+            };
+            let gb = grads.get_or_alloc_mut(&bg)?;
+            if gb.is_empty() && !ga.is_empty() {
+                // `a` and `b` are one tensor: its gradient is the one taken out.
+                ga.par_chunks_mut(1 << 14)
+                    .zip(gy.par_chunks(1 << 14))
+                    .zip(mask.par_chunks(1 << 14))
+                    .for_each(|((a, g), m)| {
+                        // a += g' into `a` and into a zeroed copy, then once more.
+                        let mut once = vec![0.0; a.len()];
+                        kernels::add_relu_bwd(a, &mut once, g, m);
+                        kernels::add_to(a, &once);
+                    });
+                **grads.get_or_alloc_mut(&ag)? = ga;
+                return Ok(());
+            }
+            ga.par_chunks_mut(1 << 14)
+                .zip(gb.par_chunks_mut(1 << 14))
+                .zip(gy.par_chunks(1 << 14))
                 .zip(mask.par_chunks(1 << 14))
-                .for_each(|(g, m)| {
-                    g.iter_mut().zip(m).for_each(|(g, m)| {
-                        if !*m {
-                            *g = 0.0
-                        }
-                    })
-                });
-            add_assign(grads.get_or_alloc_mut(&ag)?, &gy);
-            add_assign(grads.get_or_alloc_mut(&bg)?, &gy);
+                .for_each(|(((a, b), g), m)| kernels::add_relu_bwd(a, b, g, m));
+            **grads.get_or_alloc_mut(&ag)? = ga;
             Ok(())
         });
     }

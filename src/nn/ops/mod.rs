@@ -18,7 +18,15 @@ pub mod composed;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod kernels;
 pub mod timing;
+
+/// Makes the CPU kernels use only their portable code paths (no AVX-512) for the
+/// rest of the process; call it before any kernel runs. For tests and comparisons:
+/// the portable paths are what a machine without AVX-512 runs.
+pub fn use_portable_kernels() {
+    kernels::use_portable();
+}
 
 use dfdx::prelude::*;
 

@@ -1,0 +1,440 @@
+//! Inner loops of the CPU kernels, written so LLVM vectorises them, and compiled
+//! twice: once for the build target and once with AVX-512 enabled, picked at run
+//! time (the release binary stays portable; the machines we measure on have AVX-512).
+//!
+//! Reductions keep 16 independent lanes: a single `f32` accumulator is a serial
+//! dependency chain that LLVM may not reorder, which made batch norm run at about
+//! one element per 1.3 ns.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// 0: not yet detected, 1: AVX-512 paths on, 2: portable paths only.
+static MODE: AtomicU8 = AtomicU8::new(0);
+
+/// Whether the CPU has AVX-512F (checked once). `RECIPE_NO_AVX512=1`, or
+/// [`use_portable`] before the first kernel runs, turns the AVX-512 paths off so
+/// the portable ones can be measured and tested on this machine.
+pub(crate) fn avx512() -> bool {
+    match MODE.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let on = detect();
+            MODE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+            on
+        }
+    }
+}
+
+fn detect() -> bool {
+    if std::env::var_os("RECIPE_NO_AVX512").is_some_and(|v| v != "0") {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Turns the AVX-512 paths off for the rest of the process.
+pub(crate) fn use_portable() {
+    MODE.store(2, Ordering::Relaxed);
+}
+
+/// Defines `fn name(args) -> ret` whose body is compiled for the target and, on
+/// x86-64, again with AVX-512; the call picks the second when the CPU has it.
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn inner($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn v4($($arg: $ty),*) $(-> $ret)? {
+                    inner($($arg),*)
+                }
+                if $crate::nn::ops::kernels::avx512() {
+                    // SAFETY: `avx512()` checked that the CPU has these features.
+                    return unsafe { v4($($arg),*) };
+                }
+            }
+            inner($($arg),*)
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use multiversion;
+
+/// Lanes of the vectorised reductions (one AVX-512 register of `f32`).
+const L: usize = 16;
+
+fn hsum(v: &[f32; L]) -> f32 {
+    // Pairwise, so the result does not depend on summation order quirks.
+    let mut w = *v;
+    let mut n = L;
+    while n > 1 {
+        n /= 2;
+        for i in 0..n {
+            w[i] += w[i + n];
+        }
+    }
+    w[0]
+}
+
+multiversion! {
+    /// `(Σ (x − k), Σ (x − k)²)` over one plane; the shift `k` keeps the one-pass
+    /// variance accurate when the mean is large against the spread.
+    pub(crate) fn moments(p: &[f32], k: f32) -> (f32, f32) {
+        let (mut s, mut q) = ([0.0f32; L], [0.0f32; L]);
+        let mut it = p.chunks_exact(L);
+        for ch in &mut it {
+            let ch: &[f32; L] = ch.try_into().expect("chunk of L");
+            for j in 0..L {
+                let d = ch[j] - k;
+                s[j] += d;
+                q[j] += d * d;
+            }
+        }
+        let (mut ss, mut qq) = (hsum(&s), hsum(&q));
+        for &v in it.remainder() {
+            let d = v - k;
+            ss += d;
+            qq += d * d;
+        }
+        (ss, qq)
+    }
+}
+
+multiversion! {
+    /// `y = x·s + t`, then `max(·, 0)` when `relu`.
+    pub(crate) fn affine(x: &[f32], y: &mut [f32], s: f32, t: f32, relu: bool) {
+        if relu {
+            for (y, x) in y.iter_mut().zip(x) {
+                *y = (x * s + t).max(0.0);
+            }
+        } else {
+            for (y, x) in y.iter_mut().zip(x) {
+                *y = x * s + t;
+            }
+        }
+    }
+}
+
+/// `g` where the fused ReLU passed its input (`x·s + t > 0`), else 0; without a
+/// ReLU, `g`. A select, not a branch, so loops over it vectorise.
+#[inline(always)]
+fn relu_gate<const RELU: bool>(g: f32, x: f32, s: f32, t: f32) -> f32 {
+    if RELU && x * s + t <= 0.0 { 0.0 } else { g }
+}
+
+#[inline(always)]
+fn grad_sums<const RELU: bool>(x: &[f32], gy: &[f32], mean: f32, s: f32, t: f32) -> (f32, f32) {
+    let (mut a, mut b) = ([0.0f32; L], [0.0f32; L]);
+    let mut xi = x.chunks_exact(L);
+    let mut gi = gy.chunks_exact(L);
+    for (xc, gc) in (&mut xi).zip(&mut gi) {
+        let xc: &[f32; L] = xc.try_into().expect("chunk of L");
+        let gc: &[f32; L] = gc.try_into().expect("chunk of L");
+        for j in 0..L {
+            let g = relu_gate::<RELU>(gc[j], xc[j], s, t);
+            a[j] += g;
+            b[j] += g * (xc[j] - mean);
+        }
+    }
+    let (mut sa, mut sb) = (hsum(&a), hsum(&b));
+    for (&x, &g) in xi.remainder().iter().zip(gi.remainder()) {
+        let g = relu_gate::<RELU>(g, x, s, t);
+        sa += g;
+        sb += g * (x - mean);
+    }
+    (sa, sb)
+}
+
+multiversion! {
+    /// Batch-norm backward sums over one plane: `(Σ g, Σ g·(x − mean))`, where `g`
+    /// is the output gradient, zeroed where a fused ReLU clipped (`x·s + t ≤ 0`).
+    pub(crate) fn bn_grad_sums(x: &[f32], gy: &[f32], mean: f32, s: f32, t: f32, relu: bool) -> (f32, f32) {
+        if relu {
+            grad_sums::<true>(x, gy, mean, s, t)
+        } else {
+            grad_sums::<false>(x, gy, mean, s, t)
+        }
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn grad_input<const RELU: bool>(
+    gx: &mut [f32],
+    x: &[f32],
+    gy: &[f32],
+    k: f32,
+    c0: f32,
+    c1: f32,
+    s: f32,
+    t: f32,
+) {
+    for ((o, &x), &g) in gx.iter_mut().zip(x).zip(gy) {
+        *o += k * relu_gate::<RELU>(g, x, s, t) + c0 + c1 * x;
+    }
+}
+
+multiversion! {
+    /// `gx += k·g + c0 + c1·x` with `g` masked as in [`bn_grad_sums`].
+    pub(crate) fn bn_grad_input(gx: &mut [f32], x: &[f32], gy: &[f32], k: f32, c0: f32, c1: f32, s: f32, t: f32, relu: bool) {
+        if relu {
+            grad_input::<true>(gx, x, gy, k, c0, c1, s, t);
+        } else {
+            grad_input::<false>(gx, x, gy, k, c0, c1, s, t);
+        }
+    }
+}
+
+multiversion! {
+    /// `y = max(y + b, 0)`, recording where the result is positive.
+    pub(crate) fn add_relu_fwd(y: &mut [f32], b: &[f32], mask: &mut [bool]) {
+        for ((y, b), m) in y.iter_mut().zip(b).zip(mask) {
+            let v = (*y + b).max(0.0);
+            *y = v;
+            *m = v > 0.0;
+        }
+    }
+}
+
+multiversion! {
+    /// `ga += g`, `gb += g` where `mask`, for the residual join's backward.
+    pub(crate) fn add_relu_bwd(ga: &mut [f32], gb: &mut [f32], gy: &[f32], mask: &[bool]) {
+        for (((a, b), &g), &m) in ga.iter_mut().zip(gb.iter_mut()).zip(gy).zip(mask) {
+            let g = if m { g } else { 0.0 };
+            // (a select: the loop vectorises)
+            *a += g;
+            *b += g;
+        }
+    }
+}
+
+multiversion! {
+    /// `dst += src`.
+    pub(crate) fn add_to(dst: &mut [f32], src: &[f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d += s;
+        }
+    }
+}
+
+multiversion! {
+    /// Sum of a slice in 16 lanes.
+    pub(crate) fn sum(p: &[f32]) -> f32 {
+        let mut s = [0.0f32; L];
+        let mut it = p.chunks_exact(L);
+        for ch in &mut it {
+            let ch: &[f32; L] = ch.try_into().expect("chunk of L");
+            for j in 0..L {
+                s[j] += ch[j];
+            }
+        }
+        hsum(&s) + it.remainder().iter().sum::<f32>()
+    }
+}
+
+/// Hand-written AVX-512 matrix products for the convolution, used when the CPU has
+/// AVX-512 and the portable `gemm` crate otherwise. They read the operands in place
+/// (no packing): the convolution's column matrix already is contiguous along the
+/// output positions, and with few channels packing cost `gemm` as much as the
+/// multiply itself.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Rows of `A` per tile of [`gemm_bcast`].
+    const MR: usize = 8;
+    /// Columns per tile (three registers).
+    const NR: usize = 48;
+    /// Inner-dimension block, so a tile's slice of `B` stays in L1/L2.
+    const KC: usize = 256;
+
+    fn mask(n: usize, lane0: usize) -> __mmask16 {
+        let cnt = n.saturating_sub(lane0).min(16);
+        ((1u32 << cnt) - 1) as __mmask16
+    }
+
+    /// `C (m×n, row stride ldc) [+]= A·B`, where `A(i, p) = a[i·ars + p·acs]` is
+    /// broadcast and row `p` of `B` starts at `b + boff[p]` (contiguous along `j`).
+    /// The offset table lets `B` be shifted views of one padded image, which is how
+    /// the stride-1 convolution avoids building a column matrix.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, `boff.len() ≥ k`, and every index the formula
+    /// names for `i < m`, `j < n`, `p < k` must lie inside the respective allocation.
+    #[target_feature(enable = "avx512f,avx512vl,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn gemm_bcast(
+        (m, n, k): (usize, usize, usize),
+        (a, ars, acs): (*const f32, usize, usize),
+        (b, boff): (*const f32, &[usize]),
+        (c, ldc): (*mut f32, usize),
+        acc: bool,
+    ) {
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            if !acc {
+                for i in 0..m {
+                    // SAFETY: row i of C is inside the allocation (caller's contract).
+                    unsafe { std::ptr::write_bytes(c.add(i * ldc), 0, n) };
+                }
+            }
+            return;
+        }
+        let mut p0 = 0;
+        while p0 < k {
+            let kc = KC.min(k - p0);
+            let first = p0 == 0 && !acc;
+            let mut j0 = 0;
+            while j0 < n {
+                let nr = NR.min(n - j0);
+                let mut i0 = 0;
+                while i0 < m {
+                    let mr = MR.min(m - i0);
+                    let at = a.wrapping_add(i0 * ars + p0 * acs);
+                    let bt = b.wrapping_add(j0);
+                    let bo = &boff[p0..p0 + kc];
+                    let ct = c.wrapping_add(i0 * ldc + j0);
+                    // SAFETY: the tile lies inside the operands (caller's contract).
+                    unsafe {
+                        match mr {
+                            8 => tile::<8>(nr, at, ars, acs, bt, bo, ct, ldc, first),
+                            7 => tile::<7>(nr, at, ars, acs, bt, bo, ct, ldc, first),
+                            6 => tile::<6>(nr, at, ars, acs, bt, bo, ct, ldc, first),
+                            5 => tile::<5>(nr, at, ars, acs, bt, bo, ct, ldc, first),
+                            4 => tile::<4>(nr, at, ars, acs, bt, bo, ct, ldc, first),
+                            3 => tile::<3>(nr, at, ars, acs, bt, bo, ct, ldc, first),
+                            2 => tile::<2>(nr, at, ars, acs, bt, bo, ct, ldc, first),
+                            _ => tile::<1>(nr, at, ars, acs, bt, bo, ct, ldc, first),
+                        }
+                    }
+                    i0 += mr;
+                }
+                j0 += nr;
+            }
+            p0 += kc;
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vl,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const R: usize>(
+        nr: usize,
+        a: *const f32,
+        ars: usize,
+        acs: usize,
+        b: *const f32,
+        boff: &[usize],
+        c: *mut f32,
+        ldc: usize,
+        first: bool,
+    ) {
+        let m = [mask(nr, 0), mask(nr, 16), mask(nr, 32)];
+        let mut acc = [[_mm512_setzero_ps(); 3]; R];
+        for (p, &off) in boff.iter().enumerate() {
+            let bp = b.wrapping_add(off);
+            // SAFETY: masked-off lanes are not read; the others are inside B.
+            let (b0, b1, b2) = unsafe {
+                (
+                    _mm512_maskz_loadu_ps(m[0], bp),
+                    _mm512_maskz_loadu_ps(m[1], bp.wrapping_add(16)),
+                    _mm512_maskz_loadu_ps(m[2], bp.wrapping_add(32)),
+                )
+            };
+            let ap = a.wrapping_add(p * acs);
+            for (r, row) in acc.iter_mut().enumerate() {
+                // SAFETY: A(i0 + r, p0 + p) is inside A.
+                let av = _mm512_set1_ps(unsafe { *ap.add(r * ars) });
+                row[0] = _mm512_fmadd_ps(av, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(av, b1, row[1]);
+                row[2] = _mm512_fmadd_ps(av, b2, row[2]);
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (v, val) in row.iter().enumerate() {
+                let cp = c.wrapping_add(r * ldc + v * 16);
+                // SAFETY: masked lanes are inside row r of the tile of C.
+                unsafe {
+                    let out = if first {
+                        *val
+                    } else {
+                        _mm512_add_ps(_mm512_maskz_loadu_ps(m[v], cp), *val)
+                    };
+                    _mm512_mask_storeu_ps(cp, m[v], out);
+                }
+            }
+        }
+    }
+
+    /// `C (m×n, row stride ldc) += A·Bᵀ` where `A` is `m×len` row-major (stride
+    /// `lda`) and row `j` of the `n×len` matrix `B` starts at `b + boff[j]`: dot
+    /// products along contiguous rows.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and all named rows must lie inside the allocations.
+    #[target_feature(enable = "avx512f,avx512vl,fma")]
+    pub(crate) unsafe fn gemm_dot(
+        (m, n, len): (usize, usize, usize),
+        (a, lda): (*const f32, usize),
+        (b, boff): (*const f32, &[usize]),
+        (c, ldc): (*mut f32, usize),
+    ) {
+        const TM: usize = 4;
+        const TN: usize = 6;
+        let mut i0 = 0;
+        while i0 < m {
+            let mr = TM.min(m - i0);
+            let mut j0 = 0;
+            while j0 < n {
+                let nr = TN.min(n - j0);
+                let mut acc = [[_mm512_setzero_ps(); TN]; TM];
+                let mut q = 0;
+                while q < len {
+                    let mk = mask(len - q, 0);
+                    let mut bv = [_mm512_setzero_ps(); TN];
+                    for (jj, v) in bv.iter_mut().enumerate().take(nr) {
+                        // SAFETY: row j0 + jj of B, lanes masked to the row's length.
+                        *v =
+                            unsafe { _mm512_maskz_loadu_ps(mk, b.wrapping_add(boff[j0 + jj] + q)) };
+                    }
+                    for (ii, row) in acc.iter_mut().enumerate().take(mr) {
+                        // SAFETY: row i0 + ii of A, lanes masked to the row's length.
+                        let av = unsafe {
+                            _mm512_maskz_loadu_ps(mk, a.wrapping_add((i0 + ii) * lda + q))
+                        };
+                        for jj in 0..TN {
+                            row[jj] = _mm512_fmadd_ps(av, bv[jj], row[jj]);
+                        }
+                    }
+                    q += 16;
+                }
+                for (ii, row) in acc.iter().enumerate().take(mr) {
+                    for (jj, v) in row.iter().enumerate().take(nr) {
+                        // SAFETY: C(i0 + ii, j0 + jj) is inside C.
+                        unsafe { *c.add((i0 + ii) * ldc + j0 + jj) += _mm512_reduce_add_ps(*v) };
+                    }
+                }
+                j0 += nr;
+            }
+            i0 += mr;
+        }
+    }
+}
