@@ -141,6 +141,9 @@ fn conv2d_matches_reference_and_finite_differences() {
     conv_case(2, 30, 16, 20, Window::new(3, 1, 1), false);
     conv_case(2, 2, 12, 3, Window::new(2, 1, 0), true);
     conv_case(1, 2, 20, 3, Window::new(3, 1, 2), false);
+    // Over 32 channels the wide path runs one `gemm` per kernel tap.
+    conv_case(2, 40, 16, 36, Window::new(3, 1, 1), true);
+    conv_case(2, 33, 6, 34, Window::new(1, 1, 0), false);
 }
 
 /// Distinct values spaced 0.01 apart, shuffled, so that max and ReLU have no ties

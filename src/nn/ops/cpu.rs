@@ -5,6 +5,8 @@
 //! tensor) and `tensor_from_vec` (no copy). A kernel keeps the host copies it needs
 //! for backward only when the tape records (`T::OWNS_TAPE`).
 
+use std::cell::RefCell;
+
 use dfdx::prelude::*;
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -12,6 +14,64 @@ use rayon::prelude::*;
 use super::kernels;
 use super::timing;
 use super::{BnConfig, BnRunning, EngineDevice, T1, T2, T4, Window};
+
+thread_local! {
+    /// Per-thread free list for [`Scratch`].
+    static SCRATCH: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A per-thread scratch buffer of `len` floats with unspecified contents, handed
+/// back to the thread's free list when dropped. The convolution's column and
+/// product buffers have the same sizes every step; allocating and zeroing them on
+/// every call cost more than some of the kernels. Users overwrite before reading.
+struct Scratch(Vec<f32>);
+
+impl Scratch {
+    /// Buffers kept per thread.
+    const KEEP: usize = 8;
+
+    fn new(len: usize) -> Self {
+        let mut v = SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            let best = (0..s.len())
+                .filter(|&i| s[i].capacity() >= len)
+                .min_by_key(|&i| s[i].capacity());
+            best.map_or_else(Vec::new, |i| s.swap_remove(i))
+        });
+        if v.len() < len {
+            v.resize(len, 0.0);
+        } else {
+            v.truncate(len);
+        }
+        Scratch(v)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        // `try_with`: during thread teardown the list may already be gone.
+        let _ = SCRATCH.try_with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < Self::KEEP {
+                s.push(v);
+            }
+        });
+    }
+}
 
 /// Takes a gradient buffer out of `Gradients` (leaving an empty one): the output
 /// gradient of an op is read by that op's backward only, so moving it saves a copy
@@ -24,8 +84,19 @@ macro_rules! take_grad {
 
 /// A host copy of a contiguous tensor.
 fn read<S: Shape, T>(t: &Tensor<S, f32, Cpu, T>) -> Vec<f32> {
-    let mut v = vec![0.0; t.shape().num_elements()];
+    let mut v = zeros(t.shape().num_elements());
     t.copy_into(&mut v);
+    v
+}
+
+/// A zeroed vector, written by all threads when large: first touches of fresh
+/// pages and the zeroing itself are otherwise serial work between parallel kernels.
+fn zeros(len: usize) -> Vec<f32> {
+    if len < 1 << 16 {
+        return vec![0.0; len];
+    }
+    let mut v = Vec::with_capacity(len);
+    v.par_extend(rayon::iter::repeat_n(0.0f32, len));
     v
 }
 
@@ -37,9 +108,22 @@ fn threads() -> usize {
 /// column strides so transposes cost nothing.
 #[allow(clippy::too_many_arguments)]
 fn mm(
-    (m, n, k): (usize, usize, usize),
+    mnk: (usize, usize, usize),
     dst: &mut [f32],
     ldd: usize,
+    acc: bool,
+    a: (&[f32], usize, usize),
+    b: (&[f32], usize, usize),
+    par: Parallelism,
+) {
+    mm_strided(mnk, (dst, ldd, 1), acc, a, b, par);
+}
+
+/// [`mm`] with `dst` given by row and column strides too.
+#[allow(clippy::too_many_arguments)]
+fn mm_strided(
+    (m, n, k): (usize, usize, usize),
+    (dst, ldd, dcs): (&mut [f32], usize, usize),
     acc: bool,
     (a, a_rs, a_cs): (&[f32], usize, usize),
     (b, b_rs, b_cs): (&[f32], usize, usize),
@@ -49,11 +133,11 @@ fn mm(
         return;
     }
     let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
-    assert!(dst.len() > last(ldd, 1, m, n));
+    assert!(dst.len() > last(ldd, dcs, m, n));
     if k == 0 {
         if !acc {
             for r in 0..m {
-                dst[r * ldd..r * ldd + n].fill(0.0);
+                (0..n).for_each(|c| dst[r * ldd + c * dcs] = 0.0);
             }
         }
         return;
@@ -66,7 +150,7 @@ fn mm(
             n,
             k,
             dst.as_mut_ptr(),
-            1,
+            dcs as isize,
             ldd as isize,
             acc,
             a.as_ptr(),
@@ -96,9 +180,10 @@ fn mm_rows(
     acc: bool,
     (a, ars, acs): (&[f32], usize, usize),
     (b, ldb): (&[f32], usize),
+    own: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if kernels::avx512() {
+    if own && kernels::avx512() {
         if m == 0 || n == 0 {
             return;
         }
@@ -124,9 +209,10 @@ fn mm_dot(
     ldd: usize,
     (a, lda): (&[f32], usize),
     (b, ldb): (&[f32], usize),
+    own: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if kernels::avx512() {
+    if own && kernels::avx512() {
         if m == 0 || n == 0 || len == 0 {
             return;
         }
@@ -313,10 +399,19 @@ impl ConvDims {
     /// nine times its size. Worth it while the discarded share is small.
     fn wide(&self) -> bool {
         let (k, p) = (self.win.kernel, self.win.padding);
+        // Without the own kernels each tap is a `gemm` with the channels as inner
+        // dimension, which needs enough channels to run well.
         self.win.stride == 1
             && p < k
-            && kernels::avx512()
+            && (self.own() || self.c.min(self.o) >= 16)
             && (self.hp() * self.wp()) as f64 <= 1.35 * (self.ho * self.wo) as f64
+    }
+    /// Whether the hand-written AVX-512 kernels serve this convolution: up to 32
+    /// channels, where `gemm`'s packing costs as much as its multiply. With more
+    /// channels `gemm` is as fast or faster (measured on ResNet-18 layers: equal at
+    /// 64, slower dW at 128 and up).
+    fn own(&self) -> bool {
+        kernels::avx512() && self.c.max(self.o) <= 32
     }
     fn hp(&self) -> usize {
         self.h + 2 * self.win.padding
@@ -374,7 +469,101 @@ fn view_offsets(ch: usize, stride: usize, k: usize, wp: usize) -> Vec<usize> {
     v
 }
 
-#[cfg(target_arch = "x86_64")]
+/// `wide (o×cols) = W · views(xp)`: one product over the shifted views with the own
+/// kernel, else one `gemm` per kernel tap with the channels as inner dimension.
+fn wide_product(d: ConvDims, cols: usize, wide: &mut [f32], wt: &[f32], xp: &[f32]) {
+    let (k, wp) = (d.win.kernel, d.wp());
+    let (ckk, kk) = (d.ckk(), k * k);
+    #[cfg(target_arch = "x86_64")]
+    if d.own() {
+        let off = view_offsets(d.c, cols, k, wp);
+        mm_offsets(
+            (d.o, cols, ckk),
+            wide,
+            cols,
+            false,
+            (wt, ckk, 1),
+            (xp, &off),
+        );
+        return;
+    }
+    for ki in 0..k {
+        for kj in 0..k {
+            let t = ki * k + kj;
+            mm(
+                (d.o, cols, d.c),
+                wide,
+                cols,
+                t > 0,
+                (&wt[t..], ckk, kk),
+                (&xp[ki * wp + kj..], cols, 1),
+                Parallelism::None,
+            );
+        }
+    }
+}
+
+/// Backward products of the wide path: `dw += gy0 · views(xp)ᵀ` and
+/// `wide (c×cols) = Wflip · views(gyq)`, as in [`wide_product`].
+fn wide_grads(
+    d: ConvDims,
+    cols: usize,
+    (dw, wide): (&mut [f32], &mut [f32]),
+    wflip: &[f32],
+    (xp, gy0, gyq): (&[f32], &[f32], &[f32]),
+) {
+    let (k, wp) = (d.win.kernel, d.wp());
+    let (ckk, kk, okk) = (d.ckk(), k * k, d.o * k * k);
+    #[cfg(target_arch = "x86_64")]
+    if d.own() {
+        // gy0 is zero off the valid outputs, so junk positions add nothing.
+        let xoff = view_offsets(d.c, cols, k, wp);
+        mm_dot_offsets((d.o, ckk, cols), dw, ckk, (gy0, cols), (xp, &xoff));
+    } else {
+        for t in 0..kk {
+            let v = (t / k) * wp + t % k;
+            // dW[o, c, ki, kj] += Σ_j gy0[o, j] · xp[c, v + j]
+            mm_strided(
+                (d.o, d.c, cols),
+                (&mut dw[t..], ckk, kk),
+                true,
+                (gy0, cols, 1),
+                (&xp[v..], 1, cols),
+                Parallelism::None,
+            );
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if d.own() {
+        let goff = view_offsets(d.o, cols, k, wp);
+        mm_offsets(
+            (d.c, cols, okk),
+            wide,
+            cols,
+            false,
+            (wflip, okk, 1),
+            (gyq, &goff),
+        );
+        return;
+    }
+    for ki in 0..k {
+        for kj in 0..k {
+            let t = ki * k + kj;
+            let v = ki * wp + kj;
+            // wide[c, j] += Σ_o w[o, c, k−1−ki, k−1−kj] · gyq[o, v + j]
+            mm(
+                (d.c, cols, d.o),
+                wide,
+                cols,
+                t > 0,
+                (&wflip[t..], okk, kk),
+                (&gyq[v..], cols, 1),
+                Parallelism::None,
+            );
+        }
+    }
+}
+
 fn conv_forward_wide(
     x: &[f32],
     wt: &[f32],
@@ -382,17 +571,17 @@ fn conv_forward_wide(
     n: usize,
     d: ConvDims,
 ) -> Vec<f32> {
-    let (ckk, howo, chw) = (d.ckk(), d.ho * d.wo, d.c * d.h * d.w);
+    let (howo, chw) = (d.ho * d.wo, d.c * d.h * d.w);
     let (hp, wp) = (d.hp(), d.wp());
     let plane = hp * wp;
-    let mut y = vec![0.0; n * d.o * howo];
+    let mut y = zeros(n * d.o * howo);
     let chunk = n.div_ceil(threads()).max(1);
     let g = d.wide_group(chunk);
     y.par_chunks_mut(chunk * d.o * howo)
         .zip(x.par_chunks(chunk * chw))
         .for_each(|(yc, xc)| {
             let mut xp = Vec::new();
-            let mut wide = vec![0.0; d.o * g * plane];
+            let mut wide = Scratch::new(d.o * g * plane);
             for (yg, xg) in yc.chunks_mut(g * d.o * howo).zip(xc.chunks(g * chw)) {
                 let ns = xg.len() / chw;
                 let cols = ns * plane;
@@ -404,15 +593,7 @@ fn conv_forward_wide(
                     d.tail(),
                     &mut xp,
                 );
-                let off = view_offsets(d.c, cols, d.win.kernel, wp);
-                mm_offsets(
-                    (d.o, cols, ckk),
-                    &mut wide,
-                    cols,
-                    false,
-                    (wt, ckk, 1),
-                    (&xp, &off),
-                );
+                wide_product(d, cols, &mut wide, wt, &xp);
                 for (si, ys) in yg.chunks_mut(d.o * howo).enumerate() {
                     for (oc, out) in ys.chunks_mut(howo).enumerate() {
                         let b = bias.map_or(0.0, |b| b[oc]);
@@ -429,7 +610,6 @@ fn conv_forward_wide(
     y
 }
 
-#[cfg(target_arch = "x86_64")]
 fn conv_backward_wide(
     x: &[f32],
     wt: &[f32],
@@ -466,7 +646,7 @@ fn conv_backward_wide(
         .map(|((gxc, xc), gyc)| {
             let mut dw = vec![0.0; wlen];
             let (mut xp, mut gy0, mut gyq) = (Vec::new(), Vec::new(), Vec::new());
-            let mut wide = vec![0.0; d.c * g * plane];
+            let mut wide = Scratch::new(d.c * g * plane);
             for ((gxg, xg), gysrc) in gxc
                 .chunks_mut(g * chw)
                 .zip(xc.chunks(g * chw))
@@ -477,18 +657,7 @@ fn conv_backward_wide(
                 pad_planes(xg, (d.c, d.h, d.w), (hp, wp), p, d.tail(), &mut xp);
                 pad_planes(gysrc, (d.o, d.ho, d.wo), (hp, wp), 0, 0, &mut gy0);
                 pad_planes(gysrc, (d.o, d.ho, d.wo), (hp, wp), q, d.tail(), &mut gyq);
-                // dW (o×ckk) += gy (o×cols) · viewsᵀ; gy is zero off the valid outputs.
-                let xoff = view_offsets(d.c, cols, k, wp);
-                mm_dot_offsets((d.o, ckk, cols), &mut dw, ckk, (&gy0, cols), (&xp, &xoff));
-                let goff = view_offsets(d.o, cols, k, wp);
-                mm_offsets(
-                    (d.c, cols, okk),
-                    &mut wide,
-                    cols,
-                    false,
-                    (&wflip, okk, 1),
-                    (&gyq, &goff),
-                );
+                wide_grads(d, cols, (&mut dw, &mut wide), &wflip, (&xp, &gy0, &gyq));
                 for (si, gs) in gxg.chunks_mut(chw).enumerate() {
                     for (ci, gp) in gs.chunks_mut(d.h * d.w).enumerate() {
                         let src = &wide[ci * cols + si * plane..];
@@ -512,19 +681,18 @@ fn conv_backward_wide(
 /// Forward: per thread a contiguous range of samples, processed in groups whose
 /// columns sit side by side so one gemm covers the whole group.
 fn conv_forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, n: usize, d: ConvDims) -> Vec<f32> {
-    #[cfg(target_arch = "x86_64")]
     if d.wide() {
         return conv_forward_wide(x, wt, bias, n, d);
     }
     let (ckk, howo, chw) = (d.ckk(), d.ho * d.wo, d.c * d.h * d.w);
-    let mut y = vec![0.0; n * d.o * howo];
+    let mut y = zeros(n * d.o * howo);
     let chunk = n.div_ceil(threads()).max(1);
     let g = d.group(chunk);
     y.par_chunks_mut(chunk * d.o * howo)
         .zip(x.par_chunks(chunk * chw))
         .for_each(|(yc, xc)| {
-            let mut col = vec![0.0; ckk * g * howo];
-            let mut tmp = vec![0.0; d.o * g * howo];
+            let mut col = Scratch::new(ckk * g * howo);
+            let mut tmp = Scratch::new(d.o * g * howo);
             for (yg, xg) in yc.chunks_mut(g * d.o * howo).zip(xc.chunks(g * chw)) {
                 let ns = xg.len() / chw;
                 let ld = ns * howo;
@@ -533,7 +701,15 @@ fn conv_forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, n: usize, d: ConvDi
                 }
                 if ns == 1 {
                     // One sample: the product already has the output's layout.
-                    mm_rows((d.o, ld, ckk), yg, ld, false, (wt, ckk, 1), (&col, ld));
+                    mm_rows(
+                        (d.o, ld, ckk),
+                        yg,
+                        ld,
+                        false,
+                        (wt, ckk, 1),
+                        (&col, ld),
+                        d.own(),
+                    );
                     if let Some(b) = bias {
                         for (oc, plane) in yg.chunks_mut(howo).enumerate() {
                             plane.iter_mut().for_each(|v| *v += b[oc]);
@@ -548,6 +724,7 @@ fn conv_forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, n: usize, d: ConvDi
                     false,
                     (wt, ckk, 1),
                     (&col, ld),
+                    d.own(),
                 );
                 for (s, ys) in yg.chunks_mut(d.o * howo).enumerate() {
                     for (oc, plane) in ys.chunks_mut(howo).enumerate() {
@@ -571,7 +748,6 @@ fn conv_backward(
     n: usize,
     d: ConvDims,
 ) -> Vec<f32> {
-    #[cfg(target_arch = "x86_64")]
     if d.wide() {
         return conv_backward_wide(x, wt, gy, gx, n, d);
     }
@@ -584,9 +760,9 @@ fn conv_backward(
         .zip(gy.par_chunks(chunk * d.o * howo))
         .map(|((gxc, xc), gyc)| {
             let mut dw = vec![0.0; wlen];
-            let mut col = vec![0.0; ckk * g * howo];
-            let mut dcol = vec![0.0; ckk * g * howo];
-            let mut gyg = vec![0.0; d.o * g * howo];
+            let mut col = Scratch::new(ckk * g * howo);
+            let mut dcol = Scratch::new(ckk * g * howo);
+            let mut gyg = Scratch::new(d.o * g * howo);
             for ((gxg, xg), gysrc) in gxc
                 .chunks_mut(g * chw)
                 .zip(xc.chunks(g * chw))
@@ -603,7 +779,14 @@ fn conv_backward(
                     }
                 }
                 // dW (o×ckk) += gy (o×ld) · colᵀ
-                mm_dot((d.o, ckk, ld), &mut dw, ckk, (&gyg, ld), (&col, ld));
+                mm_dot(
+                    (d.o, ckk, ld),
+                    &mut dw,
+                    ckk,
+                    (&gyg, ld),
+                    (&col, ld),
+                    d.own(),
+                );
                 // dcol (ckk×ld) = Wᵀ · gy
                 mm_rows(
                     (ckk, ld, d.o),
@@ -612,6 +795,7 @@ fn conv_backward(
                     false,
                     (wt, 1, ckk),
                     (&gyg, ld),
+                    d.own(),
                 );
                 for (s, gxs) in gxg.chunks_mut(chw).enumerate() {
                     col2im_add(&dcol[s * howo..], d, gxs, ld);
@@ -733,7 +917,7 @@ pub fn max_pool2d<T: Tape<f32, Cpu>>(x: T4<Cpu, T>, win: Window) -> T4<Cpu, T> {
     let wo = win.out_size(w).expect("window fits");
     let (x, mut tape) = x.contiguous().split_tape();
     let xv = read(&x);
-    let mut yv = vec![0.0; n * c * ho * wo];
+    let mut yv = zeros(n * c * ho * wo);
     let mut arg = vec![0u32; n * c * ho * wo];
     yv.par_chunks_mut(ho * wo)
         .zip(arg.par_chunks_mut(ho * wo))
@@ -871,7 +1055,7 @@ fn bn_impl<T: Tape<f32, Cpu>>(
     // Per channel, y = x·s + t.
     let scale: Vec<f32> = (0..c).map(|ci| gv[ci] * inv[ci]).collect();
     let shift: Vec<f32> = (0..c).map(|ci| bv[ci] - mean[ci] * scale[ci]).collect();
-    let mut yv = vec![0.0; xv.len()];
+    let mut yv = zeros(xv.len());
     yv.par_chunks_mut(plane.max(1))
         .zip(xv.par_chunks(plane.max(1)))
         .enumerate()
@@ -1218,5 +1402,110 @@ impl EngineDevice for Cpu {
     }
     fn l2_normalize<T: Tape<f32, Self>>(x: T2<Self, T>, eps: f32) -> T2<Self, T> {
         l2_normalize(x, eps)
+    }
+}
+
+#[cfg(test)]
+mod kernel_speed {
+    use super::*;
+    use std::time::Instant;
+
+    /// `cargo test --release --lib kernel_speed -- --ignored --nocapture`: GFLOP/s of
+    /// the hand-written products against the `gemm` crate on conv-like shapes.
+    #[test]
+    #[ignore]
+    fn products() {
+        for &(m, n, k) in &[
+            (16, 1156, 144),
+            (64, 1156, 576),
+            (16, 1024, 144),
+            (64, 1024, 576),
+            (128, 1024, 1152),
+            (576, 1024, 64),
+            (256, 512, 2304),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
+            let mut c = vec![0.0; m * n];
+            let reps = (2e9 / (2.0 * (m * n * k) as f64)).ceil() as usize;
+            let gf = |t: f64| 2.0 * (m * n * k * reps) as f64 / t / 1e9;
+            let t = Instant::now();
+            for _ in 0..reps {
+                mm_rows((m, n, k), &mut c, n, false, (&a, k, 1), (&b, n), true);
+            }
+            let own = gf(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            for _ in 0..reps {
+                mm(
+                    (m, n, k),
+                    &mut c,
+                    n,
+                    false,
+                    (&a, k, 1),
+                    (&b, n, 1),
+                    Parallelism::None,
+                );
+            }
+            let crate_ = gf(t.elapsed().as_secs_f64());
+            // dW form: (m×len)·(n×len)ᵀ with len = n.
+            let bt: Vec<f32> = (0..k * n).map(|i| (i % 3) as f32 * 0.1).collect();
+            let mut w = vec![0.0; m * k];
+            let t = Instant::now();
+            for _ in 0..reps {
+                mm_dot((m, k, n), &mut w, k, (&c, n), (&bt, n), true);
+            }
+            let dot = gf(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            for _ in 0..reps {
+                mm(
+                    (m, k, n),
+                    &mut w,
+                    k,
+                    true,
+                    (&c, n, 1),
+                    (&bt, 1, n),
+                    Parallelism::None,
+                );
+            }
+            let dot_crate = gf(t.elapsed().as_secs_f64());
+            println!(
+                "m={m:4} n={n:5} k={k:5}: rows own {own:6.1} crate {crate_:6.1} | dot own {dot:6.1} crate {dot_crate:6.1} GFLOP/s"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod core_scaling {
+    use super::*;
+    use std::time::Instant;
+
+    /// Aggregate GFLOP/s of one `gemm` per thread on 1 and 2 threads.
+    #[test]
+    #[ignore]
+    fn two_threads() {
+        let (m, n, k) = (256, 512, 2304);
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
+        for threads in [1usize, 2] {
+            let reps = 20;
+            let t = Instant::now();
+            (0..threads).into_par_iter().for_each(|_| {
+                let mut c = vec![0.0; m * n];
+                for _ in 0..reps {
+                    mm(
+                        (m, n, k),
+                        &mut c,
+                        n,
+                        false,
+                        (&a, k, 1),
+                        (&b, n, 1),
+                        Parallelism::None,
+                    );
+                }
+            });
+            let gf = 2.0 * (m * n * k * reps * threads) as f64 / t.elapsed().as_secs_f64() / 1e9;
+            println!("{threads} thread(s): {gf:.1} GFLOP/s in all");
+        }
     }
 }

@@ -262,7 +262,7 @@ pub(crate) mod x86 {
     /// Columns per tile (three registers).
     const NR: usize = 48;
     /// Inner-dimension block, so a tile's slice of `B` stays in L1/L2.
-    const KC: usize = 256;
+    const KC: usize = 64;
 
     fn mask(n: usize, lane0: usize) -> __mmask16 {
         let cnt = n.saturating_sub(lane0).min(16);
