@@ -96,6 +96,11 @@ multiversion! {
     /// `(Σ (x − k), Σ (x − k)²)` over one plane; the shift `k` keeps the one-pass
     /// variance accurate when the mean is large against the spread.
     pub(crate) fn moments(p: &[f32], k: f32) -> (f32, f32) {
+        #[cfg(target_arch = "x86_64")]
+        if avx512() {
+            // SAFETY: AVX-512 is present.
+            return unsafe { x86::moments(p, k) };
+        }
         let (mut s, mut q) = ([0.0f32; L], [0.0f32; L]);
         let mut it = p.chunks_exact(L);
         for ch in &mut it {
@@ -165,6 +170,11 @@ multiversion! {
     /// Batch-norm backward sums over one plane: `(Σ g, Σ g·(x − mean))`, where `g`
     /// is the output gradient, zeroed where a fused ReLU clipped (`x·s + t ≤ 0`).
     pub(crate) fn bn_grad_sums(x: &[f32], gy: &[f32], mean: f32, s: f32, t: f32, relu: bool) -> (f32, f32) {
+        #[cfg(target_arch = "x86_64")]
+        if avx512() {
+            // SAFETY: AVX-512 is present.
+            return unsafe { x86::grad_sums(x, gy, mean, s, t, relu) };
+        }
         if relu {
             grad_sums::<true>(x, gy, mean, s, t)
         } else {
@@ -236,6 +246,11 @@ multiversion! {
 multiversion! {
     /// Sum of a slice in 16 lanes.
     pub(crate) fn sum(p: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if avx512() {
+            // SAFETY: AVX-512 is present.
+            return unsafe { x86::moments(p, 0.0).0 };
+        }
         let mut s = [0.0f32; L];
         let mut it = p.chunks_exact(L);
         for ch in &mut it {
@@ -256,6 +271,98 @@ multiversion! {
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
     use std::arch::x86_64::*;
+
+    /// `(Σ (x − k), Σ (x − k)²)`: [`super::moments`] with explicit vectors (LLVM
+    /// kept the portable version's 16 lanes in scalar registers).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f,avx512vl,fma")]
+    pub(crate) unsafe fn moments(p: &[f32], k: f32) -> (f32, f32) {
+        let kv = _mm512_set1_ps(k);
+        let (mut s0, mut s1, mut q0, mut q1) = (
+            _mm512_setzero_ps(),
+            _mm512_setzero_ps(),
+            _mm512_setzero_ps(),
+            _mm512_setzero_ps(),
+        );
+        let mut i = 0;
+        while i + 32 <= p.len() {
+            // SAFETY: i + 32 ≤ len.
+            let (a, b) = unsafe {
+                (
+                    _mm512_loadu_ps(p.as_ptr().add(i)),
+                    _mm512_loadu_ps(p.as_ptr().add(i + 16)),
+                )
+            };
+            let (da, db) = (_mm512_sub_ps(a, kv), _mm512_sub_ps(b, kv));
+            s0 = _mm512_add_ps(s0, da);
+            s1 = _mm512_add_ps(s1, db);
+            q0 = _mm512_fmadd_ps(da, da, q0);
+            q1 = _mm512_fmadd_ps(db, db, q1);
+            i += 32;
+        }
+        while i < p.len() {
+            let m = mask(p.len() - i, 0);
+            // SAFETY: masked lanes are inside `p`.
+            let a = unsafe { _mm512_maskz_loadu_ps(m, p.as_ptr().add(i)) };
+            let da = _mm512_maskz_sub_ps(m, a, kv);
+            s0 = _mm512_add_ps(s0, da);
+            q0 = _mm512_fmadd_ps(da, da, q0);
+            i += 16;
+        }
+        (
+            _mm512_reduce_add_ps(_mm512_add_ps(s0, s1)),
+            _mm512_reduce_add_ps(_mm512_add_ps(q0, q1)),
+        )
+    }
+
+    /// [`super::bn_grad_sums`] with explicit vectors.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `x` and `gy` have the same length.
+    #[target_feature(enable = "avx512f,avx512vl,fma")]
+    pub(crate) unsafe fn grad_sums(
+        x: &[f32],
+        gy: &[f32],
+        mean: f32,
+        s: f32,
+        t: f32,
+        relu: bool,
+    ) -> (f32, f32) {
+        let n = x.len().min(gy.len());
+        let (mv, sv, tv, zero) = (
+            _mm512_set1_ps(mean),
+            _mm512_set1_ps(s),
+            _mm512_set1_ps(t),
+            _mm512_setzero_ps(),
+        );
+        let (mut a, mut b) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut i = 0;
+        while i < n {
+            let m = mask(n - i, 0);
+            // SAFETY: masked lanes are inside both slices.
+            let (xv, gv) = unsafe {
+                (
+                    _mm512_maskz_loadu_ps(m, x.as_ptr().add(i)),
+                    _mm512_maskz_loadu_ps(m, gy.as_ptr().add(i)),
+                )
+            };
+            let gv = if relu {
+                // Keep g where x·s + t > 0 (the fused ReLU passed it), rounded
+                // as the forward pass rounds it (multiply, then add).
+                let pre = _mm512_add_ps(_mm512_mul_ps(xv, sv), tv);
+                let pass = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(pre, zero);
+                _mm512_maskz_mov_ps(pass, gv)
+            } else {
+                gv
+            };
+            a = _mm512_add_ps(a, gv);
+            b = _mm512_fmadd_ps(gv, _mm512_sub_ps(xv, mv), b);
+            i += 16;
+        }
+        (_mm512_reduce_add_ps(a), _mm512_reduce_add_ps(b))
+    }
 
     /// Rows of `A` per tile of [`gemm_bcast`].
     const MR: usize = 8;
