@@ -368,8 +368,12 @@ pub(crate) mod x86 {
     const MR: usize = 8;
     /// Columns per tile (three registers).
     const NR: usize = 48;
-    /// Inner-dimension block, so a tile's slice of `B` stays in L1/L2.
-    const KC: usize = 64;
+    /// Inner-dimension block: a packed panel of `KC × NR` floats (24 KiB) stays in L1.
+    const KC: usize = 128;
+
+    /// A tile's slice of `B`, copied contiguous and aligned.
+    #[repr(C, align(64))]
+    struct Panel([f32; KC * NR]);
 
     fn mask(n: usize, lane0: usize) -> __mmask16 {
         let cnt = n.saturating_sub(lane0).min(16);
@@ -405,6 +409,11 @@ pub(crate) mod x86 {
             }
             return;
         }
+        // With more than one row tile, each B panel is packed once and then read
+        // from L1 by every row tile: B rows are far apart (one per channel and
+        // tap), and streaming them from L2 for every row tile starved the FMAs.
+        let pack = m > MR;
+        let mut panel = Panel([0.0; KC * NR]);
         let mut p0 = 0;
         while p0 < k {
             let kc = KC.min(k - p0);
@@ -412,15 +421,45 @@ pub(crate) mod x86 {
             let mut j0 = 0;
             while j0 < n {
                 let nr = NR.min(n - j0);
+                let bo = &boff[p0..p0 + kc];
+                if pack {
+                    let mk = [mask(nr, 0), mask(nr, 16), mask(nr, 32)];
+                    for (p, &off) in bo.iter().enumerate() {
+                        let src = b.wrapping_add(off + j0);
+                        let dst = panel.0.as_mut_ptr().wrapping_add(p * NR);
+                        for (v, &mv) in mk.iter().enumerate() {
+                            // SAFETY: masked lanes are inside row p of B; the panel
+                            // holds KC·NR floats.
+                            unsafe {
+                                let x = _mm512_maskz_loadu_ps(mv, src.wrapping_add(16 * v));
+                                _mm512_store_ps(dst.add(16 * v), x);
+                            }
+                        }
+                    }
+                }
                 let mut i0 = 0;
                 while i0 < m {
                     let mr = MR.min(m - i0);
                     let at = a.wrapping_add(i0 * ars + p0 * acs);
-                    let bt = b.wrapping_add(j0);
-                    let bo = &boff[p0..p0 + kc];
                     let ct = c.wrapping_add(i0 * ldc + j0);
                     // SAFETY: the tile lies inside the operands (caller's contract).
                     unsafe {
+                        if pack {
+                            let pp = panel.0.as_ptr();
+                            match mr {
+                                8 => tile_packed::<8>(kc, nr, at, ars, acs, pp, ct, ldc, first),
+                                7 => tile_packed::<7>(kc, nr, at, ars, acs, pp, ct, ldc, first),
+                                6 => tile_packed::<6>(kc, nr, at, ars, acs, pp, ct, ldc, first),
+                                5 => tile_packed::<5>(kc, nr, at, ars, acs, pp, ct, ldc, first),
+                                4 => tile_packed::<4>(kc, nr, at, ars, acs, pp, ct, ldc, first),
+                                3 => tile_packed::<3>(kc, nr, at, ars, acs, pp, ct, ldc, first),
+                                2 => tile_packed::<2>(kc, nr, at, ars, acs, pp, ct, ldc, first),
+                                _ => tile_packed::<1>(kc, nr, at, ars, acs, pp, ct, ldc, first),
+                            }
+                            i0 += mr;
+                            continue;
+                        }
+                        let bt = b.wrapping_add(j0);
                         match mr {
                             8 => tile::<8>(nr, at, ars, acs, bt, bo, ct, ldc, first),
                             7 => tile::<7>(nr, at, ars, acs, bt, bo, ct, ldc, first),
@@ -437,6 +476,58 @@ pub(crate) mod x86 {
                 j0 += nr;
             }
             p0 += kc;
+        }
+    }
+
+    /// [`tile`] reading `B` from a packed panel (row `p` at `panel + p·NR`).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vl,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_packed<const R: usize>(
+        kc: usize,
+        nr: usize,
+        a: *const f32,
+        ars: usize,
+        acs: usize,
+        panel: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        first: bool,
+    ) {
+        let m = [mask(nr, 0), mask(nr, 16), mask(nr, 32)];
+        let mut acc = [[_mm512_setzero_ps(); 3]; R];
+        for p in 0..kc {
+            // SAFETY: the panel holds KC·NR floats, aligned to 64 bytes.
+            let (b0, b1, b2) = unsafe {
+                let bp = panel.add(p * NR);
+                (
+                    _mm512_load_ps(bp),
+                    _mm512_load_ps(bp.add(16)),
+                    _mm512_load_ps(bp.add(32)),
+                )
+            };
+            let ap = a.wrapping_add(p * acs);
+            for (r, row) in acc.iter_mut().enumerate() {
+                // SAFETY: A(i0 + r, p0 + p) is inside A.
+                let av = _mm512_set1_ps(unsafe { *ap.add(r * ars) });
+                row[0] = _mm512_fmadd_ps(av, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(av, b1, row[1]);
+                row[2] = _mm512_fmadd_ps(av, b2, row[2]);
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (v, val) in row.iter().enumerate() {
+                let cp = c.wrapping_add(r * ldc + v * 16);
+                // SAFETY: masked lanes are inside row r of the tile of C.
+                unsafe {
+                    let out = if first {
+                        *val
+                    } else {
+                        _mm512_add_ps(_mm512_maskz_loadu_ps(m[v], cp), *val)
+                    };
+                    _mm512_mask_storeu_ps(cp, m[v], out);
+                }
+            }
         }
     }
 
