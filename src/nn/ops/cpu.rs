@@ -6,6 +6,9 @@
 //! for backward only when the tape records (`T::OWNS_TAPE`).
 
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::mem::MaybeUninit;
+use std::sync::Mutex;
 
 use dfdx::prelude::*;
 use gemm::Parallelism;
@@ -82,11 +85,85 @@ macro_rules! take_grad {
     };
 }
 
-/// A host copy of a contiguous tensor.
-fn read<S: Shape, T>(t: &Tensor<S, f32, Cpu, T>) -> Vec<f32> {
+/// A host copy of a contiguous tensor, in a recycled buffer (see [`HostBuf`]).
+fn read<S: Shape, T>(t: &Tensor<S, f32, Cpu, T>) -> HostBuf {
+    let len = t.shape().num_elements();
+    let mut v = HostBuf::take(len).unwrap_or_else(|| zeros(len));
+    t.copy_into(&mut v);
+    HostBuf(v)
+}
+
+/// A host copy of a contiguous tensor in a vector of its own (for data that moves
+/// into a new tensor).
+fn read_vec<S: Shape, T>(t: &Tensor<S, f32, Cpu, T>) -> Vec<f32> {
     let mut v = zeros(t.shape().num_elements());
     t.copy_into(&mut v);
     v
+}
+
+/// Free host buffers by length, shared by all kernels.
+struct HostPool {
+    free: HashMap<usize, Vec<Vec<f32>>>,
+    bytes: usize,
+}
+
+static HOST_POOL: Mutex<Option<HostPool>> = Mutex::new(None);
+
+/// A host copy a kernel keeps (often until its backward runs); dropped, its buffer
+/// goes back to a process-wide pool keyed by length. Every step copies tensors of
+/// the same sizes, so the next step's copies reuse these buffers instead of
+/// allocating and zeroing fresh ones (a serial pass over every activation). The
+/// pool is bounded; buffers beyond the bound are freed.
+struct HostBuf(Vec<f32>);
+
+impl HostBuf {
+    /// Bytes the pool may hold.
+    const CAP: usize = 2 << 30;
+
+    fn pool() -> std::sync::MutexGuard<'static, Option<HostPool>> {
+        HOST_POOL.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A pooled buffer of exactly `len` floats (contents unspecified).
+    fn take(len: usize) -> Option<Vec<f32>> {
+        let mut g = Self::pool();
+        let pool = g.as_mut()?;
+        let v = pool.free.get_mut(&len)?.pop()?;
+        pool.bytes -= len * 4;
+        Some(v)
+    }
+}
+
+impl std::ops::Deref for HostBuf {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for HostBuf {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.0
+    }
+}
+
+impl Drop for HostBuf {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        // Small buffers are cheap to allocate; keep the pool for activations.
+        if v.len() < 1 << 14 {
+            return;
+        }
+        let mut g = Self::pool();
+        let pool = g.get_or_insert_with(|| HostPool {
+            free: HashMap::new(),
+            bytes: 0,
+        });
+        if pool.bytes + v.len() * 4 <= Self::CAP {
+            pool.bytes += v.len() * 4;
+            pool.free.entry(v.len()).or_default().push(v);
+        }
+    }
 }
 
 /// A zeroed vector, written by all threads when large: first touches of fresh
@@ -97,6 +174,27 @@ fn zeros(len: usize) -> Vec<f32> {
     }
     let mut v = Vec::with_capacity(len);
     v.par_extend(rayon::iter::repeat_n(0.0f32, len));
+    v
+}
+
+/// A vector of `len` floats written in place: `fill(i, chunk)` gets the `i`-th
+/// run of `chunk_len` uninitialised elements (in parallel) and must write all of
+/// them; the kernels it calls assert matching lengths, so a short write panics
+/// instead of leaving elements uninitialised. Saves zeroing memory that is about
+/// to be overwritten.
+fn filled(
+    len: usize,
+    chunk_len: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk_len.max(1))
+        .enumerate()
+        .for_each(|(i, c)| fill(i, c));
+    // SAFETY: `fill` initialised every element of the first `len` (its contract,
+    // enforced by the kernels' length asserts; a panic above never gets here).
+    unsafe { v.set_len(len) };
     v
 }
 
@@ -1049,25 +1147,22 @@ fn bn_impl<T: Tape<f32, Cpu>>(
     let (mean, var) = if train {
         channel_moments(&xv, c, plane)
     } else {
-        (read(&running.mean), read(&running.var))
+        (read_vec(&running.mean), read_vec(&running.var))
     };
     let inv: Vec<f32> = var.iter().map(|v| 1.0 / (v + cfg.eps).sqrt()).collect();
     // Per channel, y = x·s + t.
     let scale: Vec<f32> = (0..c).map(|ci| gv[ci] * inv[ci]).collect();
     let shift: Vec<f32> = (0..c).map(|ci| bv[ci] - mean[ci] * scale[ci]).collect();
-    let mut yv = zeros(xv.len());
-    yv.par_chunks_mut(plane.max(1))
-        .zip(xv.par_chunks(plane.max(1)))
-        .enumerate()
-        .for_each(|(i, (yp, xp))| {
-            let ci = i % c;
-            kernels::affine(xp, yp, scale[ci], shift[ci], relu);
-        });
+    let yv = filled(xv.len(), plane.max(1), |i, yp| {
+        let ci = i % c;
+        let xp = &xv[i * plane..][..yp.len()];
+        kernels::affine_into(xp, yp, scale[ci], shift[ci], relu);
+    });
     let new = train.then(|| {
         let mo = cfg.momentum;
         let unbias = m as f32 / (m as f32 - 1.0).max(1.0);
-        let rm = read(&running.mean);
-        let rv = read(&running.var);
+        let rm = read_vec(&running.mean);
+        let rv = read_vec(&running.var);
         let nm: Vec<f32> = rm
             .iter()
             .zip(&mean)
@@ -1152,7 +1247,7 @@ pub fn relu<S: Shape, T: Tape<f32, Cpu>>(x: Tensor<S, f32, Cpu, T>) -> Tensor<S,
     let _t = timing::start("relu.fwd");
     let shape = *x.shape();
     let (x, mut tape) = x.contiguous().split_tape();
-    let mut yv = read(&x);
+    let mut yv = read_vec(&x);
     yv.par_chunks_mut(1 << 14)
         .for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
     let mask: Vec<bool> = if T::OWNS_TAPE {
@@ -1190,14 +1285,22 @@ pub fn add_relu<T: Tape<f32, Cpu>>(a: T4<Cpu, T>, b: T4<Cpu, T>) -> T4<Cpu, T> {
     let (a, ta) = a.contiguous().split_tape();
     let (b, tb) = b.contiguous().split_tape();
     let mut tape = ta.merge(tb);
-    let mut yv = read(&a);
+    let av = read(&a);
     let bv = read(&b);
-    let mut mask = vec![false; yv.len()];
-    yv.par_chunks_mut(1 << 14)
+    let len = av.len();
+    assert_eq!(len, bv.len());
+    let mut mask = vec![false; len];
+    let mut yv: Vec<f32> = Vec::with_capacity(len);
+    yv.spare_capacity_mut()[..len]
+        .par_chunks_mut(1 << 14)
+        .zip(av.par_chunks(1 << 14))
         .zip(bv.par_chunks(1 << 14))
         .zip(mask.par_chunks_mut(1 << 14))
-        .for_each(|((y, b), m)| kernels::add_relu_fwd(y, b, m));
-    drop(bv);
+        .for_each(|(((y, a), b), m)| kernels::add_relu_into(a, b, y, m));
+    // SAFETY: the chunks of `av`, `bv`, `mask` and the storage have equal lengths and
+    // `add_relu_into` writes all of its `y` (asserted), so all `len` are initialised.
+    unsafe { yv.set_len(len) };
+    drop((av, bv));
     let y = a.device().tensor_from_vec(yv, shape);
     if T::OWNS_TAPE {
         let (ag, bg, yg) = (a.ghost(), b.ghost(), y.ghost());
@@ -1315,7 +1418,7 @@ pub fn linear<T: Tape<f32, Cpu>>(
 pub fn l2_normalize<T: Tape<f32, Cpu>>(x: T2<Cpu, T>, eps: f32) -> T2<Cpu, T> {
     let (n, f) = *x.shape();
     let (x, mut tape) = x.contiguous().split_tape();
-    let mut yv = read(&x);
+    let mut yv = read_vec(&x);
     let norms: Vec<f32> = yv
         .chunks_mut(f.max(1))
         .map(|r| {

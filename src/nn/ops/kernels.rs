@@ -6,6 +6,7 @@
 //! dependency chain that LLVM may not reorder, which made batch norm run at about
 //! one element per 1.3 ns.
 
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// 0: not yet detected, 1: AVX-512 paths on, 2: portable paths only.
@@ -121,21 +122,6 @@ multiversion! {
     }
 }
 
-multiversion! {
-    /// `y = x·s + t`, then `max(·, 0)` when `relu`.
-    pub(crate) fn affine(x: &[f32], y: &mut [f32], s: f32, t: f32, relu: bool) {
-        if relu {
-            for (y, x) in y.iter_mut().zip(x) {
-                *y = (x * s + t).max(0.0);
-            }
-        } else {
-            for (y, x) in y.iter_mut().zip(x) {
-                *y = x * s + t;
-            }
-        }
-    }
-}
-
 /// `g` where the fused ReLU passed its input (`x·s + t > 0`), else 0; without a
 /// ReLU, `g`. A select, not a branch, so loops over it vectorise.
 #[inline(always)]
@@ -212,11 +198,30 @@ multiversion! {
 }
 
 multiversion! {
-    /// `y = max(y + b, 0)`, recording where the result is positive.
-    pub(crate) fn add_relu_fwd(y: &mut [f32], b: &[f32], mask: &mut [bool]) {
-        for ((y, b), m) in y.iter_mut().zip(b).zip(mask) {
-            let v = (*y + b).max(0.0);
-            *y = v;
+    /// `y = x·s + t` (then `max(·, 0)` when `relu`) into uninitialised storage;
+    /// writes every element of `y` (panics when the lengths differ).
+    pub(crate) fn affine_into(x: &[f32], y: &mut [MaybeUninit<f32>], s: f32, t: f32, relu: bool) {
+        assert_eq!(x.len(), y.len());
+        if relu {
+            for (y, x) in y.iter_mut().zip(x) {
+                y.write((x * s + t).max(0.0));
+            }
+        } else {
+            for (y, x) in y.iter_mut().zip(x) {
+                y.write(x * s + t);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `y = max(a + b, 0)` into uninitialised storage, recording where the result is
+    /// positive; writes every element of `y` (panics when the lengths differ).
+    pub(crate) fn add_relu_into(a: &[f32], b: &[f32], y: &mut [MaybeUninit<f32>], mask: &mut [bool]) {
+        assert!(a.len() == y.len() && b.len() == y.len() && mask.len() == y.len());
+        for (((y, a), b), m) in y.iter_mut().zip(a).zip(b).zip(mask) {
+            let v = (a + b).max(0.0);
+            y.write(v);
             *m = v > 0.0;
         }
     }
