@@ -491,18 +491,29 @@ fn col2im_add(col: &[f32], d: ConvDims, gx: &mut [f32], ld: usize) {
 }
 
 impl ConvDims {
-    /// Whether the stride-1 "wide" path applies: the image is zero-padded once and
-    /// every padded position is computed (the extra columns are discarded), so the
-    /// kernel reads shifted views of the padded image instead of a column matrix
-    /// nine times its size. Worth it while the discarded share is small.
+    /// Whether the "wide" path applies: the image is zero-padded once (for stride
+    /// `s`, split into `s×s` phase planes, so a tap's inputs are again a shifted
+    /// view) and every position of the phase grid is computed (the extra columns
+    /// are discarded). The kernel then reads shifted views of the padded image
+    /// instead of a column matrix nine times its size. Worth it while the discarded
+    /// share is small; a kernel smaller than the stride (1×1, stride 2) would copy
+    /// phases it never reads.
     fn wide(&self) -> bool {
-        let (k, p) = (self.win.kernel, self.win.padding);
+        let (k, p, s) = (self.win.kernel, self.win.padding, self.win.stride);
         // Without the own kernels each tap is a `gemm` with the channels as inner
         // dimension, which needs enough channels to run well.
-        self.win.stride == 1
+        (s == 1 || k >= s)
             && p < k
             && (self.own() || self.c.min(self.o) >= 16)
-            && (self.hp() * self.wp()) as f64 <= 1.35 * (self.ho * self.wo) as f64
+            && (self.hph() * self.wph()) as f64 <= 1.35 * (self.ho * self.wo) as f64
+    }
+    /// Rows of one phase plane of the padded image.
+    fn hph(&self) -> usize {
+        self.hp().div_ceil(self.win.stride)
+    }
+    /// Columns of one phase plane of the padded image.
+    fn wph(&self) -> usize {
+        self.wp().div_ceil(self.win.stride)
     }
     /// Whether the hand-written AVX-512 kernels serve this convolution: up to 32
     /// channels, where `gemm`'s packing costs as much as its multiply. With more
@@ -517,14 +528,14 @@ impl ConvDims {
     fn wp(&self) -> usize {
         self.w + 2 * self.win.padding
     }
-    /// Zeros after the last padded plane, so the shifted views of the last rows
+    /// Zeros after the last phase plane, so the shifted views of the last rows
     /// stay inside the buffer.
     fn tail(&self) -> usize {
-        (self.win.kernel - 1) * (self.wp() + 1)
+        ((self.win.kernel - 1) / self.win.stride) * (self.wph() + 1)
     }
     /// Samples per wide product: about 1.5k columns.
     fn wide_group(&self, n: usize) -> usize {
-        (1536 / (self.hp() * self.wp()).max(1)).clamp(1, n.max(1))
+        (1536 / (self.hph() * self.wph()).max(1)).clamp(1, n.max(1))
     }
 }
 
@@ -553,14 +564,57 @@ fn pad_planes(
     }
 }
 
+/// Lays `ns` samples `(ch, hh, ww)`, zero-padded by `pad`, out as phase planes
+/// `(ch, phase, sample, hph, wph)`: padded pixel `(py, px)` goes to phase
+/// `(py mod s)·s + px mod s` at `(py / s, px / s)`. Plus `tail` zeros at the end.
+/// With `s = 1` this is [`pad_planes`].
+#[allow(clippy::too_many_arguments)]
+fn pad_phases(
+    src: &[f32],
+    (ch, hh, ww): (usize, usize, usize),
+    s: usize,
+    (hph, wph): (usize, usize),
+    pad: usize,
+    tail: usize,
+    dst: &mut Vec<f32>,
+) {
+    if s == 1 {
+        return pad_planes(src, (ch, hh, ww), (hph, wph), pad, tail, dst);
+    }
+    let ns = src.len() / (ch * hh * ww).max(1);
+    let pp = hph * wph;
+    let cols = ns * pp;
+    dst.clear();
+    dst.resize(ch * s * s * cols + tail, 0.0);
+    for (si, sample) in src.chunks(ch * hh * ww).enumerate() {
+        for (ci, img) in sample.chunks(hh * ww).enumerate() {
+            let base = ci * s * s * cols + si * pp;
+            for (y, row) in img.chunks(ww).enumerate() {
+                let py = y + pad;
+                let rbase = base + (py % s) * s * cols + (py / s) * wph;
+                for (x, v) in row.iter().enumerate() {
+                    let px = x + pad;
+                    dst[rbase + (px % s) * cols + px / s] = *v;
+                }
+            }
+        }
+    }
+}
+
+/// Offset of tap `(ki, kj)`'s view in channel 0 of a phase-plane buffer with
+/// `cols` positions per phase.
+fn tap_offset(ki: usize, kj: usize, s: usize, cols: usize, wph: usize) -> usize {
+    ((ki % s) * s + kj % s) * cols + (ki / s) * wph + kj / s
+}
+
 /// Row offsets of the shifted views: row `(ci, ki, kj)` of the implicit column
-/// matrix starts at `ci·stride + ki·wp + kj` of the padded buffer.
-fn view_offsets(ch: usize, stride: usize, k: usize, wp: usize) -> Vec<usize> {
+/// matrix starts at `ci·s²·cols + tap_offset(ki, kj)` of the phase-plane buffer.
+fn view_offsets(ch: usize, cols: usize, k: usize, wph: usize, s: usize) -> Vec<usize> {
     let mut v = Vec::with_capacity(ch * k * k);
     for ci in 0..ch {
         for ki in 0..k {
             for kj in 0..k {
-                v.push(ci * stride + ki * wp + kj);
+                v.push(ci * s * s * cols + tap_offset(ki, kj, s, cols, wph));
             }
         }
     }
@@ -570,11 +624,11 @@ fn view_offsets(ch: usize, stride: usize, k: usize, wp: usize) -> Vec<usize> {
 /// `wide (o×cols) = W · views(xp)`: one product over the shifted views with the own
 /// kernel, else one `gemm` per kernel tap with the channels as inner dimension.
 fn wide_product(d: ConvDims, cols: usize, wide: &mut [f32], wt: &[f32], xp: &[f32]) {
-    let (k, wp) = (d.win.kernel, d.wp());
+    let (k, s, wph) = (d.win.kernel, d.win.stride, d.wph());
     let (ckk, kk) = (d.ckk(), k * k);
     #[cfg(target_arch = "x86_64")]
     if d.own() {
-        let off = view_offsets(d.c, cols, k, wp);
+        let off = view_offsets(d.c, cols, k, wph, s);
         mm_offsets(
             (d.o, cols, ckk),
             wide,
@@ -594,46 +648,46 @@ fn wide_product(d: ConvDims, cols: usize, wide: &mut [f32], wt: &[f32], xp: &[f3
                 cols,
                 t > 0,
                 (&wt[t..], ckk, kk),
-                (&xp[ki * wp + kj..], cols, 1),
+                (&xp[tap_offset(ki, kj, s, cols, wph)..], s * s * cols, 1),
                 Parallelism::None,
             );
         }
     }
 }
 
-/// Backward products of the wide path: `dw += gy0 · views(xp)ᵀ` and
-/// `wide (c×cols) = Wflip · views(gyq)`, as in [`wide_product`].
-fn wide_grads(
-    d: ConvDims,
-    cols: usize,
-    (dw, wide): (&mut [f32], &mut [f32]),
-    wflip: &[f32],
-    (xp, gy0, gyq): (&[f32], &[f32], &[f32]),
-) {
-    let (k, wp) = (d.win.kernel, d.wp());
-    let (ckk, kk, okk) = (d.ckk(), k * k, d.o * k * k);
+/// `dw += gy0 · views(xp)ᵀ` on the wide path (gy0 is zero off the valid outputs,
+/// so the discarded positions add nothing).
+fn wide_dw(d: ConvDims, cols: usize, dw: &mut [f32], xp: &[f32], gy0: &[f32]) {
+    let (k, s, wph) = (d.win.kernel, d.win.stride, d.wph());
+    let (ckk, kk) = (d.ckk(), k * k);
     #[cfg(target_arch = "x86_64")]
     if d.own() {
-        // gy0 is zero off the valid outputs, so junk positions add nothing.
-        let xoff = view_offsets(d.c, cols, k, wp);
+        let xoff = view_offsets(d.c, cols, k, wph, s);
         mm_dot_offsets((d.o, ckk, cols), dw, ckk, (gy0, cols), (xp, &xoff));
-    } else {
-        for t in 0..kk {
-            let v = (t / k) * wp + t % k;
-            // dW[o, c, ki, kj] += Σ_j gy0[o, j] · xp[c, v + j]
-            mm_strided(
-                (d.o, d.c, cols),
-                (&mut dw[t..], ckk, kk),
-                true,
-                (gy0, cols, 1),
-                (&xp[v..], 1, cols),
-                Parallelism::None,
-            );
-        }
+        return;
     }
+    for t in 0..kk {
+        let v = tap_offset(t / k, t % k, s, cols, wph);
+        // dW[o, c, ki, kj] += Σ_j gy0[o, j] · xp[c, v + j]
+        mm_strided(
+            (d.o, d.c, cols),
+            (&mut dw[t..], ckk, kk),
+            true,
+            (gy0, cols, 1),
+            (&xp[v..], 1, s * s * cols),
+            Parallelism::None,
+        );
+    }
+}
+
+/// Stride 1: `wide (c×cols) = Wflip · views(gyq)`, the input gradient as a
+/// correlation of gy padded by k−1−p with the flipped kernel.
+fn wide_gx_flip(d: ConvDims, cols: usize, wide: &mut [f32], wflip: &[f32], gyq: &[f32]) {
+    let (k, wp) = (d.win.kernel, d.wp());
+    let (kk, okk) = (k * k, d.o * k * k);
     #[cfg(target_arch = "x86_64")]
     if d.own() {
-        let goff = view_offsets(d.o, cols, k, wp);
+        let goff = view_offsets(d.o, cols, k, wp, 1);
         mm_offsets(
             (d.c, cols, okk),
             wide,
@@ -647,18 +701,42 @@ fn wide_grads(
     for ki in 0..k {
         for kj in 0..k {
             let t = ki * k + kj;
-            let v = ki * wp + kj;
-            // wide[c, j] += Σ_o w[o, c, k−1−ki, k−1−kj] · gyq[o, v + j]
+            // wide[c, j] += Σ_o w[o, c, k−1−ki, k−1−kj] · gyq[o, ki·wp + kj + j]
             mm(
                 (d.c, cols, d.o),
                 wide,
                 cols,
                 t > 0,
                 (&wflip[t..], okk, kk),
-                (&gyq[v..], cols, 1),
+                (&gyq[ki * wp + kj..], cols, 1),
                 Parallelism::None,
             );
         }
+    }
+}
+
+/// Stride over 1: the gradient of every view, `dviews (ckk×cols) = Wᵀ · gy0`, added
+/// back into a phase-plane buffer `gxp` at each view's offset (junk columns of gy0
+/// are zero, so they add nothing).
+fn wide_gx_scatter(
+    d: ConvDims,
+    cols: usize,
+    (dviews, gxp): (&mut [f32], &mut [f32]),
+    wt: &[f32],
+    gy0: &[f32],
+) {
+    let (k, s, wph, ckk) = (d.win.kernel, d.win.stride, d.wph(), d.ckk());
+    mm_rows(
+        (ckk, cols, d.o),
+        dviews,
+        cols,
+        false,
+        (wt, 1, ckk),
+        (gy0, cols),
+        d.own(),
+    );
+    for (r, off) in view_offsets(d.c, cols, k, wph, s).into_iter().enumerate() {
+        kernels::add_to(&mut gxp[off..off + cols], &dviews[r * cols..(r + 1) * cols]);
     }
 }
 
@@ -670,8 +748,8 @@ fn conv_forward_wide(
     d: ConvDims,
 ) -> Vec<f32> {
     let (howo, chw) = (d.ho * d.wo, d.c * d.h * d.w);
-    let (hp, wp) = (d.hp(), d.wp());
-    let plane = hp * wp;
+    let (st, wph) = (d.win.stride, d.wph());
+    let pp = d.hph() * wph;
     let mut y = zeros(n * d.o * howo);
     let chunk = n.div_ceil(threads()).max(1);
     let g = d.wide_group(chunk);
@@ -679,14 +757,15 @@ fn conv_forward_wide(
         .zip(x.par_chunks(chunk * chw))
         .for_each(|(yc, xc)| {
             let mut xp = Vec::new();
-            let mut wide = Scratch::new(d.o * g * plane);
+            let mut wide = Scratch::new(d.o * g * pp);
             for (yg, xg) in yc.chunks_mut(g * d.o * howo).zip(xc.chunks(g * chw)) {
                 let ns = xg.len() / chw;
-                let cols = ns * plane;
-                pad_planes(
+                let cols = ns * pp;
+                pad_phases(
                     xg,
                     (d.c, d.h, d.w),
-                    (hp, wp),
+                    st,
+                    (d.hph(), wph),
                     d.win.padding,
                     d.tail(),
                     &mut xp,
@@ -695,9 +774,9 @@ fn conv_forward_wide(
                 for (si, ys) in yg.chunks_mut(d.o * howo).enumerate() {
                     for (oc, out) in ys.chunks_mut(howo).enumerate() {
                         let b = bias.map_or(0.0, |b| b[oc]);
-                        let src = &wide[oc * cols + si * plane..];
+                        let src = &wide[oc * cols + si * pp..];
                         for (oy, row) in out.chunks_mut(d.wo).enumerate() {
-                            for (v, s) in row.iter_mut().zip(&src[oy * wp..oy * wp + d.wo]) {
+                            for (v, s) in row.iter_mut().zip(&src[oy * wph..oy * wph + d.wo]) {
                                 *v = s + b;
                             }
                         }
@@ -716,20 +795,24 @@ fn conv_backward_wide(
     n: usize,
     d: ConvDims,
 ) -> Vec<f32> {
-    let (k, p) = (d.win.kernel, d.win.padding);
+    let (k, p, st) = (d.win.kernel, d.win.padding, d.win.stride);
     let (ckk, howo, chw) = (d.ckk(), d.ho * d.wo, d.c * d.h * d.w);
-    let (hp, wp) = (d.hp(), d.wp());
-    let plane = hp * wp;
+    let (hph, wph) = (d.hph(), d.wph());
+    let pp = hph * wph;
     let okk = d.o * k * k;
-    // gx is the correlation of gy, padded by k−1−p, with the flipped kernel whose
-    // in/out channels are swapped: wflip[c, (o, ki, kj)] = w[o, c, k−1−ki, k−1−kj].
-    let mut wflip = vec![0.0; d.c * okk];
-    for o in 0..d.o {
-        for c in 0..d.c {
-            for ki in 0..k {
-                for kj in 0..k {
-                    wflip[c * okk + (o * k + ki) * k + kj] =
-                        wt[((o * d.c + c) * k + k - 1 - ki) * k + k - 1 - kj];
+    // Stride 1: gx is the correlation of gy, padded by k−1−p, with the flipped
+    // kernel whose in/out channels are swapped:
+    // wflip[c, (o, ki, kj)] = w[o, c, k−1−ki, k−1−kj].
+    let mut wflip = Vec::new();
+    if st == 1 {
+        wflip = vec![0.0; d.c * okk];
+        for o in 0..d.o {
+            for c in 0..d.c {
+                for ki in 0..k {
+                    for kj in 0..k {
+                        wflip[c * okk + (o * k + ki) * k + kj] =
+                            wt[((o * d.c + c) * k + k - 1 - ki) * k + k - 1 - kj];
+                    }
                 }
             }
         }
@@ -744,23 +827,44 @@ fn conv_backward_wide(
         .map(|((gxc, xc), gyc)| {
             let mut dw = vec![0.0; wlen];
             let (mut xp, mut gy0, mut gyq) = (Vec::new(), Vec::new(), Vec::new());
-            let mut wide = Scratch::new(d.c * g * plane);
+            let mut wide = Scratch::new(if st == 1 { d.c } else { ckk } * g * pp);
             for ((gxg, xg), gysrc) in gxc
                 .chunks_mut(g * chw)
                 .zip(xc.chunks(g * chw))
                 .zip(gyc.chunks(g * d.o * howo))
             {
                 let ns = xg.len() / chw;
-                let cols = ns * plane;
-                pad_planes(xg, (d.c, d.h, d.w), (hp, wp), p, d.tail(), &mut xp);
-                pad_planes(gysrc, (d.o, d.ho, d.wo), (hp, wp), 0, 0, &mut gy0);
-                pad_planes(gysrc, (d.o, d.ho, d.wo), (hp, wp), q, d.tail(), &mut gyq);
-                wide_grads(d, cols, (&mut dw, &mut wide), &wflip, (&xp, &gy0, &gyq));
+                let cols = ns * pp;
+                pad_phases(xg, (d.c, d.h, d.w), st, (hph, wph), p, d.tail(), &mut xp);
+                pad_planes(gysrc, (d.o, d.ho, d.wo), (hph, wph), 0, 0, &mut gy0);
+                wide_dw(d, cols, &mut dw, &xp, &gy0);
+                if st == 1 {
+                    pad_planes(gysrc, (d.o, d.ho, d.wo), (hph, wph), q, d.tail(), &mut gyq);
+                    wide_gx_flip(d, cols, &mut wide, &wflip, &gyq);
+                    for (si, gs) in gxg.chunks_mut(chw).enumerate() {
+                        for (ci, gp) in gs.chunks_mut(d.h * d.w).enumerate() {
+                            let src = &wide[ci * cols + si * pp..];
+                            for (iy, row) in gp.chunks_mut(d.w).enumerate() {
+                                kernels::add_to(row, &src[iy * wph..iy * wph + d.w]);
+                            }
+                        }
+                    }
+                    continue;
+                }
+                // The phase-plane gradient reuses the input buffer's shape.
+                let gxp = &mut xp;
+                gxp.iter_mut().for_each(|v| *v = 0.0);
+                wide_gx_scatter(d, cols, (&mut wide, gxp), wt, &gy0);
                 for (si, gs) in gxg.chunks_mut(chw).enumerate() {
                     for (ci, gp) in gs.chunks_mut(d.h * d.w).enumerate() {
-                        let src = &wide[ci * cols + si * plane..];
+                        let base = ci * st * st * cols + si * pp;
                         for (iy, row) in gp.chunks_mut(d.w).enumerate() {
-                            kernels::add_to(row, &src[iy * wp..iy * wp + d.w]);
+                            let py = iy + p;
+                            let rb = base + (py % st) * st * cols + (py / st) * wph;
+                            for (ix, g) in row.iter_mut().enumerate() {
+                                let px = ix + p;
+                                *g += gxp[rb + (px % st) * cols + px / st];
+                            }
                         }
                     }
                 }
