@@ -358,6 +358,34 @@ fn mm_offsets(
     };
 }
 
+/// `dst (m×n, row stride ldd) += A·B` with row `i` of `A` at `a[aoff[i]..]` and
+/// `B` row-major (stride `ldb`), for `n ≤ 32` (AVX-512 only).
+#[cfg(target_arch = "x86_64")]
+fn mm_narrow(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    ldd: usize,
+    (a, aoff): (&[f32], &[usize]),
+    (b, ldb): (&[f32], usize),
+) {
+    assert!(kernels::avx512() && n <= 32);
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    assert!(dst.len() >= (m - 1) * ldd + n && aoff.len() >= m);
+    assert!(b.len() >= (k - 1) * ldb + n);
+    assert!(aoff[..m].iter().all(|&o| o + k <= a.len()));
+    // SAFETY: AVX-512 is present and the asserts keep every access in bounds.
+    unsafe {
+        kernels::x86::gemm_narrow(
+            (m, n, k),
+            (a.as_ptr(), aoff),
+            (b.as_ptr(), ldb),
+            (dst.as_mut_ptr(), ldd),
+        )
+    };
+}
+
 /// [`mm_dot`] with row `j` of `B` at `b[boff[j]..]` (AVX-512 only).
 #[cfg(target_arch = "x86_64")]
 fn mm_dot_offsets(
@@ -657,13 +685,21 @@ fn wide_product(d: ConvDims, cols: usize, wide: &mut [f32], wt: &[f32], xp: &[f3
 
 /// `dw += gy0 · views(xp)ᵀ` on the wide path (gy0 is zero off the valid outputs,
 /// so the discarded positions add nothing).
-fn wide_dw(d: ConvDims, cols: usize, dw: &mut [f32], xp: &[f32], gy0: &[f32]) {
+fn wide_dw(d: ConvDims, cols: usize, (dw, dwt): (&mut [f32], &mut [f32]), xp: &[f32], gy0: &[f32]) {
     let (k, s, wph) = (d.win.kernel, d.win.stride, d.wph());
     let (ckk, kk) = (d.ckk(), k * k);
     #[cfg(target_arch = "x86_64")]
     if d.own() {
+        // dWᵀ (ckk×o) = views · gy0ᵀ: narrow rows (o ≤ 32) kept in L1. `dwt`
+        // accumulates over the thread's groups and is added into dW once.
         let xoff = view_offsets(d.c, cols, k, wph, s);
-        mm_dot_offsets((d.o, ckk, cols), dw, ckk, (gy0, cols), (xp, &xoff));
+        let mut gt = Scratch::new(cols * d.o);
+        for (j, out) in gt.chunks_mut(d.o).enumerate() {
+            for (oc, v) in out.iter_mut().enumerate() {
+                *v = gy0[oc * cols + j];
+            }
+        }
+        mm_narrow((ckk, d.o, cols), dwt, d.o, (xp, &xoff), (&gt, d.o));
         return;
     }
     for t in 0..kk {
@@ -826,6 +862,8 @@ fn conv_backward_wide(
         .zip(gy.par_chunks(chunk * d.o * howo))
         .map(|((gxc, xc), gyc)| {
             let mut dw = vec![0.0; wlen];
+            // dWᵀ (ckk×o) for the own kernels' narrow product.
+            let mut dwt = vec![0.0; if d.own() { wlen } else { 0 }];
             let (mut xp, mut gy0, mut gyq) = (Vec::new(), Vec::new(), Vec::new());
             let mut wide = Scratch::new(if st == 1 { d.c } else { ckk } * g * pp);
             for ((gxg, xg), gysrc) in gxc
@@ -837,7 +875,7 @@ fn conv_backward_wide(
                 let cols = ns * pp;
                 pad_phases(xg, (d.c, d.h, d.w), st, (hph, wph), p, d.tail(), &mut xp);
                 pad_planes(gysrc, (d.o, d.ho, d.wo), (hph, wph), 0, 0, &mut gy0);
-                wide_dw(d, cols, &mut dw, &xp, &gy0);
+                wide_dw(d, cols, (&mut dw, &mut dwt), &xp, &gy0);
                 if st == 1 {
                     pad_planes(gysrc, (d.o, d.ho, d.wo), (hph, wph), q, d.tail(), &mut gyq);
                     wide_gx_flip(d, cols, &mut wide, &wflip, &gyq);
@@ -867,6 +905,11 @@ fn conv_backward_wide(
                             }
                         }
                     }
+                }
+            }
+            for (i, row) in dwt.chunks(d.o).enumerate() {
+                for (oc, v) in row.iter().enumerate() {
+                    dw[oc * ckk + i] += v;
                 }
             }
             dw
@@ -1624,6 +1667,7 @@ mod kernel_speed {
     fn products() {
         for &(m, n, k) in &[
             (16, 1156, 144),
+            (32, 1296, 288),
             (64, 1156, 576),
             (16, 1024, 144),
             (64, 1024, 576),
@@ -1675,8 +1719,21 @@ mod kernel_speed {
                 );
             }
             let dot_crate = gf(t.elapsed().as_secs_f64());
+            // The same dW product as dWᵀ = colᵀ-views · gyᵀ with narrow rows.
+            let narrow = if m <= 32 {
+                let ct: Vec<f32> = (0..n * m).map(|i| (i % 7) as f32 * 0.1).collect();
+                let aoff: Vec<usize> = (0..k).map(|i| i * n).collect();
+                let mut wt = vec![0.0; k * m];
+                let t = Instant::now();
+                for _ in 0..reps {
+                    mm_narrow((k, m, n), &mut wt, m, (&bt, &aoff), (&ct, m));
+                }
+                gf(t.elapsed().as_secs_f64())
+            } else {
+                f64::NAN
+            };
             println!(
-                "m={m:4} n={n:5} k={k:5}: rows own {own:6.1} crate {crate_:6.1} | dot own {dot:6.1} crate {dot_crate:6.1} GFLOP/s"
+                "m={m:4} n={n:5} k={k:5}: rows own {own:6.1} crate {crate_:6.1} | dot own {dot:6.1} crate {dot_crate:6.1} narrow {narrow:6.1} GFLOP/s"
             );
         }
     }

@@ -587,6 +587,76 @@ pub(crate) mod x86 {
         }
     }
 
+    /// `C (m×n, row stride ldc) += A·B` for narrow `C` (`n ≤ 32`), where row `i` of
+    /// `A` starts at `a + aoff[i]` (contiguous along the inner dimension) and `B` is
+    /// row-major with stride `ldb`. The weight gradient of a convolution with few
+    /// output channels, as `dWᵀ = views · gyᵀ`: each `B` row is one or two vectors
+    /// that stay in L1, where the dot-product form streamed every operand from L2.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, `n ≤ 32`, `aoff.len() ≥ m`, and every index the
+    /// formula names for `i < m`, `j < n`, `p < k` must lie inside the allocations.
+    #[target_feature(enable = "avx512f,avx512vl,fma")]
+    pub(crate) unsafe fn gemm_narrow(
+        (m, n, k): (usize, usize, usize),
+        (a, aoff): (*const f32, &[usize]),
+        (b, ldb): (*const f32, usize),
+        (c, ldc): (*mut f32, usize),
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            if n <= 16 {
+                narrow::<12, 1>((m, n, k), (a, aoff), (b, ldb), (c, ldc));
+            } else {
+                narrow::<12, 2>((m, n, k), (a, aoff), (b, ldb), (c, ldc));
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vl,fma")]
+    unsafe fn narrow<const R: usize, const V: usize>(
+        (m, n, k): (usize, usize, usize),
+        (a, aoff): (*const f32, &[usize]),
+        (b, ldb): (*const f32, usize),
+        (c, ldc): (*mut f32, usize),
+    ) {
+        let mk = [mask(n, 0), mask(n, 16)];
+        let mut i0 = 0;
+        while i0 < m {
+            let r = R.min(m - i0);
+            // Rows past the end repeat the last one; their sums are not stored.
+            let rows: [*const f32; R] =
+                std::array::from_fn(|t| a.wrapping_add(aoff[i0 + t.min(r - 1)]));
+            let mut acc = [[_mm512_setzero_ps(); V]; R];
+            for p in 0..k {
+                let bp = b.wrapping_add(p * ldb);
+                // SAFETY: masked lanes are inside row p of B.
+                let bv: [__m512; V] = std::array::from_fn(|v| unsafe {
+                    _mm512_maskz_loadu_ps(mk[v], bp.wrapping_add(16 * v))
+                });
+                for (row, ptr) in acc.iter_mut().zip(&rows) {
+                    // SAFETY: A(i, p) is inside A.
+                    let av = _mm512_set1_ps(unsafe { *ptr.add(p) });
+                    for v in 0..V {
+                        row[v] = _mm512_fmadd_ps(av, bv[v], row[v]);
+                    }
+                }
+            }
+            for (t, row) in acc.iter().enumerate().take(r) {
+                for v in 0..V {
+                    let cp = c.wrapping_add((i0 + t) * ldc + 16 * v);
+                    // SAFETY: masked lanes are inside row i0 + t of C.
+                    unsafe {
+                        let sum = _mm512_add_ps(_mm512_maskz_loadu_ps(mk[v], cp), row[v]);
+                        _mm512_mask_storeu_ps(cp, mk[v], sum);
+                    }
+                }
+            }
+            i0 += r;
+        }
+    }
+
     /// `C (m×n, row stride ldc) += A·Bᵀ` where `A` is `m×len` row-major (stride
     /// `lda`) and row `j` of the `n×len` matrix `B` starts at `b + boff[j]`: dot
     /// products along contiguous rows.
