@@ -620,9 +620,16 @@ fn pad_phases(
             for (y, row) in img.chunks(ww).enumerate() {
                 let py = y + pad;
                 let rbase = base + (py % s) * s * cols + (py / s) * wph;
-                for (x, v) in row.iter().enumerate() {
-                    let px = x + pad;
-                    dst[rbase + (px % s) * cols + px / s] = *v;
+                // Column phase b holds padded columns px ≡ b (mod s), side by side.
+                for b in 0..s {
+                    let px0 = pad + (b + s - pad % s) % s;
+                    if px0 >= pad + ww {
+                        continue;
+                    }
+                    let out = &mut dst[rbase + b * cols + px0 / s..];
+                    for (o, v) in out.iter_mut().zip(row[px0 - pad..].iter().step_by(s)) {
+                        *o = *v;
+                    }
                 }
             }
         }
@@ -899,9 +906,16 @@ fn conv_backward_wide(
                         for (iy, row) in gp.chunks_mut(d.w).enumerate() {
                             let py = iy + p;
                             let rb = base + (py % st) * st * cols + (py / st) * wph;
-                            for (ix, g) in row.iter_mut().enumerate() {
-                                let px = ix + p;
-                                *g += gxp[rb + (px % st) * cols + px / st];
+                            // Column phase b holds padded columns px ≡ b (mod st).
+                            for b in 0..st {
+                                let px0 = p + (b + st - p % st) % st;
+                                if px0 >= p + d.w {
+                                    continue;
+                                }
+                                let src = &gxp[rb + b * cols + px0 / st..];
+                                for (g, v) in row[px0 - p..].iter_mut().step_by(st).zip(src) {
+                                    *g += v;
+                                }
                             }
                         }
                     }
