@@ -783,6 +783,52 @@ fn wide_gx_scatter(
     }
 }
 
+/// Samples per thread: each thread takes one contiguous range of the batch.
+fn thread_chunk(n: usize) -> usize {
+    n.div_ceil(threads()).max(1)
+}
+
+/// The output of a convolution forward: `body(ys, xs)` fills the outputs of one
+/// thread's range of samples from their inputs.
+fn conv_forward_threads(
+    x: &[f32],
+    n: usize,
+    d: ConvDims,
+    body: impl Fn(&mut [f32], &[f32]) + Sync,
+) -> Vec<f32> {
+    let (howo, chw) = (d.ho * d.wo, d.c * d.h * d.w);
+    let chunk = thread_chunk(n);
+    let mut y = zeros(n * d.o * howo);
+    y.par_chunks_mut(chunk * d.o * howo)
+        .zip(x.par_chunks(chunk * chw))
+        .for_each(|(yc, xc)| body(yc, xc));
+    y
+}
+
+/// A convolution backward: `body(gxs, xs, gys)` accumulates the input gradient of
+/// one thread's range of samples and returns its weight gradient; the sum of those
+/// is returned.
+fn conv_backward_threads(
+    (x, gy, gx): (&[f32], &[f32], &mut [f32]),
+    n: usize,
+    d: ConvDims,
+    body: impl Fn(&mut [f32], &[f32], &[f32]) -> Vec<f32> + Sync,
+) -> Vec<f32> {
+    let (howo, chw) = (d.ho * d.wo, d.c * d.h * d.w);
+    let chunk = thread_chunk(n);
+    gx.par_chunks_mut(chunk * chw)
+        .zip(x.par_chunks(chunk * chw))
+        .zip(gy.par_chunks(chunk * d.o * howo))
+        .map(|((gxc, xc), gyc)| body(gxc, xc, gyc))
+        .reduce(
+            || vec![0.0; d.o * d.ckk()],
+            |mut a, b| {
+                kernels::add_to(&mut a, &b);
+                a
+            },
+        )
+}
+
 fn conv_forward_wide(
     x: &[f32],
     wt: &[f32],
@@ -793,41 +839,36 @@ fn conv_forward_wide(
     let (howo, chw) = (d.ho * d.wo, d.c * d.h * d.w);
     let (st, wph) = (d.win.stride, d.wph());
     let pp = d.hph() * wph;
-    let mut y = zeros(n * d.o * howo);
-    let chunk = n.div_ceil(threads()).max(1);
-    let g = d.wide_group(chunk);
-    y.par_chunks_mut(chunk * d.o * howo)
-        .zip(x.par_chunks(chunk * chw))
-        .for_each(|(yc, xc)| {
-            let mut xp = Vec::new();
-            let mut wide = Scratch::new(d.o * g * pp);
-            for (yg, xg) in yc.chunks_mut(g * d.o * howo).zip(xc.chunks(g * chw)) {
-                let ns = xg.len() / chw;
-                let cols = ns * pp;
-                pad_phases(
-                    xg,
-                    (d.c, d.h, d.w),
-                    st,
-                    (d.hph(), wph),
-                    d.win.padding,
-                    d.tail(),
-                    &mut xp,
-                );
-                wide_product(d, cols, &mut wide, wt, &xp);
-                for (si, ys) in yg.chunks_mut(d.o * howo).enumerate() {
-                    for (oc, out) in ys.chunks_mut(howo).enumerate() {
-                        let b = bias.map_or(0.0, |b| b[oc]);
-                        let src = &wide[oc * cols + si * pp..];
-                        for (oy, row) in out.chunks_mut(d.wo).enumerate() {
-                            for (v, s) in row.iter_mut().zip(&src[oy * wph..oy * wph + d.wo]) {
-                                *v = s + b;
-                            }
+    let g = d.wide_group(thread_chunk(n));
+    conv_forward_threads(x, n, d, |yc, xc| {
+        let mut xp = Vec::new();
+        let mut wide = Scratch::new(d.o * g * pp);
+        for (yg, xg) in yc.chunks_mut(g * d.o * howo).zip(xc.chunks(g * chw)) {
+            let ns = xg.len() / chw;
+            let cols = ns * pp;
+            pad_phases(
+                xg,
+                (d.c, d.h, d.w),
+                st,
+                (d.hph(), wph),
+                d.win.padding,
+                d.tail(),
+                &mut xp,
+            );
+            wide_product(d, cols, &mut wide, wt, &xp);
+            for (si, ys) in yg.chunks_mut(d.o * howo).enumerate() {
+                for (oc, out) in ys.chunks_mut(howo).enumerate() {
+                    let b = bias.map_or(0.0, |b| b[oc]);
+                    let src = &wide[oc * cols + si * pp..];
+                    for (oy, row) in out.chunks_mut(d.wo).enumerate() {
+                        for (v, s) in row.iter_mut().zip(&src[oy * wph..oy * wph + d.wo]) {
+                            *v = s + b;
                         }
                     }
                 }
             }
-        });
-    y
+        }
+    })
 }
 
 fn conv_backward_wide(
@@ -861,80 +902,69 @@ fn conv_backward_wide(
         }
     }
     let q = k - 1 - p;
-    let chunk = n.div_ceil(threads()).max(1);
-    let g = d.wide_group(chunk);
+    let g = d.wide_group(thread_chunk(n));
     let wlen = d.o * ckk;
-    gx.par_chunks_mut(chunk * chw)
-        .zip(x.par_chunks(chunk * chw))
-        .zip(gy.par_chunks(chunk * d.o * howo))
-        .map(|((gxc, xc), gyc)| {
-            let mut dw = vec![0.0; wlen];
-            // dWᵀ (ckk×o) for the own kernels' narrow product.
-            let mut dwt = vec![0.0; if d.own() { wlen } else { 0 }];
-            let (mut xp, mut gy0, mut gyq) = (Vec::new(), Vec::new(), Vec::new());
-            let mut wide = Scratch::new(if st == 1 { d.c } else { ckk } * g * pp);
-            for ((gxg, xg), gysrc) in gxc
-                .chunks_mut(g * chw)
-                .zip(xc.chunks(g * chw))
-                .zip(gyc.chunks(g * d.o * howo))
-            {
-                let ns = xg.len() / chw;
-                let cols = ns * pp;
-                pad_phases(xg, (d.c, d.h, d.w), st, (hph, wph), p, d.tail(), &mut xp);
-                pad_planes(gysrc, (d.o, d.ho, d.wo), (hph, wph), 0, 0, &mut gy0);
-                wide_dw(d, cols, (&mut dw, &mut dwt), &xp, &gy0);
-                if st == 1 {
-                    pad_planes(gysrc, (d.o, d.ho, d.wo), (hph, wph), q, d.tail(), &mut gyq);
-                    wide_gx_flip(d, cols, &mut wide, &wflip, &gyq);
-                    for (si, gs) in gxg.chunks_mut(chw).enumerate() {
-                        for (ci, gp) in gs.chunks_mut(d.h * d.w).enumerate() {
-                            let src = &wide[ci * cols + si * pp..];
-                            for (iy, row) in gp.chunks_mut(d.w).enumerate() {
-                                kernels::add_to(row, &src[iy * wph..iy * wph + d.w]);
-                            }
-                        }
-                    }
-                    continue;
-                }
-                // The phase-plane gradient reuses the input buffer's shape.
-                let gxp = &mut xp;
-                gxp.iter_mut().for_each(|v| *v = 0.0);
-                wide_gx_scatter(d, cols, (&mut wide, gxp), wt, &gy0);
+    conv_backward_threads((x, gy, gx), n, d, |gxc, xc, gyc| {
+        let mut dw = vec![0.0; wlen];
+        // dWᵀ (ckk×o) for the own kernels' narrow product.
+        let mut dwt = vec![0.0; if d.own() { wlen } else { 0 }];
+        let (mut xp, mut gy0, mut gyq) = (Vec::new(), Vec::new(), Vec::new());
+        let mut wide = Scratch::new(if st == 1 { d.c } else { ckk } * g * pp);
+        for ((gxg, xg), gysrc) in gxc
+            .chunks_mut(g * chw)
+            .zip(xc.chunks(g * chw))
+            .zip(gyc.chunks(g * d.o * howo))
+        {
+            let ns = xg.len() / chw;
+            let cols = ns * pp;
+            pad_phases(xg, (d.c, d.h, d.w), st, (hph, wph), p, d.tail(), &mut xp);
+            pad_planes(gysrc, (d.o, d.ho, d.wo), (hph, wph), 0, 0, &mut gy0);
+            wide_dw(d, cols, (&mut dw, &mut dwt), &xp, &gy0);
+            if st == 1 {
+                pad_planes(gysrc, (d.o, d.ho, d.wo), (hph, wph), q, d.tail(), &mut gyq);
+                wide_gx_flip(d, cols, &mut wide, &wflip, &gyq);
                 for (si, gs) in gxg.chunks_mut(chw).enumerate() {
                     for (ci, gp) in gs.chunks_mut(d.h * d.w).enumerate() {
-                        let base = ci * st * st * cols + si * pp;
+                        let src = &wide[ci * cols + si * pp..];
                         for (iy, row) in gp.chunks_mut(d.w).enumerate() {
-                            let py = iy + p;
-                            let rb = base + (py % st) * st * cols + (py / st) * wph;
-                            // Column phase b holds padded columns px ≡ b (mod st).
-                            for b in 0..st {
-                                let px0 = p + (b + st - p % st) % st;
-                                if px0 >= p + d.w {
-                                    continue;
-                                }
-                                let src = &gxp[rb + b * cols + px0 / st..];
-                                for (g, v) in row[px0 - p..].iter_mut().step_by(st).zip(src) {
-                                    *g += v;
-                                }
+                            kernels::add_to(row, &src[iy * wph..iy * wph + d.w]);
+                        }
+                    }
+                }
+                continue;
+            }
+            // The phase-plane gradient reuses the input buffer's shape.
+            let gxp = &mut xp;
+            gxp.iter_mut().for_each(|v| *v = 0.0);
+            wide_gx_scatter(d, cols, (&mut wide, gxp), wt, &gy0);
+            for (si, gs) in gxg.chunks_mut(chw).enumerate() {
+                for (ci, gp) in gs.chunks_mut(d.h * d.w).enumerate() {
+                    let base = ci * st * st * cols + si * pp;
+                    for (iy, row) in gp.chunks_mut(d.w).enumerate() {
+                        let py = iy + p;
+                        let rb = base + (py % st) * st * cols + (py / st) * wph;
+                        // Column phase b holds padded columns px ≡ b (mod st).
+                        for b in 0..st {
+                            let px0 = p + (b + st - p % st) % st;
+                            if px0 >= p + d.w {
+                                continue;
+                            }
+                            let src = &gxp[rb + b * cols + px0 / st..];
+                            for (g, v) in row[px0 - p..].iter_mut().step_by(st).zip(src) {
+                                *g += v;
                             }
                         }
                     }
                 }
             }
-            for (i, row) in dwt.chunks(d.o).enumerate() {
-                for (oc, v) in row.iter().enumerate() {
-                    dw[oc * ckk + i] += v;
-                }
+        }
+        for (i, row) in dwt.chunks(d.o).enumerate() {
+            for (oc, v) in row.iter().enumerate() {
+                dw[oc * ckk + i] += v;
             }
-            dw
-        })
-        .reduce(
-            || vec![0.0; wlen],
-            |mut a, b| {
-                kernels::add_to(&mut a, &b);
-                a
-            },
-        )
+        }
+        dw
+    })
 }
 
 /// Forward: per thread a contiguous range of samples, processed in groups whose
@@ -944,38 +974,28 @@ fn conv_forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, n: usize, d: ConvDi
         return conv_forward_wide(x, wt, bias, n, d);
     }
     let (ckk, howo, chw) = (d.ckk(), d.ho * d.wo, d.c * d.h * d.w);
-    let mut y = zeros(n * d.o * howo);
-    let chunk = n.div_ceil(threads()).max(1);
-    let g = d.group(chunk);
-    y.par_chunks_mut(chunk * d.o * howo)
-        .zip(x.par_chunks(chunk * chw))
-        .for_each(|(yc, xc)| {
-            let mut col = Scratch::new(ckk * g * howo);
-            let mut tmp = Scratch::new(d.o * g * howo);
-            for (yg, xg) in yc.chunks_mut(g * d.o * howo).zip(xc.chunks(g * chw)) {
-                let ns = xg.len() / chw;
-                let ld = ns * howo;
-                for (s, xs) in xg.chunks(chw).enumerate() {
-                    im2col(xs, d, &mut col[s * howo..], ld);
-                }
-                if ns == 1 {
-                    // One sample: the product already has the output's layout.
-                    mm_rows(
-                        (d.o, ld, ckk),
-                        yg,
-                        ld,
-                        false,
-                        (wt, ckk, 1),
-                        (&col, ld),
-                        d.own(),
-                    );
-                    if let Some(b) = bias {
-                        for (oc, plane) in yg.chunks_mut(howo).enumerate() {
-                            plane.iter_mut().for_each(|v| *v += b[oc]);
-                        }
-                    }
-                    continue;
-                }
+    let g = d.group(thread_chunk(n));
+    conv_forward_threads(x, n, d, |yc, xc| {
+        let mut col = Scratch::new(ckk * g * howo);
+        let mut tmp = Scratch::new(d.o * g * howo);
+        for (yg, xg) in yc.chunks_mut(g * d.o * howo).zip(xc.chunks(g * chw)) {
+            let ns = xg.len() / chw;
+            let ld = ns * howo;
+            for (s, xs) in xg.chunks(chw).enumerate() {
+                im2col(xs, d, &mut col[s * howo..], ld);
+            }
+            if ns == 1 {
+                // One sample: the product already has the output's layout.
+                mm_rows(
+                    (d.o, ld, ckk),
+                    yg,
+                    ld,
+                    false,
+                    (wt, ckk, 1),
+                    (&col, ld),
+                    d.own(),
+                );
+            } else {
                 mm_rows(
                     (d.o, ld, ckk),
                     &mut tmp,
@@ -988,14 +1008,18 @@ fn conv_forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, n: usize, d: ConvDi
                 for (s, ys) in yg.chunks_mut(d.o * howo).enumerate() {
                     for (oc, plane) in ys.chunks_mut(howo).enumerate() {
                         plane.copy_from_slice(&tmp[oc * ld + s * howo..][..howo]);
-                        if let Some(b) = bias {
-                            plane.iter_mut().for_each(|v| *v += b[oc]);
-                        }
                     }
                 }
             }
-        });
-    y
+            if let Some(b) = bias {
+                for ys in yg.chunks_mut(d.o * howo) {
+                    for (oc, plane) in ys.chunks_mut(howo).enumerate() {
+                        plane.iter_mut().for_each(|v| *v += b[oc]);
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// Accumulates the input gradient into `gx` and returns the weight gradient.
@@ -1011,64 +1035,52 @@ fn conv_backward(
         return conv_backward_wide(x, wt, gy, gx, n, d);
     }
     let (ckk, howo, chw) = (d.ckk(), d.ho * d.wo, d.c * d.h * d.w);
-    let chunk = n.div_ceil(threads()).max(1);
-    let g = d.group(chunk);
-    let wlen = d.o * ckk;
-    gx.par_chunks_mut(chunk * chw)
-        .zip(x.par_chunks(chunk * chw))
-        .zip(gy.par_chunks(chunk * d.o * howo))
-        .map(|((gxc, xc), gyc)| {
-            let mut dw = vec![0.0; wlen];
-            let mut col = Scratch::new(ckk * g * howo);
-            let mut dcol = Scratch::new(ckk * g * howo);
-            let mut gyg = Scratch::new(d.o * g * howo);
-            for ((gxg, xg), gysrc) in gxc
-                .chunks_mut(g * chw)
-                .zip(xc.chunks(g * chw))
-                .zip(gyc.chunks(g * d.o * howo))
-            {
-                let ns = xg.len() / chw;
-                let ld = ns * howo;
-                for (s, xs) in xg.chunks(chw).enumerate() {
-                    im2col(xs, d, &mut col[s * howo..], ld);
-                }
-                for (s, gys) in gysrc.chunks(d.o * howo).enumerate() {
-                    for (oc, plane) in gys.chunks(howo).enumerate() {
-                        gyg[oc * ld + s * howo..][..howo].copy_from_slice(plane);
-                    }
-                }
-                // dW (o×ckk) += gy (o×ld) · colᵀ
-                mm_dot(
-                    (d.o, ckk, ld),
-                    &mut dw,
-                    ckk,
-                    (&gyg, ld),
-                    (&col, ld),
-                    d.own(),
-                );
-                // dcol (ckk×ld) = Wᵀ · gy
-                mm_rows(
-                    (ckk, ld, d.o),
-                    &mut dcol,
-                    ld,
-                    false,
-                    (wt, 1, ckk),
-                    (&gyg, ld),
-                    d.own(),
-                );
-                for (s, gxs) in gxg.chunks_mut(chw).enumerate() {
-                    col2im_add(&dcol[s * howo..], d, gxs, ld);
+    let g = d.group(thread_chunk(n));
+    conv_backward_threads((x, gy, gx), n, d, |gxc, xc, gyc| {
+        let mut dw = vec![0.0; d.o * ckk];
+        let mut col = Scratch::new(ckk * g * howo);
+        let mut dcol = Scratch::new(ckk * g * howo);
+        let mut gyg = Scratch::new(d.o * g * howo);
+        for ((gxg, xg), gysrc) in gxc
+            .chunks_mut(g * chw)
+            .zip(xc.chunks(g * chw))
+            .zip(gyc.chunks(g * d.o * howo))
+        {
+            let ns = xg.len() / chw;
+            let ld = ns * howo;
+            for (s, xs) in xg.chunks(chw).enumerate() {
+                im2col(xs, d, &mut col[s * howo..], ld);
+            }
+            for (s, gys) in gysrc.chunks(d.o * howo).enumerate() {
+                for (oc, plane) in gys.chunks(howo).enumerate() {
+                    gyg[oc * ld + s * howo..][..howo].copy_from_slice(plane);
                 }
             }
-            dw
-        })
-        .reduce(
-            || vec![0.0; wlen],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        )
+            // dW (o×ckk) += gy (o×ld) · colᵀ
+            mm_dot(
+                (d.o, ckk, ld),
+                &mut dw,
+                ckk,
+                (&gyg, ld),
+                (&col, ld),
+                d.own(),
+            );
+            // dcol (ckk×ld) = Wᵀ · gy
+            mm_rows(
+                (ckk, ld, d.o),
+                &mut dcol,
+                ld,
+                false,
+                (wt, 1, ckk),
+                (&gyg, ld),
+                d.own(),
+            );
+            for (s, gxs) in gxg.chunks_mut(chw).enumerate() {
+                col2im_add(&dcol[s * howo..], d, gxs, ld);
+            }
+        }
+        dw
+    })
 }
 
 fn add_assign(dst: &mut [f32], src: &[f32]) {
@@ -1077,16 +1089,30 @@ fn add_assign(dst: &mut [f32], src: &[f32]) {
         .for_each(|(d, s)| kernels::add_to(d, s));
 }
 
-/// Per-channel sums of `v` laid out `(n, c, plane)`, in f64 across planes.
-fn channel_sums(v: &[f32], c: usize, plane: usize) -> Vec<f32> {
-    let n = v.len() / (c * plane).max(1);
+/// For each channel of data laid out `(n, c, plane)`, the two sums `f(ci, start)`
+/// returns for each of the channel's planes (starting at `start`), accumulated in
+/// f64 across planes.
+fn channel_pair_sums(
+    (n, c, plane): (usize, usize, usize),
+    f: impl Fn(usize, usize) -> (f32, f32) + Sync,
+) -> Vec<(f64, f64)> {
     (0..c)
         .into_par_iter()
         .map(|ci| {
-            (0..n)
-                .map(|ni| kernels::sum(&v[(ni * c + ci) * plane..][..plane]) as f64)
-                .sum::<f64>() as f32
+            (0..n).fold((0.0, 0.0), |(a, b), ni| {
+                let (pa, pb) = f(ci, (ni * c + ci) * plane);
+                (a + pa as f64, b + pb as f64)
+            })
         })
+        .collect()
+}
+
+/// Per-channel sums of `v` laid out `(n, c, plane)`, in f64 across planes.
+fn channel_sums(v: &[f32], c: usize, plane: usize) -> Vec<f32> {
+    let n = v.len() / (c * plane).max(1);
+    channel_pair_sums((n, c, plane), |_, o| (kernels::sum(&v[o..o + plane]), 0.0))
+        .into_iter()
+        .map(|(s, _)| s as f32)
         .collect()
 }
 
@@ -1095,20 +1121,20 @@ fn channel_sums(v: &[f32], c: usize, plane: usize) -> Vec<f32> {
 fn channel_moments(x: &[f32], c: usize, plane: usize) -> (Vec<f32>, Vec<f32>) {
     let n = x.len() / (c * plane).max(1);
     let m = (n * plane).max(1) as f64;
-    (0..c)
-        .into_par_iter()
-        .map(|ci| {
-            let k = x[ci * plane];
-            let (mut s, mut q) = (0.0f64, 0.0f64);
-            for ni in 0..n {
-                let (ps, pq) = kernels::moments(&x[(ni * c + ci) * plane..][..plane], k);
-                s += ps as f64;
-                q += pq as f64;
-            }
-            let d = s / m;
-            ((k as f64 + d) as f32, (q / m - d * d).max(0.0) as f32)
-        })
-        .unzip()
+    let shift = |ci: usize| x[ci * plane];
+    channel_pair_sums((n, c, plane), |ci, o| {
+        kernels::moments(&x[o..o + plane], shift(ci))
+    })
+    .into_iter()
+    .enumerate()
+    .map(|(ci, (s, q))| {
+        let d = s / m;
+        (
+            (shift(ci) as f64 + d) as f32,
+            (q / m - d * d).max(0.0) as f32,
+        )
+    })
+    .unzip()
 }
 
 /// Fast conv2d (im2col + gemm per sample, rayon over samples).
@@ -1345,27 +1371,20 @@ fn bn_impl<T: Tape<f32, Cpu>>(
         tape.add_backward_op(move |grads| {
             let _t = timing::start("batch_norm.bwd");
             let gy = take_grad!(grads, yg);
-            let nplanes = n;
             // Per channel: Σ g and Σ g·(x − mean), g masked by the fused ReLU.
-            let (sum_gy, sum_gxc): (Vec<f32>, Vec<f32>) = (0..c)
-                .into_par_iter()
-                .map(|ci| {
-                    let (mut a, mut b) = (0.0f64, 0.0f64);
-                    for ni in 0..nplanes {
-                        let o = (ni * c + ci) * plane;
-                        let (pa, pb) = kernels::bn_grad_sums(
-                            &xv[o..o + plane],
-                            &gy[o..o + plane],
-                            mean[ci],
-                            scale[ci],
-                            shift[ci],
-                            relu,
-                        );
-                        a += pa as f64;
-                        b += pb as f64;
-                    }
-                    (a as f32, b as f32)
+            let (sum_gy, sum_gxc): (Vec<f32>, Vec<f32>) =
+                channel_pair_sums((n, c, plane), |ci, o| {
+                    kernels::bn_grad_sums(
+                        &xv[o..o + plane],
+                        &gy[o..o + plane],
+                        mean[ci],
+                        scale[ci],
+                        shift[ci],
+                        relu,
+                    )
                 })
+                .into_iter()
+                .map(|(a, b)| (a as f32, b as f32))
                 .unzip();
             let sum_gyx: Vec<f32> = (0..c).map(|ci| sum_gxc[ci] * inv[ci]).collect();
             {
@@ -1389,10 +1408,7 @@ fn bn_impl<T: Tape<f32, Cpu>>(
                     .enumerate()
                     .for_each(|(p, ((gp, xp), gyp))| {
                         let ci = p % c;
-                        let (c0, c1) = coef[ci];
-                        kernels::bn_grad_input(
-                            gp, xp, gyp, scale[ci], c0, c1, scale[ci], shift[ci], relu,
-                        );
+                        kernels::bn_grad_input(gp, xp, gyp, coef[ci], scale[ci], shift[ci], relu);
                     });
             }
             add_assign(grads.get_or_alloc_mut(&gg)?, &sum_gyx);

@@ -170,29 +170,27 @@ multiversion! {
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn grad_input<const RELU: bool>(
     gx: &mut [f32],
     x: &[f32],
     gy: &[f32],
-    k: f32,
-    c0: f32,
-    c1: f32,
+    (c0, c1): (f32, f32),
     s: f32,
     t: f32,
 ) {
     for ((o, &x), &g) in gx.iter_mut().zip(x).zip(gy) {
-        *o += k * relu_gate::<RELU>(g, x, s, t) + c0 + c1 * x;
+        *o += s * relu_gate::<RELU>(g, x, s, t) + c0 + c1 * x;
     }
 }
 
 multiversion! {
-    /// `gx += k·g + c0 + c1·x` with `g` masked as in [`bn_grad_sums`].
-    pub(crate) fn bn_grad_input(gx: &mut [f32], x: &[f32], gy: &[f32], k: f32, c0: f32, c1: f32, s: f32, t: f32, relu: bool) {
+    /// `gx += s·g + c0 + c1·x`, with `g` masked as in [`bn_grad_sums`] and `s` the
+    /// channel's forward scale.
+    pub(crate) fn bn_grad_input(gx: &mut [f32], x: &[f32], gy: &[f32], c: (f32, f32), s: f32, t: f32, relu: bool) {
         if relu {
-            grad_input::<true>(gx, x, gy, k, c0, c1, s, t);
+            grad_input::<true>(gx, x, gy, c, s, t);
         } else {
-            grad_input::<false>(gx, x, gy, k, c0, c1, s, t);
+            grad_input::<false>(gx, x, gy, c, s, t);
         }
     }
 }
@@ -419,6 +417,7 @@ pub(crate) mod x86 {
         // tap), and streaming them from L2 for every row tile starved the FMAs.
         let pack = m > MR;
         let mut panel = Panel([0.0; KC * NR]);
+        let panel_rows: [usize; KC] = std::array::from_fn(|p| p * NR);
         let mut p0 = 0;
         while p0 < k {
             let kc = KC.min(k - p0);
@@ -447,33 +446,25 @@ pub(crate) mod x86 {
                     let mr = MR.min(m - i0);
                     let at = a.wrapping_add(i0 * ars + p0 * acs);
                     let ct = c.wrapping_add(i0 * ldc + j0);
-                    // SAFETY: the tile lies inside the operands (caller's contract).
+                    // A packed panel is read through the same kernel, its rows `NR`
+                    // apart.
+                    let (bt, bot) = if pack {
+                        (panel.0.as_ptr(), &panel_rows[..kc])
+                    } else {
+                        (b.wrapping_add(j0), bo)
+                    };
+                    // SAFETY: the tile lies inside the operands (caller's contract);
+                    // the panel holds KC·NR floats.
                     unsafe {
-                        if pack {
-                            let pp = panel.0.as_ptr();
-                            match mr {
-                                8 => tile_packed::<8>(kc, nr, at, ars, acs, pp, ct, ldc, first),
-                                7 => tile_packed::<7>(kc, nr, at, ars, acs, pp, ct, ldc, first),
-                                6 => tile_packed::<6>(kc, nr, at, ars, acs, pp, ct, ldc, first),
-                                5 => tile_packed::<5>(kc, nr, at, ars, acs, pp, ct, ldc, first),
-                                4 => tile_packed::<4>(kc, nr, at, ars, acs, pp, ct, ldc, first),
-                                3 => tile_packed::<3>(kc, nr, at, ars, acs, pp, ct, ldc, first),
-                                2 => tile_packed::<2>(kc, nr, at, ars, acs, pp, ct, ldc, first),
-                                _ => tile_packed::<1>(kc, nr, at, ars, acs, pp, ct, ldc, first),
-                            }
-                            i0 += mr;
-                            continue;
-                        }
-                        let bt = b.wrapping_add(j0);
                         match mr {
-                            8 => tile::<8>(nr, at, ars, acs, bt, bo, ct, ldc, first),
-                            7 => tile::<7>(nr, at, ars, acs, bt, bo, ct, ldc, first),
-                            6 => tile::<6>(nr, at, ars, acs, bt, bo, ct, ldc, first),
-                            5 => tile::<5>(nr, at, ars, acs, bt, bo, ct, ldc, first),
-                            4 => tile::<4>(nr, at, ars, acs, bt, bo, ct, ldc, first),
-                            3 => tile::<3>(nr, at, ars, acs, bt, bo, ct, ldc, first),
-                            2 => tile::<2>(nr, at, ars, acs, bt, bo, ct, ldc, first),
-                            _ => tile::<1>(nr, at, ars, acs, bt, bo, ct, ldc, first),
+                            8 => tile::<8>(nr, at, ars, acs, bt, bot, ct, ldc, first),
+                            7 => tile::<7>(nr, at, ars, acs, bt, bot, ct, ldc, first),
+                            6 => tile::<6>(nr, at, ars, acs, bt, bot, ct, ldc, first),
+                            5 => tile::<5>(nr, at, ars, acs, bt, bot, ct, ldc, first),
+                            4 => tile::<4>(nr, at, ars, acs, bt, bot, ct, ldc, first),
+                            3 => tile::<3>(nr, at, ars, acs, bt, bot, ct, ldc, first),
+                            2 => tile::<2>(nr, at, ars, acs, bt, bot, ct, ldc, first),
+                            _ => tile::<1>(nr, at, ars, acs, bt, bot, ct, ldc, first),
                         }
                     }
                     i0 += mr;
@@ -481,58 +472,6 @@ pub(crate) mod x86 {
                 j0 += nr;
             }
             p0 += kc;
-        }
-    }
-
-    /// [`tile`] reading `B` from a packed panel (row `p` at `panel + p·NR`).
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512vl,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile_packed<const R: usize>(
-        kc: usize,
-        nr: usize,
-        a: *const f32,
-        ars: usize,
-        acs: usize,
-        panel: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        first: bool,
-    ) {
-        let m = [mask(nr, 0), mask(nr, 16), mask(nr, 32)];
-        let mut acc = [[_mm512_setzero_ps(); 3]; R];
-        for p in 0..kc {
-            // SAFETY: the panel holds KC·NR floats, aligned to 64 bytes.
-            let (b0, b1, b2) = unsafe {
-                let bp = panel.add(p * NR);
-                (
-                    _mm512_load_ps(bp),
-                    _mm512_load_ps(bp.add(16)),
-                    _mm512_load_ps(bp.add(32)),
-                )
-            };
-            let ap = a.wrapping_add(p * acs);
-            for (r, row) in acc.iter_mut().enumerate() {
-                // SAFETY: A(i0 + r, p0 + p) is inside A.
-                let av = _mm512_set1_ps(unsafe { *ap.add(r * ars) });
-                row[0] = _mm512_fmadd_ps(av, b0, row[0]);
-                row[1] = _mm512_fmadd_ps(av, b1, row[1]);
-                row[2] = _mm512_fmadd_ps(av, b2, row[2]);
-            }
-        }
-        for (r, row) in acc.iter().enumerate() {
-            for (v, val) in row.iter().enumerate() {
-                let cp = c.wrapping_add(r * ldc + v * 16);
-                // SAFETY: masked lanes are inside row r of the tile of C.
-                unsafe {
-                    let out = if first {
-                        *val
-                    } else {
-                        _mm512_add_ps(_mm512_maskz_loadu_ps(m[v], cp), *val)
-                    };
-                    _mm512_mask_storeu_ps(cp, m[v], out);
-                }
-            }
         }
     }
 
