@@ -51,6 +51,20 @@ pub enum ModelError {
     },
 }
 
+impl ModelError {
+    /// `Ok` when a part is given the size it expects, else [`ModelError::DimMismatch`].
+    pub fn check_dim(part: &str, expected: usize, found: usize) -> Result<(), ModelError> {
+        if expected == found {
+            return Ok(());
+        }
+        Err(ModelError::DimMismatch {
+            part: part.into(),
+            expected,
+            found,
+        })
+    }
+}
+
 impl fmt::Display for ModelError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -548,14 +548,8 @@ impl Head {
         cfg: &HeadConfig,
         in_dim: usize,
     ) -> Result<Self, ModelError> {
-        if let Some(d) = cfg.in_dim
-            && d != in_dim
-        {
-            return Err(ModelError::DimMismatch {
-                part: "projection head".into(),
-                expected: d,
-                found: in_dim,
-            });
+        if let Some(d) = cfg.in_dim {
+            ModelError::check_dim("projection head", d, in_dim)?;
         }
         if cfg.out_dim == 0 || cfg.hidden.contains(&0) {
             return Err(ModelError::Config("head sizes must be positive".into()));
@@ -614,14 +608,7 @@ impl Head {
         x: T2<D, T>,
         train: bool,
     ) -> Result<T2<D, T>, ModelError> {
-        let found = x.shape().1;
-        if found != self.in_dim {
-            return Err(ModelError::DimMismatch {
-                part: "projection head".into(),
-                expected: self.in_dim,
-                found,
-            });
-        }
+        ModelError::check_dim("projection head", self.in_dim, x.shape().1)?;
         let mut x = x;
         for (lin, bn, relu) in &self.layers {
             x = lin.forward(store, x);
@@ -650,14 +637,8 @@ impl Prototypes {
         cfg: &PrototypesConfig,
         dim: usize,
     ) -> Result<Self, ModelError> {
-        if let Some(d) = cfg.dim
-            && d != dim
-        {
-            return Err(ModelError::DimMismatch {
-                part: "prototypes".into(),
-                expected: d,
-                found: dim,
-            });
+        if let Some(d) = cfg.dim {
+            ModelError::check_dim("prototypes", d, dim)?;
         }
         if cfg.count == 0 {
             return Err(ModelError::Config(
@@ -694,14 +675,7 @@ impl Prototypes {
         store: &ParamStore<D>,
         z: T2<D, T>,
     ) -> Result<T2<D, T>, ModelError> {
-        let found = z.shape().1;
-        if found != self.lin.fin {
-            return Err(ModelError::DimMismatch {
-                part: "prototypes".into(),
-                expected: self.lin.fin,
-                found,
-            });
-        }
+        ModelError::check_dim("prototypes", self.lin.fin, z.shape().1)?;
         let w = D::l2_normalize(self.lin.weight::<D, T>(store), 1e-12);
         Ok(D::linear(z, w, None))
     }
