@@ -528,6 +528,61 @@ impl Backbone {
         }
         Ok(D::global_avg_pool(x))
     }
+
+    /// Store name of the first convolution's weight `(out, in, k, k)` (`conv1.weight`
+    /// for a ResNet, `features.0.weight` for the small CNN): the filters picture.
+    pub fn first_conv_weight_name(&self) -> String {
+        match &self.net {
+            BackboneNet::ResNet { conv1, .. } => format!("{}.weight", conv1.name),
+            BackboneNet::Cnn(layers) => format!("{}.weight", layers[0].0.name),
+        }
+    }
+
+    /// The activation maps after the stem and after each stage (ResNet: the stem, then
+    /// `layer1`…`layer4`; small CNN: every conv-BN-ReLU layer), in evaluation mode and
+    /// without a tape, each named as torchvision names the module that produced it.
+    /// For pictures of what the network sees.
+    pub fn stage_outputs<D: EngineDevice>(
+        &self,
+        store: &mut ParamStore<D>,
+        x: T4<D, NoneTape>,
+    ) -> Result<Vec<(String, T4<D, NoneTape>)>, ModelError> {
+        let (_, c, h, w) = *x.shape();
+        self.describe((c, h, w), &mut Vec::new())?;
+        let mut out = Vec::new();
+        let mut x = x;
+        match &self.net {
+            BackboneNet::ResNet {
+                conv1,
+                bn1,
+                pool,
+                blocks,
+            } => {
+                x = bn1.forward2d_relu(store, conv1.forward(store, x), false);
+                if let Some(p) = pool {
+                    x = D::max_pool2d(x, *p);
+                }
+                out.push(("stem".to_string(), x.clone()));
+                for (i, (name, b)) in blocks.iter().enumerate() {
+                    x = b.forward(store, x, false);
+                    let stage = name.split('.').next().unwrap_or(name).to_string();
+                    let last = blocks
+                        .get(i + 1)
+                        .is_none_or(|(n, _)| n.split('.').next() != Some(stage.as_str()));
+                    if last {
+                        out.push((stage, x.clone()));
+                    }
+                }
+            }
+            BackboneNet::Cnn(layers) => {
+                for (i, (c, b)) in layers.iter().enumerate() {
+                    x = b.forward2d_relu(store, c.forward(store, x), false);
+                    out.push((format!("layer{}", i + 1), x.clone()));
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// MLP projection head.
@@ -750,6 +805,15 @@ impl Model {
             });
         }
         Ok(())
+    }
+
+    /// The same model (same parameter ids) planned for another input size: SwAV's
+    /// smaller crops and evaluation at the full image size run through one store.
+    pub fn with_input(&self, hw: (usize, usize)) -> Result<Model, ModelError> {
+        let mut m = self.clone();
+        m.input = (self.input.0, hw.0, hw.1);
+        m.summary(1)?;
+        Ok(m)
     }
 
     /// Backbone features `(n, out_dim)` (for kNN / linear probes).
