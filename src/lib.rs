@@ -19,6 +19,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod diag;
 pub mod nn;
+pub mod objective;
 pub mod optim;
 pub mod plan;
 pub mod spec;
