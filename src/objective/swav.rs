@@ -18,14 +18,27 @@ use crate::nn::params::ParamStore;
 /// Each returned row (sample) sums to 1; prototypes receive equal mass `n/k` up to the
 /// last iteration's row step.
 ///
-/// Computed in `f64` with each score's maximum subtracted first (the constant factor
-/// cancels in the first normalisation), so `ε = 0.05` cannot overflow. No gradient.
+/// Computed in `f64`. When `(max − min) / ε` of the scores is at most 300, as for
+/// cosine scores at the usual ε, it runs the reference's multiplicative updates with
+/// the largest score subtracted first (the constant factor cancels in the first
+/// normalisation): every entry then stays a normal `f64` through all iterations. A
+/// wider span (a small ε, or scores that are not cosines) would underflow whole
+/// prototypes or samples to 0 and give NaN codes, so there the same updates run on
+/// `log Q`, which is exact at any scale. No gradient.
 pub fn sinkhorn(scores: &[f32], n: usize, k: usize, epsilon: f64, iterations: usize) -> Vec<f32> {
     assert_eq!(scores.len(), n * k, "sinkhorn: scores are not n × k");
     if n == 0 || k == 0 {
         return Vec::new();
     }
-    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s)) as f64;
+    let (lo, hi) = scores
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &s| {
+            (lo.min(s), hi.max(s))
+        });
+    if (hi as f64 - lo as f64) / epsilon > SINKHORN_LINEAR_SPAN {
+        return sinkhorn_log(scores, n, k, epsilon, iterations);
+    }
+    let max = hi as f64;
     let mut q: Vec<f64> = scores
         .iter()
         .map(|&s| ((s as f64 - max) / epsilon).exp())
@@ -52,6 +65,62 @@ pub fn sinkhorn(scores: &[f32], n: usize, k: usize, epsilon: f64, iterations: us
         }
     }
     q.iter().map(|&x| (x * n as f64) as f32).collect()
+}
+
+/// The widest score span, in units of ε, that `sinkhorn` runs multiplicatively.
+///
+/// With `R` = span / ε every entry of `exp((s − max) / ε)` lies in `[e^−R, 1]`; each
+/// scaling step keeps the ratio of two entries of one row or column within `e^2R`, so
+/// every entry stays above `e^−2R / (n·k)`: a normal `f64` (> 1e−308) for `R ≤ 300`
+/// and `n·k` up to 1e10.
+const SINKHORN_LINEAR_SPAN: f64 = 300.0;
+
+/// [`sinkhorn`]'s updates on `log Q`: each normalisation subtracts a log-sum-exp.
+fn sinkhorn_log(scores: &[f32], n: usize, k: usize, epsilon: f64, iterations: usize) -> Vec<f32> {
+    let mut l: Vec<f64> = scores.iter().map(|&s| s as f64 / epsilon).collect();
+    let total = log_sum_exp(&l);
+    l.iter_mut().for_each(|x| *x -= total);
+    let (ln_k, ln_n) = ((k as f64).ln(), (n as f64).ln());
+    let mut max = vec![0.0f64; k];
+    let mut sum = vec![0.0f64; k];
+    for _ in 0..iterations {
+        // Prototypes (our columns) to mass 1/k.
+        max.fill(f64::NEG_INFINITY);
+        for row in l.chunks(k) {
+            for (m, &x) in max.iter_mut().zip(row) {
+                *m = m.max(x);
+            }
+        }
+        sum.fill(0.0);
+        for row in l.chunks(k) {
+            for ((s, &m), &x) in sum.iter_mut().zip(&max).zip(row) {
+                *s += (x - m).exp();
+            }
+        }
+        for (m, s) in max.iter_mut().zip(&sum) {
+            *m += s.ln() + ln_k;
+        }
+        for row in l.chunks_mut(k) {
+            for (x, &m) in row.iter_mut().zip(&max) {
+                *x -= m;
+            }
+        }
+        // Samples (our rows) to mass 1/n.
+        for row in l.chunks_mut(k) {
+            let c = log_sum_exp(row) + ln_n;
+            row.iter_mut().for_each(|x| *x -= c);
+        }
+    }
+    l.iter().map(|&x| (x + ln_n).exp() as f32).collect()
+}
+
+/// `log Σ exp(x)`, shifted by the maximum.
+fn log_sum_exp(x: &[f64]) -> f64 {
+    let m = x.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+    if !m.is_finite() {
+        return m;
+    }
+    m + x.iter().map(|&v| (v - m).exp()).sum::<f64>().ln()
 }
 
 /// SwAV's swapped-prediction loss: `scores` is `(V·N, K)`, view-major (row `v·N + i`:
