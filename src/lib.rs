@@ -23,6 +23,7 @@ pub mod objective;
 pub mod optim;
 pub mod plan;
 pub mod spec;
+pub mod train;
 
 /// Keeps freed large blocks in the process heap for reuse (glibc only).
 ///

@@ -289,48 +289,79 @@ fn bench(
     batch: Option<usize>,
 ) -> ExitCode {
     use recipe::bench::{BenchConfig, run};
-    let r = match load_valid(file, sets, false) {
+    use recipe::train::step::Trainer;
+    let mut r = match load_valid(file, sets, false) {
         Ok((r, _)) => r,
         Err(code) => return code,
     };
     set_threads(r.train.threads);
-    let size = build::view_sizes(&r)
-        .first()
-        .map_or(r.data.image_size, |(s, _)| *s);
-    let model = match build::model(&r, size) {
-        Ok(m) => m,
+    if let Some(b) = batch {
+        r.train.batch_size = b;
+    }
+    let batch = r.train.batch_size;
+    // The memory bank needs the real training-set size; synthetic labels use its classes.
+    let (dataset_len, classes) = match data::load(&data::DataConfig::from_spec(&r.data, r.seed)) {
+        Ok(d) => (d.train.len(), d.train.num_classes().max(2) as u32),
+        Err(e) => {
+            eprintln!(
+                "warning: cannot read the data ({e}); benchmarking with a training set of {} images",
+                10 * batch
+            );
+            (10 * batch, 10)
+        }
+    };
+    let steps_per_epoch = dataset_len.div_ceil(batch.max(1)) as u64;
+    let mut trainer = match Trainer::new(
+        &r,
+        dfdx::prelude::Cpu::default(),
+        dataset_len,
+        steps_per_epoch,
+    ) {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(1);
         }
     };
-    let tau = match r.loss {
-        recipe::spec::loss::Loss::Simclr { temperature } => temperature as f32,
-        _ => 0.5,
-    };
-    let batch = batch.unwrap_or(r.train.batch_size);
-    let lr = build::peak_lr(&r).map(|l| l.lr as f32).unwrap_or(0.1);
+    let view_shapes: Vec<_> = r
+        .augment
+        .view_sizes(r.data.image_size)
+        .into_iter()
+        .map(|s| (r.data.channels, s, s))
+        .collect();
     let cfg = BenchConfig {
-        model,
         batch,
+        view_shapes: view_shapes.clone(),
         steps: steps.max(1),
         warmup,
-        tau,
-        lr,
+        dataset_len,
+        classes,
         seed: r.seed,
         per_op: true,
     };
+    let sizes: Vec<String> = build::view_sizes(&r)
+        .iter()
+        .map(|(s, n)| format!("{n}×{s}²"))
+        .collect();
     eprintln!(
-        "bench `{}`: {} at {size}×{size}, 2 views × {batch} images, {} timed step(s) after {warmup} warm-up, {} thread(s)",
+        "bench `{}`: {} {} at views {}, {batch} images per step, {} timed step(s) after {warmup} warm-up, {} thread(s)",
         r.name,
+        r.loss.method(),
         r.model.backbone.arch(),
+        sizes.join(" + "),
         cfg.steps,
         rayon::current_num_threads()
     );
-    match run(dfdx::prelude::Cpu::default(), &cfg) {
+    match run(&mut trainer, &cfg) {
         Ok(rep) => {
             println!("images/s: {:.1}", rep.images_per_s);
             println!("step: {:.1} ms", rep.step_ms);
+            println!(
+                "objective ({}): {:.2} ms per step, {:.1}% of the step",
+                r.loss.method(),
+                rep.objective_ms,
+                100.0 * rep.objective_ms / rep.step_ms.max(1e-9)
+            );
             match rep.peak_rss_mib {
                 Some(m) => println!("peak RSS: {m:.0} MiB"),
                 None => println!("peak RSS: unavailable (no /proc)"),
@@ -341,7 +372,7 @@ fn bench(
                 println!(
                     "augmentation: {aug:.0} images/s with the recipe's chain on {} thread(s), {:.1}× the training rate",
                     rayon::current_num_threads(),
-                    aug / (rep.images_per_s / 2.0)
+                    aug / (rep.images_per_s / view_shapes.len() as f64)
                 );
             }
             println!(
