@@ -3,6 +3,8 @@
 //!
 //! `recipe bench` times [`step::Trainer::step`], the same step `recipe run` takes.
 
+pub mod rundir;
+pub mod signal;
 pub mod step;
 
 use std::fmt;
