@@ -1,6 +1,7 @@
 //! The `recipe` command line: a thin shell over the library. Each subcommand parses
 //! its arguments, calls the library and maps the outcome to an exit code:
-//! 0 success / valid, 1 invalid recipe, 2 usage or I/O error.
+//! 0 success / valid, 1 invalid recipe or failed run, 2 usage or I/O error, 130
+//! interrupted (state saved).
 
 mod commands;
 
@@ -77,6 +78,38 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         n: usize,
     },
+    /// Train what the recipe describes, run its downstream tasks, and write a run
+    /// directory (resolved recipe, metrics, checkpoints, pictures, results, report).
+    Run {
+        /// Recipe file (optional with --resume: the run's own recipe).
+        file: Option<PathBuf>,
+        /// Override a key: `--set train.epochs=1` (value is YAML).
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        sets: Vec<String>,
+        /// Parent of the run directory (default: the recipe's `output.dir`).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Continue a run directory from its last checkpoint.
+        #[arg(long, value_name = "RUN_DIR")]
+        resume: Option<PathBuf>,
+        /// Resume even when the recipe differs from the run's.
+        #[arg(long)]
+        force: bool,
+        /// No progress output.
+        #[arg(long, short)]
+        quiet: bool,
+        /// Stop as if interrupted after this many steps (for tests and time limits).
+        #[arg(long, value_name = "N", hide = true)]
+        stop_after_steps: Option<u64>,
+    },
+    /// Run downstream tasks on a saved model: a run directory or a checkpoint in one.
+    Eval {
+        /// Run directory or checkpoint file.
+        target: PathBuf,
+        /// Only these tasks (`knn`, `linear_probe`, `fine_tune`, `visualize`); repeatable.
+        #[arg(long = "task", value_name = "TASK")]
+        tasks: Vec<String>,
+    },
     /// Print the recipe JSON Schema (Draft 7).
     Schema,
     /// Print the fully resolved recipe: `extends` merged, overrides applied, every default filled.
@@ -116,6 +149,24 @@ fn main() -> ExitCode {
             output,
             n,
         } => commands::preview::preview(&file, &sets, &output, n),
+        Command::Run {
+            file,
+            sets,
+            out,
+            resume,
+            force,
+            quiet,
+            stop_after_steps,
+        } => commands::run::run(
+            file.as_deref(),
+            &sets,
+            out,
+            resume,
+            force,
+            quiet,
+            stop_after_steps,
+        ),
+        Command::Eval { target, tasks } => commands::run::eval(&target, &tasks),
         Command::Schema => {
             print!("{}", schema::generate_pretty());
             ExitCode::SUCCESS

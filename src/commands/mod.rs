@@ -6,6 +6,7 @@ pub mod bench;
 pub mod plan;
 pub mod preview;
 pub mod render;
+pub mod run;
 pub mod validate;
 
 use std::path::Path;
