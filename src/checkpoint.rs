@@ -819,11 +819,31 @@ pub fn export_weights<D: Device<f32>>(
     prefix: &str,
     strip_prefix: bool,
 ) -> Result<Vec<String>, CheckpointError> {
+    export_where(path, store, prefix, strip_prefix, |_| true)
+}
+
+/// [`export_weights`] of the named entries only (e.g. a model's backbone, whose
+/// torchvision names share no prefix: `conv1.`, `bn1.`, `layer1.`, …).
+pub fn export_named<D: Device<f32>>(
+    path: &Path,
+    store: &ParamStore<D>,
+    names: &[String],
+) -> Result<Vec<String>, CheckpointError> {
+    export_where(path, store, "", false, |n| names.iter().any(|x| x == n))
+}
+
+fn export_where<D: Device<f32>>(
+    path: &Path,
+    store: &ParamStore<D>,
+    prefix: &str,
+    strip_prefix: bool,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<String>, CheckpointError> {
     let mut blobs = BTreeMap::new();
     for e in store
         .entries()
         .iter()
-        .filter(|e| e.name.starts_with(prefix))
+        .filter(|e| e.name.starts_with(prefix) && keep(&e.name))
     {
         let name = if strip_prefix {
             e.name[prefix.len()..].to_string()

@@ -471,6 +471,11 @@ pub trait Objective<D: EngineDevice> {
         Ok(())
     }
 
+    /// Sets the trainable flags the method wants at step `step` (SwAV's frozen
+    /// prototypes) without touching any value: before a checkpoint is written or read,
+    /// so the optimiser state's layout matches the step it belongs to.
+    fn sync_flags(&self, _store: &mut ParamStore<D>, _step: u64) {}
+
     /// The loss of `batch`, on the tape of the query encoder's parameters.
     fn loss(
         &mut self,

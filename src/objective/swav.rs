@@ -306,9 +306,13 @@ impl<D: EngineDevice> Objective<D> for Swav {
         super::timed("objective.state", || {
             self.prototypes.normalize_weights(store)
         });
+        Objective::<D>::sync_flags(self, store, step);
+        Ok(())
+    }
+
+    fn sync_flags(&self, store: &mut ParamStore<D>, step: u64) {
         store.get_mut(self.prototypes.weight_id()).trainable =
             step >= self.cfg.freeze_prototypes_steps;
-        Ok(())
     }
 
     fn loss(
