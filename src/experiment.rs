@@ -160,7 +160,11 @@ pub fn differences(a: &Value, b: &Value) -> Vec<String> {
                     walk(u, v, &join(&i.to_string()), out);
                 }
             }
-            _ if a != b => out.push(if path.is_empty() { "(root)".into() } else { path.into() }),
+            _ if a != b => out.push(if path.is_empty() {
+                "(root)".into()
+            } else {
+                path.into()
+            }),
             _ => {}
         }
     }
@@ -192,7 +196,10 @@ pub fn configure_threads(threads: usize) -> Result<usize, String> {
     } else {
         threads
     };
-    match rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+    {
         Ok(()) => Ok(n),
         Err(_) if rayon::current_num_threads() == n => Ok(n),
         Err(e) => Err(format!(
@@ -269,7 +276,11 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
         None => None,
     };
     let mut metrics = match &resumed {
-        Some(m) => MetricsWriter::resume(&dir, &[], m.step).map_err(setup_err)?.0,
+        Some(m) => {
+            MetricsWriter::resume(&dir, &[], m.step)
+                .map_err(setup_err)?
+                .0
+        }
         None => MetricsWriter::create(&dir, &[]).map_err(setup_err)?,
     };
     let norm = normalization(r);
@@ -300,7 +311,9 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
     let eval_batch = r.train.batch_size.max(64);
     let test_ref = test.as_ref();
     let train_ref: &Dataset = &train;
-    let mut on_epoch = |t: &mut Trainer<Cpu>, epoch: usize| -> Result<Vec<(String, f64)>, TrainError> {
+    let mut on_epoch = |t: &mut Trainer<Cpu>,
+                        epoch: usize|
+     -> Result<Vec<(String, f64)>, TrainError> {
         let mut out = Vec::new();
         let Some(test) = test_ref else {
             return Ok(out);
@@ -357,7 +370,8 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
         dir: &dir,
         batch: eval_batch,
     };
-    let results = downstream.run_all(&model, &mut trainer.store, None, &mut metrics, trainer.step)?;
+    let results =
+        downstream.run_all(&model, &mut trainer.store, None, &mut metrics, trainer.step)?;
     let eval_secs = eval_started.elapsed().as_secs_f64();
     let curves = training_curves(&dir, r)?;
     let mut figures = results.figures.clone();
@@ -552,7 +566,14 @@ impl Downstream<'_> {
                             continue;
                         }
                         let (a, b) = self.features(
-                            row, w, model, store, &plain, &mut untrained, &mut cache, &mut raw,
+                            row,
+                            w,
+                            model,
+                            store,
+                            &plain,
+                            &mut untrained,
+                            &mut cache,
+                            &mut raw,
                         )?;
                         let res = knn(a, b, &cfg).map_err(run_err)?;
                         entry[key(name)] = json!({"top1": res.top1, "top5": res.top5});
@@ -598,7 +619,14 @@ impl Downstream<'_> {
                             continue;
                         }
                         let (a, b) = self.features(
-                            row, w, model, store, &plain, &mut untrained, &mut cache, &mut raw,
+                            row,
+                            w,
+                            model,
+                            store,
+                            &plain,
+                            &mut untrained,
+                            &mut cache,
+                            &mut raw,
                         )?;
                         let res = linear_probe(a, b, &cfg).map_err(run_err)?;
                         entry[key(name)] = json!({"top1": res.top1, "top5": res.top5,
@@ -632,8 +660,8 @@ impl Downstream<'_> {
                         seed: self.r.seed,
                     };
                     let m = model.with_input(test_hw(test)).map_err(run_err)?;
-                    let res = fine_tune(&m, store, self.train, test, self.norm, &cfg)
-                        .map_err(run_err)?;
+                    let res =
+                        fine_tune(&m, store, self.train, test, self.norm, &cfg).map_err(run_err)?;
                     let m0 = plain.with_input(test_hw(test)).map_err(run_err)?;
                     let base = fine_tune(&m0, &untrained, self.train, test, self.norm, &cfg)
                         .map_err(run_err)?;
@@ -764,11 +792,8 @@ impl Downstream<'_> {
                         x.extend_from_slice(&im.data);
                     }
                     let dev = store.device().clone();
-                    let t = dfdx::prelude::TensorFrom::tensor_from_vec(&dev, x, (n, c, h, w));
-                    let stages = model
-                        .backbone
-                        .stage_outputs(store, t)
-                        .map_err(run_err)?;
+                    let t = dfdx::prelude::TensorFromVec::tensor_from_vec(&dev, x, (n, c, h, w));
+                    let stages = model.backbone.stage_outputs(store, t).map_err(run_err)?;
                     let stages: Vec<(String, Vec<f32>, [usize; 4])> = stages
                         .into_iter()
                         .map(|(name, t)| {
@@ -778,7 +803,10 @@ impl Downstream<'_> {
                         .collect();
                     grid::feature_maps_png(&self.dir.join("feature_maps.png"), &imgs, &stages, 8)
                         .map_err(setup_err)?;
-                    figs.push(("Activation maps per stage".into(), "feature_maps.png".into()));
+                    figs.push((
+                        "Activation maps per stage".into(),
+                        "feature_maps.png".into(),
+                    ));
                 }
                 Plot::NearestNeighbors => {
                     let Some(test) = self.test else { continue };
@@ -832,7 +860,8 @@ impl Downstream<'_> {
                     let f = extract(model, store, &sub, self.norm, Which::Backbone, self.batch)
                         .map_err(run_err)?;
                     let p = pca_2d(&f).map_err(run_err)?;
-                    let classes: Vec<u32> = (0..sub.len()).map(|i| sub.label(i).unwrap_or(0)).collect();
+                    let classes: Vec<u32> =
+                        (0..sub.len()).map(|i| sub.label(i).unwrap_or(0)).collect();
                     plots::scatter(
                         &self.dir.join("embedding_pca.png"),
                         &format!(
@@ -892,9 +921,9 @@ fn spread(len: usize, n: usize) -> Vec<usize> {
 /// Loss, learning rate and kNN accuracy over training, from `metrics.jsonl`, when the
 /// recipe asks for `training_curves`.
 fn training_curves(dir: &Path, r: &Recipe) -> Result<Vec<(String, String)>, ExperimentError> {
-    let wanted = r.downstream.iter().any(|t| {
-        matches!(t, Task::Visualize { plots, .. } if plots.contains(&Plot::TrainingCurves))
-    });
+    let wanted = r.downstream.iter().any(
+        |t| matches!(t, Task::Visualize { plots, .. } if plots.contains(&Plot::TrainingCurves)),
+    );
     if !wanted {
         return Ok(Vec::new());
     }
@@ -929,8 +958,13 @@ fn training_curves(dir: &Path, r: &Recipe) -> Result<Vec<(String, String)>, Expe
     figs.push(("Learning rate".into(), "lr.png".into()));
     let knn_pts = series(Kind::Epoch, "knn_top1", "kNN top-1 (%)");
     if !knn_pts.points.is_empty() {
-        plots::line_chart(&dir.join("knn.png"), "kNN accuracy during training", "step", &[knn_pts])
-            .map_err(setup_err)?;
+        plots::line_chart(
+            &dir.join("knn.png"),
+            "kNN accuracy during training",
+            "step",
+            &[knn_pts],
+        )
+        .map_err(setup_err)?;
         figs.push(("kNN top-1 over training".into(), "knn.png".into()));
     }
     Ok(figs)
@@ -946,10 +980,12 @@ pub fn evaluate(target: &Path, only: Option<&[String]>) -> Result<Value, Experim
             target.join(rundir::CHECKPOINTS).join(rundir::LAST),
         )
     } else {
-        let dir = target
-            .parent()
-            .and_then(Path::parent)
-            .ok_or_else(|| setup_err(format!("`{}` is not inside a run directory", target.display())))?;
+        let dir = target.parent().and_then(Path::parent).ok_or_else(|| {
+            setup_err(format!(
+                "`{}` is not inside a run directory",
+                target.display()
+            ))
+        })?;
         (dir.to_path_buf(), target.to_path_buf())
     };
     if !dir.join(rundir::RECIPE_FILE).is_file() {
@@ -965,7 +1001,11 @@ pub fn evaluate(target: &Path, only: Option<&[String]>) -> Result<Value, Experim
     let Some(r) = loaded.valid_recipe().cloned() else {
         return Err(run_err(format!(
             "the run's recipe is no longer valid: {:?}",
-            loaded.diagnostics.iter().map(|d| &d.message).collect::<Vec<_>>()
+            loaded
+                .diagnostics
+                .iter()
+                .map(|d| &d.message)
+                .collect::<Vec<_>>()
         )));
     };
     configure_threads(r.train.threads).map_err(setup_err)?;
@@ -975,11 +1015,17 @@ pub fn evaluate(target: &Path, only: Option<&[String]>) -> Result<Value, Experim
         .first()
         .map_or(r.data.image_size, |(s, _)| *s);
     let mut store = ParamStore::new(Cpu::default());
-    let model = Model::new(&mut store, &crate::build::model(&r, size).map_err(run_err)?, r.seed)
-        .map_err(run_err)?;
+    let model = Model::new(
+        &mut store,
+        &crate::build::model(&r, size).map_err(run_err)?,
+        r.seed,
+    )
+    .map_err(run_err)?;
     checkpoint::load_training(&ckpt, &mut store, None, None, None).map_err(setup_err)?;
     let norm = normalization(&r);
-    let mut metrics = MetricsWriter::resume(&dir, &[], u64::MAX).map_err(setup_err)?.0;
+    let mut metrics = MetricsWriter::resume(&dir, &[], u64::MAX)
+        .map_err(setup_err)?
+        .0;
     let ds = Downstream {
         r: &r,
         train: &data.train,

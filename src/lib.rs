@@ -20,6 +20,7 @@ pub mod data;
 pub mod diag;
 /// Downstream evaluation of an encoder: features, kNN, linear probe, fine-tuning, PCA.
 pub mod eval;
+pub mod experiment;
 pub mod nn;
 pub mod objective;
 pub mod optim;

@@ -47,7 +47,11 @@ pub fn run(
         out,
         resume,
         force,
-        progress: if quiet { Progress::Quiet } else { Progress::Auto },
+        progress: if quiet {
+            Progress::Quiet
+        } else {
+            Progress::Auto
+        },
         stop_after_steps,
     };
     eprintln!(
@@ -91,7 +95,8 @@ fn print_summary(results: &serde_json::Value) {
     if let Some(t) = results.get("training") {
         println!(
             "trained {} epochs ({} steps) in {:.0} s at {:.0} images/s; final epoch loss {:.4}",
-            t["epochs"], t["steps"],
+            t["epochs"],
+            t["steps"],
             t["seconds"].as_f64().unwrap_or(f64::NAN),
             t["images_per_s"].as_f64().unwrap_or(f64::NAN),
             t["final_epoch_loss"].as_f64().unwrap_or(f64::NAN)
@@ -108,7 +113,11 @@ fn print_downstream(results: &serde_json::Value) {
         let name = t["task"].as_str().unwrap_or("?");
         let mut parts = Vec::new();
         for row in ["trained", "untrained_network", "raw_pixels"] {
-            if let Some(v) = t.get(row).and_then(|v| v.get("top1")).and_then(|v| v.as_f64()) {
+            if let Some(v) = t
+                .get(row)
+                .and_then(|v| v.get("top1"))
+                .and_then(|v| v.as_f64())
+            {
                 parts.push(format!("{} {v:.2}%", row.replace('_', " ")));
             }
         }

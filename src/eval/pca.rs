@@ -212,10 +212,7 @@ pub fn pca_2d(features: &FeatureMatrix) -> Result<Pca, EvalError> {
         basis[r * 2 + 1] = components[1][r] as f64;
     }
     let z = project(&xc, n, d, &basis, 2);
-    let coords = z
-        .chunks_exact(2)
-        .map(|c| (c[0], c[1]))
-        .collect();
+    let coords = z.chunks_exact(2).map(|c| (c[0], c[1])).collect();
     let variance = [eig[0], eig.get(1).copied().unwrap_or(0.0)];
     let ratio = |v: f64| if total > 0.0 { v / total } else { 0.0 };
     Ok(Pca {
