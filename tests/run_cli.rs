@@ -312,23 +312,40 @@ fn sigterm_saves_a_checkpoint_and_says_how_to_resume() {
 }
 
 #[test]
-fn diverging_loss_stops_with_the_step() {
+fn diverging_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tiny(tmp.path(), "nan", "{method: simclr}", "");
+    let f = file.to_str().unwrap();
     let out = tmp.path().join("out");
-    // Inputs of 1e30 overflow the first convolution: the very first loss is NaN.
     let o = recipe(&[
         "run",
-        file.to_str().unwrap(),
+        f,
         "--out",
         out.to_str().unwrap(),
+        "--stop-after-steps",
+        "6",
+    ]);
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o.stderr));
+    let dir = run_dir(&out);
+    let last = dir.join("checkpoints/last.safetensors");
+    let before = digest_of(&last);
+    // An absurd learning rate from the second epoch on: the weights blow up at once.
+    let o = recipe(&[
+        "run",
+        f,
+        "--resume",
+        dir.to_str().unwrap(),
+        "--force",
         "--set",
-        "data.normalize={mean: [0.0], std: [1.0e-30]}",
+        "optimizer.lr=1.0e+30",
+        "--set",
+        "schedule={kind: constant}",
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     let err = text(&o.stderr);
-    assert!(err.contains("diverged") && err.contains("step 1"), "{err}");
-    assert!(!run_dir(&out).join("checkpoints/last.safetensors").exists());
+    assert!(err.contains("diverged") && err.contains("epoch 2"), "{err}");
+    assert_eq!(digest_of(&last), before, "the last good checkpoint is kept");
+    assert!(!dir.join("results.json").exists());
 }
 
 #[test]
@@ -345,7 +362,7 @@ fn unwritable_output_is_refused_before_training() {
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
     assert!(text(&o.stderr).contains("cannot create the output directory"));
-    assert!(!text(&o.stderr).contains("epoch"));
+    assert!(!text(&o.stderr).contains("step 1"));
 }
 
 #[test]
@@ -360,6 +377,8 @@ fn eval_reruns_tasks_on_a_saved_run() {
         out.to_str().unwrap(),
         "--set",
         "train.epochs=1",
+        "--set",
+        "schedule={kind: constant}",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let dir = run_dir(&out);

@@ -122,9 +122,18 @@ impl<D: EngineDevice + 'static> Trainer<D> {
             epoch,
             step: self.step,
         };
-        let loss = self
-            .objective
-            .loss(&mut self.encoder, &mut self.store, &sb)?;
+        let loss = match self.objective.loss(&mut self.encoder, &mut self.store, &sb) {
+            Ok(l) => l,
+            // NaN or infinite embeddings: the parameters have already diverged.
+            Err(crate::objective::ObjectiveError::NonFinite(_)) => {
+                return Err(TrainError::Diverged {
+                    step: self.step,
+                    epoch,
+                    loss: f32::NAN,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
         let value = loss.as_vec()[0];
         if !value.is_finite() {
             return Err(TrainError::Diverged {
