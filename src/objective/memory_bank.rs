@@ -4,6 +4,7 @@
 
 use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 
 use super::{
     Encoder, Loss, Objective, ObjectiveError, StateTensor, StepBatch, check_finite, check_rows,
@@ -116,9 +117,8 @@ impl MemoryBank {
 /// `[f_r·bank[positives[r]], f_r·bank[negatives[r][0]], …] / τ` and the loss is the
 /// cross-entropy with target 0 averaged over rows. The bank gets no gradient.
 ///
-/// Computed as `f · bankᵀ` over the whole bank, then gathered: `n × len(bank)` floats,
-/// which for the datasets this tool trains on is less than gathering `n × (K + 1)` rows
-/// of `d` features, and one matrix product.
+/// The log-softmax comes from [`EngineDevice::bank_log_softmax`], which reads the bank
+/// in place and never forms its gradient.
 pub fn loss<D: EngineDevice, T: Tape<f32, D>>(
     f: T2<D, T>,
     positives: &[usize],
@@ -126,8 +126,7 @@ pub fn loss<D: EngineDevice, T: Tape<f32, D>>(
     bank: &MemoryBank,
     temperature: f32,
 ) -> Result<Tensor<(), f32, D, T>, ObjectiveError> {
-    check_temperature(temperature, "memory-bank temperature")?;
-    let (n, d) = *f.shape();
+    let n = f.shape().0;
     if positives.len() != n {
         return Err(ObjectiveError::Shape(format!(
             "memory bank: {} dataset indices for {n} embeddings",
@@ -140,6 +139,34 @@ pub fn loss<D: EngineDevice, T: Tape<f32, D>>(
             negatives.len()
         )));
     }
+    for &i in positives.iter().chain(negatives) {
+        bank.check_index(i)?;
+    }
+    let k = negatives.len() / n;
+    let mut idx = Vec::with_capacity(n * (k + 1));
+    for (r, &p) in positives.iter().enumerate() {
+        idx.push(p);
+        idx.extend_from_slice(&negatives[r * k..(r + 1) * k]);
+    }
+    rows_loss(f, &idx, k + 1, bank, temperature)
+}
+
+/// [`loss`] with each row's bank indices in one run of `m`: the positive, then the
+/// `m − 1` negatives (`idx` is `n × m`, every index checked against the bank).
+fn rows_loss<D: EngineDevice, T: Tape<f32, D>>(
+    f: T2<D, T>,
+    idx: &[usize],
+    m: usize,
+    bank: &MemoryBank,
+    temperature: f32,
+) -> Result<Tensor<(), f32, D, T>, ObjectiveError> {
+    check_temperature(temperature, "memory-bank temperature")?;
+    let (n, d) = *f.shape();
+    if n == 0 {
+        return Err(ObjectiveError::Shape(
+            "memory bank: no embeddings in the batch".into(),
+        ));
+    }
     if d != bank.dim {
         return Err(ObjectiveError::Shape(format!(
             "memory bank: embeddings have {d} features, the bank {}",
@@ -147,24 +174,132 @@ pub fn loss<D: EngineDevice, T: Tape<f32, D>>(
         )));
     }
     check_rows(&f, "memory-bank embeddings", n)?;
-    for &i in positives.iter().chain(negatives) {
-        bank.check_index(i)?;
-    }
-    let k = negatives.len() / n;
+    debug_assert_eq!(idx.len(), n * m);
     let dev = f.device().clone();
-    let fnorm = D::l2_normalize(f, 1e-12) * (1.0 / temperature);
-    let b = dev.tensor_from_vec(bank.data.clone(), (bank.n, d));
-    let all = fnorm.matmul(b.permute::<_, Axes2<1, 0>>());
-    let mut idx = Vec::with_capacity(n * (k + 1));
-    for r in 0..n {
-        idx.push(positives[r]);
-        idx.extend_from_slice(&negatives[r * k..(r + 1) * k]);
-    }
-    let logits: T2<D, T> = all.gather(dev.tensor_from_vec(idx, (n, k + 1)));
-    let lsm = logits.log_softmax::<Axis<1>>();
+    let fnorm = D::l2_normalize(f, 1e-12);
+    let lsm = D::bank_log_softmax(fnorm, &bank.data, idx, 1.0 / temperature);
     let zeros = dev.tensor_from_vec(vec![0usize; n], (n,));
     let picked: Tensor<(usize,), f32, D, T> = lsm.select(zeros);
     Ok(picked.mean::<(), _>().negate())
+}
+
+/// Words (`u64`) per block of [`Draws`]: the unit of parallel generation and counting.
+const DRAW_BLOCK: usize = 8192;
+
+/// The negatives' draws, made on all threads, with buffers kept between steps.
+///
+/// The draws must stay those of `k` calls of `rng.gen_range(0..bound)` per anchor, in
+/// anchor order, on `ChaCha8Rng::seed_from_u64(seed)` (a resumed run draws them
+/// again). rand 0.8 makes each such call from one `u64` word of the stream at a time,
+/// by Lemire's widening multiply: a word is kept or rejected on its own value, so the
+/// draws are the stream filtered. ChaCha can start at any word, so the words are
+/// generated in blocks on all threads, each block counts the words it keeps, and
+/// each run of anchors starts at the word its first draw comes from.
+#[derive(Clone, Debug, Default)]
+struct Draws {
+    words: Vec<u64>,
+    /// Kept words in all blocks before each block.
+    kept_before: Vec<usize>,
+}
+
+impl Draws {
+    /// `rng.gen_range(0..bound)`'s value from word `v`, or `None` where it rejects
+    /// the word and takes the next (rand 0.8's `sample_single_inclusive` for `usize`;
+    /// [`Draws::fill`] inlines the same test).
+    #[inline(always)]
+    fn value(v: u64, range: u64, zone: u64) -> Option<usize> {
+        let p = u128::from(v) * u128::from(range);
+        ((p as u64) <= zone).then_some((p >> 64) as usize)
+    }
+
+    /// Writes `idx` as rows of `1 + k`: `positive(a)`, then anchor `a`'s `k` draws in
+    /// `[0, bound)`.
+    fn fill(
+        &mut self,
+        seed: u64,
+        bound: usize,
+        k: usize,
+        positive: impl Fn(usize) -> usize + Sync,
+        idx: &mut [usize],
+    ) {
+        let anchors = idx.len() / (k + 1);
+        let count = anchors * k;
+        if cfg!(not(target_pointer_width = "64")) || bound == 0 || count == 0 {
+            // Off 64-bit targets rand draws a `usize` from 32-bit words: its own loop
+            // there (and for the trivial cases; the bank is never empty).
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            for (a, row) in idx.chunks_mut(k + 1).enumerate() {
+                row[0] = positive(a);
+                row[1..]
+                    .iter_mut()
+                    .for_each(|x| *x = rng.gen_range(0..bound));
+            }
+            return;
+        }
+        let range = bound as u64;
+        let zone = (range << range.leading_zeros()).wrapping_sub(1);
+        // Enough words for `count` kept ones with a wide margin (the kept count's
+        // spread is about its square root); doubled in the rare case it falls short.
+        let keep = (zone as f64 + 1.0) / 2f64.powi(64);
+        let mut words = ((count as f64 / keep) * 1.02) as usize + 2 * DRAW_BLOCK;
+        loop {
+            words = words.div_ceil(DRAW_BLOCK) * DRAW_BLOCK;
+            self.words.resize(words, 0);
+            self.kept_before.clear();
+            let kept: Vec<usize> = self
+                .words
+                .par_chunks_mut(DRAW_BLOCK)
+                .enumerate()
+                .map(|(b, block)| {
+                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                    // Word positions count 32-bit words.
+                    rng.set_word_pos(2 * (b * DRAW_BLOCK) as u128);
+                    rng.fill(block);
+                    block
+                        .iter()
+                        .filter(|&&v| Self::value(v, range, zone).is_some())
+                        .count()
+                })
+                .collect();
+            let mut total = 0;
+            for c in kept {
+                self.kept_before.push(total);
+                total += c;
+            }
+            if total >= count {
+                break;
+            }
+            words *= 2;
+        }
+        let per_task = anchors.div_ceil(4 * rayon::current_num_threads()).max(1);
+        let (all, kept_before) = (&self.words, &self.kept_before);
+        idx.par_chunks_mut(per_task * (k + 1))
+            .enumerate()
+            .for_each(|(t, rows)| {
+                let a0 = t * per_task;
+                let first = a0 * k;
+                let b = kept_before.partition_point(|&c| c <= first) - 1;
+                // Words are kept at random: branch-free loops (a branch per word
+                // would be mispredicted about every third word).
+                let mut w = b * DRAW_BLOCK;
+                let mut skip = first - kept_before[b];
+                while skip > 0 {
+                    skip -= usize::from(Self::value(all[w], range, zone).is_some());
+                    w += 1;
+                }
+                for (a, row) in rows.chunks_mut(k + 1).enumerate() {
+                    row[0] = positive(a0 + a);
+                    let out = &mut row[1..];
+                    let mut at = 0;
+                    while at < k {
+                        let p = u128::from(all[w]) * u128::from(range);
+                        w += 1;
+                        out[at] = (p >> 64) as usize;
+                        at += usize::from((p as u64) <= zone);
+                    }
+                }
+            });
+    }
 }
 
 /// The memory bank as an [`Objective`].
@@ -182,6 +317,9 @@ pub struct Bank {
     negatives: usize,
     seed: u64,
     bank: MemoryBank,
+    /// Each anchor's bank indices (positive, then negatives), reused across steps.
+    idx: Vec<usize>,
+    draws: Draws,
 }
 
 impl Bank {
@@ -211,6 +349,8 @@ impl Bank {
             negatives,
             seed,
             bank: MemoryBank::new(dataset_len, dim, seed ^ 0x6261_6e6b)?,
+            idx: Vec::new(),
+            draws: Draws::default(),
         })
     }
 
@@ -243,16 +383,22 @@ impl<D: EngineDevice> Objective<D> for Bank {
         let timer = super::BackwardTimer::default();
         let z = timer.begin(z);
         let feats = z.as_vec();
+        for &i in batch.indices {
+            self.bank.check_index(i)?;
+        }
         let out = super::timed("objective.loss.fwd", || {
-            let positives: Vec<usize> =
-                (0..v).flat_map(|_| batch.indices.iter().copied()).collect();
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+            // Anchor `a` (view `a / n` of image `a % n`): its positive, then its K
+            // draws; the draws come in anchor order from one stream per step.
+            let k = self.negatives;
+            self.idx.resize(v * n * (k + 1), 0);
+            self.draws.fill(
                 self.seed ^ batch.step.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                self.bank.n,
+                k,
+                |a| batch.indices[a % n],
+                &mut self.idx,
             );
-            let negatives: Vec<usize> = (0..v * n * self.negatives)
-                .map(|_| rng.gen_range(0..self.bank.n))
-                .collect();
-            loss(z, &positives, &negatives, &self.bank, self.temperature)
+            rows_loss(z, &self.idx, k + 1, &self.bank, self.temperature)
         })?;
         let d = self.bank.dim;
         super::timed("objective.state", || {

@@ -195,3 +195,20 @@ pub fn relu<S: Shape, D: Device<f32>, T: Tape<f32, D>>(
 ) -> Tensor<S, f32, D, T> {
     x.relu()
 }
+
+/// Logits against a constant table: the product with the whole table, then a gather
+/// of each row's `m` columns. The table enters untaped, so it gets no gradient.
+pub fn bank_logits<D: Device<f32>, T: Tape<f32, D>>(
+    f: T2<D, T>,
+    bank: &[f32],
+    idx: &[usize],
+    scale: f32,
+) -> T2<D, T> {
+    let (n, d) = *f.shape();
+    let rows = bank.len() / d.max(1);
+    let m = idx.len().checked_div(n).unwrap_or(0);
+    let dev = f.device().clone();
+    let table: T2<D, NoneTape> = dev.tensor_from_vec(bank.to_vec(), (rows, d));
+    let all = (f * scale).matmul(table.permute::<_, Axes2<1, 0>>());
+    all.gather(dev.tensor_from_vec(idx.to_vec(), (n, m)))
+}

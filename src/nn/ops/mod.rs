@@ -168,4 +168,20 @@ pub trait EngineDevice: Device<f32> {
         let (y, r) = Self::batch_norm2d(x4, gamma, beta, running, train, cfg);
         (y.reshape_like(&(n, c)), r)
     }
+
+    /// Row-wise log-softmax of `f`'s logits against rows of a constant table (the
+    /// memory bank's non-parametric softmax): `f` is `(n, d)`, `bank` is `rows × d`
+    /// row-major, `idx` holds `m` table rows per row of `f` (`n × m`, row-major), and
+    /// the result is `(n, m)`, the log-softmax over `j` of the logits
+    /// `scale · f_r · bank[idx[r·m + j]]`. The table is a constant: only `f` gets a
+    /// gradient. Contract: `bank.len()` is a multiple of `d`, `idx.len()` of `n`, and
+    /// every index is below `rows` (checked by the caller).
+    fn bank_log_softmax<T: Tape<f32, Self>>(
+        f: T2<Self, T>,
+        bank: &[f32],
+        idx: &[usize],
+        scale: f32,
+    ) -> T2<Self, T> {
+        composed::bank_logits(f, bank, idx, scale).log_softmax::<Axis<1>>()
+    }
 }
