@@ -36,7 +36,10 @@ fn nearest_lists_neighbours_by_cosine_best_first() {
         assert!((got.1 - want.1).abs() < 1e-6, "{got:?} vs {want:?}");
     }
     // k larger than the training set is capped.
-    assert_eq!(nearest(&train, &test, 10, Metric::Cosine).unwrap()[0].len(), 4);
+    assert_eq!(
+        nearest(&train, &test, 10, Metric::Cosine).unwrap()[0].len(),
+        4
+    );
 }
 
 #[test]
@@ -119,7 +122,10 @@ fn bad_settings_and_inputs_are_errors() {
         temperature: 0.0,
         ..cfg
     };
-    assert!(matches!(knn(&train, &test, &cold), Err(EvalError::Config(_))));
+    assert!(matches!(
+        knn(&train, &test, &cold),
+        Err(EvalError::Config(_))
+    ));
     let unlabelled = fm(&[[1.0, 0.0]], None);
     assert!(matches!(
         knn(&unlabelled, &test, &cfg),
@@ -137,7 +143,9 @@ fn many_queries_match_a_brute_force_reference() {
     let (n, m, d) = (150, 70, 5);
     let mut s = 7u64;
     let mut next = || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
     };
     let train = FeatureMatrix::new(n, d, (0..n * d).map(|_| next()).collect(), None).unwrap();

@@ -4,9 +4,7 @@ use dfdx::prelude::Cpu;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use recipe::data::Dataset;
-use recipe::eval::{
-    EvalError, FineTuneConfig, Normalize, Which, extract, fine_tune, raw_pixels,
-};
+use recipe::eval::{EvalError, FineTuneConfig, Normalize, Which, extract, fine_tune, raw_pixels};
 use recipe::nn::model::{BackboneConfig, BackboneKind, HeadConfig, Model, ModelConfig};
 use recipe::nn::params::ParamStore;
 
@@ -89,7 +87,10 @@ fn extract_gives_one_row_per_image_and_leaves_the_store_alone() {
     }
     let h = extract(&model, &mut store, &data, &norm(), Which::Head, 3).unwrap();
     assert_eq!((h.n, h.dim), (10, 4));
-    assert!(f.data.iter().all(|v| v.is_finite() && *v >= 0.0), "pooled ReLU output");
+    assert!(
+        f.data.iter().all(|v| v.is_finite() && *v >= 0.0),
+        "pooled ReLU output"
+    );
 }
 
 #[test]
@@ -145,7 +146,11 @@ fn fine_tuning_learns_the_task_on_a_copy_of_the_store() {
         untrained.top1
     );
     assert!(tuned.train_loss < untrained.train_loss);
-    assert_eq!(snapshot(&store), before, "the caller's store must not change");
+    assert_eq!(
+        snapshot(&store),
+        before,
+        "the caller's store must not change"
+    );
     // Deterministic for a seed.
     let again = fine_tune(&model, &store, &train, &test, &norm(), &cfg).unwrap();
     assert_eq!(again, tuned);

@@ -35,7 +35,11 @@ fn recovers_the_dominant_directions() {
     assert!(dot(&p.components[1], &v) > 0.999, "{:?}", p.components[1]);
     assert!(dot(&p.components[0], &p.components[1]).abs() < 1e-5);
     // Uniform(−10, 10) has variance 100/3; uniform(−3, 3) has 3.
-    assert!((p.variance[0] / (100.0 / 3.0) - 1.0).abs() < 0.15, "{:?}", p.variance);
+    assert!(
+        (p.variance[0] / (100.0 / 3.0) - 1.0).abs() < 0.15,
+        "{:?}",
+        p.variance
+    );
     assert!((p.variance[1] / 3.0 - 1.0).abs() < 0.15, "{:?}", p.variance);
     assert!(p.variance_ratio[0] > 0.85 && p.variance_ratio[0] + p.variance_ratio[1] > 0.99);
     assert!((p.mean[0] - 5.0).abs() < 0.5 && (p.mean[2] - 1.0).abs() < 0.01);
@@ -60,7 +64,10 @@ fn is_deterministic_and_handles_degenerate_input() {
     // One dimension: the second coordinate is zero.
     let line = FeatureMatrix::new(3, 1, vec![1.0, 2.0, 3.0], None).unwrap();
     let p = pca_2d(&line).unwrap();
-    assert_eq!(p.coords.iter().map(|c| c.1).collect::<Vec<_>>(), vec![0.0; 3]);
+    assert_eq!(
+        p.coords.iter().map(|c| c.1).collect::<Vec<_>>(),
+        vec![0.0; 3]
+    );
     assert!((p.coords[2].0 - 1.0).abs() < 1e-6);
     // One row is not enough.
     assert!(pca_2d(&FeatureMatrix::new(1, 3, vec![0.0; 3], None).unwrap()).is_err());

@@ -19,8 +19,10 @@ use super::linalg::{View, matmul};
 
 /// Block size of the subspace iteration.
 const BLOCK: usize = 4;
-/// Most iterations; stops earlier once the two leading vectors converge.
-const MAX_ITERS: usize = 500;
+/// Most iterations; stops earlier once the two leading vectors converge. Reaching it
+/// means the leading eigenvalues are (nearly) tied, where any basis of their span is
+/// an equally good answer.
+const MAX_ITERS: usize = 200;
 /// Convergence: `1 − |cos|` between a leading vector and its previous value.
 const TOL: f64 = 1e-10;
 
@@ -212,10 +214,7 @@ pub fn pca_2d(features: &FeatureMatrix) -> Result<Pca, EvalError> {
         basis[r * 2 + 1] = components[1][r] as f64;
     }
     let z = project(&xc, n, d, &basis, 2);
-    let coords = z
-        .chunks_exact(2)
-        .map(|c| (c[0], c[1]))
-        .collect();
+    let coords = z.chunks_exact(2).map(|c| (c[0], c[1])).collect();
     let variance = [eig[0], eig.get(1).copied().unwrap_or(0.0)];
     let ratio = |v: f64| if total > 0.0 { v / total } else { 0.0 };
     Ok(Pca {
