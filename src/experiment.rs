@@ -213,6 +213,12 @@ pub fn configure_threads(threads: usize) -> Result<usize, String> {
 pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
     let r = &req.recipe;
     let started = Instant::now();
+    if r.train.device == crate::spec::train::Device::Cuda {
+        // Never a silent fall-back: the training step does not drive CUDA yet.
+        return Err(run_err(
+            "train.device: cuda — `recipe run` trains on the CPU only so far; use `device: cpu` or `auto`",
+        ));
+    }
     let threads = configure_threads(r.train.threads).map_err(setup_err)?;
     let text = resolved_text(r);
     let hash = recipe_hash(r);
