@@ -1,0 +1,123 @@
+//! What a run leaves for people to read: metrics files, charts, image grids and the
+//! `report.md` that ties them together.
+//!
+//! - [`metrics`]: `metrics.jsonl` and `metrics.csv` side by side, one record per line,
+//!   flushed as written, and read back to rebuild curves on resume.
+//! - [`plots`]: line charts (training curves) and class-coloured scatter plots (the
+//!   embedding PCA), drawn with `plotters`. Text uses DejaVu Sans compiled into the
+//!   binary, so charts render the same on machines without system fonts.
+//! - [`grid`]: PNG grids of images: first-layer filters, activation maps, nearest
+//!   neighbours with green/red frames, augmented views.
+//! - [`markdown`]: `report.md`, with the run's facts, the downstream table against its
+//!   baselines, and links to the pictures.
+//!
+//! Invariants: nothing here reads a model, a recipe or a dataset (callers hand over
+//! numbers and images); images are planar CHW `f32` in `[0, 1]` with 1 or 3 channels
+//! (values outside are clamped); every PNG is 8-bit RGB; a failure to write is a
+//! [`ReportError`] naming the file, never a panic.
+
+use std::fmt;
+use std::path::PathBuf;
+
+pub mod grid;
+pub mod markdown;
+pub mod metrics;
+pub mod plots;
+
+pub use grid::{feature_maps_png, filters_png, neighbors_png, views_png};
+pub use markdown::{MetricsTable, ReportInput, render_report, write_report};
+pub use metrics::{Kind, MetricsWriter, Record, read_jsonl};
+pub use plots::{Series, line_chart, scatter};
+
+/// Why a report file could not be written or read.
+#[derive(Debug)]
+pub enum ReportError {
+    /// Reading or writing a file failed.
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Encoding a PNG failed.
+    Image {
+        /// The file.
+        path: PathBuf,
+        /// The encoder's error.
+        source: image::ImageError,
+    },
+    /// Drawing a chart failed.
+    Plot {
+        /// The file.
+        path: PathBuf,
+        /// What the drawing library said.
+        message: String,
+    },
+    /// The input cannot be drawn or written (sizes that do not match, no images, …).
+    Input(String),
+    /// A metrics file has a line that is not a record.
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl fmt::Display for ReportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReportError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            ReportError::Image { path, source } => {
+                write!(f, "{}: cannot write the PNG: {source}", path.display())
+            }
+            ReportError::Plot { path, message } => {
+                write!(f, "{}: cannot draw the chart: {message}", path.display())
+            }
+            ReportError::Input(m) => write!(f, "cannot draw the report: {m}"),
+            ReportError::Parse {
+                path,
+                line,
+                message,
+            } => write!(f, "{}:{line}: {message}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for ReportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReportError::Io { source, .. } => Some(source),
+            ReportError::Image { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Wraps an I/O error with its path.
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
+    move |source| ReportError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `rgb` (`width × height`, interleaved 8-bit RGB) to `path` as a PNG.
+pub(crate) fn save_rgb(
+    path: &std::path::Path,
+    width: usize,
+    height: usize,
+    rgb: Vec<u8>,
+) -> Result<(), ReportError> {
+    let too_big = || ReportError::Input(format!("a {width}x{height} picture is too large"));
+    let w = u32::try_from(width).map_err(|_| too_big())?;
+    let h = u32::try_from(height).map_err(|_| too_big())?;
+    let img = image::RgbImage::from_raw(w, h, rgb).ok_or_else(too_big)?;
+    img.save_with_format(path, image::ImageFormat::Png)
+        .map_err(|source| ReportError::Image {
+            path: path.to_path_buf(),
+            source,
+        })
+}
