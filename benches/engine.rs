@@ -5,6 +5,7 @@
 
 use dfdx::prelude::Cpu;
 use recipe::bench::{BenchConfig, preset, run};
+use recipe::train::step::Trainer;
 
 fn main() {
     recipe::tune_allocator();
@@ -16,7 +17,7 @@ fn main() {
     let batch: usize = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(64);
     let steps: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(20);
     let threads: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(2);
-    let Some(model) = preset(name) else {
+    let Some(parts) = preset(name, batch) else {
         eprintln!("unknown model `{name}` (use smallW, e.g. small16, or resnet18)");
         std::process::exit(2);
     };
@@ -25,16 +26,23 @@ fn main() {
         .build_global()
         .expect("rayon pool");
     let cfg = BenchConfig {
-        model,
         batch,
+        view_shapes: vec![(3, 32, 32); 2],
         steps,
         warmup: 1,
-        tau: 0.5,
-        lr: 0.05,
+        dataset_len: 50_000,
+        classes: 10,
         seed: 0,
         per_op: std::env::var_os("NO_PER_OP").is_none(),
     };
-    match run(Cpu::default(), &cfg) {
+    let mut trainer = match Trainer::from_parts(Cpu::default(), &parts) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    match run(&mut trainer, &cfg) {
         Ok(r) => {
             println!(
                 "RESULT recipe {name} batch=2x{batch} step_ms={:.1} img_per_s={:.1} peak_rss_mb={:.0} loss={:.4}",

@@ -1,36 +1,37 @@
-//! Training-step throughput harness behind `recipe bench`: N steps of backbone +
-//! head with an NT-Xent loss (as `shared/bench/torch_baseline.py`) and an SGD
-//! momentum update on synthetic input, with images/s, peak RSS and a per-op breakdown.
+//! Training-step throughput harness behind `recipe bench` and `cargo bench --bench
+//! engine`: N steps of [`Trainer::step`] — the step `recipe run` takes, with the
+//! recipe's objective, optimiser and schedule — on synthetic batches, with images/s,
+//! peak RSS and a per-op breakdown (the objective's own time under `objective.*`).
 
 use std::time::{Duration, Instant};
 
-use dfdx::prelude::*;
-
-use crate::nn::ModelError;
+use crate::data::{Batch, ViewBatch};
 use crate::nn::init::Init;
-use crate::nn::model::{
-    BackboneConfig, BackboneKind, HeadConfig, Model, ModelConfig, ResNetSpec, Stem,
-};
-use crate::nn::ops::{EngineDevice, T2, timing};
-use crate::nn::params::{DecayPolicy, ParamStore};
-use crate::optim::{Optimizer, OptimizerConfig, SgdConfig};
+use crate::nn::model::{BackboneConfig, BackboneKind, HeadConfig, ModelConfig, ResNetSpec, Stem};
+use crate::nn::ops::{EngineDevice, timing};
+use crate::nn::params::DecayPolicy;
+use crate::objective::MethodConfig;
+use crate::optim::schedule::{Decay, ScheduleConfig};
+use crate::optim::{OptimizerConfig, SgdConfig};
+use crate::train::TrainError;
+use crate::train::step::{Trainer, TrainerParts};
 
-/// What to run.
+/// How to run.
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
-    /// The model (its `input_hw` sets the synthetic image size).
-    pub model: ModelConfig,
-    /// Images per view; a step sees `2 × batch` images.
+    /// Images per step (each yields one view per view shape).
     pub batch: usize,
+    /// `(c, h, w)` of each view, in the augmentation's order.
+    pub view_shapes: Vec<(usize, usize, usize)>,
     /// Timed steps.
     pub steps: usize,
     /// Untimed steps first.
     pub warmup: usize,
-    /// NT-Xent temperature.
-    pub tau: f32,
-    /// SGD learning rate (momentum 0.9, weight decay 1e-6 as the torch baseline).
-    pub lr: f32,
-    /// Seed for parameters and input.
+    /// Training images the dataset indices are drawn from (the memory bank's rows).
+    pub dataset_len: usize,
+    /// Classes of the synthetic labels (SupCon).
+    pub classes: u32,
+    /// Seed of the synthetic input.
     pub seed: u64,
     /// Record the per-op breakdown.
     pub per_op: bool,
@@ -39,7 +40,7 @@ pub struct BenchConfig {
 /// One op's share of the timed steps.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OpTime {
-    /// Op name (`conv2d.bwd`, …).
+    /// Op name (`conv2d.bwd`, `objective.loss.fwd`, …).
     pub name: String,
     /// Milliseconds per training step.
     pub ms_per_step: f64,
@@ -56,15 +57,20 @@ pub struct BenchReport {
     pub step_ms: f64,
     /// Peak resident memory of the process (VmHWM), in MiB, where /proc is readable.
     pub peak_rss_mib: Option<f64>,
-    /// Loss after the last step.
+    /// Loss of the last step.
     pub last_loss: f32,
     /// Per-op times, slowest first (empty unless requested).
     pub ops: Vec<OpTime>,
+    /// Milliseconds per step spent in the objective's own work (loss forward and
+    /// backward, state updates), a part of `step_ms`.
+    pub objective_ms: f64,
 }
 
-/// The architectures of `torch_baseline.py`: `smallW` (e.g. `small16`) and `resnet18`
-/// (CIFAR stem, head 512→512→128), with 3×32×32 input.
-pub fn preset(name: &str) -> Option<ModelConfig> {
+/// The architectures of `torch_baseline.py` as a trainer: `smallW` (e.g. `small16`)
+/// and `resnet18` (CIFAR stem, head 512→512→128), 3×32×32 input, two views, NT-Xent at
+/// τ = 0.5, SGD with momentum 0.9 and weight decay 1e-6 on every parameter at a
+/// constant learning rate of 0.05 — the baseline's training step.
+pub fn preset(name: &str, batch: usize) -> Option<TrainerParts> {
     let (spec, hidden) = if let Some(w) = name.strip_prefix("small") {
         let w: usize = w.parse().ok().filter(|w| *w > 0)?;
         (ResNetSpec::small(w), 2 * w)
@@ -73,41 +79,83 @@ pub fn preset(name: &str) -> Option<ModelConfig> {
     } else {
         return None;
     };
-    Some(ModelConfig {
-        backbone: BackboneConfig {
-            kind: BackboneKind::ResNet(spec),
-            in_channels: 3,
+    Some(TrainerParts {
+        model: ModelConfig {
+            backbone: BackboneConfig {
+                kind: BackboneKind::ResNet(spec),
+                in_channels: 3,
+            },
+            head: Some(HeadConfig {
+                in_dim: None,
+                hidden: vec![hidden],
+                out_dim: 128,
+                batch_norm: false,
+                last_bn: false,
+            }),
+            prototypes: None,
+            input_hw: (32, 32),
         },
-        head: Some(HeadConfig {
-            in_dim: None,
-            hidden: vec![hidden],
-            out_dim: 128,
-            batch_norm: false,
-            last_bn: false,
+        seed: 0,
+        optimizer: OptimizerConfig::Sgd(SgdConfig {
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 1e-6,
         }),
-        prototypes: None,
-        input_hw: (32, 32),
+        // The baseline's `torch.optim.SGD(weight_decay=1e-6)` decays every parameter.
+        decay: DecayPolicy {
+            exclude_bias: false,
+            exclude_norm: false,
+        },
+        schedule: ScheduleConfig {
+            warmup: None,
+            decay: Decay::Constant,
+        },
+        peak_lr: 0.05,
+        epochs: 1,
+        steps_per_epoch: 1_000_000,
+        method: MethodConfig::Simclr { temperature: 0.5 },
+        views: 2,
+        batch,
     })
 }
 
-/// SimCLR's NT-Xent loss on `z = [view1; view2]` of shape `(2n, d)`.
-pub fn nt_xent<D: EngineDevice, T: Tape<f32, D>>(z: T2<D, T>, tau: f32) -> Tensor<(), f32, D, T> {
-    let b2 = z.shape().0;
-    let n = b2 / 2;
-    let dev = z.device().clone();
-    let zn = D::l2_normalize(z, 1e-12);
-    // Scaling one side gives it a new id: matmul of a tensor with itself is not allowed.
-    let zs = zn.retaped::<T>() * (1.0 / tau);
-    let sim = zs.matmul(zn.permute::<_, Axes2<1, 0>>());
-    let mut mask = vec![0.0f32; b2 * b2];
-    for i in 0..b2 {
-        mask[i * b2 + i] = -1e9;
+/// A synthetic batch: standard-normal images whose later views of the same shape are
+/// the first view plus a little noise (so the loss can fall), distinct dataset indices
+/// and labels in `0..classes`.
+pub fn synthetic_batch(cfg: &BenchConfig, step: u64) -> Batch {
+    let mut init = Init::new(cfg.seed ^ 0x5eed ^ step.wrapping_mul(0x9e37_79b9));
+    let n = cfg.batch;
+    let mut views: Vec<ViewBatch> = Vec::new();
+    for &(c, h, w) in &cfg.view_shapes {
+        let len = n * c * h * w;
+        let data = match views.iter().find(|v| v.shape[1..] == [c, h, w]) {
+            Some(first) => {
+                let noise = init.normal(len, 0.1);
+                first.data.iter().zip(noise).map(|(x, e)| x + e).collect()
+            }
+            None => init.normal(len, 1.0),
+        };
+        views.push(ViewBatch {
+            data,
+            shape: [n, c, h, w],
+        });
     }
-    let sim = sim + dev.tensor_from_vec(mask, (b2, b2));
-    let lsm = sim.log_softmax::<Axis<1>>();
-    let idx = dev.tensor_from_vec((0..b2).map(|i| (i + n) % b2).collect(), (b2,));
-    let picked: Tensor<(usize,), f32, D, T> = lsm.select(idx);
-    picked.mean::<(), _>().negate()
+    let stride = (cfg.dataset_len / n.max(1)).max(1);
+    let offset = step as usize % stride;
+    let indices: Vec<usize> = (0..n)
+        .map(|i| (i * stride + offset) % cfg.dataset_len.max(1))
+        .collect();
+    let labels = Some(
+        indices
+            .iter()
+            .map(|&i| (i as u32).wrapping_mul(2_654_435_761) % cfg.classes.max(1))
+            .collect(),
+    );
+    Batch {
+        views,
+        indices,
+        labels,
+    }
 }
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`).
@@ -118,61 +166,38 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Runs the benchmark on `dev`.
-pub fn run<D: EngineDevice>(dev: D, cfg: &BenchConfig) -> Result<BenchReport, ModelError> {
+/// Times `cfg.steps` steps of `trainer` on synthetic batches after `cfg.warmup`
+/// untimed ones. The trainer's schedule advances as in a run.
+pub fn run<D: EngineDevice + 'static>(
+    trainer: &mut Trainer<D>,
+    cfg: &BenchConfig,
+) -> Result<BenchReport, TrainError> {
     if cfg.batch < 2 {
-        return Err(ModelError::Config(
-            "bench batch must be at least 2 per view".into(),
+        return Err(TrainError::Other(
+            "bench batch must be at least 2 images".into(),
         ));
     }
-    let mut store = ParamStore::new(dev.clone());
-    let model = Model::new(&mut store, &cfg.model, cfg.seed)?;
-    let (c, h, w) = model.input;
-    let n = cfg.batch;
-    let mut init = Init::new(cfg.seed ^ 0x5eed);
-    let a = init.normal(n * c * h * w, 1.0);
-    let noise = init.normal(n * c * h * w, 0.1);
-    let mut data = a.clone();
-    data.extend(a.iter().zip(&noise).map(|(x, e)| x + e));
-    let x = dev.tensor_from_vec(data, (2 * n, c, h, w));
-    // The baseline's `torch.optim.SGD(momentum=0.9, weight_decay=1e-6)` decays every
-    // parameter, so no exclusions here.
-    store.apply_decay_policy(DecayPolicy {
-        exclude_bias: false,
-        exclude_norm: false,
-    });
-    let mut opt = Optimizer::new(OptimizerConfig::Sgd(SgdConfig {
-        momentum: 0.9,
-        nesterov: false,
-        weight_decay: 1e-6,
-    }))
-    .map_err(|e| ModelError::Config(e.to_string()))?;
-
-    let mut step = |store: &mut ParamStore<D>| -> Result<f32, ModelError> {
-        let z = model.project(store, x.trace(Gradients::leaky()), true)?;
-        let loss = nt_xent(z, cfg.tau);
-        let value = loss.as_vec()[0];
-        let mut grads = loss.backward();
-        let t = Instant::now();
-        opt.step(store, &mut grads, cfg.lr as f64)
-            .map_err(|e| ModelError::Config(e.to_string()))?;
-        timing::record("sgd_update", t.elapsed());
-        Ok(value)
-    };
-    for _ in 0..cfg.warmup {
-        step(&mut store)?;
+    // Batches are made before the clock starts: the loader's cost is reported apart.
+    let total = cfg.warmup + cfg.steps;
+    let batches: Vec<Batch> = (0..total.min(4))
+        .map(|i| synthetic_batch(cfg, i as u64))
+        .collect();
+    for i in 0..cfg.warmup {
+        trainer.step(&batches[i % batches.len()], 0)?;
     }
     timing::reset();
     timing::set_enabled(cfg.per_op);
     let start = Instant::now();
     let mut last = f32::NAN;
-    for _ in 0..cfg.steps {
-        last = step(&mut store)?;
+    for i in 0..cfg.steps {
+        last = trainer
+            .step(&batches[(cfg.warmup + i) % batches.len()], 0)?
+            .loss;
     }
     let elapsed = start.elapsed().max(Duration::from_nanos(1));
     timing::set_enabled(false);
     let steps = cfg.steps.max(1) as f64;
-    let ops = if cfg.per_op {
+    let ops: Vec<OpTime> = if cfg.per_op {
         timing::snapshot()
             .into_iter()
             .map(|(name, d, calls)| OpTime {
@@ -184,13 +209,20 @@ pub fn run<D: EngineDevice>(dev: D, cfg: &BenchConfig) -> Result<BenchReport, Mo
     } else {
         Vec::new()
     };
+    let objective_ms = ops
+        .iter()
+        .filter(|o| o.name.starts_with("objective."))
+        .map(|o| o.ms_per_step)
+        .sum();
     let secs = elapsed.as_secs_f64();
+    let images = cfg.batch * cfg.view_shapes.len();
     Ok(BenchReport {
-        images_per_s: (2 * n * cfg.steps) as f64 / secs,
+        images_per_s: (images * cfg.steps) as f64 / secs,
         step_ms: secs * 1e3 / steps,
         peak_rss_mib: peak_rss_mib(),
         last_loss: last,
         ops,
+        objective_ms,
     })
 }
 

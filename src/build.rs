@@ -9,6 +9,7 @@ use crate::nn::model::{
     BackboneConfig, BackboneKind, HeadConfig, ModelConfig, PrototypesConfig, ResNetSpec, Stem,
 };
 use crate::nn::params::DecayPolicy;
+use crate::objective::MethodConfig;
 use crate::optim::schedule::{
     Decay, LrScaling, ScaledLr, ScheduleConfig, ScheduleError, Warmup, WarmupLength,
 };
@@ -158,6 +159,92 @@ pub fn model(r: &Recipe, size: usize) -> Result<ModelConfig, ModelError> {
         }),
         prototypes,
         input_hw: (size, size),
+    })
+}
+
+/// The objective a recipe's `loss` section describes, for a training set of
+/// `dataset_len` images (the memory bank's rows).
+///
+/// SwAV computes codes for the global crops of `augment.multi_crop` (SwAV's
+/// `crops_for_assign`); without multi-crop every view is a global crop.
+pub fn method(r: &Recipe, dataset_len: usize) -> MethodConfig {
+    match &r.loss {
+        Loss::Simclr { temperature } => MethodConfig::Simclr {
+            temperature: *temperature as f32,
+        },
+        Loss::Moco {
+            temperature,
+            momentum,
+            queue_size,
+            symmetric,
+        } => MethodConfig::Moco {
+            temperature: *temperature as f32,
+            momentum: *momentum,
+            queue_size: *queue_size,
+            symmetric: *symmetric,
+        },
+        Loss::MemoryBank {
+            temperature,
+            bank_momentum,
+            negatives,
+        } => MethodConfig::MemoryBank {
+            temperature: *temperature as f32,
+            momentum: *bank_momentum as f32,
+            negatives: *negatives,
+            dataset_len,
+        },
+        Loss::Swav {
+            temperature,
+            epsilon,
+            sinkhorn_iterations,
+            freeze_prototypes_steps,
+            queue,
+            ..
+        } => MethodConfig::Swav {
+            temperature: *temperature as f32,
+            epsilon: *epsilon,
+            iterations: *sinkhorn_iterations,
+            freeze_prototypes_steps: *freeze_prototypes_steps as u64,
+            queue: queue.as_ref().map(|q| (q.size, q.start_epoch)),
+            assign_views: r
+                .augment
+                .multi_crop
+                .as_ref()
+                .map_or(r.augment.total_views(), |mc| mc.global.count),
+        },
+        Loss::Supcon {
+            temperature,
+            base_temperature,
+        } => MethodConfig::Supcon {
+            temperature: *temperature as f32,
+            base_temperature: *base_temperature as f32,
+        },
+    }
+}
+
+/// Everything [`Trainer`](crate::train::step::Trainer) needs from a recipe, for a
+/// training set of `dataset_len` images and `steps_per_epoch` steps per epoch: the
+/// model planned for the largest view, optimiser, decay policy, schedule, scaled peak
+/// learning rate and objective.
+pub fn trainer_parts(
+    r: &Recipe,
+    dataset_len: usize,
+    steps_per_epoch: u64,
+) -> Result<crate::train::step::TrainerParts, crate::train::TrainError> {
+    let size = view_sizes(r).first().map_or(r.data.image_size, |(s, _)| *s);
+    let (optimizer, decay) = optimizer(&r.optimizer);
+    Ok(crate::train::step::TrainerParts {
+        model: model(r, size)?,
+        seed: r.seed,
+        optimizer,
+        decay,
+        schedule: schedule(&r.schedule),
+        peak_lr: peak_lr(r)?.lr,
+        epochs: r.train.epochs as u64,
+        steps_per_epoch,
+        method: method(r, dataset_len),
+        views: r.augment.total_views(),
+        batch: r.train.batch_size,
     })
 }
 

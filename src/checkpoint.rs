@@ -5,6 +5,9 @@
 //!   torchvision-style name (`layer1.0.conv1.weight`, `bn1.running_mean`), `F32`, with its
 //!   logical shape;
 //! - the optimiser state ([`OptimizerState`]) under `optimizer.<param>.<slot>`;
+//! - for training checkpoints ([`save_training`]), MoCo's key encoder under
+//!   `key_encoder.<name>` and the objective's state (queue, bank) under
+//!   `objective.<name>`; the `sections` metadata key lists the sections present;
 //! - in the safetensors metadata (string → string): the format tag and version, the
 //!   schedule position (`epoch`, `step`), the caller's RNG state (opaque `u64`s), the hash
 //!   of the resolved recipe, the optimiser kind and step count, and a SHA-256 digest over
@@ -45,6 +48,11 @@ pub const FORMAT: &str = "recipe-checkpoint";
 pub const FORMAT_VERSION: &str = "1";
 /// Prefix of optimiser-state tensor names.
 pub const OPTIMIZER_PREFIX: &str = "optimizer.";
+/// Prefix of the key encoder's entries (MoCo), section `key_encoder`.
+pub const KEY_ENCODER_PREFIX: &str = "key_encoder.";
+/// Prefix of the objective's state tensors (queues, banks), section `objective`.
+pub const OBJECTIVE_PREFIX: &str = "objective.";
+const RESERVED: [&str; 3] = [OPTIMIZER_PREFIX, KEY_ENCODER_PREFIX, OBJECTIVE_PREFIX];
 
 const KEY_FORMAT: &str = "format";
 const KEY_VERSION: &str = "format_version";
@@ -55,6 +63,7 @@ const KEY_RECIPE: &str = "recipe_hash";
 const KEY_OPTIM: &str = "optimizer";
 const KEY_OPTIM_STEP: &str = "optimizer_step";
 const KEY_DIGEST: &str = "sha256";
+const KEY_SECTIONS: &str = "sections";
 
 /// Where training stands and what produced it: everything in a checkpoint besides the
 /// tensors.
@@ -365,16 +374,44 @@ pub fn save<D: Device<f32>>(
     optimizer: Option<&OptimizerState>,
     meta: &CheckpointMeta,
 ) -> Result<(), CheckpointError> {
-    let mut blobs = BTreeMap::new();
+    save_training(
+        path,
+        &Sections {
+            model: store,
+            key_encoder: None,
+            optimizer,
+            objective: &[],
+        },
+        meta,
+    )
+}
+
+/// Everything a training checkpoint holds besides its metadata, by section.
+pub struct Sections<'a, D: Device<f32>> {
+    /// The model's parameters and buffers (section `model`, names unprefixed).
+    pub model: &'a ParamStore<D>,
+    /// MoCo's key encoder (section `key_encoder`, names prefixed `key_encoder.`).
+    pub key_encoder: Option<&'a ParamStore<D>>,
+    /// The optimiser state (section `optimizer`).
+    pub optimizer: Option<&'a OptimizerState>,
+    /// The objective's state tensors (section `objective`, prefixed `objective.`).
+    pub objective: &'a [StateTensor],
+}
+
+fn entry_blobs<D: Device<f32>>(
+    blobs: &mut BTreeMap<String, Blob>,
+    store: &ParamStore<D>,
+    prefix: &str,
+) -> Result<(), CheckpointError> {
     for e in store.entries() {
-        if e.name.starts_with(OPTIMIZER_PREFIX) {
+        if let Some(r) = RESERVED.iter().find(|r| e.name.starts_with(*r)) {
             return Err(CheckpointError::Invalid(format!(
-                "parameter `{}` collides with the reserved `{OPTIMIZER_PREFIX}` prefix",
+                "parameter `{}` collides with the reserved `{r}` prefix",
                 e.name
             )));
         }
         blobs.insert(
-            e.name.clone(),
+            format!("{prefix}{}", e.name),
             Blob {
                 dtype: Dtype::F32,
                 shape: e.shape.clone(),
@@ -382,7 +419,61 @@ pub fn save<D: Device<f32>>(
             },
         );
     }
+    Ok(())
+}
+
+fn state_blobs(
+    blobs: &mut BTreeMap<String, Blob>,
+    tensors: &[StateTensor],
+    prefix: &str,
+) -> Result<(), CheckpointError> {
+    for t in tensors {
+        if t.data.len() != t.shape.iter().product::<usize>() {
+            return Err(CheckpointError::Invalid(format!(
+                "state tensor `{}` has {} values for shape {:?}",
+                t.name,
+                t.data.len(),
+                t.shape
+            )));
+        }
+        blobs.insert(
+            format!("{prefix}{}", t.name),
+            Blob {
+                dtype: Dtype::F32,
+                shape: t.shape.clone(),
+                bytes: f32_bytes(&t.data),
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Saves a training state to `path`, atomically: the model, optionally MoCo's key
+/// encoder, the optimiser state and the objective's state, each in its own named
+/// section (listed in the `sections` metadata key), and `meta`.
+pub fn save_training<D: Device<f32>>(
+    path: &Path,
+    sections: &Sections<'_, D>,
+    meta: &CheckpointMeta,
+) -> Result<(), CheckpointError> {
+    let mut blobs = BTreeMap::new();
+    entry_blobs(&mut blobs, sections.model, "")?;
+    let mut names = vec!["model"];
+    if let Some(k) = sections.key_encoder {
+        entry_blobs(&mut blobs, k, KEY_ENCODER_PREFIX)?;
+        names.push("key_encoder");
+    }
+    if sections.optimizer.is_some() {
+        names.push("optimizer");
+    }
+    if !sections.objective.is_empty() {
+        state_blobs(&mut blobs, sections.objective, OBJECTIVE_PREFIX)?;
+        names.push("objective");
+    }
+    let optimizer = sections.optimizer;
+    {}
     let mut m = BTreeMap::new();
+    m.insert(KEY_SECTIONS.to_string(), names.join(","));
     m.insert(KEY_FORMAT.to_string(), FORMAT.to_string());
     m.insert(KEY_VERSION.to_string(), FORMAT_VERSION.to_string());
     m.insert(KEY_EPOCH.to_string(), meta.epoch.to_string());
@@ -395,25 +486,7 @@ pub fn save<D: Device<f32>>(
     if let Some(o) = optimizer {
         m.insert(KEY_OPTIM.to_string(), o.kind.clone());
         m.insert(KEY_OPTIM_STEP.to_string(), o.step.to_string());
-        for t in &o.tensors {
-            let name = format!("{OPTIMIZER_PREFIX}{}", t.name);
-            if t.data.len() != t.shape.iter().product::<usize>() {
-                return Err(CheckpointError::Invalid(format!(
-                    "optimiser tensor `{}` has {} values for shape {:?}",
-                    t.name,
-                    t.data.len(),
-                    t.shape
-                )));
-            }
-            blobs.insert(
-                name,
-                Blob {
-                    dtype: Dtype::F32,
-                    shape: t.shape.clone(),
-                    bytes: f32_bytes(&t.data),
-                },
-            );
-        }
+        state_blobs(&mut blobs, &o.tensors, OPTIMIZER_PREFIX)?;
     }
     write_file(path, &blobs, m)
 }
@@ -564,6 +637,25 @@ pub fn load<D: Device<f32>>(
     store: &mut ParamStore<D>,
     optimizer: Option<&mut Optimizer<D>>,
 ) -> Result<CheckpointMeta, CheckpointError> {
+    let (meta, _) = load_training(path, store, optimizer, None, None)?;
+    Ok(meta)
+}
+
+/// Loads a training checkpoint written by [`save_training`]: the model into `store`,
+/// the optimiser state into `optimizer` (if given), the key encoder into `key_encoder`
+/// (if given), and returns the metadata and the objective's state tensors, checked
+/// against `objective` (their expected names and shapes; `None` ignores the section).
+///
+/// Every section asked for must be in the file with every name, shape and dtype, and
+/// nothing else may be (sections not asked for are ignored: loading weights only to
+/// evaluate them). All mismatches are reported together; on any error nothing changes.
+pub fn load_training<D: Device<f32>>(
+    path: &Path,
+    store: &mut ParamStore<D>,
+    optimizer: Option<&mut Optimizer<D>>,
+    key_encoder: Option<&mut ParamStore<D>>,
+    objective: Option<&[(String, Vec<usize>)]>,
+) -> Result<(CheckpointMeta, Vec<StateTensor>), CheckpointError> {
     let parsed = read_checked(path)?;
     let meta = parse_meta(path, &parsed.meta)?;
     let mut problems = Vec::new();
@@ -574,6 +666,18 @@ pub fn load<D: Device<f32>>(
             &e.shape,
             parsed.tensors.get(&e.name),
         );
+    }
+    if let Some(k) = key_encoder.as_deref() {
+        for e in k.entries() {
+            let full = format!("{KEY_ENCODER_PREFIX}{}", e.name);
+            check_tensor(&mut problems, &full, &e.shape, parsed.tensors.get(&full));
+        }
+    }
+    if let Some(layout) = objective {
+        for (name, shape) in layout {
+            let full = format!("{OBJECTIVE_PREFIX}{name}");
+            check_tensor(&mut problems, &full, shape, parsed.tensors.get(&full));
+        }
     }
     let file_kind = parsed.meta.get(KEY_OPTIM).cloned();
     let mut layout = BTreeMap::new();
@@ -601,6 +705,10 @@ pub fn load<D: Device<f32>>(
                 || problems
                     .iter()
                     .any(|p| matches!(p, Mismatch::Optimizer { .. }))
+        } else if let Some(n) = name.strip_prefix(KEY_ENCODER_PREFIX) {
+            key_encoder.as_deref().is_none_or(|k| k.id(n).is_some())
+        } else if let Some(n) = name.strip_prefix(OBJECTIVE_PREFIX) {
+            objective.is_none_or(|l| l.iter().any(|(x, _)| x == n))
         } else {
             store.id(name).is_some()
         };
@@ -648,7 +756,39 @@ pub fn load<D: Device<f32>>(
             .set_data(id, f32_from_bytes(bytes))
             .expect("shape was validated above");
     }
-    Ok(meta)
+    if let Some(k) = key_encoder {
+        let ids: Vec<_> = k.ids().collect();
+        for id in ids {
+            let full = format!("{KEY_ENCODER_PREFIX}{}", k.get(id).name);
+            let (_, _, bytes) = &parsed.tensors[&full];
+            k.set_data(id, f32_from_bytes(bytes))
+                .expect("shape was validated above");
+        }
+    }
+    let state = objective
+        .unwrap_or(&[])
+        .iter()
+        .map(|(name, shape)| {
+            let (_, _, bytes) = &parsed.tensors[&format!("{OBJECTIVE_PREFIX}{name}")];
+            StateTensor {
+                name: name.clone(),
+                shape: shape.clone(),
+                data: f32_from_bytes(bytes),
+            }
+        })
+        .collect();
+    Ok((meta, state))
+}
+
+/// The section names a checkpoint lists (`model`, `key_encoder`, `optimizer`,
+/// `objective`); files written before sections existed list none.
+pub fn read_sections(path: &Path) -> Result<Vec<String>, CheckpointError> {
+    let parsed = read_checked(path)?;
+    Ok(parsed
+        .meta
+        .get(KEY_SECTIONS)
+        .map(|s| s.split(',').map(str::to_string).collect())
+        .unwrap_or_default())
 }
 
 fn parse_meta_u64(
@@ -679,11 +819,31 @@ pub fn export_weights<D: Device<f32>>(
     prefix: &str,
     strip_prefix: bool,
 ) -> Result<Vec<String>, CheckpointError> {
+    export_where(path, store, prefix, strip_prefix, |_| true)
+}
+
+/// [`export_weights`] of the named entries only (e.g. a model's backbone, whose
+/// torchvision names share no prefix: `conv1.`, `bn1.`, `layer1.`, …).
+pub fn export_named<D: Device<f32>>(
+    path: &Path,
+    store: &ParamStore<D>,
+    names: &[String],
+) -> Result<Vec<String>, CheckpointError> {
+    export_where(path, store, "", false, |n| names.iter().any(|x| x == n))
+}
+
+fn export_where<D: Device<f32>>(
+    path: &Path,
+    store: &ParamStore<D>,
+    prefix: &str,
+    strip_prefix: bool,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<String>, CheckpointError> {
     let mut blobs = BTreeMap::new();
     for e in store
         .entries()
         .iter()
-        .filter(|e| e.name.starts_with(prefix))
+        .filter(|e| e.name.starts_with(prefix) && keep(&e.name))
     {
         let name = if strip_prefix {
             e.name[prefix.len()..].to_string()

@@ -20,12 +20,15 @@ pub mod data;
 pub mod diag;
 /// Downstream evaluation of an encoder: features, kNN, linear probe, fine-tuning, PCA.
 pub mod eval;
+pub mod experiment;
 pub mod nn;
+pub mod objective;
 pub mod optim;
 pub mod plan;
 /// Run outputs for people: metrics files, charts, image grids and `report.md`.
 pub mod report;
 pub mod spec;
+pub mod train;
 
 /// Keeps freed large blocks in the process heap for reuse (glibc only).
 ///

@@ -1,15 +1,16 @@
 //! The `recipe` command line: a thin shell over the library. Each subcommand parses
 //! its arguments, calls the library and maps the outcome to an exit code:
-//! 0 success / valid, 1 invalid recipe, 2 usage or I/O error.
+//! 0 success / valid, 1 invalid recipe or failed run, 2 usage or I/O error, 130
+//! interrupted (state saved).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+mod commands;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use recipe::diag::{render_human, render_json};
-use recipe::spec::{Loaded, Loader, Recipe, schema};
-use recipe::{augment, build, data};
+use clap::{Parser, Subcommand};
+use commands::Format;
+use recipe::spec::schema;
 
 /// Declarative contrastive representation learning on images.
 #[derive(Parser)]
@@ -17,15 +18,6 @@ use recipe::{augment, build, data};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-/// Output format of diagnostics and rendered recipes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Format {
-    /// rustc-style text (YAML for `render`).
-    Human,
-    /// JSON for machines.
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -86,6 +78,38 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         n: usize,
     },
+    /// Train what the recipe describes, run its downstream tasks, and write a run
+    /// directory (resolved recipe, metrics, checkpoints, pictures, results, report).
+    Run {
+        /// Recipe file (optional with --resume: the run's own recipe).
+        file: Option<PathBuf>,
+        /// Override a key: `--set train.epochs=1` (value is YAML).
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        sets: Vec<String>,
+        /// Parent of the run directory (default: the recipe's `output.dir`).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Continue a run directory from its last checkpoint.
+        #[arg(long, value_name = "RUN_DIR")]
+        resume: Option<PathBuf>,
+        /// Resume even when the recipe differs from the run's.
+        #[arg(long)]
+        force: bool,
+        /// No progress output.
+        #[arg(long, short)]
+        quiet: bool,
+        /// Stop as if interrupted after this many steps (for tests and time limits).
+        #[arg(long, value_name = "N", hide = true)]
+        stop_after_steps: Option<u64>,
+    },
+    /// Run downstream tasks on a saved model: a run directory or a checkpoint in one.
+    Eval {
+        /// Run directory or checkpoint file.
+        target: PathBuf,
+        /// Only these tasks (`knn`, `linear_probe`, `fine_tune`, `visualize`); repeatable.
+        #[arg(long = "task", value_name = "TASK")]
+        tasks: Vec<String>,
+    },
     /// Print the recipe JSON Schema (Draft 7).
     Schema,
     /// Print the fully resolved recipe: `extends` merged, overrides applied, every default filled.
@@ -110,313 +134,43 @@ fn main() -> ExitCode {
             sets,
             format,
             no_data_check,
-        } => validate(&files, &sets, format, !no_data_check),
-        Command::Plan { file, sets } => plan(&file, &sets),
+        } => commands::validate::validate(&files, &sets, format, !no_data_check),
+        Command::Plan { file, sets } => commands::plan::plan(&file, &sets),
         Command::Bench {
             file,
             sets,
             steps,
             warmup,
             batch,
-        } => bench(&file, &sets, steps, warmup, batch),
+        } => commands::bench::bench(&file, &sets, steps, warmup, batch),
         Command::Preview {
             file,
             sets,
             output,
             n,
-        } => preview(&file, &sets, &output, n),
+        } => commands::preview::preview(&file, &sets, &output, n),
+        Command::Run {
+            file,
+            sets,
+            out,
+            resume,
+            force,
+            quiet,
+            stop_after_steps,
+        } => commands::run::run(
+            file.as_deref(),
+            &sets,
+            out,
+            resume,
+            force,
+            quiet,
+            stop_after_steps,
+        ),
+        Command::Eval { target, tasks } => commands::run::eval(&target, &tasks),
         Command::Schema => {
             print!("{}", schema::generate_pretty());
             ExitCode::SUCCESS
         }
-        Command::Render { file, sets, format } => render(&file, &sets, format),
-    }
-}
-
-fn load(loader: &Loader, file: &Path, sets: &[String]) -> Result<Loaded, ExitCode> {
-    loader.load_file(file, sets).map_err(|e| {
-        eprintln!("error: {e}");
-        ExitCode::from(2)
-    })
-}
-
-fn validate(files: &[PathBuf], sets: &[String], format: Format, data_check: bool) -> ExitCode {
-    let loader = Loader::new();
-    let mut code = 0u8;
-    let mut json_out = Vec::new();
-    for file in files {
-        let mut loaded = match load(&loader, file, sets) {
-            Ok(l) => l,
-            Err(_) => {
-                code = 2;
-                continue;
-            }
-        };
-        if data_check {
-            build::check_data_paths(&mut loaded);
-        }
-        let errors = loaded.diagnostics.iter().filter(|d| d.is_error()).count();
-        let warnings = loaded.diagnostics.len() - errors;
-        match format {
-            Format::Human => {
-                eprint!("{}", render_human(&loaded.diagnostics, &loaded.sources));
-                if errors == 0 {
-                    let w = if warnings > 0 {
-                        format!(" ({warnings} warning(s))")
-                    } else {
-                        String::new()
-                    };
-                    println!("{}: valid{w}", file.display());
-                } else {
-                    eprintln!(
-                        "{}: {errors} error(s), {warnings} warning(s)",
-                        file.display()
-                    );
-                }
-            }
-            Format::Json => json_out.push(serde_json::json!({
-                "file": file.display().to_string(),
-                "valid": errors == 0,
-                "diagnostics": render_json(&loaded.diagnostics, &loaded.sources),
-            })),
-        }
-        if errors > 0 && code == 0 {
-            code = 1;
-        }
-    }
-    if format == Format::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json_out).unwrap_or_default()
-        );
-    }
-    ExitCode::from(code)
-}
-
-fn render(file: &Path, sets: &[String], format: Format) -> ExitCode {
-    let loader = Loader::new();
-    let loaded = match load(&loader, file, sets) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
-    let Some(recipe) = loaded.valid_recipe() else {
-        eprint!("{}", render_human(&loaded.diagnostics, &loaded.sources));
-        eprintln!("{}: not rendered, the recipe is invalid", file.display());
-        return ExitCode::from(1);
-    };
-    eprint!("{}", render_human(&loaded.diagnostics, &loaded.sources));
-    let text = match format {
-        // Through JSON, so op lists render as plain one-key mappings, not YAML tags.
-        Format::Human => serde_json::to_value(recipe)
-            .ok()
-            .and_then(|v| serde_yaml::to_string(&v).ok())
-            .unwrap_or_default(),
-        Format::Json => serde_json::to_string_pretty(recipe).unwrap_or_default() + "\n",
-    };
-    let mut out = std::io::stdout().lock();
-    if out.write_all(text.as_bytes()).is_err() {
-        return ExitCode::from(2);
-    }
-    ExitCode::SUCCESS
-}
-
-/// Loads a recipe that must be valid (data paths too, when `data_check`), printing its diagnostics;
-/// on failure returns the exit code.
-fn load_valid(
-    file: &Path,
-    sets: &[String],
-    data_check: bool,
-) -> Result<(Recipe, Loaded), ExitCode> {
-    let loader = Loader::new();
-    let mut loaded = load(&loader, file, sets)?;
-    if data_check {
-        build::check_data_paths(&mut loaded);
-    }
-    eprint!("{}", render_human(&loaded.diagnostics, &loaded.sources));
-    match loaded.valid_recipe().cloned() {
-        Some(r) => Ok((r, loaded)),
-        None => {
-            eprintln!("{}: invalid recipe", file.display());
-            Err(ExitCode::from(1))
-        }
-    }
-}
-
-/// Sizes rayon's pool (used by the engine's kernels and the augmentation) from
-/// `train.threads`; 0 keeps rayon's default of one thread per core.
-fn set_threads(threads: usize) {
-    if threads > 0 {
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global();
-    }
-}
-
-fn plan(file: &Path, sets: &[String]) -> ExitCode {
-    let (r, loaded) = match load_valid(file, sets, true) {
-        Ok(v) => v,
-        Err(code) => return code,
-    };
-    set_threads(r.train.threads);
-    match recipe::plan::plan(&r) {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
-        Err(diags) => {
-            let located: Vec<_> = diags
-                .into_iter()
-                .map(|d| {
-                    let span = loaded
-                        .document
-                        .as_ref()
-                        .and_then(|doc| recipe::spec::load::span_of(doc, &d.path));
-                    d.with_span(span)
-                })
-                .collect();
-            eprint!("{}", render_human(&located, &loaded.sources));
-            eprintln!("{}: the recipe cannot be planned", file.display());
-            ExitCode::from(1)
-        }
-    }
-}
-
-fn bench(
-    file: &Path,
-    sets: &[String],
-    steps: usize,
-    warmup: usize,
-    batch: Option<usize>,
-) -> ExitCode {
-    use recipe::bench::{BenchConfig, run};
-    let r = match load_valid(file, sets, false) {
-        Ok((r, _)) => r,
-        Err(code) => return code,
-    };
-    set_threads(r.train.threads);
-    let size = build::view_sizes(&r)
-        .first()
-        .map_or(r.data.image_size, |(s, _)| *s);
-    let model = match build::model(&r, size) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let tau = match r.loss {
-        recipe::spec::loss::Loss::Simclr { temperature } => temperature as f32,
-        _ => 0.5,
-    };
-    let batch = batch.unwrap_or(r.train.batch_size);
-    let lr = build::peak_lr(&r).map(|l| l.lr as f32).unwrap_or(0.1);
-    let cfg = BenchConfig {
-        model,
-        batch,
-        steps: steps.max(1),
-        warmup,
-        tau,
-        lr,
-        seed: r.seed,
-        per_op: true,
-    };
-    eprintln!(
-        "bench `{}`: {} at {size}×{size}, 2 views × {batch} images, {} timed step(s) after {warmup} warm-up, {} thread(s)",
-        r.name,
-        r.model.backbone.arch(),
-        cfg.steps,
-        rayon::current_num_threads()
-    );
-    match run(dfdx::prelude::Cpu::default(), &cfg) {
-        Ok(rep) => {
-            println!("images/s: {:.1}", rep.images_per_s);
-            println!("step: {:.1} ms", rep.step_ms);
-            match rep.peak_rss_mib {
-                Some(m) => println!("peak RSS: {m:.0} MiB"),
-                None => println!("peak RSS: unavailable (no /proc)"),
-            }
-            println!("loss after the last step: {:.4}", rep.last_loss);
-            // The loader must stay well ahead of training, or it becomes the bottleneck.
-            if let Some(aug) = augmentation_rate(&r) {
-                println!(
-                    "augmentation: {aug:.0} images/s with the recipe's chain on {} thread(s), {:.1}× the training rate",
-                    rayon::current_num_threads(),
-                    aug / (rep.images_per_s / 2.0)
-                );
-            }
-            println!(
-                "\n{:<28} {:>12} {:>10} {:>8}",
-                "op", "ms/step", "calls", "share"
-            );
-            let total: f64 = rep.ops.iter().map(|o| o.ms_per_step).sum::<f64>().max(1e-9);
-            for o in &rep.ops {
-                println!(
-                    "{:<28} {:>12.2} {:>10.1} {:>7.1}%",
-                    o.name,
-                    o.ms_per_step,
-                    o.calls_per_step,
-                    100.0 * o.ms_per_step / total
-                );
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-/// Images/s the recipe's augmentation chain produces on its own data, when both load.
-fn augmentation_rate(r: &Recipe) -> Option<f64> {
-    let loaded = data::load(&data::DataConfig::from_spec(&r.data, r.seed)).ok()?;
-    let chain = augment::Chain::from_spec(&r.augment, &r.data).ok()?;
-    let images: Vec<_> = (0..loaded.train.len().min(512))
-        .map(|i| loaded.train.image(i))
-        .collect();
-    Some(recipe::bench::augment_throughput(
-        &chain,
-        &images,
-        std::time::Duration::from_secs(2),
-    ))
-}
-
-fn preview(file: &Path, sets: &[String], output: &Path, n: usize) -> ExitCode {
-    let r = match load_valid(file, sets, true) {
-        Ok((r, _)) => r,
-        Err(code) => return code,
-    };
-    set_threads(r.train.threads);
-    let loaded = match data::load(&data::DataConfig::from_spec(&r.data, r.seed)) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("error: cannot read the data: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let chain = match augment::Chain::from_spec(&r.augment, &r.data) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let count = n.clamp(1, loaded.train.len());
-    // Spread the rows over the dataset rather than showing its first few images.
-    let step = (loaded.train.len() / count).max(1);
-    let images: Vec<_> = (0..count).map(|i| loaded.train.image(i * step)).collect();
-    match augment::write_preview(&chain, &images, r.seed, output) {
-        Ok(()) => {
-            println!(
-                "wrote {} ({count} images × {} views)",
-                output.display(),
-                augment::ViewMaker::view_shapes(&chain).len()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
+        Command::Render { file, sets, format } => commands::render::render(&file, &sets, format),
     }
 }

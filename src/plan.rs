@@ -156,39 +156,34 @@ pub fn plan(r: &Recipe) -> Result<String, Vec<Diagnostic>> {
         .iter()
         .map(|(_, n, s)| s.peak_activation_bytes as f64 * *n as f64)
         .sum();
-    let out_dim = r.model.head.out_dim as f64;
-    let state = match &r.loss {
-        Loss::Moco {
-            queue_size,
-            symmetric,
-            ..
-        } => {
-            // The key encoder runs forward only, on one view (two when symmetric).
-            let keys = if *symmetric { 2.0 } else { 1.0 };
-            step_flops += first.forward_flops as f64 * keys;
-            Some(format!(
-                "momentum encoder {} + queue {queue_size}×{} ({})",
-                mib(params as f64 * 4.0),
-                out_dim,
-                mib(*queue_size as f64 * out_dim * 4.0)
-            ))
-        }
-        Loss::MemoryBank { negatives, .. } => Some(format!(
-            "memory bank {n_train}×{out_dim} ({}), {negatives} negatives per image",
-            mib(n_train as f64 * out_dim * 4.0)
-        )),
-        Loss::Swav {
-            queue: Some(q),
-            prototypes,
-            ..
-        } => Some(format!(
-            "{prototypes} prototypes, queue {}×{out_dim} ({})",
-            q.size,
-            mib(q.size as f64 * out_dim * 4.0)
-        )),
-        Loss::Swav { prototypes, .. } => Some(format!("{prototypes} prototypes")),
-        Loss::Simclr { .. } | Loss::Supcon { .. } => None,
-    };
+    // The method's state, from the objective's own layout (what a checkpoint holds).
+    let method = build::method(r, n_train);
+    let dim = r.model.head.out_dim;
+    let mut parts: Vec<String> = method
+        .state_layout(dim)
+        .iter()
+        .filter(|(_, shape)| shape.iter().product::<usize>() > 1)
+        .map(|(name, shape)| {
+            let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+            format!("{name} {}", dims.join("×"))
+        })
+        .collect();
+    let encoder_floats = params + buffers;
+    if let Loss::Moco { symmetric, .. } = &r.loss {
+        // The key encoder runs forward only, on one view (two when symmetric).
+        let keys = if *symmetric { 2.0 } else { 1.0 };
+        step_flops += first.forward_flops as f64 * keys;
+        parts.insert(0, format!("momentum encoder of {encoder_floats} values"));
+    }
+    if let Loss::MemoryBank { negatives, .. } = &r.loss {
+        parts.push(format!("{negatives} negatives per image"));
+    }
+    if let Loss::Swav { prototypes, .. } = &r.loss {
+        parts.insert(0, format!("{prototypes} prototypes (parameters)"));
+    }
+    let state_bytes = method.state_bytes(dim, encoder_floats);
+    let state =
+        (!parts.is_empty()).then(|| format!("{} ({})", parts.join(", "), mib(state_bytes as f64)));
     let images = batch * views;
     let _ = writeln!(
         out,

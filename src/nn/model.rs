@@ -11,7 +11,7 @@ use super::error::ModelError;
 use super::init::Init;
 use super::layers::{BatchNorm, Chw, Conv2d, Linear, window_out};
 use super::ops::{EngineDevice, T2, T4, Window};
-use super::params::ParamStore;
+use super::params::{ParamId, ParamStore};
 use super::summary::{LayerSummary, ModelSummary};
 
 /// The stem of a ResNet.
@@ -332,6 +332,9 @@ enum BackboneNet {
     Cnn(Vec<(Conv2d, BatchNorm)>),
 }
 
+/// One backbone stage's activation maps, named (`stem`, `layer1`, …).
+pub type StageOutput<D> = (String, T4<D, NoneTape>);
+
 /// A feature extractor: image batch `(n, c, h, w)` → features `(n, out_dim)`.
 #[derive(Clone, Debug)]
 pub struct Backbone {
@@ -546,7 +549,7 @@ impl Backbone {
         &self,
         store: &mut ParamStore<D>,
         x: T4<D, NoneTape>,
-    ) -> Result<Vec<(String, T4<D, NoneTape>)>, ModelError> {
+    ) -> Result<Vec<StageOutput<D>>, ModelError> {
         let (_, c, h, w) = *x.shape();
         self.describe((c, h, w), &mut Vec::new())?;
         let mut out = Vec::new();
@@ -722,6 +725,23 @@ impl Prototypes {
     /// Summary row.
     pub fn describe(&self, rows: &mut Vec<LayerSummary>) {
         self.lin.describe(rows);
+    }
+
+    /// Id of the `(count, dim)` weight entry.
+    pub fn weight_id(&self) -> ParamId {
+        self.lin.weight_id()
+    }
+
+    /// Scores `z · Wᵀ` with the stored weight as it is, on tape `T`: SwAV normalises the
+    /// prototypes in place before each step ([`normalize_weights`](Self::normalize_weights))
+    /// instead of inside the graph, so the gradient is that of a plain linear layer.
+    pub fn scores<D: EngineDevice, T: Tape<f32, D>>(
+        &self,
+        store: &ParamStore<D>,
+        z: T2<D, T>,
+    ) -> Result<T2<D, T>, ModelError> {
+        ModelError::check_dim("prototypes", self.lin.fin, z.shape().1)?;
+        Ok(D::linear(z, self.lin.weight::<D, T>(store), None))
     }
 
     /// Scores `(n, count)` of features `(n, dim)` against the L2-normalised prototypes.

@@ -99,9 +99,11 @@ pub struct RandomResizedCrop {
     pub size: Option<usize>,
     /// Range of the crop's area as a fraction of the image, `[min, max]`.
     #[serde(default = "default_scale")]
+    #[schemars(schema_with = "super::bounds::fraction_pair")]
     pub scale: [f64; 2],
     /// Range of the crop's aspect ratio (width / height), `[min, max]`, sampled log-uniformly.
     #[serde(default = "default_ratio")]
+    #[schemars(schema_with = "super::bounds::positive_pair")]
     pub ratio: [f64; 2],
 }
 
@@ -193,6 +195,7 @@ fn gray_p() -> f64 {
 pub struct GaussianBlur {
     /// Range the standard deviation is drawn from uniformly, `[min, max]`, in pixels.
     #[serde(default = "sigma_default")]
+    #[schemars(schema_with = "super::bounds::positive_pair")]
     pub sigma: [f64; 2],
     /// Kernel side in pixels (odd). SimCLR uses 10% of the image side.
     #[serde(default = "kernel_default")]
@@ -250,9 +253,11 @@ pub struct CropGroup {
     #[schemars(range(min = 1))]
     pub size: usize,
     /// Range of the crop's area as a fraction of the image, `[min, max]`.
+    #[schemars(schema_with = "super::bounds::fraction_pair")]
     pub scale: [f64; 2],
     /// Range of aspect ratios, `[min, max]`.
     #[serde(default = "default_ratio")]
+    #[schemars(schema_with = "super::bounds::positive_pair")]
     pub ratio: [f64; 2],
 }
 

@@ -16,6 +16,11 @@ use crate::diag::Diagnostic;
 pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
 
 /// Runs every semantic rule and returns all problems found.
+///
+/// The rules also cover the schema's numeric bounds, so a recipe built in Rust is
+/// checked completely; for a loaded recipe their messages replace the schema's. Rules
+/// relating a value to `train.epochs` stay silent while `epochs` is 0 (the schema
+/// reports that, and everything would look too long).
 pub fn check(r: &Recipe) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     check_data(r, &mut out);
@@ -26,6 +31,21 @@ pub fn check(r: &Recipe) -> Vec<Diagnostic> {
     check_train(r, &mut out);
     check_downstream(r, &mut out);
     out
+}
+
+/// The key a rule about `path` compares it with, for pointing at something the user
+/// wrote when `path` itself is a default (e.g. a default `schedule.warmup_epochs`
+/// longer than a short `train.epochs`).
+pub fn related(path: &str) -> Option<&'static str> {
+    let segs: Vec<&str> = path.split('.').collect();
+    Some(match segs.as_slice() {
+        ["schedule", ..] | ["loss", "queue", "start_epoch"] => "train.epochs",
+        ["downstream", _, "every_epochs"] => "train.epochs",
+        ["loss", "queue_size"] | ["loss", "queue", "size"] => "train.batch_size",
+        ["loss", "negatives"] => "data.source",
+        ["downstream", _, "task"] => "data.source",
+        _ => return None,
+    })
 }
 
 fn err(
@@ -76,6 +96,20 @@ fn ordered(out: &mut Vec<Diagnostic>, path: &str, what: &str, r: [f64; 2], hi: O
             format!("{what} values must be {bound}, found [{}, {}]", r[0], r[1]),
         );
     }
+}
+
+/// Images the dataset yields for training (`held_out`: less the `test_fraction`
+/// hold-out), when known without reading files. `None` while `subset` or
+/// `test_fraction` is out of range: that is reported on its own, and sizes derived
+/// from it would only add confusing errors.
+fn known_len(r: &Recipe, held_out: bool) -> Option<usize> {
+    let d = &r.data;
+    if !(d.subset > 0.0 && d.subset <= 1.0 && (0.0..1.0).contains(&d.test_fraction)) {
+        return None;
+    }
+    let kept = if held_out { 1.0 - d.test_fraction } else { 1.0 };
+    let n = d.source.known_train_len()? as f64 * d.subset * kept;
+    Some(n.floor() as usize)
 }
 
 fn check_data(r: &Recipe, out: &mut Vec<Diagnostic>) {
@@ -183,11 +217,10 @@ fn check_ops(ops: &[Op], base: &str, image_size: usize, out: &mut Vec<Diagnostic
                         format!("{p}.kernel_size"),
                         format!("kernel_size must be odd, found {}", b.kernel_size),
                     )
-                    .help = Some(format!(
-                        "use {} or {}",
-                        b.kernel_size - 1,
-                        b.kernel_size + 1
-                    ));
+                    .help = Some(match b.kernel_size {
+                        0 => "use 1, 3 or a larger odd size".to_string(),
+                        k => format!("use {} or {}", k - 1, k + 1),
+                    });
                 }
             }
             Op::HorizontalFlip(_) | Op::ColorJitter(_) | Op::Grayscale(_) | Op::Solarize(_) => {}
@@ -390,21 +423,30 @@ fn check_loss(r: &Recipe, out: &mut Vec<Diagnostic>) {
             temperature,
             momentum,
             queue_size,
-            ..
+            symmetric,
         } => {
             positive(out, "loss.temperature", "temperature", *temperature);
             unit_open(out, "loss.momentum", "momentum", *momentum);
-            if *queue_size == 0 || batch == 0 || queue_size % batch != 0 {
-                let e = err(
-                    out,
-                    "loss.queue_size",
+            // The symmetric loss enqueues the keys of both views every step.
+            let per_step = if *symmetric {
+                batch.saturating_mul(2)
+            } else {
+                batch
+            };
+            if *queue_size == 0 || per_step == 0 || queue_size % per_step != 0 {
+                let msg = if *symmetric {
+                    format!(
+                        "queue_size must be a positive multiple of 2 × the batch size ({per_step}), because the symmetric loss enqueues the keys of both views each step; found {queue_size}"
+                    )
+                } else {
                     format!(
                         "queue_size must be a positive multiple of the batch size ({batch}), found {queue_size}"
-                    ),
-                );
-                if let Some(times) = queue_size.checked_div(batch) {
+                    )
+                };
+                let e = err(out, "loss.queue_size", msg);
+                if let Some(times) = queue_size.checked_div(per_step) {
                     let times = times.max(1);
-                    e.help = Some(format!("use {} ({times} × {batch})", times * batch));
+                    e.help = Some(format!("use {} ({times} × {per_step})", times * per_step));
                 }
             }
             if views != 2 {
@@ -431,11 +473,17 @@ fn check_loss(r: &Recipe, out: &mut Vec<Diagnostic>) {
                     "the memory bank needs at least one negative",
                 );
             }
-            if let Some(n) = r.data.source.known_train_len() {
-                let n = ((n as f64) * r.data.subset).floor() as usize;
-                if *negatives >= n {
-                    err(out, "loss.negatives", format!("{negatives} negatives cannot be drawn from a bank of {n} training images")).help = Some(format!("use fewer than {n}"));
-                }
+            if let Some(n) = known_len(r, false)
+                && *negatives >= n
+            {
+                err(
+                    out,
+                    "loss.negatives",
+                    format!(
+                        "{negatives} negatives cannot be drawn from a bank of {n} training images"
+                    ),
+                )
+                .help = Some(format!("use fewer than {n}"));
             }
         }
         Loss::Swav {
@@ -482,7 +530,7 @@ fn check_loss(r: &Recipe, out: &mut Vec<Diagnostic>) {
                         ),
                     );
                 }
-                if q.start_epoch >= r.train.epochs {
+                if r.train.epochs > 0 && q.start_epoch >= r.train.epochs {
                     err(
                         out,
                         "loss.queue.start_epoch",
@@ -567,7 +615,7 @@ fn check_optim(r: &Recipe, out: &mut Vec<Diagnostic>) {
                 );
             }
             for (i, m) in milestones.iter().enumerate() {
-                if *m >= epochs || *m == 0 {
+                if (epochs > 0 && *m >= epochs) || *m == 0 {
                     err(
                         out,
                         format!("schedule.milestones.{i}"),
@@ -588,7 +636,13 @@ fn check_optim(r: &Recipe, out: &mut Vec<Diagnostic>) {
             warmup_start_lr,
             final_lr,
         } => {
-            if *warmup_epochs < 0.0 || *warmup_epochs >= epochs as f64 {
+            if *warmup_epochs < 0.0 {
+                err(
+                    out,
+                    "schedule.warmup_epochs",
+                    format!("warmup_epochs cannot be negative, found {warmup_epochs}"),
+                );
+            } else if epochs > 0 && *warmup_epochs >= epochs as f64 {
                 err(out, "schedule.warmup_epochs", format!("warmup ({warmup_epochs} epochs) must be shorter than training ({epochs} epochs)")).help = Some(format!("use fewer than {epochs} warmup epochs, or train longer"));
             }
             if *warmup_start_lr < 0.0 {
@@ -621,20 +675,19 @@ fn check_train(r: &Recipe, out: &mut Vec<Diagnostic>) {
             ),
         );
     }
-    if let Some(n) = r.data.source.known_train_len() {
-        let n = ((n as f64) * r.data.subset * (1.0 - r.data.test_fraction)).floor() as usize;
-        if t.batch_size > n {
-            err(
-                out,
-                "train.batch_size",
-                format!(
-                    "batch_size {} is larger than the {n} training images",
-                    t.batch_size
-                ),
-            );
-        }
+    if let Some(n) = known_len(r, true)
+        && t.batch_size > n
+    {
+        err(
+            out,
+            "train.batch_size",
+            format!(
+                "batch_size {} is larger than the {n} training images",
+                t.batch_size
+            ),
+        );
     }
-    if t.checkpoint_every > t.epochs {
+    if t.epochs > 0 && t.checkpoint_every > t.epochs {
         out.push(Diagnostic::warning("train.checkpoint_every", format!("checkpoint_every ({}) is longer than training ({} epochs): only the final checkpoint is written", t.checkpoint_every, t.epochs)));
     }
     if t.device == Device::Cuda && !CUDA_BUILT {
@@ -658,22 +711,53 @@ fn check_downstream(r: &Recipe, out: &mut Vec<Diagnostic>) {
             )
             .help =
                 Some("set `data.labels: true` with a labelled source, or remove this task".into());
-        }
-        if t.needs_labels() && !r.data.source.has_test_split() && r.data.test_fraction == 0.0 {
+        } else if t.needs_labels() && !r.data.source.has_test_split() && r.data.test_fraction == 0.0
+        {
+            let (what, add) = match &r.data.source {
+                Source::Idx { .. } => (
+                    "these IDX files have no test images",
+                    "add `test_images` and `test_labels` to `data.source`",
+                ),
+                _ => (
+                    "this image folder has no `test` folder",
+                    "add `test:` (a folder with the same class subfolders) to `data.source`",
+                ),
+            };
             err(
                 out,
                 format!("{p}.task"),
                 format!(
-                    "`{}` is measured on a test split, but the source has none",
+                    "`{}` is measured on a test split, but {what} and `data.test_fraction` is 0",
                     t.name()
                 ),
             )
-            .help = Some("add a test folder to the source, or set `data.test_fraction`".into());
+            .help = Some(format!(
+                "set `data.test_fraction: 0.1` to hold out 10% of the training images as the test split, or {add}"
+            ));
         }
         match t {
-            Task::Knn { k, temperature, .. } => {
+            Task::Knn {
+                k,
+                temperature,
+                every_epochs,
+                ..
+            } => {
                 if *k == 0 {
                     err(out, format!("{p}.k"), "k must be at least 1");
+                }
+                if r.train.epochs > 0 && *every_epochs > r.train.epochs {
+                    err(
+                        out,
+                        format!("{p}.every_epochs"),
+                        format!(
+                            "every_epochs ({every_epochs}) is longer than training ({} epochs), so the kNN would never run during training",
+                            r.train.epochs
+                        ),
+                    )
+                    .help = Some(format!(
+                        "use at most {}, or 0 to run it only after training",
+                        r.train.epochs
+                    ));
                 }
                 positive(
                     out,
@@ -707,7 +791,7 @@ fn check_downstream(r: &Recipe, out: &mut Vec<Diagnostic>) {
                     );
                 }
             }
-            Task::Visualize { plots, samples } => {
+            Task::Visualize { plots, samples, .. } => {
                 if plots.is_empty() {
                     err(out, format!("{p}.plots"), "list at least one plot");
                 }

@@ -31,12 +31,12 @@ pub struct Data {
     pub labels: bool,
     /// Fraction of the training set to use (class-balanced when labelled), in (0, 1].
     #[serde(default = "default_one")]
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(schema_with = "super::bounds::fraction")]
     pub subset: f64,
     /// Fraction of the training images held out as the test split when the source has
     /// no test split of its own (an image folder without `test`). 0 means no test split.
     #[serde(default)]
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(schema_with = "super::bounds::unit_open")]
     pub test_fraction: f64,
     /// Skip unreadable images (and report how many) instead of failing.
     #[serde(default)]
@@ -124,6 +124,7 @@ pub struct Normalize {
     /// Mean per channel (one value per channel).
     pub mean: Vec<f64>,
     /// Standard deviation per channel, each > 0.
+    #[schemars(schema_with = "super::bounds::positive_list")]
     pub std: Vec<f64>,
 }
 

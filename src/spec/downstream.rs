@@ -7,13 +7,18 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "task", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Task {
-    /// Weighted k-nearest-neighbour classification on frozen features (Wu et al. 2018).
+    /// Weighted k-nearest-neighbour classification on frozen, L2-normalised features
+    /// (Wu et al. 2018): each of the `k` most similar training images votes for its
+    /// class with weight `exp(sim / temperature)`; top-1 and top-5 accuracy on the test
+    /// split.
     Knn {
         /// Neighbours consulted (≥ 1); 200 in InstDisc, 20 is common for small sets.
         #[serde(default = "k_default")]
+        #[schemars(range(min = 1))]
         k: usize,
         /// Temperature of the `exp(sim / τ)` neighbour weights (> 0).
         #[serde(default = "knn_t")]
+        #[schemars(schema_with = "super::bounds::positive")]
         temperature: f64,
         /// Similarity used to find neighbours.
         #[serde(default)]
@@ -21,51 +26,92 @@ pub enum Task {
         /// Which features to classify.
         #[serde(default)]
         features: Features,
-    },
-    /// A linear classifier trained on frozen features.
-    LinearProbe {
-        /// Training epochs of the classifier.
-        #[serde(default = "probe_epochs")]
-        epochs: usize,
-        /// Batch size.
-        #[serde(default = "probe_batch")]
-        batch_size: usize,
-        /// Learning rate (SGD with momentum 0.9, cosine decay).
-        #[serde(default = "probe_lr")]
-        lr: f64,
-        /// Weight decay.
+        /// Also run this kNN every this many epochs during training, on the test split,
+        /// so the report shows kNN accuracy over epochs; at most `train.epochs`. 0 runs
+        /// it only after training.
         #[serde(default)]
+        every_epochs: usize,
+        /// Also run the same kNN on raw pixels and on the untrained network (same seed),
+        /// reported next to the trained network's accuracy.
+        #[serde(default = "crate::spec::data::default_true")]
+        baselines: bool,
+    },
+    /// A linear classifier trained on frozen features with SGD (momentum fixed at 0.9,
+    /// cosine decay of `lr` to 0 over `epochs`), cross-entropy; test top-1 accuracy.
+    LinearProbe {
+        /// Training epochs of the classifier (≥ 1).
+        #[serde(default = "probe_epochs")]
+        #[schemars(range(min = 1))]
+        epochs: usize,
+        /// Batch size (≥ 1).
+        #[serde(default = "probe_batch")]
+        #[schemars(range(min = 1))]
+        batch_size: usize,
+        /// Peak learning rate (> 0) of the classifier's SGD; its momentum is fixed at
+        /// 0.9 and the rate decays to 0 with a cosine over `epochs`.
+        #[serde(default = "probe_lr")]
+        #[schemars(schema_with = "super::bounds::positive")]
+        lr: f64,
+        /// L2 weight decay of the classifier (≥ 0).
+        #[serde(default)]
+        #[schemars(schema_with = "super::bounds::non_negative")]
         weight_decay: f64,
         /// Which features to classify.
         #[serde(default)]
         features: Features,
+        /// Standardise each feature dimension with the training split's mean and
+        /// standard deviation before the classifier. Without it, small-scale features
+        /// (an untrained network's) underfit and baselines are not comparable.
+        #[serde(default = "crate::spec::data::default_true")]
+        standardize: bool,
+        /// Also train the same probe on raw pixels and on the untrained network (same
+        /// seed), reported next to the trained network's accuracy.
+        #[serde(default = "crate::spec::data::default_true")]
+        baselines: bool,
     },
     /// Train backbone and a new linear classifier end to end with labels.
     FineTune {
-        /// Training epochs.
+        /// Training epochs (≥ 1).
         #[serde(default = "ft_epochs")]
+        #[schemars(range(min = 1))]
         epochs: usize,
-        /// Batch size.
+        /// Batch size (≥ 1).
         #[serde(default = "probe_batch")]
+        #[schemars(range(min = 1))]
         batch_size: usize,
-        /// Learning rate of the classifier (SGD with momentum 0.9, cosine decay).
+        /// Learning rate of the classifier (> 0; SGD with momentum 0.9, cosine decay).
         #[serde(default = "ft_lr")]
+        #[schemars(schema_with = "super::bounds::positive")]
         lr: f64,
-        /// The backbone's learning rate is `lr × backbone_lr_scale`.
+        /// The backbone's learning rate is `lr × backbone_lr_scale` (≥ 0; 0 freezes it).
         #[serde(default = "ft_scale")]
+        #[schemars(schema_with = "super::bounds::non_negative")]
         backbone_lr_scale: f64,
-        /// Weight decay.
+        /// Weight decay (≥ 0).
         #[serde(default = "ft_wd")]
+        #[schemars(schema_with = "super::bounds::non_negative")]
         weight_decay: f64,
     },
-    /// Pictures of what was learned, written to the run directory.
+    /// Pictures of what was learned, written to the run directory as PNG files and
+    /// linked from its report.
     Visualize {
-        /// Which pictures to draw.
+        /// Which pictures to draw (at least one); all six by default.
         #[serde(default = "plots_default")]
+        #[schemars(length(min = 1))]
         plots: Vec<Plot>,
-        /// Test images embedded for the embedding plot.
+        /// Test images embedded for `embedding_pca` (≥ 2).
         #[serde(default = "samples_default")]
+        #[schemars(range(min = 2))]
         samples: usize,
+        /// Test images shown as queries in `nearest_neighbors` and as inputs in
+        /// `feature_maps` (≥ 1).
+        #[serde(default = "queries_default")]
+        #[schemars(range(min = 1))]
+        queries: usize,
+        /// Training neighbours shown next to each query in `nearest_neighbors` (≥ 1).
+        #[serde(default = "neighbors_default")]
+        #[schemars(range(min = 1))]
+        neighbors: usize,
     },
 }
 
@@ -108,18 +154,34 @@ pub enum Features {
     Head,
 }
 
-/// A visualisation.
+/// A picture drawn by `visualize`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Plot {
+    /// A grid of the first convolution's kernels, one tile per output channel.
+    Filters,
+    /// A few test images and the activation maps of each backbone stage.
+    FeatureMaps,
     /// 2-D PCA of test embeddings, coloured by class.
     EmbeddingPca,
-    /// Test images next to their nearest training neighbours.
+    /// Test images (queries) next to their nearest training neighbours.
     NearestNeighbors,
-    /// The training loss and learning rate over steps.
+    /// The training loss, learning rate and kNN accuracy over training.
     TrainingCurves,
-    /// A grid of augmented views.
+    /// A grid of augmented views of a few training images.
     AugmentationViews,
+}
+
+impl Plot {
+    /// Every plot kind, in the order the report shows them (the default of `plots`).
+    pub const ALL: [Plot; 6] = [
+        Plot::Filters,
+        Plot::FeatureMaps,
+        Plot::EmbeddingPca,
+        Plot::NearestNeighbors,
+        Plot::TrainingCurves,
+        Plot::AugmentationViews,
+    ];
 }
 
 fn k_default() -> usize {
@@ -150,12 +212,14 @@ fn ft_wd() -> f64 {
     5e-4
 }
 fn plots_default() -> Vec<Plot> {
-    vec![
-        Plot::EmbeddingPca,
-        Plot::NearestNeighbors,
-        Plot::TrainingCurves,
-    ]
+    Plot::ALL.to_vec()
 }
 fn samples_default() -> usize {
     1000
+}
+fn queries_default() -> usize {
+    8
+}
+fn neighbors_default() -> usize {
+    8
 }

@@ -3,6 +3,11 @@
 //!
 //! Each stage reports every problem it finds; a later stage runs only when the earlier
 //! ones found no error (a typed recipe cannot be built from an ill-typed document).
+//! One exception keeps numeric rules reported once: a value of the right type but out
+//! of the schema's range still yields a typed recipe, and where a semantic rule covers
+//! the same value its message (which says why) replaces the schema's. A semantic
+//! error about a default the recipe does not write names the default and points at
+//! the nearest section the recipe writes.
 //! The only hard failures ([`LoadError`]) are about the invocation itself: a recipe
 //! file that cannot be read, or a malformed `--set` argument. Everything about the
 //! content is a [`Diagnostic`].
@@ -50,8 +55,8 @@ pub struct Loaded {
     pub sources: Sources,
     /// All problems found, errors and warnings, in document order.
     pub diagnostics: Vec<Diagnostic>,
-    /// The typed recipe, when the document had no schema or type errors (semantic
-    /// errors may still be present in `diagnostics`).
+    /// The typed recipe, when the document deserialises: no schema errors other than
+    /// out-of-range values (semantic errors may still be present in `diagnostics`).
     pub recipe: Option<Recipe>,
     /// The merged document, for locating paths.
     pub document: Option<Node>,
@@ -147,33 +152,123 @@ impl Loader {
         yaml::non_finite(&doc, &mut Vec::new(), &mut nf);
         loaded.diagnostics.extend(nf.iter().cloned());
         let json = doc.to_json();
-        let mut schema_diags = self.validator.validate(&json, &doc);
+        let mut findings = self.validator.findings(&json, &doc);
         // A non-finite number was already reported; its type error says nothing new.
-        schema_diags.retain(|d| !nf.iter().any(|n| n.path == d.path));
-        sort_by_position(&mut schema_diags);
-        loaded.diagnostics.extend(schema_diags);
-        if !loaded.has_errors() {
+        findings.retain(|f| !nf.iter().any(|n| n.path == f.diagnostic.path));
+        // Out-of-range values still make a typed recipe: check it, so a bound the
+        // semantic rules also know is reported once, in their words (which say why).
+        let typed = !loaded.has_errors()
+            && findings
+                .iter()
+                .all(|f| f.value_only || !f.diagnostic.is_error());
+        let mut sem = Vec::new();
+        if typed {
             match serde_json::from_value::<Recipe>(json) {
                 Ok(recipe) => {
-                    let mut sem = super::check::check(&recipe);
-                    for d in &mut sem {
-                        if d.span.is_none() {
-                            d.span = span_of(&doc, &d.path);
-                        }
-                    }
-                    sort_by_position(&mut sem);
-                    loaded.diagnostics.extend(sem);
+                    sem = super::check::check(&recipe);
+                    locate_semantic(&mut sem, &doc, &recipe);
                     loaded.recipe = Some(recipe);
                 }
-                Err(e) => loaded.diagnostics.push(
+                // The schema's message about the same value is the better one.
+                Err(_) if !findings.is_empty() => {}
+                Err(e) => sem.push(
                     Diagnostic::error("", format!("the recipe does not fit the recipe types: {e}"))
                         .with_span(Some(doc.span)),
                 ),
             }
         }
+        let mut schema_diags: Vec<Diagnostic> = findings
+            .into_iter()
+            .filter(|f| !(f.value_only && sem.iter().any(|s| covers(&s.path, &f.diagnostic.path))))
+            .map(|f| f.diagnostic)
+            .collect();
+        sort_by_position(&mut schema_diags);
+        sort_by_position(&mut sem);
+        loaded.diagnostics.extend(schema_diags);
+        loaded.diagnostics.extend(sem);
         loaded.document = Some(doc);
         Ok(loaded)
     }
+}
+
+/// Whether a semantic diagnostic at `sem` is about the value a schema diagnostic at
+/// `schema` concerns: the same path, or the sequence that holds the item
+/// (`…scale` covers `…scale.0`).
+fn covers(sem: &str, schema: &str) -> bool {
+    sem == schema
+        || schema
+            .strip_prefix(sem)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .is_some_and(|i| i.parse::<usize>().is_ok())
+}
+
+/// Gives semantic diagnostics their spans. A rule about a value the recipe does not
+/// write (a default) names the default and points at the nearest section the recipe
+/// does write, or at the related key its rule compares with
+/// ([`super::check::related`]), instead of the top of the file.
+fn locate_semantic(sem: &mut [Diagnostic], doc: &Node, recipe: &Recipe) {
+    let rendered = serde_json::to_value(recipe).ok();
+    for d in sem {
+        if d.span.is_some() {
+            continue;
+        }
+        let path: Vec<String> = if d.path.is_empty() {
+            Vec::new()
+        } else {
+            d.path.split('.').map(str::to_string).collect()
+        };
+        let loc = doc.locate(&path);
+        if loc.depth == path.len() {
+            d.span = span_of(doc, &d.path);
+            continue;
+        }
+        let default = rendered
+            .as_ref()
+            .and_then(|r| lookup(r, &path))
+            .filter(|v| !v.is_object() && !v.is_array());
+        if let Some(v) = default {
+            let key = path.last().map_or("", String::as_str);
+            // As a person writes it: `10`, not `10.0`.
+            let v = match v.as_f64() {
+                Some(f) if v.is_f64() && f.fract() == 0.0 && f.abs() < 1e15 => {
+                    format!("{}", f as i64)
+                }
+                _ => v.to_string(),
+            };
+            let note = format!(
+                "`{}` is not written in the recipe, so its default `{key}: {v}` applies",
+                d.path
+            );
+            d.help = Some(match d.help.take() {
+                Some(h) => format!("{note}; {h}"),
+                None => format!("{note}; write the key to choose another value"),
+            });
+        }
+        d.span = if loc.depth > 0 {
+            Some(loc.key.unwrap_or(loc.value))
+        } else {
+            super::check::related(&d.path).and_then(|r| {
+                let rp: Vec<String> = r.split('.').map(str::to_string).collect();
+                let l = doc.locate(&rp);
+                (l.depth > 0).then(|| {
+                    if l.depth == rp.len() {
+                        l.value
+                    } else {
+                        l.key.unwrap_or(l.value)
+                    }
+                })
+            })
+        }
+        .or_else(|| span_of(doc, &d.path));
+    }
+}
+
+fn lookup<'a>(v: &'a serde_json::Value, path: &[String]) -> Option<&'a serde_json::Value> {
+    path.iter().try_fold(v, |v, seg| match v {
+        serde_json::Value::Array(a) => a.get(seg.parse::<usize>().ok()?),
+        serde_json::Value::Object(o) => o.get(seg),
+        _ => None,
+    })
 }
 
 /// Span of the value at a dotted path, or of the nearest enclosing key the document has.

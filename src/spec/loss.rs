@@ -12,6 +12,7 @@ pub enum Loss {
     Simclr {
         /// Softmax temperature τ (> 0).
         #[serde(default = "half")]
+        #[schemars(schema_with = "super::bounds::positive")]
         temperature: f64,
     },
     /// MoCo InfoNCE (He et al. 2020; v2: Chen et al. 2020) with a momentum key encoder
@@ -19,14 +20,19 @@ pub enum Loss {
     Moco {
         /// Softmax temperature τ (> 0); MoCo v2 uses 0.2.
         #[serde(default = "moco_t")]
+        #[schemars(schema_with = "super::bounds::positive")]
         temperature: f64,
         /// EMA momentum of the key encoder, in [0, 1); MoCo uses 0.999.
         #[serde(default = "moco_m")]
+        #[schemars(schema_with = "super::bounds::unit_open")]
         momentum: f64,
-        /// Negative keys kept in the queue; a positive multiple of the batch size.
+        /// Negative keys kept in the queue: a positive multiple of the keys enqueued per
+        /// step, which is the batch size, or 2 × the batch size with `symmetric`.
         #[serde(default = "moco_queue")]
+        #[schemars(range(min = 1))]
         queue_size: usize,
-        /// Also swap query and key views and average the two losses.
+        /// Also swap query and key views and average the two losses; the keys of both
+        /// views are then enqueued each step.
         #[serde(default)]
         symmetric: bool,
     },
@@ -34,27 +40,34 @@ pub enum Loss {
     MemoryBank {
         /// Softmax temperature τ (> 0); InstDisc uses 0.07.
         #[serde(default = "bank_t")]
+        #[schemars(schema_with = "super::bounds::positive")]
         temperature: f64,
         /// Momentum of the bank update `v ← m·v + (1−m)·f`, in [0, 1); InstDisc uses 0.5.
         #[serde(default = "half")]
+        #[schemars(schema_with = "super::bounds::unit_open")]
         bank_momentum: f64,
         /// Negatives sampled from the bank per example; InstDisc uses 4096.
         #[serde(default = "bank_negatives")]
+        #[schemars(range(min = 1))]
         negatives: usize,
     },
     /// SwAV swapped prediction of Sinkhorn cluster codes (Caron et al. 2020).
     Swav {
         /// Softmax temperature τ of the prototype scores (> 0); SwAV uses 0.1.
         #[serde(default = "swav_t")]
+        #[schemars(schema_with = "super::bounds::positive")]
         temperature: f64,
         /// Number of prototypes (≥ 2); SwAV uses 3000 on ImageNet.
         #[serde(default = "swav_k")]
+        #[schemars(range(min = 2))]
         prototypes: usize,
         /// Entropy regularisation ε of Sinkhorn-Knopp (> 0); SwAV uses 0.05.
         #[serde(default = "swav_eps")]
+        #[schemars(schema_with = "super::bounds::positive")]
         epsilon: f64,
         /// Sinkhorn-Knopp iterations; SwAV uses 3.
         #[serde(default = "swav_iters")]
+        #[schemars(range(min = 1))]
         sinkhorn_iterations: usize,
         /// Keep the prototypes fixed for this many optimiser steps at the start.
         #[serde(default)]
@@ -68,9 +81,11 @@ pub enum Loss {
     Supcon {
         /// Softmax temperature τ (> 0); SupCon uses 0.1.
         #[serde(default = "swav_t")]
+        #[schemars(schema_with = "super::bounds::positive")]
         temperature: f64,
         /// Base temperature; the loss is scaled by τ / base (> 0), 0.07 in the paper's code.
         #[serde(default = "bank_t")]
+        #[schemars(schema_with = "super::bounds::positive")]
         base_temperature: f64,
     },
 }

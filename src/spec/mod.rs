@@ -7,6 +7,7 @@
 //! layer knows nothing about tensors.
 
 pub mod augment;
+pub mod bounds;
 pub mod check;
 pub mod data;
 pub mod downstream;
@@ -34,7 +35,7 @@ pub struct Recipe {
     /// Version of the recipe language; currently 1.
     #[schemars(range(min = 1, max = 1))]
     pub version: u32,
-    /// A short name; the run directory is `<output.dir>/<name>`.
+    /// A short name; each run writes to a new directory `<output.dir>/<name>-<timestamp>/`.
     #[schemars(length(min = 1), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"))]
     pub name: String,
     /// Free text describing the experiment.

@@ -27,6 +27,7 @@ pub enum Backbone {
         stem: Stem,
         /// Channel multiplier for every stage (1.0 = torchvision's widths).
         #[serde(default = "one")]
+        #[schemars(schema_with = "super::bounds::width")]
         width: f64,
     },
     /// ResNet-34 (basic blocks, [3, 4, 6, 3]), 512 features at width 1.
@@ -36,6 +37,7 @@ pub enum Backbone {
         stem: Stem,
         /// Channel multiplier for every stage.
         #[serde(default = "one")]
+        #[schemars(schema_with = "super::bounds::width")]
         width: f64,
     },
     /// ResNet-50 (bottleneck blocks, [3, 4, 6, 3]), 2048 features at width 1.
@@ -45,6 +47,7 @@ pub enum Backbone {
         stem: Stem,
         /// Channel multiplier for every stage.
         #[serde(default = "one")]
+        #[schemars(schema_with = "super::bounds::width")]
         width: f64,
     },
     /// A small plain CNN: per entry of `channels`, a 3×3 conv, batch norm and ReLU,
@@ -52,6 +55,7 @@ pub enum Backbone {
     SmallCnn {
         /// Output channels of each stage.
         #[serde(default = "small_channels")]
+        #[schemars(schema_with = "super::bounds::counts_non_empty")]
         channels: Vec<usize>,
     },
 }
@@ -105,6 +109,7 @@ pub enum Stem {
 pub struct Head {
     /// Widths of the hidden layers (empty: a single linear projection).
     #[serde(default = "hidden_default")]
+    #[schemars(schema_with = "super::bounds::counts")]
     pub hidden: Vec<usize>,
     /// Output dimension (the embedding the loss sees).
     #[serde(default = "out_default")]

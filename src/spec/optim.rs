@@ -10,15 +10,18 @@ pub enum Optimizer {
     /// Stochastic gradient descent with momentum (PyTorch semantics, coupled weight decay).
     Sgd {
         /// Base learning rate (> 0), before `lr_scaling`.
+        #[schemars(schema_with = "super::bounds::positive")]
         lr: f64,
         /// How the base learning rate scales with the batch size.
         #[serde(default)]
         lr_scaling: LrScaling,
         /// L2 weight decay (≥ 0).
         #[serde(default)]
+        #[schemars(schema_with = "super::bounds::non_negative")]
         weight_decay: f64,
         /// Momentum, in [0, 1).
         #[serde(default = "momentum_default")]
+        #[schemars(schema_with = "super::bounds::unit_open")]
         momentum: f64,
         /// Nesterov momentum.
         #[serde(default)]
@@ -31,18 +34,22 @@ pub enum Optimizer {
     /// learning rate is scaled by the trust ratio `η·‖w‖ / (‖g‖ + wd·‖w‖)`.
     Lars {
         /// Base learning rate (> 0), before `lr_scaling`.
+        #[schemars(schema_with = "super::bounds::positive")]
         lr: f64,
         /// How the base learning rate scales with the batch size.
         #[serde(default)]
         lr_scaling: LrScaling,
         /// L2 weight decay (≥ 0).
         #[serde(default)]
+        #[schemars(schema_with = "super::bounds::non_negative")]
         weight_decay: f64,
         /// Momentum, in [0, 1).
         #[serde(default = "momentum_default")]
+        #[schemars(schema_with = "super::bounds::unit_open")]
         momentum: f64,
         /// Trust coefficient η (> 0); SimCLR uses 0.001.
         #[serde(default = "eta_default")]
+        #[schemars(schema_with = "super::bounds::positive")]
         trust_coefficient: f64,
         /// Clip the trust ratio to `min(ratio / lr, 1)` (LARC-style), as solo-learn's
         /// CIFAR recipes do.
@@ -56,18 +63,22 @@ pub enum Optimizer {
     /// AdamW (Loshchilov & Hutter 2019): Adam with decoupled weight decay.
     Adamw {
         /// Base learning rate (> 0), before `lr_scaling`.
+        #[schemars(schema_with = "super::bounds::positive")]
         lr: f64,
         /// How the base learning rate scales with the batch size.
         #[serde(default)]
         lr_scaling: LrScaling,
         /// Decoupled weight decay (≥ 0).
         #[serde(default = "adamw_wd")]
+        #[schemars(schema_with = "super::bounds::non_negative")]
         weight_decay: f64,
         /// Exponential decay rates of the moment estimates, each in [0, 1).
         #[serde(default = "betas_default")]
+        #[schemars(schema_with = "super::bounds::unit_open_pair")]
         betas: [f64; 2],
         /// Denominator term for numerical stability (> 0).
         #[serde(default = "eps_default")]
+        #[schemars(schema_with = "super::bounds::positive")]
         eps: f64,
         /// Exclude biases and normalisation parameters from weight decay.
         #[serde(default = "crate::spec::data::default_true")]
@@ -152,9 +163,11 @@ pub enum Schedule {
     /// Multiply the learning rate by `gamma` at each milestone epoch.
     Step {
         /// Epochs at which the rate drops, strictly increasing, each < `train.epochs`.
+        #[schemars(schema_with = "super::bounds::counts")]
         milestones: Vec<usize>,
         /// Factor applied at each milestone, in (0, 1].
         #[serde(default = "gamma_default")]
+        #[schemars(schema_with = "super::bounds::fraction")]
         gamma: f64,
     },
     /// Linear warmup from `warmup_start_lr` to the learning rate, then cosine decay to
@@ -162,12 +175,15 @@ pub enum Schedule {
     WarmupCosine {
         /// Warmup length in epochs (may be fractional), shorter than training.
         #[serde(default = "warmup_default")]
+        #[schemars(schema_with = "super::bounds::non_negative")]
         warmup_epochs: f64,
         /// Learning rate at the first step.
         #[serde(default)]
+        #[schemars(schema_with = "super::bounds::non_negative")]
         warmup_start_lr: f64,
         /// Learning rate at the last step.
         #[serde(default)]
+        #[schemars(schema_with = "super::bounds::non_negative")]
         final_lr: f64,
     },
 }

@@ -5,12 +5,38 @@
 //! "matches none of the alternatives". [`generate`] rewrites them: an op list entry
 //! (`- horizontal_flip: {…}`) becomes one object whose properties are all the ops, and
 //! a `method:`/`name:`/`kind:`/`arch:`/`task:`/`format:`-tagged section becomes an
-//! object with an `enum` tag and one `if`/`then` per variant. The result is plain
-//! Draft 7 that yaml-language-server understands, and every validation error points
-//! at one key or value.
+//! object with an `enum` tag (described, with one `enumDescriptions` entry per
+//! variant, so completion explains each choice) and one `if`/`then` per variant. The
+//! result is plain Draft 7 that yaml-language-server understands, and every
+//! validation error points at one key or value.
+//!
+//! Three more refinements are for editors (checked with yaml-language-server 1.25):
+//!
+//! - **Required keys and `extends`.** A recipe that `extends` a base is a partial
+//!   document: the base provides the keys it leaves out, so an editor must not ask for
+//!   them. The schema therefore states *shape* (types, bounds, allowed keys) and
+//!   *required keys* separately: every `required` list outside sequence items is moved
+//!   out of the shape into one overlay that mirrors its nesting (`properties`, the
+//!   tagged arms' `if`/`then`) and is applied at the root as
+//!   `if: {required: [extends]}, else: <overlay>`. A recipe without `extends` is
+//!   checked exactly as before; a recipe with it gets every check but "missing key".
+//!   Sequence items (`downstream` tasks) keep their `required` keys in both cases,
+//!   since `extends` replaces sequences whole. `recipe validate` loses nothing: the
+//!   loader validates the *merged* document, from which `extends` is gone, so the
+//!   overlay always applies there.
+//! - **Hover text.** schemars writes a field whose type is a named definition as
+//!   `{description, allOf: [{$ref}]}`, and editors then show the definition's text
+//!   instead of the field's. Such wrappers become `{description, $ref}`:
+//!   yaml-language-server (like vscode-json-languageservice) merges a `$ref` into its
+//!   node without overwriting the node's own keys, while Draft 7 validators ignore a
+//!   `$ref`'s siblings, which here are only annotations. For the same reason a tagged
+//!   variant's description lives in the tag's `enumDescriptions`, not in its arm.
+//! - **Numeric bounds** (`exclusiveMinimum`, `minimum`, `maximum`, …) are in the schema
+//!   (see [`super::bounds`]), so the editor rejects `temperature: 0` as it is typed.
 
 use schemars::r#gen::SchemaSettings;
 use serde_json::{Map, Value, json};
+use std::collections::BTreeSet;
 
 use super::Recipe;
 use super::yaml::Node;
@@ -28,6 +54,7 @@ pub fn generate() -> Value {
     let root = settings.into_generator().into_root_schema_for::<Recipe>();
     let mut value = serde_json::to_value(root).expect("a schema is plain JSON");
     refine(&mut value);
+    split_required(&mut value);
     value
 }
 
@@ -37,6 +64,10 @@ pub fn generate_pretty() -> String {
     s.push('\n');
     s
 }
+
+/// Keywords that only annotate a schema; next to a `$ref` they are read by editors and
+/// ignored by Draft 7 validators.
+const ANNOTATIONS: [&str; 5] = ["description", "default", "title", "writeOnly", "readOnly"];
 
 fn refine(v: &mut Value) {
     match v {
@@ -61,6 +92,23 @@ fn refine(v: &mut Value) {
                 for (k, val) in merged {
                     obj.insert(k, val);
                 }
+            }
+            // `{description, allOf: [{$ref}]}` → `{description, $ref}` (see the module docs).
+            let lone_ref = match obj.get("allOf") {
+                Some(Value::Array(all)) if all.len() == 1 => all[0]
+                    .as_object()
+                    .filter(|r| r.len() == 1)
+                    .and_then(|r| r.get("$ref"))
+                    .cloned(),
+                _ => None,
+            };
+            if let Some(r) = lone_ref
+                && obj
+                    .keys()
+                    .all(|k| k == "allOf" || ANNOTATIONS.contains(&k.as_str()))
+            {
+                obj.shift_remove("allOf");
+                obj.insert("$ref".into(), r);
             }
         }
         Value::Array(items) => items.iter_mut().for_each(refine),
@@ -129,11 +177,15 @@ fn variant_tag(b: &Value) -> Option<(String, String)> {
 }
 
 /// `oneOf` of objects sharing a single-valued tag property (an internally tagged
-/// enum) → an object with the tag as an `enum` and one `if`/`then` per variant.
+/// enum) → an object with the tag as an `enum` and one `if`/`then` per variant. Each
+/// variant's description moves to the tag's `enumDescriptions`, so completing or
+/// hovering the tag's value explains it and hovering the section shows the field's
+/// own description.
 fn merge_internal(branches: &[Value]) -> Option<Map<String, Value>> {
     let first = variant_tag(branches.first()?)?;
     let tag = first.0;
     let mut values = Vec::new();
+    let mut descriptions = Vec::new();
     let mut arms = Vec::new();
     for b in branches {
         let (t, val) = variant_tag(b)?;
@@ -143,6 +195,7 @@ fn merge_internal(branches: &[Value]) -> Option<Map<String, Value>> {
         let mut then = b.clone();
         if let Some(o) = then.as_object_mut() {
             o.remove("type");
+            descriptions.push(o.shift_remove("description").unwrap_or(json!("")));
         }
         arms.push(json!({
             "if": {"properties": {&tag: {"const": &val}}, "required": [&tag]},
@@ -150,15 +203,208 @@ fn merge_internal(branches: &[Value]) -> Option<Map<String, Value>> {
         }));
         values.push(val);
     }
+    let mut tag_schema = Map::new();
+    if let Some(d) = tag_description(&tag) {
+        tag_schema.insert("description".into(), json!(d));
+    }
+    tag_schema.insert("type".into(), json!("string"));
+    tag_schema.insert("enum".into(), json!(values));
+    tag_schema.insert("enumDescriptions".into(), Value::Array(descriptions));
     let mut out = Map::new();
     out.insert("type".into(), json!("object"));
     out.insert("required".into(), json!([&tag]));
-    out.insert(
-        "properties".into(),
-        json!({ &tag: {"type": "string", "enum": values} }),
-    );
+    out.insert("properties".into(), json!({ &tag: tag_schema }));
     out.insert("allOf".into(), Value::Array(arms));
     Some(out)
+}
+
+/// What each tag key selects, for hover and completion.
+fn tag_description(tag: &str) -> Option<&'static str> {
+    Some(match tag {
+        "format" => "The dataset format; it decides which other keys `source` takes.",
+        "arch" => "The backbone architecture; it decides which other keys `backbone` takes.",
+        "method" => {
+            "The contrastive method; it decides which other keys `loss` takes (queue, bank, prototypes, …)."
+        }
+        "name" => "The optimiser; it decides which other keys `optimizer` takes.",
+        "kind" => {
+            "The shape of the learning-rate schedule; it decides which other keys `schedule` takes."
+        }
+        "task" => "What this downstream task does; it decides which other keys the task takes.",
+        _ => return None,
+    })
+}
+
+/// Moves the `required` lists out of the schema's shape into an overlay applied only
+/// to recipes without `extends` (see the module docs).
+fn split_required(root: &mut Value) {
+    let defs = root
+        .get("definitions")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let mut partial = BTreeSet::new();
+    collect_partial(root, &defs, &mut partial, 0);
+    let Some(overlay) = overlay_of(root, &defs, &partial, None, 0) else {
+        return;
+    };
+    strip_required(root);
+    if let Some(Value::Object(d)) = root.get_mut("definitions") {
+        for name in &partial {
+            if let Some(s) = d.get_mut(name) {
+                strip_required(s);
+            }
+        }
+    }
+    if let Some(o) = root.as_object_mut() {
+        o.insert("if".into(), json!({"required": ["extends"]}));
+        o.insert("else".into(), overlay);
+        // Definitions last, as schemars writes them, so the file reads top-down.
+        if let Some(d) = o.shift_remove("definitions") {
+            o.insert("definitions".into(), d);
+        }
+    }
+}
+
+/// Deepest nesting the schema walks follow (the recipe schema has no cycles).
+const MAX_SCHEMA_DEPTH: usize = 32;
+
+fn definition<'a>(s: &Value, defs: &'a Map<String, Value>) -> Option<(&'a str, &'a Value)> {
+    let name = s.get("$ref")?.as_str()?.strip_prefix("#/definitions/")?;
+    defs.get_key_value(name).map(|(k, v)| (k.as_str(), v))
+}
+
+/// Names of the definitions reachable from `s` through mappings (not through sequence
+/// items): the parts of a recipe a child may leave to its base.
+fn collect_partial(s: &Value, defs: &Map<String, Value>, out: &mut BTreeSet<String>, depth: usize) {
+    if depth > MAX_SCHEMA_DEPTH {
+        return;
+    }
+    if let Some((name, d)) = definition(s, defs) {
+        if out.insert(name.to_string()) {
+            collect_partial(d, defs, out, depth + 1);
+        }
+        return;
+    }
+    for p in s
+        .get("properties")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flat_map(|m| m.values())
+    {
+        collect_partial(p, defs, out, depth + 1);
+    }
+    for arm in s
+        .get("allOf")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(then) = arm.get("then") {
+            collect_partial(then, defs, out, depth + 1);
+        }
+    }
+}
+
+/// The required-keys overlay of `s`: its `required` (less the tag of a tagged arm,
+/// which the section already requires), and the overlays of its properties, tagged
+/// arms and — where their definition lost its `required` — sequence items.
+fn overlay_of(
+    s: &Value,
+    defs: &Map<String, Value>,
+    partial: &BTreeSet<String>,
+    tag: Option<&str>,
+    depth: usize,
+) -> Option<Value> {
+    if depth > MAX_SCHEMA_DEPTH {
+        return None;
+    }
+    if let Some((_, d)) = definition(s, defs) {
+        return overlay_of(d, defs, partial, tag, depth + 1);
+    }
+    let mut out = Map::new();
+    if let Some(Value::Array(req)) = s.get("required") {
+        let req: Vec<Value> = req
+            .iter()
+            .filter(|k| tag.is_none_or(|t| k.as_str() != Some(t)))
+            .cloned()
+            .collect();
+        if !req.is_empty() {
+            out.insert("required".into(), Value::Array(req));
+        }
+    }
+    let mut props = Map::new();
+    for (k, p) in s
+        .get("properties")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(o) = overlay_of(p, defs, partial, None, depth + 1) {
+            props.insert(k.clone(), o);
+        }
+    }
+    if !props.is_empty() {
+        out.insert("properties".into(), Value::Object(props));
+    }
+    let mut arms = Vec::new();
+    for arm in s
+        .get("allOf")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let (Some(cond), Some(then)) = (arm.get("if"), arm.get("then")) else {
+            continue;
+        };
+        let arm_tag = cond
+            .get("properties")
+            .and_then(Value::as_object)
+            .and_then(|p| p.keys().next())
+            .map(String::as_str);
+        if let Some(o) = overlay_of(then, defs, partial, arm_tag, depth + 1) {
+            arms.push(json!({"if": cond, "then": o}));
+        }
+    }
+    if !arms.is_empty() {
+        out.insert("allOf".into(), Value::Array(arms));
+    }
+    if let Some(items) = s.get("items")
+        && definition(items, defs).is_some_and(|(name, _)| partial.contains(name))
+        && let Some(o) = overlay_of(items, defs, partial, None, depth + 1)
+    {
+        out.insert("items".into(), o);
+    }
+    (!out.is_empty()).then_some(Value::Object(out))
+}
+
+/// Removes `required` from `s` and its inline subschemas along mappings and tagged
+/// arms; `if` conditions (which test a tag) and sequence items keep theirs.
+fn strip_required(s: &mut Value) {
+    let Some(o) = s.as_object_mut() else { return };
+    o.shift_remove("required");
+    if let Some(Value::Object(props)) = o.get_mut("properties") {
+        props.values_mut().for_each(strip_required);
+    }
+    if let Some(Value::Array(arms)) = o.get_mut("allOf") {
+        for arm in arms {
+            if let Some(then) = arm.get_mut("then") {
+                strip_required(then);
+            }
+        }
+    }
+}
+
+/// One schema problem.
+#[derive(Clone, Debug)]
+pub struct Finding {
+    /// The problem, located.
+    pub diagnostic: Diagnostic,
+    /// The value is of the right type but out of range (a bound, a list's length, a
+    /// pattern): the document still deserialises, so the semantic checks can run and
+    /// replace this diagnostic with theirs where they say more (the loader does). An
+    /// integer above its maximum is not value-only: it may be a count to allocate.
+    pub value_only: bool,
 }
 
 /// A compiled validator for the committed schema.
@@ -185,16 +431,45 @@ impl Validator {
     /// Validates `doc` (the JSON form of `root`), returning one diagnostic per problem
     /// with spans taken from `root`.
     pub fn validate(&self, doc: &Value, root: &Node) -> Vec<Diagnostic> {
-        let mut out: Vec<Diagnostic> = Vec::new();
+        self.findings(doc, root)
+            .into_iter()
+            .map(|f| f.diagnostic)
+            .collect()
+    }
+
+    /// Like [`Validator::validate`], and says of each problem whether it is only about
+    /// a value's range or size ([`Finding::value_only`]).
+    pub fn findings(&self, doc: &Value, root: &Node) -> Vec<Finding> {
+        use jsonschema::error::ValidationErrorKind as K;
+        let mut out: Vec<Finding> = Vec::new();
         for err in self.compiled.iter_errors(doc) {
             let path: Vec<String> = err.instance_path().iter().map(|s| s.to_string()).collect();
             let instance = lookup(doc, &path);
+            // An integer above its maximum is a count (views, crops) the semantic rules
+            // would allocate for; it stays a blocking error.
+            let integer = self
+                .schema_at(doc, &path)
+                .and_then(|s| s.get("type"))
+                .is_some_and(|t| t == "integer");
+            let value_only = match err.kind() {
+                K::Minimum { .. }
+                | K::ExclusiveMinimum { .. }
+                | K::MinItems { .. }
+                | K::MaxItems { .. }
+                | K::MinLength { .. }
+                | K::Pattern { .. } => true,
+                K::Maximum { .. } | K::ExclusiveMaximum { .. } => !integer,
+                _ => false,
+            };
             for d in self.describe(&err, &path, doc, instance, root) {
                 if !out
                     .iter()
-                    .any(|o| o.path == d.path && o.message == d.message)
+                    .any(|o| o.diagnostic.path == d.path && o.diagnostic.message == d.message)
                 {
-                    out.push(d);
+                    out.push(Finding {
+                        diagnostic: d,
+                        value_only,
+                    });
                 }
             }
         }
@@ -292,12 +567,18 @@ impl Validator {
     }
 }
 
+/// Whether `key` is the tag of a tagged section (the key its arms' `if` tests).
 fn key_is_tag(schema: &Value, key: &str) -> bool {
-    schema.get("allOf").is_some()
-        && schema
-            .get("required")
-            .and_then(Value::as_array)
-            .is_some_and(|r| r.contains(&json!(key)))
+    schema
+        .get("allOf")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|arm| {
+            arm.get("if")
+                .and_then(|c| c.get("properties"))
+                .is_some_and(|p| p.get(key).is_some())
+        })
 }
 
 fn lookup<'a>(doc: &'a Value, path: &[String]) -> Option<&'a Value> {
@@ -470,15 +751,6 @@ impl Validator {
                 }
                 d
             }
-            K::Minimum { limit } => Diagnostic::error(
-                dotted.clone(),
-                format!(
-                    "{} is below the minimum of {}",
-                    json_kind(instance),
-                    number(limit)
-                ),
-            )
-            .with_span(value_span),
             K::Maximum { .. } if dotted == "version" => Diagnostic::error(
                 dotted.clone(),
                 format!(
@@ -488,15 +760,22 @@ impl Validator {
             )
             .with_span(value_span)
             .with_help("write `version: 1`, or use a newer `recipe`"),
-            K::Maximum { limit } => Diagnostic::error(
-                dotted.clone(),
-                format!(
-                    "{} is above the maximum of {}",
-                    json_kind(instance),
-                    number(limit)
-                ),
-            )
-            .with_span(value_span),
+            K::Minimum { limit } => bound(path, instance, "at least", limit).with_span(value_span),
+            K::ExclusiveMinimum { limit } => {
+                bound(path, instance, "greater than", limit).with_span(value_span)
+            }
+            K::Maximum { limit } => bound(path, instance, "at most", limit).with_span(value_span),
+            K::ExclusiveMaximum { limit } => {
+                let mut d = bound(path, instance, "below", limit).with_span(value_span);
+                if path.iter().any(|s| s.contains("momentum") || s == "betas")
+                    && number(limit) == "1"
+                {
+                    d = d.with_help(
+                        "a momentum of 1 never updates; values like 0.9 or 0.99 are usual",
+                    );
+                }
+                d
+            }
             K::MinItems { limit } | K::MaxItems { limit } => {
                 let (lo, hi) = schema_item_bounds(schema).unwrap_or((*limit, *limit));
                 let expect = if lo == hi {
@@ -539,6 +818,25 @@ impl Validator {
         };
         vec![d]
     }
+}
+
+/// "`temperature` must be greater than 0, found 0" (for a sequence item: "each value
+/// of `betas` …").
+fn bound(path: &[String], instance: Option<&Value>, relation: &str, limit: &Value) -> Diagnostic {
+    let key = path.iter().rev().find(|s| s.parse::<usize>().is_err());
+    let what = match (key, path.last()) {
+        (Some(k), Some(last)) if last != k => format!("each value of `{k}`"),
+        (Some(k), _) => format!("`{k}`"),
+        (None, _) => "the value".to_string(),
+    };
+    let found = match instance {
+        Some(Value::Number(n)) => number(&Value::Number(n.clone())),
+        other => json_kind(other),
+    };
+    Diagnostic::error(
+        path.join("."),
+        format!("{what} must be {relation} {}, found {found}", number(limit)),
+    )
 }
 
 /// A schema bound as written by a person: `1`, not `1.0`.

@@ -10,7 +10,9 @@ pub struct Train {
     /// Passes over the training set.
     #[schemars(range(min = 1))]
     pub epochs: usize,
-    /// Images per batch (each image yields `augment.views` views), at least 2.
+    /// Images per batch (each image yields `augment.views` views), at least 2: the
+    /// other images of the batch are the negatives.
+    #[schemars(range(min = 2))]
     pub batch_size: usize,
     /// Where the model runs.
     #[serde(default)]
@@ -54,8 +56,10 @@ pub enum Device {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Output {
-    /// Parent of the run directory; the run writes to `<dir>/<name>`. Relative paths
-    /// are taken from the current directory.
+    /// Parent of the run directories. Each run writes to a new directory
+    /// `<dir>/<name>-<timestamp>/` (the recipe's `name`, then the start time), so a run
+    /// never overwrites an earlier one. Relative paths are taken from the current
+    /// directory.
     #[serde(default = "dir_default")]
     pub dir: String,
 }

@@ -1,0 +1,140 @@
+//! `recipe bench`: training-step throughput of the recipe's real step.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use recipe::spec::Recipe;
+use recipe::{augment, build, data};
+
+use super::{load_valid, set_threads};
+
+pub fn bench(
+    file: &Path,
+    sets: &[String],
+    steps: usize,
+    warmup: usize,
+    batch: Option<usize>,
+) -> ExitCode {
+    use recipe::bench::{BenchConfig, run};
+    use recipe::train::step::Trainer;
+    let mut r = match load_valid(file, sets, false) {
+        Ok((r, _)) => r,
+        Err(code) => return code,
+    };
+    set_threads(r.train.threads);
+    if let Some(b) = batch {
+        r.train.batch_size = b;
+    }
+    let batch = r.train.batch_size;
+    // The memory bank needs the real training-set size; synthetic labels use its classes.
+    let (dataset_len, classes) = match data::load(&data::DataConfig::from_spec(&r.data, r.seed)) {
+        Ok(d) => (d.train.len(), d.train.num_classes().max(2) as u32),
+        Err(e) => {
+            eprintln!(
+                "warning: cannot read the data ({e}); benchmarking with a training set of {} images",
+                10 * batch
+            );
+            (10 * batch, 10)
+        }
+    };
+    let steps_per_epoch = dataset_len.div_ceil(batch.max(1)) as u64;
+    let mut trainer = match Trainer::new(
+        &r,
+        dfdx::prelude::Cpu::default(),
+        dataset_len,
+        steps_per_epoch,
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let view_shapes: Vec<_> = r
+        .augment
+        .view_sizes(r.data.image_size)
+        .into_iter()
+        .map(|s| (r.data.channels, s, s))
+        .collect();
+    let cfg = BenchConfig {
+        batch,
+        view_shapes: view_shapes.clone(),
+        steps: steps.max(1),
+        warmup,
+        dataset_len,
+        classes,
+        seed: r.seed,
+        per_op: true,
+    };
+    let sizes: Vec<String> = build::view_sizes(&r)
+        .iter()
+        .map(|(s, n)| format!("{n}×{s}²"))
+        .collect();
+    eprintln!(
+        "bench `{}`: {} {} at views {}, {batch} images per step, {} timed step(s) after {warmup} warm-up, {} thread(s)",
+        r.name,
+        r.loss.method(),
+        r.model.backbone.arch(),
+        sizes.join(" + "),
+        cfg.steps,
+        rayon::current_num_threads()
+    );
+    match run(&mut trainer, &cfg) {
+        Ok(rep) => {
+            println!("images/s: {:.1}", rep.images_per_s);
+            println!("step: {:.1} ms", rep.step_ms);
+            println!(
+                "objective ({}): {:.2} ms per step, {:.1}% of the step",
+                r.loss.method(),
+                rep.objective_ms,
+                100.0 * rep.objective_ms / rep.step_ms.max(1e-9)
+            );
+            match rep.peak_rss_mib {
+                Some(m) => println!("peak RSS: {m:.0} MiB"),
+                None => println!("peak RSS: unavailable (no /proc)"),
+            }
+            println!("loss after the last step: {:.4}", rep.last_loss);
+            // The loader must stay well ahead of training, or it becomes the bottleneck.
+            if let Some(aug) = augmentation_rate(&r) {
+                println!(
+                    "augmentation: {aug:.0} images/s with the recipe's chain on {} thread(s), {:.1}× the training rate",
+                    rayon::current_num_threads(),
+                    aug / (rep.images_per_s / view_shapes.len() as f64)
+                );
+            }
+            println!(
+                "\n{:<28} {:>12} {:>10} {:>8}",
+                "op", "ms/step", "calls", "share"
+            );
+            let total: f64 = rep.ops.iter().map(|o| o.ms_per_step).sum::<f64>().max(1e-9);
+            for o in &rep.ops {
+                println!(
+                    "{:<28} {:>12.2} {:>10.1} {:>7.1}%",
+                    o.name,
+                    o.ms_per_step,
+                    o.calls_per_step,
+                    100.0 * o.ms_per_step / total
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Images/s the recipe's augmentation chain produces on its own data, when both load.
+fn augmentation_rate(r: &Recipe) -> Option<f64> {
+    let loaded = data::load(&data::DataConfig::from_spec(&r.data, r.seed)).ok()?;
+    let chain = augment::Chain::from_spec(&r.augment, &r.data).ok()?;
+    let images: Vec<_> = (0..loaded.train.len().min(512))
+        .map(|i| loaded.train.image(i))
+        .collect();
+    Some(recipe::bench::augment_throughput(
+        &chain,
+        &images,
+        std::time::Duration::from_secs(2),
+    ))
+}

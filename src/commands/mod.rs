@@ -1,0 +1,64 @@
+//! The subcommands: each a thin adapter from parsed arguments to the library, which
+//! prints what the user asked for and returns the exit code (0 success / valid,
+//! 1 invalid recipe or failed run, 2 usage or I/O error, 130 interrupted).
+
+pub mod bench;
+pub mod plan;
+pub mod preview;
+pub mod render;
+pub mod run;
+pub mod validate;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::ValueEnum;
+use recipe::build;
+use recipe::diag::render_human;
+use recipe::spec::{Loaded, Loader, Recipe};
+
+/// Output format of diagnostics and rendered recipes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// rustc-style text (YAML for `render`).
+    Human,
+    /// JSON for machines.
+    Json,
+}
+
+pub fn load(loader: &Loader, file: &Path, sets: &[String]) -> Result<Loaded, ExitCode> {
+    loader.load_file(file, sets).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+/// Loads a recipe that must be valid (data paths too, when `data_check`), printing its diagnostics;
+/// on failure returns the exit code.
+pub fn load_valid(
+    file: &Path,
+    sets: &[String],
+    data_check: bool,
+) -> Result<(Recipe, Loaded), ExitCode> {
+    let loader = Loader::new();
+    let mut loaded = load(&loader, file, sets)?;
+    if data_check {
+        build::check_data_paths(&mut loaded);
+    }
+    eprint!("{}", render_human(&loaded.diagnostics, &loaded.sources));
+    match loaded.valid_recipe().cloned() {
+        Some(r) => Ok((r, loaded)),
+        None => {
+            eprintln!("{}: invalid recipe", file.display());
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+/// Sizes rayon's pool (used by the engine's kernels and the augmentation) from
+/// `train.threads`; 0 keeps rayon's default of one thread per core.
+pub fn set_threads(threads: usize) {
+    if let Err(e) = recipe::experiment::configure_threads(threads) {
+        eprintln!("warning: {e}");
+    }
+}

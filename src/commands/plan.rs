@@ -1,0 +1,37 @@
+//! `recipe plan`: shapes, FLOPs, memory and schedule before anything trains.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use recipe::diag::render_human;
+
+use super::{load_valid, set_threads};
+
+pub fn plan(file: &Path, sets: &[String]) -> ExitCode {
+    let (r, loaded) = match load_valid(file, sets, true) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    set_threads(r.train.threads);
+    match recipe::plan::plan(&r) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(diags) => {
+            let located: Vec<_> = diags
+                .into_iter()
+                .map(|d| {
+                    let span = loaded
+                        .document
+                        .as_ref()
+                        .and_then(|doc| recipe::spec::load::span_of(doc, &d.path));
+                    d.with_span(span)
+                })
+                .collect();
+            eprint!("{}", render_human(&located, &loaded.sources));
+            eprintln!("{}: the recipe cannot be planned", file.display());
+            ExitCode::from(1)
+        }
+    }
+}

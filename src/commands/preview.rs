@@ -1,0 +1,48 @@
+//! `recipe preview`: a PNG grid of images and their augmented views.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use recipe::{augment, data};
+
+use super::{load_valid, set_threads};
+
+pub fn preview(file: &Path, sets: &[String], output: &Path, n: usize) -> ExitCode {
+    let r = match load_valid(file, sets, true) {
+        Ok((r, _)) => r,
+        Err(code) => return code,
+    };
+    set_threads(r.train.threads);
+    let loaded = match data::load(&data::DataConfig::from_spec(&r.data, r.seed)) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: cannot read the data: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let chain = match augment::Chain::from_spec(&r.augment, &r.data) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let count = n.clamp(1, loaded.train.len());
+    // Spread the rows over the dataset rather than showing its first few images.
+    let step = (loaded.train.len() / count).max(1);
+    let images: Vec<_> = (0..count).map(|i| loaded.train.image(i * step)).collect();
+    match augment::write_preview(&chain, &images, r.seed, output) {
+        Ok(()) => {
+            println!(
+                "wrote {} ({count} images × {} views)",
+                output.display(),
+                augment::ViewMaker::view_shapes(&chain).len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! `recipe run` and `recipe eval`: adapters over [`recipe::experiment`].
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use recipe::experiment::{self, ExperimentError, RunOutcome, RunRequest};
+use recipe::train::run::Progress;
+use recipe::train::{rundir, signal};
+
+use super::load_valid;
+
+fn exit_for(e: &ExperimentError) -> ExitCode {
+    match e {
+        ExperimentError::Setup(_) => ExitCode::from(2),
+        ExperimentError::Run(_) | ExperimentError::Changed(_) => ExitCode::from(1),
+    }
+}
+
+/// `recipe run [FILE] [--set …] [--out DIR] [--resume RUN_DIR] [--force]`.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    file: Option<&Path>,
+    sets: &[String],
+    out: Option<PathBuf>,
+    resume: Option<PathBuf>,
+    force: bool,
+    quiet: bool,
+    stop_after_steps: Option<u64>,
+) -> ExitCode {
+    // Without a file, a resumed run reads the recipe it was started with.
+    let file: PathBuf = match (file, &resume) {
+        (Some(f), _) => f.to_path_buf(),
+        (None, Some(dir)) => dir.join(rundir::RECIPE_FILE),
+        (None, None) => {
+            eprintln!("error: name a recipe file, or a run directory with --resume");
+            return ExitCode::from(2);
+        }
+    };
+    let r = match load_valid(&file, sets, true) {
+        Ok((r, _)) => r,
+        Err(code) => return code,
+    };
+    signal::install();
+    let req = RunRequest {
+        recipe: r,
+        recipe_path: Some(file.clone()),
+        out,
+        resume,
+        force,
+        progress: if quiet {
+            Progress::Quiet
+        } else {
+            Progress::Auto
+        },
+        stop_after_steps,
+    };
+    eprintln!(
+        "run `{}`: {} on {}, {} epochs of batches of {}",
+        req.recipe.name,
+        req.recipe.loss.method(),
+        req.recipe.model.backbone.arch(),
+        req.recipe.train.epochs,
+        req.recipe.train.batch_size
+    );
+    match experiment::run(&req) {
+        Ok(RunOutcome::Finished { dir, results }) => {
+            print_summary(&results);
+            println!("run directory: {}", dir.display());
+            println!("report: {}", dir.join("report.md").display());
+            ExitCode::SUCCESS
+        }
+        Ok(RunOutcome::Interrupted { dir, step }) => {
+            eprintln!(
+                "stopped after step {step}; the state is saved in {}",
+                dir.join(rundir::CHECKPOINTS).join(rundir::LAST).display()
+            );
+            eprintln!(
+                "resume with: recipe run {} --resume {}",
+                file.display(),
+                dir.display()
+            );
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            if let ExperimentError::Changed(_) = e {
+                eprintln!("help: run with the original recipe, or pass --force to resume anyway");
+            }
+            exit_for(&e)
+        }
+    }
+}
+
+fn print_summary(results: &serde_json::Value) {
+    if let Some(t) = results.get("training") {
+        println!(
+            "trained {} epochs ({} steps) in {:.0} s at {:.0} images/s; final epoch loss {:.4}",
+            t["epochs"],
+            t["steps"],
+            t["seconds"].as_f64().unwrap_or(f64::NAN),
+            t["images_per_s"].as_f64().unwrap_or(f64::NAN),
+            t["final_epoch_loss"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    print_downstream(results);
+}
+
+fn print_downstream(results: &serde_json::Value) {
+    let Some(tasks) = results.get("downstream").and_then(|d| d.as_array()) else {
+        return;
+    };
+    for t in tasks {
+        let name = t["task"].as_str().unwrap_or("?");
+        let mut parts = Vec::new();
+        for row in ["trained", "untrained_network", "raw_pixels"] {
+            if let Some(v) = t
+                .get(row)
+                .and_then(|v| v.get("top1"))
+                .and_then(|v| v.as_f64())
+            {
+                parts.push(format!("{} {v:.2}%", row.replace('_', " ")));
+            }
+        }
+        if !parts.is_empty() {
+            println!("{name} top-1: {}", parts.join(", "));
+        }
+    }
+}
+
+/// `recipe eval RUN_DIR_OR_CHECKPOINT [--task …]`.
+pub fn eval(target: &Path, tasks: &[String]) -> ExitCode {
+    let only = (!tasks.is_empty()).then_some(tasks);
+    match experiment::evaluate(target, only) {
+        Ok(doc) => {
+            print_downstream(&doc);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit_for(&e)
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! `recipe validate`: check recipes and report every problem.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use recipe::build;
+use recipe::diag::{render_human, render_json};
+use recipe::spec::Loader;
+
+use super::{Format, load};
+
+pub fn validate(files: &[PathBuf], sets: &[String], format: Format, data_check: bool) -> ExitCode {
+    let loader = Loader::new();
+    let mut code = 0u8;
+    let mut json_out = Vec::new();
+    for file in files {
+        let mut loaded = match load(&loader, file, sets) {
+            Ok(l) => l,
+            Err(_) => {
+                code = 2;
+                continue;
+            }
+        };
+        if data_check {
+            build::check_data_paths(&mut loaded);
+        }
+        let errors = loaded.diagnostics.iter().filter(|d| d.is_error()).count();
+        let warnings = loaded.diagnostics.len() - errors;
+        match format {
+            Format::Human => {
+                eprint!("{}", render_human(&loaded.diagnostics, &loaded.sources));
+                if errors == 0 {
+                    let w = if warnings > 0 {
+                        format!(" ({warnings} warning(s))")
+                    } else {
+                        String::new()
+                    };
+                    println!("{}: valid{w}", file.display());
+                } else {
+                    eprintln!(
+                        "{}: {errors} error(s), {warnings} warning(s)",
+                        file.display()
+                    );
+                }
+            }
+            Format::Json => json_out.push(serde_json::json!({
+                "file": file.display().to_string(),
+                "valid": errors == 0,
+                "diagnostics": render_json(&loaded.diagnostics, &loaded.sources),
+            })),
+        }
+        if errors > 0 && code == 0 {
+            code = 1;
+        }
+    }
+    if format == Format::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json_out).unwrap_or_default()
+        );
+    }
+    ExitCode::from(code)
+}

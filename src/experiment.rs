@@ -1,0 +1,1054 @@
+//! `recipe run` and `recipe eval` as library calls: the whole experiment a recipe
+//! describes — run directory, data, training loop, downstream tasks with their
+//! baselines, pictures, `results.json` and `report.md`.
+//!
+//! This module sits above [`train`](crate::train), [`eval`](crate::eval) and
+//! [`report`](crate::report) and is the only one that knows all three; the CLI is a
+//! thin adapter over [`run`] and [`evaluate`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use dfdx::prelude::Cpu;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::augment::{self, Normalize};
+use crate::checkpoint;
+use crate::data::{self, Dataset, Loader, LoaderConfig};
+use crate::eval::features::{FeatureMatrix, Which, extract, raw_pixels};
+use crate::eval::fine_tune::{FineTuneConfig, fine_tune};
+use crate::eval::knn::{KnnConfig, Metric, knn, nearest};
+use crate::eval::linear_probe::{ProbeConfig, linear_probe};
+use crate::eval::pca::pca_2d;
+use crate::nn::model::Model;
+use crate::nn::params::ParamStore;
+use crate::report::markdown::{MetricsTable, ReportInput, write_report};
+use crate::report::metrics::{Kind, MetricsWriter, Record, read_jsonl};
+use crate::report::{grid, plots};
+use crate::spec::Recipe;
+use crate::spec::downstream::{Features, Metric as SpecMetric, Plot, Task};
+use crate::train::TrainError;
+use crate::train::run::{LoopConfig, Progress, train_loop};
+use crate::train::rundir;
+use crate::train::step::Trainer;
+
+/// What went wrong, sorted by who can fix it.
+#[derive(Debug)]
+pub enum ExperimentError {
+    /// Files, folders, data: exit code 2.
+    Setup(String),
+    /// The recipe cannot run as written (shapes, sizes, a diverging loss): exit code 1.
+    Run(String),
+    /// `--resume` with a recipe that differs from the run's: exit code 1.
+    Changed(Vec<String>),
+}
+
+impl std::fmt::Display for ExperimentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExperimentError::Setup(m) | ExperimentError::Run(m) => f.write_str(m),
+            ExperimentError::Changed(keys) => write!(
+                f,
+                "the recipe differs from the one the run was started with, at: {}",
+                keys.join(", ")
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ExperimentError {}
+
+impl From<TrainError> for ExperimentError {
+    fn from(e: TrainError) -> Self {
+        match e {
+            TrainError::Data(d) => ExperimentError::Setup(d.to_string()),
+            TrainError::Checkpoint(c) => ExperimentError::Setup(c.to_string()),
+            other => ExperimentError::Run(other.to_string()),
+        }
+    }
+}
+
+fn run_err(e: impl std::fmt::Display) -> ExperimentError {
+    ExperimentError::Run(e.to_string())
+}
+
+fn setup_err(e: impl std::fmt::Display) -> ExperimentError {
+    ExperimentError::Setup(e.to_string())
+}
+
+/// A `recipe run` request.
+#[derive(Clone, Debug)]
+pub struct RunRequest {
+    /// The valid, resolved recipe.
+    pub recipe: Recipe,
+    /// The recipe file, as the user named it (for the report).
+    pub recipe_path: Option<PathBuf>,
+    /// Parent of the run directory instead of `output.dir`.
+    pub out: Option<PathBuf>,
+    /// Continue this run directory from its last checkpoint.
+    pub resume: Option<PathBuf>,
+    /// Resume even if the recipe changed.
+    pub force: bool,
+    /// Progress display.
+    pub progress: Progress,
+    /// Stop (as if interrupted) after this many steps.
+    pub stop_after_steps: Option<u64>,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug)]
+pub enum RunOutcome {
+    /// Training and the downstream tasks are done.
+    Finished {
+        /// The run directory.
+        dir: PathBuf,
+        /// `results.json`'s content.
+        results: Value,
+    },
+    /// Stopped early; `last.safetensors` holds the state.
+    Interrupted {
+        /// The run directory.
+        dir: PathBuf,
+        /// Steps done.
+        step: u64,
+    },
+}
+
+/// The recipe as the run directory stores it: YAML of its JSON form (op lists as
+/// plain one-key mappings), every default filled.
+pub fn resolved_text(r: &Recipe) -> String {
+    serde_json::to_value(r)
+        .ok()
+        .and_then(|v| serde_yaml::to_string(&v).ok())
+        .unwrap_or_default()
+}
+
+/// SHA-256 of the recipe's canonical JSON.
+pub fn recipe_hash(r: &Recipe) -> String {
+    let text = serde_json::to_string(r).unwrap_or_default();
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Dotted paths at which two JSON values differ (`a.b`, `list.3`).
+pub fn differences(a: &Value, b: &Value) -> Vec<String> {
+    fn walk(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
+        let join = |k: &str| {
+            if path.is_empty() {
+                k.to_string()
+            } else {
+                format!("{path}.{k}")
+            }
+        };
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    match (x.get(k), y.get(k)) {
+                        (Some(u), Some(v)) => walk(u, v, &join(k), out),
+                        _ => out.push(join(k)),
+                    }
+                }
+            }
+            (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+                for (i, (u, v)) in x.iter().zip(y).enumerate() {
+                    walk(u, v, &join(&i.to_string()), out);
+                }
+            }
+            _ if a != b => out.push(if path.is_empty() {
+                "(root)".into()
+            } else {
+                path.into()
+            }),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(a, b, "", &mut out);
+    out
+}
+
+/// The recipe's normalisation (identity when it has none).
+pub fn normalization(r: &Recipe) -> Normalize {
+    match &r.data.normalize {
+        Some(n) => Normalize {
+            mean: n.mean.iter().map(|&x| x as f32).collect(),
+            std: n.std.iter().map(|&x| x as f32).collect(),
+        },
+        None => Normalize {
+            mean: vec![0.0; r.data.channels],
+            std: vec![1.0; r.data.channels],
+        },
+    }
+}
+
+/// Threads for kernels and loader: `train.threads`, 0 meaning every core. Sizes
+/// rayon's global pool (the kernels') once; a pool that already exists with another
+/// size is reported, not silently kept.
+pub fn configure_threads(threads: usize) -> Result<usize, String> {
+    let n = if threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        threads
+    };
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+    {
+        Ok(()) => Ok(n),
+        Err(_) if rayon::current_num_threads() == n => Ok(n),
+        Err(e) => Err(format!(
+            "cannot size the thread pool to {n} threads ({e}); it already has {}",
+            rayon::current_num_threads()
+        )),
+    }
+}
+
+/// Runs the experiment `req` describes.
+pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
+    let r = &req.recipe;
+    let started = Instant::now();
+    if r.train.device == crate::spec::train::Device::Cuda {
+        // Never a silent fall-back: the training step does not drive CUDA yet.
+        return Err(run_err(
+            "train.device: cuda — `recipe run` trains on the CPU only so far; use `device: cpu` or `auto`",
+        ));
+    }
+    let threads = configure_threads(r.train.threads).map_err(setup_err)?;
+    let text = resolved_text(r);
+    let hash = recipe_hash(r);
+    let dir = match &req.resume {
+        Some(dir) => {
+            check_resume(dir, r, req.force)?;
+            dir.clone()
+        }
+        None => {
+            let parent = req
+                .out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(&r.output.dir));
+            rundir::create(&parent, &r.name, &text).map_err(ExperimentError::Setup)?
+        }
+    };
+    let loaded = data::load(&data::DataConfig::from_spec(&r.data, r.seed))
+        .map_err(|e| setup_err(format!("cannot read the data: {e}")))?;
+    let train = Arc::new(loaded.train);
+    let test = loaded.test;
+    if train.len() < r.train.batch_size {
+        return Err(run_err(format!(
+            "the training set has {} images, fewer than one batch of {} (train.batch_size)",
+            train.len(),
+            r.train.batch_size
+        )));
+    }
+    let chain = augment::Chain::from_spec(&r.augment, &r.data).map_err(run_err)?;
+    let loader = Loader::new(
+        train.clone(),
+        Arc::new(chain),
+        LoaderConfig {
+            batch_size: r.train.batch_size,
+            shuffle: true,
+            // Every step sees a full batch (MoCo's queue and the BN statistics want it).
+            drop_last: true,
+            seed: r.seed,
+            threads,
+            prefetch: r.train.prefetch,
+        },
+    )
+    .map_err(setup_err)?;
+    let mut trainer = Trainer::new(
+        r,
+        Cpu::default(),
+        train.len(),
+        loader.batches_per_epoch() as u64,
+    )?;
+    let ckpt = dir.join(rundir::CHECKPOINTS).join(rundir::LAST);
+    let resumed = match &req.resume {
+        Some(_) if ckpt.exists() => {
+            let meta = trainer.load(&ckpt)?;
+            if meta.recipe_hash != hash && !req.force {
+                return Err(ExperimentError::Changed(vec![
+                    "(the checkpoint was written by another recipe)".into(),
+                ]));
+            }
+            Some(meta)
+        }
+        Some(_) => None,
+        None => None,
+    };
+    let mut metrics = match &resumed {
+        Some(m) => {
+            MetricsWriter::resume(&dir, &[], m.step)
+                .map_err(setup_err)?
+                .0
+        }
+        None => MetricsWriter::create(&dir, &[]).map_err(setup_err)?,
+    };
+    let norm = normalization(r);
+    // kNN during training, every `every_epochs` epochs, on the test split.
+    let periodic: Vec<(usize, KnnConfig, Which)> = r
+        .downstream
+        .iter()
+        .filter_map(|t| match t {
+            Task::Knn {
+                k,
+                temperature,
+                metric,
+                features,
+                every_epochs,
+                ..
+            } if *every_epochs > 0 => Some((
+                *every_epochs,
+                KnnConfig {
+                    k: *k,
+                    temperature: *temperature,
+                    metric: metric_of(*metric),
+                },
+                which(*features),
+            )),
+            _ => None,
+        })
+        .collect();
+    let eval_batch = r.train.batch_size.max(64);
+    let test_ref = test.as_ref();
+    let train_ref: &Dataset = &train;
+    let mut on_epoch = |t: &mut Trainer<Cpu>,
+                        epoch: usize|
+     -> Result<Vec<(String, f64)>, TrainError> {
+        let mut out = Vec::new();
+        let Some(test) = test_ref else {
+            return Ok(out);
+        };
+        for (every, cfg, w) in &periodic {
+            if !epoch.is_multiple_of(*every) {
+                continue;
+            }
+            let model = t.encoder.model().clone();
+            let (a, b) = features_of(&model, &mut t.store, train_ref, test, &norm, *w, eval_batch)
+                .map_err(|e| TrainError::Other(e.to_string()))?;
+            let res = knn(&a, &b, cfg).map_err(|e| TrainError::Other(e.to_string()))?;
+            out.push(("knn_top1".to_string(), res.top1));
+            out.push(("knn_top5".to_string(), res.top5));
+        }
+        Ok(out)
+    };
+    let mut cfg = LoopConfig {
+        epochs: r.train.epochs,
+        log_every: r.train.log_every,
+        checkpoint_every: r.train.checkpoint_every,
+        recipe_hash: hash.clone(),
+        progress: req.progress,
+        stop_after_steps: req.stop_after_steps,
+        on_epoch: &mut on_epoch,
+    };
+    let summary = train_loop(
+        &mut trainer,
+        &loader,
+        &dir,
+        &mut metrics,
+        resumed.as_ref(),
+        &mut cfg,
+    )?;
+    if summary.interrupted {
+        return Ok(RunOutcome::Interrupted {
+            dir,
+            step: summary.steps,
+        });
+    }
+    let train_secs = started.elapsed().as_secs_f64();
+    let model = trainer.encoder.model().clone();
+    // torchvision's names and shapes minus `fc` (for ResNets; the small CNN's follow
+    // an `nn.Sequential` named `features`).
+    let names = model.backbone_entry_names(&trainer.store);
+    checkpoint::export_named(&dir.join("backbone.safetensors"), &trainer.store, &names)
+        .map_err(setup_err)?;
+    let eval_started = Instant::now();
+    let downstream = Downstream {
+        r,
+        train: &train,
+        test: test.as_ref(),
+        norm: &norm,
+        dir: &dir,
+        batch: eval_batch,
+    };
+    let results =
+        downstream.run_all(&model, &mut trainer.store, None, &mut metrics, trainer.step)?;
+    let eval_secs = eval_started.elapsed().as_secs_f64();
+    let curves = training_curves(&dir, r)?;
+    let mut figures = results.figures.clone();
+    figures.extend(curves);
+    let total = started.elapsed().as_secs_f64();
+    let doc = json!({
+        "name": r.name,
+        "method": r.loss.method(),
+        "recipe": req.recipe_path.as_ref().map(|p| p.display().to_string()),
+        "run_dir": dir.display().to_string(),
+        "training": {
+            "epochs": summary.epochs_done,
+            "steps": summary.steps,
+            "seconds": summary.train_seconds,
+            "images_per_s": summary.images_per_s,
+            "final_epoch_loss": summary.last_epoch_loss,
+            "threads": threads,
+            "resumed": resumed.is_some(),
+        },
+        "downstream": results.json,
+        "seconds": {"training": train_secs, "evaluation": eval_secs, "total": total},
+        "peak_rss_mib": crate::bench::peak_rss_mib(),
+    });
+    rundir::write_text(
+        &dir.join("results.json"),
+        &(serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"),
+    )
+    .map_err(ExperimentError::Setup)?;
+    write_report(
+        &dir.join("report.md"),
+        &ReportInput {
+            run_name: r.name.clone(),
+            method: r.loss.method().to_string(),
+            recipe_path: req.recipe_path.as_ref().map(|p| p.display().to_string()),
+            timings: vec![
+                ("training".into(), summary.train_seconds),
+                ("downstream tasks".into(), eval_secs),
+                ("total".into(), total),
+            ],
+            images_per_s: Some(summary.images_per_s),
+            final_loss: Some(summary.last_epoch_loss),
+            metrics: results.table.clone(),
+            notes: results.notes.clone(),
+            figures,
+        },
+    )
+    .map_err(setup_err)?;
+    Ok(RunOutcome::Finished { dir, results: doc })
+}
+
+/// Refuses to resume `dir` with a recipe other than the one it was started with.
+fn check_resume(dir: &Path, r: &Recipe, force: bool) -> Result<(), ExperimentError> {
+    let path = dir.join(rundir::RECIPE_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        setup_err(format!(
+            "`{}` is not a run directory (cannot read {}: {e})",
+            dir.display(),
+            rundir::RECIPE_FILE
+        ))
+    })?;
+    let old: Value = serde_yaml::from_str(&text)
+        .map_err(|e| setup_err(format!("`{}` is unreadable: {e}", path.display())))?;
+    let new = serde_json::to_value(r).map_err(run_err)?;
+    let diff = differences(&old, &new);
+    if !diff.is_empty() && !force {
+        return Err(ExperimentError::Changed(diff));
+    }
+    Ok(())
+}
+
+fn metric_of(m: SpecMetric) -> Metric {
+    match m {
+        SpecMetric::Cosine => Metric::Cosine,
+        SpecMetric::Euclidean => Metric::Euclidean,
+    }
+}
+
+fn which(f: Features) -> Which {
+    match f {
+        Features::Backbone => Which::Backbone,
+        Features::Head => Which::Head,
+    }
+}
+
+fn features_of(
+    model: &Model,
+    store: &mut ParamStore<Cpu>,
+    train: &Dataset,
+    test: &Dataset,
+    norm: &Normalize,
+    w: Which,
+    batch: usize,
+) -> Result<(FeatureMatrix, FeatureMatrix), ExperimentError> {
+    let a = extract(model, store, train, norm, w, batch).map_err(run_err)?;
+    let b = extract(model, store, test, norm, w, batch).map_err(run_err)?;
+    Ok((a, b))
+}
+
+/// What the downstream tasks produced.
+#[derive(Clone, Debug, Default)]
+pub struct DownstreamResults {
+    /// One entry per task (results.json's `downstream`).
+    pub json: Vec<Value>,
+    /// The report's table.
+    pub table: MetricsTable,
+    /// The report's remarks.
+    pub notes: Vec<String>,
+    /// `(title, file name)` of the pictures written.
+    pub figures: Vec<(String, String)>,
+}
+
+/// The downstream tasks of a recipe over its data.
+pub struct Downstream<'a> {
+    /// The recipe.
+    pub r: &'a Recipe,
+    /// Training split (kNN memory, probe training set).
+    pub train: &'a Dataset,
+    /// Test split.
+    pub test: Option<&'a Dataset>,
+    /// Normalisation for every image.
+    pub norm: &'a Normalize,
+    /// Where pictures go.
+    pub dir: &'a Path,
+    /// Images per forward pass.
+    pub batch: usize,
+}
+
+const ROWS: [&str; 3] = ["trained", "untrained network", "raw pixels"];
+
+impl Downstream<'_> {
+    /// Runs the recipe's tasks (or only those named in `only`) on `model` in `store`,
+    /// with the baselines the tasks ask for, writing eval records to `metrics`.
+    pub fn run_all(
+        &self,
+        model: &Model,
+        store: &mut ParamStore<Cpu>,
+        only: Option<&[String]>,
+        metrics: &mut MetricsWriter,
+        step: u64,
+    ) -> Result<DownstreamResults, ExperimentError> {
+        let mut out = DownstreamResults {
+            table: MetricsTable {
+                columns: Vec::new(),
+                rows: ROWS.iter().map(|r| (r.to_string(), Vec::new())).collect(),
+            },
+            ..Default::default()
+        };
+        // The untrained network: the same config and seed, before any step.
+        let mut untrained = ParamStore::new(Cpu::default());
+        let plain = Model::new(
+            &mut untrained,
+            &crate::build::model(self.r, model.input.1).map_err(run_err)?,
+            self.r.seed,
+        )
+        .map_err(run_err)?;
+        let mut cache: BTreeMap<(usize, u8), (FeatureMatrix, FeatureMatrix)> = BTreeMap::new();
+        let mut raw: Option<(FeatureMatrix, FeatureMatrix)> = None;
+        for task in &self.r.downstream {
+            if let Some(names) = only
+                && !names.iter().any(|n| n == task.name())
+            {
+                continue;
+            }
+            if task.needs_labels() && self.test.is_none() {
+                return Err(setup_err(format!(
+                    "the `{}` task needs a labelled test split; set data.test_fraction",
+                    task.name()
+                )));
+            }
+            let t0 = Instant::now();
+            match task {
+                Task::Knn {
+                    k,
+                    temperature,
+                    metric,
+                    features,
+                    baselines,
+                    ..
+                } => {
+                    let cfg = KnnConfig {
+                        k: *k,
+                        temperature: *temperature,
+                        metric: metric_of(*metric),
+                    };
+                    let w = which(*features);
+                    let mut entry = json!({"task": "knn", "k": k, "temperature": temperature,
+                        "features": format!("{features:?}").to_lowercase()});
+                    let mut vals = [None, None, None];
+                    let mut vals5 = [None, None, None];
+                    for (row, name) in ROWS.iter().enumerate() {
+                        if row > 0 && !baselines {
+                            continue;
+                        }
+                        let (a, b) = self.features(
+                            row,
+                            w,
+                            model,
+                            store,
+                            &plain,
+                            &mut untrained,
+                            &mut cache,
+                            &mut raw,
+                        )?;
+                        let res = knn(a, b, &cfg).map_err(run_err)?;
+                        entry[key(name)] = json!({"top1": res.top1, "top5": res.top5});
+                        vals[row] = Some(res.top1);
+                        vals5[row] = Some(res.top5);
+                    }
+                    self.add_column(&mut out.table, &format!("kNN top-1 (k={k})"), vals);
+                    self.add_column(&mut out.table, &format!("kNN top-5 (k={k})"), vals5);
+                    metrics
+                        .write(
+                            &Record::new(Kind::Eval, self.r.train.epochs as u64, step)
+                                .with("knn_top1", vals[0].unwrap_or(f64::NAN))
+                                .with("knn_top5", vals5[0].unwrap_or(f64::NAN)),
+                        )
+                        .map_err(setup_err)?;
+                    entry["seconds"] = json!(t0.elapsed().as_secs_f64());
+                    out.json.push(entry);
+                }
+                Task::LinearProbe {
+                    epochs,
+                    batch_size,
+                    lr,
+                    weight_decay,
+                    features,
+                    standardize,
+                    baselines,
+                } => {
+                    let cfg = ProbeConfig {
+                        epochs: *epochs,
+                        batch_size: *batch_size,
+                        lr: *lr,
+                        weight_decay: *weight_decay,
+                        standardize: *standardize,
+                        seed: self.r.seed,
+                    };
+                    let w = which(*features);
+                    let mut entry = json!({"task": "linear_probe", "epochs": epochs, "lr": lr,
+                        "standardize": standardize,
+                        "features": format!("{features:?}").to_lowercase()});
+                    let mut vals = [None, None, None];
+                    for (row, name) in ROWS.iter().enumerate() {
+                        if row > 0 && !baselines {
+                            continue;
+                        }
+                        let (a, b) = self.features(
+                            row,
+                            w,
+                            model,
+                            store,
+                            &plain,
+                            &mut untrained,
+                            &mut cache,
+                            &mut raw,
+                        )?;
+                        let res = linear_probe(a, b, &cfg).map_err(run_err)?;
+                        entry[key(name)] = json!({"top1": res.top1, "top5": res.top5,
+                            "train_top1": res.train_top1});
+                        vals[row] = Some(res.top1);
+                    }
+                    self.add_column(&mut out.table, "linear top-1", vals);
+                    metrics
+                        .write(
+                            &Record::new(Kind::Eval, self.r.train.epochs as u64, step)
+                                .with("linear_top1", vals[0].unwrap_or(f64::NAN)),
+                        )
+                        .map_err(setup_err)?;
+                    entry["seconds"] = json!(t0.elapsed().as_secs_f64());
+                    out.json.push(entry);
+                }
+                Task::FineTune {
+                    epochs,
+                    batch_size,
+                    lr,
+                    backbone_lr_scale,
+                    weight_decay,
+                } => {
+                    let test = self.test.expect("checked above");
+                    let cfg = FineTuneConfig {
+                        epochs: *epochs,
+                        batch_size: *batch_size,
+                        lr: *lr,
+                        backbone_lr_scale: *backbone_lr_scale,
+                        weight_decay: *weight_decay,
+                        seed: self.r.seed,
+                    };
+                    let m = model.with_input(test_hw(test)).map_err(run_err)?;
+                    let res =
+                        fine_tune(&m, store, self.train, test, self.norm, &cfg).map_err(run_err)?;
+                    let m0 = plain.with_input(test_hw(test)).map_err(run_err)?;
+                    let base = fine_tune(&m0, &untrained, self.train, test, self.norm, &cfg)
+                        .map_err(run_err)?;
+                    self.add_column(
+                        &mut out.table,
+                        "fine-tune top-1",
+                        [Some(res.top1), Some(base.top1), None],
+                    );
+                    metrics
+                        .write(
+                            &Record::new(Kind::Eval, self.r.train.epochs as u64, step)
+                                .with("fine_tune_top1", res.top1)
+                                .with("fine_tune_top5", res.top5),
+                        )
+                        .map_err(setup_err)?;
+                    out.json.push(json!({"task": "fine_tune", "epochs": epochs,
+                        "trained": {"top1": res.top1, "top5": res.top5},
+                        "untrained_network": {"top1": base.top1, "top5": base.top5},
+                        "seconds": t0.elapsed().as_secs_f64()}));
+                }
+                Task::Visualize {
+                    plots,
+                    samples,
+                    queries,
+                    neighbors,
+                } => {
+                    let figs = self.visualize(
+                        plots, *samples, *queries, *neighbors, model, store, &mut cache,
+                    )?;
+                    out.json.push(json!({"task": "visualize",
+                        "files": figs.iter().map(|f| f.1.clone()).collect::<Vec<_>>(),
+                        "seconds": t0.elapsed().as_secs_f64()}));
+                    out.figures.extend(figs);
+                }
+            }
+        }
+        out.notes.push(
+            "Baselines: *untrained network* is the same architecture with the recipe's seed \
+             before any training step; *raw pixels* classifies the normalised pixels directly. \
+             Linear probes standardise every feature with training-set statistics unless the \
+             recipe turns that off."
+                .into(),
+        );
+        out.table
+            .rows
+            .retain(|(_, v)| v.iter().any(Option::is_some));
+        Ok(out)
+    }
+
+    fn add_column(&self, t: &mut MetricsTable, name: &str, vals: [Option<f64>; 3]) {
+        t.columns.push(name.to_string());
+        for (row, v) in t.rows.iter_mut().zip(vals) {
+            row.1.push(v);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn features<'c>(
+        &self,
+        row: usize,
+        w: Which,
+        model: &Model,
+        store: &mut ParamStore<Cpu>,
+        plain: &Model,
+        untrained: &mut ParamStore<Cpu>,
+        cache: &'c mut BTreeMap<(usize, u8), (FeatureMatrix, FeatureMatrix)>,
+        raw: &'c mut Option<(FeatureMatrix, FeatureMatrix)>,
+    ) -> Result<(&'c FeatureMatrix, &'c FeatureMatrix), ExperimentError> {
+        let test = self.test.expect("labelled tasks checked the test split");
+        if row == 2 {
+            if raw.is_none() {
+                *raw = Some((
+                    raw_pixels(self.train, self.norm).map_err(run_err)?,
+                    raw_pixels(test, self.norm).map_err(run_err)?,
+                ));
+            }
+            let (a, b) = raw.as_ref().expect("just filled");
+            return Ok((a, b));
+        }
+        let k = (row, w as u8);
+        if let std::collections::btree_map::Entry::Vacant(slot) = cache.entry(k) {
+            let (m, s) = if row == 0 {
+                (model, store)
+            } else {
+                (plain, untrained)
+            };
+            slot.insert(features_of(
+                m, s, self.train, test, self.norm, w, self.batch,
+            )?);
+        }
+        let (a, b) = &cache[&k];
+        Ok((a, b))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn visualize(
+        &self,
+        plots: &[Plot],
+        samples: usize,
+        queries: usize,
+        neighbors: usize,
+        model: &Model,
+        store: &mut ParamStore<Cpu>,
+        cache: &mut BTreeMap<(usize, u8), (FeatureMatrix, FeatureMatrix)>,
+    ) -> Result<Vec<(String, String)>, ExperimentError> {
+        let mut figs = Vec::new();
+        let eval_set = self.test.unwrap_or(self.train);
+        for plot in plots {
+            match plot {
+                Plot::Filters => {
+                    let name = model.backbone.first_conv_weight_name();
+                    let id = store
+                        .id(&name)
+                        .ok_or_else(|| run_err(format!("no `{name}` in the model")))?;
+                    let shape = &store.get(id).shape;
+                    let shape = [shape[0], shape[1], shape[2], shape[3]];
+                    grid::filters_png(&self.dir.join("filters.png"), &store.data(id), shape)
+                        .map_err(setup_err)?;
+                    figs.push(("First-layer filters".into(), "filters.png".into()));
+                }
+                Plot::FeatureMaps => {
+                    let n = queries.min(eval_set.len()).max(1);
+                    let idx = spread(eval_set.len(), n);
+                    let imgs: Vec<_> = idx.iter().map(|&i| eval_set.image(i)).collect();
+                    let (c, h, w) = eval_set.shape();
+                    let mut x = Vec::with_capacity(n * c * h * w);
+                    for im in &imgs {
+                        let im = self.norm.apply(im.clone()).map_err(run_err)?;
+                        x.extend_from_slice(&im.data);
+                    }
+                    let dev = store.device().clone();
+                    let t = dfdx::prelude::TensorFromVec::tensor_from_vec(&dev, x, (n, c, h, w));
+                    let stages = model.backbone.stage_outputs(store, t).map_err(run_err)?;
+                    let stages: Vec<(String, Vec<f32>, [usize; 4])> = stages
+                        .into_iter()
+                        .map(|(name, t)| {
+                            let s = *dfdx::prelude::HasShape::shape(&t);
+                            (name, t.as_vec(), [s.0, s.1, s.2, s.3])
+                        })
+                        .collect();
+                    grid::feature_maps_png(&self.dir.join("feature_maps.png"), &imgs, &stages, 8)
+                        .map_err(setup_err)?;
+                    figs.push((
+                        "Activation maps per stage".into(),
+                        "feature_maps.png".into(),
+                    ));
+                }
+                Plot::NearestNeighbors => {
+                    let Some(test) = self.test else { continue };
+                    let k = (0, Which::Backbone as u8);
+                    if let std::collections::btree_map::Entry::Vacant(slot) = cache.entry(k) {
+                        let v = features_of(
+                            model,
+                            store,
+                            self.train,
+                            test,
+                            self.norm,
+                            Which::Backbone,
+                            self.batch,
+                        )?;
+                        slot.insert(v);
+                    }
+                    let (a, b) = &cache[&k];
+                    let q = spread(b.n, queries.min(b.n).max(1));
+                    let qm = b.select(&q);
+                    let nn = nearest(a, &qm, neighbors, Metric::Cosine).map_err(run_err)?;
+                    let qimgs: Vec<_> = q.iter().map(|&i| test.image(i)).collect();
+                    let nimgs: Vec<Vec<_>> = nn
+                        .iter()
+                        .map(|row| row.iter().map(|(j, _)| self.train.image(*j)).collect())
+                        .collect();
+                    let correct: Vec<Vec<bool>> = nn
+                        .iter()
+                        .zip(&q)
+                        .map(|(row, &qi)| {
+                            row.iter()
+                                .map(|(j, _)| self.train.label(*j) == test.label(qi))
+                                .collect()
+                        })
+                        .collect();
+                    grid::neighbors_png(
+                        &self.dir.join("nearest_neighbors.png"),
+                        &qimgs,
+                        &nimgs,
+                        &correct,
+                    )
+                    .map_err(setup_err)?;
+                    figs.push((
+                        "Test images and their nearest training images (green: same class)".into(),
+                        "nearest_neighbors.png".into(),
+                    ));
+                }
+                Plot::EmbeddingPca => {
+                    let n = samples.min(eval_set.len()).max(2);
+                    let idx = spread(eval_set.len(), n);
+                    let sub = eval_set.select(&idx);
+                    let f = extract(model, store, &sub, self.norm, Which::Backbone, self.batch)
+                        .map_err(run_err)?;
+                    let p = pca_2d(&f).map_err(run_err)?;
+                    let classes: Vec<u32> =
+                        (0..sub.len()).map(|i| sub.label(i).unwrap_or(0)).collect();
+                    plots::scatter(
+                        &self.dir.join("embedding_pca.png"),
+                        &format!(
+                            "PCA of {} test embeddings ({:.0}% + {:.0}% of the variance)",
+                            n,
+                            100.0 * p.variance_ratio[0],
+                            100.0 * p.variance_ratio[1]
+                        ),
+                        &p.coords,
+                        &classes,
+                        sub.classes(),
+                    )
+                    .map_err(setup_err)?;
+                    figs.push(("Embedding PCA".into(), "embedding_pca.png".into()));
+                }
+                Plot::TrainingCurves => {
+                    // Drawn after the run from metrics.jsonl (see `training_curves`).
+                }
+                Plot::AugmentationViews => {
+                    let chain = augment::Chain::from_spec(&self.r.augment, &self.r.data)
+                        .map_err(run_err)?;
+                    let idx = spread(self.train.len(), queries.min(self.train.len()).max(1));
+                    let imgs: Vec<_> = idx.iter().map(|&i| self.train.image(i)).collect();
+                    augment::write_preview(
+                        &chain,
+                        &imgs,
+                        self.r.seed,
+                        &self.dir.join("augmentation_views.png"),
+                    )
+                    .map_err(setup_err)?;
+                    figs.push((
+                        "Training images and their augmented views".into(),
+                        "augmentation_views.png".into(),
+                    ));
+                }
+            }
+        }
+        Ok(figs)
+    }
+}
+
+fn key(row: &str) -> String {
+    row.replace(' ', "_")
+}
+
+fn test_hw(d: &Dataset) -> (usize, usize) {
+    let (_, h, w) = d.shape();
+    (h, w)
+}
+
+/// `n` indices spread evenly over `0..len`.
+fn spread(len: usize, n: usize) -> Vec<usize> {
+    let n = n.min(len);
+    (0..n).map(|i| i * len / n.max(1)).collect()
+}
+
+/// Loss, learning rate and kNN accuracy over training, from `metrics.jsonl`, when the
+/// recipe asks for `training_curves`.
+fn training_curves(dir: &Path, r: &Recipe) -> Result<Vec<(String, String)>, ExperimentError> {
+    let wanted = r.downstream.iter().any(
+        |t| matches!(t, Task::Visualize { plots, .. } if plots.contains(&Plot::TrainingCurves)),
+    );
+    if !wanted {
+        return Ok(Vec::new());
+    }
+    let recs = read_jsonl(&dir.join("metrics.jsonl")).map_err(setup_err)?;
+    let series = |kind: Kind, field: &str, name: &str| plots::Series {
+        name: name.to_string(),
+        points: recs
+            .iter()
+            .filter(|r| r.kind == kind)
+            .filter_map(|r| r.get(field).map(|v| (r.step as f64, v)))
+            .collect(),
+    };
+    let mut figs = Vec::new();
+    plots::line_chart(
+        &dir.join("loss.png"),
+        "Training loss",
+        "step",
+        &[
+            series(Kind::Step, "loss", "loss (logged steps)"),
+            series(Kind::Epoch, "loss", "epoch mean"),
+        ],
+    )
+    .map_err(setup_err)?;
+    figs.push(("Training loss".into(), "loss.png".into()));
+    plots::line_chart(
+        &dir.join("lr.png"),
+        "Learning rate",
+        "step",
+        &[series(Kind::Step, "lr", "learning rate")],
+    )
+    .map_err(setup_err)?;
+    figs.push(("Learning rate".into(), "lr.png".into()));
+    let knn_pts = series(Kind::Epoch, "knn_top1", "kNN top-1 (%)");
+    if !knn_pts.points.is_empty() {
+        plots::line_chart(
+            &dir.join("knn.png"),
+            "kNN accuracy during training",
+            "step",
+            &[knn_pts],
+        )
+        .map_err(setup_err)?;
+        figs.push(("kNN top-1 over training".into(), "knn.png".into()));
+    }
+    Ok(figs)
+}
+
+/// `recipe eval`: the downstream tasks (all, or those in `only`) on a saved model —
+/// a run directory (its `checkpoints/last.safetensors`) or a checkpoint file inside
+/// one — writing pictures and `eval.json` into the run directory.
+pub fn evaluate(target: &Path, only: Option<&[String]>) -> Result<Value, ExperimentError> {
+    let (dir, ckpt) = if target.is_dir() {
+        (
+            target.to_path_buf(),
+            target.join(rundir::CHECKPOINTS).join(rundir::LAST),
+        )
+    } else {
+        let dir = target.parent().and_then(Path::parent).ok_or_else(|| {
+            setup_err(format!(
+                "`{}` is not inside a run directory",
+                target.display()
+            ))
+        })?;
+        (dir.to_path_buf(), target.to_path_buf())
+    };
+    if !dir.join(rundir::RECIPE_FILE).is_file() {
+        return Err(setup_err(format!(
+            "`{}` is not a run directory (it has no {})",
+            dir.display(),
+            rundir::RECIPE_FILE
+        )));
+    }
+    let loaded = crate::spec::Loader::new()
+        .load_file(&dir.join(rundir::RECIPE_FILE), &[])
+        .map_err(setup_err)?;
+    let Some(r) = loaded.valid_recipe().cloned() else {
+        return Err(run_err(format!(
+            "the run's recipe is no longer valid: {:?}",
+            loaded
+                .diagnostics
+                .iter()
+                .map(|d| &d.message)
+                .collect::<Vec<_>>()
+        )));
+    };
+    configure_threads(r.train.threads).map_err(setup_err)?;
+    let data = data::load(&data::DataConfig::from_spec(&r.data, r.seed))
+        .map_err(|e| setup_err(format!("cannot read the data: {e}")))?;
+    let size = crate::build::view_sizes(&r)
+        .first()
+        .map_or(r.data.image_size, |(s, _)| *s);
+    let mut store = ParamStore::new(Cpu::default());
+    let model = Model::new(
+        &mut store,
+        &crate::build::model(&r, size).map_err(run_err)?,
+        r.seed,
+    )
+    .map_err(run_err)?;
+    checkpoint::load_training(&ckpt, &mut store, None, None, None).map_err(setup_err)?;
+    let norm = normalization(&r);
+    let mut metrics = MetricsWriter::resume(&dir, &[], u64::MAX)
+        .map_err(setup_err)?
+        .0;
+    let ds = Downstream {
+        r: &r,
+        train: &data.train,
+        test: data.test.as_ref(),
+        norm: &norm,
+        dir: &dir,
+        batch: r.train.batch_size.max(64),
+    };
+    let meta = checkpoint::read_meta(&ckpt).map_err(setup_err)?;
+    let res = ds.run_all(&model, &mut store, only, &mut metrics, meta.step)?;
+    let doc = json!({"checkpoint": ckpt.display().to_string(), "step": meta.step,
+        "downstream": res.json});
+    rundir::write_text(
+        &dir.join("eval.json"),
+        &(serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"),
+    )
+    .map_err(ExperimentError::Setup)?;
+    Ok(doc)
+}

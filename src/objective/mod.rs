@@ -1,0 +1,636 @@
+//! The contrastive objectives: a loss on the tape from a batch of views, and the state
+//! each method keeps between steps.
+//!
+//! Two layers, both public:
+//! - one module per method with plain functions on dfdx tensors, usable without a
+//!   recipe or a model: [`nt_xent::loss`], [`supcon::loss`], [`moco::loss`] (with
+//!   [`moco::KeyQueue`] and [`moco::ema_update`]), [`memory_bank::loss`] (with
+//!   [`memory_bank::MemoryBank`]), [`swav::sinkhorn`] and [`swav::loss`]. Each
+//!   function's doc comment gives its row layout.
+//! - the [`Objective`] trait, which the training step drives: it runs the encoder on a
+//!   batch of views, computes the method's loss, and updates the method's state (MoCo's
+//!   key encoder and queue, the memory bank, SwAV's prototypes and queue) exactly when
+//!   the reference code does. [`build`] makes one from a [`MethodConfig`].
+//!
+//! Invariants:
+//! - Embeddings are L2-normalised inside every loss; callers pass raw head outputs.
+//! - State that is not a parameter (queues, banks, the key encoder) never receives a
+//!   gradient: it enters the graph as tape-less tensors.
+//! - Every shape or value a method cannot work with is an [`ObjectiveError`], checked
+//!   before any dfdx op runs (dfdx panics on mismatched shapes); NaN or infinite
+//!   embeddings are an error, not a NaN loss.
+//! - [`Objective::state`] and [`Objective::load_state`] round-trip everything the method
+//!   keeps, so a resumed run continues bit-identically.
+
+pub mod memory_bank;
+pub mod moco;
+pub mod nt_xent;
+pub mod supcon;
+pub mod swav;
+
+use std::fmt;
+
+use dfdx::prelude::*;
+
+use crate::data::ViewBatch;
+use crate::nn::ModelError;
+use crate::nn::model::Model;
+use crate::nn::ops::{EngineDevice, T2};
+use crate::nn::params::ParamStore;
+pub use crate::optim::StateTensor;
+
+/// The scalar loss of a step, on the tape.
+pub type Loss<D> = Tensor<(), f32, D, OwnedTape<f32, D>>;
+
+/// Why an objective cannot compute its loss or restore its state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ObjectiveError {
+    /// Inputs whose shapes do not fit the method (row counts, labels, queue sizes).
+    Shape(String),
+    /// NaN or infinite embeddings.
+    NonFinite(String),
+    /// A hyper-parameter the method cannot use.
+    Config(String),
+    /// The encoder failed (input shape).
+    Model(ModelError),
+    /// A saved state that does not fit this objective.
+    State(String),
+}
+
+impl fmt::Display for ObjectiveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ObjectiveError::Shape(m) => write!(f, "objective input: {m}"),
+            ObjectiveError::NonFinite(m) => write!(f, "non-finite values: {m}"),
+            ObjectiveError::Config(m) => write!(f, "objective configuration: {m}"),
+            ObjectiveError::Model(e) => write!(f, "{e}"),
+            ObjectiveError::State(m) => write!(f, "objective state: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ObjectiveError {}
+
+impl From<ModelError> for ObjectiveError {
+    fn from(e: ModelError) -> Self {
+        ObjectiveError::Model(e)
+    }
+}
+
+/// Errors unless `z` has `rows` rows and only finite values.
+pub(crate) fn check_rows<D: Device<f32>, T>(
+    z: &T2<D, T>,
+    what: &str,
+    rows: usize,
+) -> Result<(), ObjectiveError> {
+    let (r, d) = *z.shape();
+    if r != rows {
+        return Err(ObjectiveError::Shape(format!(
+            "{what}: expected {rows} rows, found {r}"
+        )));
+    }
+    if d == 0 {
+        return Err(ObjectiveError::Shape(format!(
+            "{what}: zero-width embeddings"
+        )));
+    }
+    check_finite(&z.as_vec(), what)
+}
+
+pub(crate) fn check_finite(v: &[f32], what: &str) -> Result<(), ObjectiveError> {
+    match v.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(ObjectiveError::NonFinite(format!(
+            "{what} has {} at element {i}",
+            v[i]
+        ))),
+    }
+}
+
+pub(crate) fn check_temperature(t: f32, what: &str) -> Result<(), ObjectiveError> {
+    if t.is_finite() && t > 0.0 {
+        Ok(())
+    } else {
+        Err(ObjectiveError::Config(format!(
+            "{what} must be a positive number, got {t}"
+        )))
+    }
+}
+
+/// Rows per view of view-major embeddings with `rows` rows and `views` views.
+pub(crate) fn per_view(rows: usize, views: usize, what: &str) -> Result<usize, ObjectiveError> {
+    if views == 0 || rows == 0 || !rows.is_multiple_of(views) {
+        return Err(ObjectiveError::Shape(format!(
+            "{what}: {rows} rows cannot be {views} views of the same images (view-major layout needs a multiple of {views})"
+        )));
+    }
+    Ok(rows / views)
+}
+
+/// The multi-positive InfoNCE shared by NT-Xent and SupCon: with `zn` L2-normalised
+/// `(m, d)` rows, logits `zn·znᵀ / τ` without the diagonal, and
+/// `loss = Σ_{a,p} w[a,p] · (−log softmax_a[p])` for a weight matrix `w` that is zero
+/// on the diagonal.
+pub(crate) fn weighted_info_nce<D: EngineDevice, T: Tape<f32, D>>(
+    z: T2<D, T>,
+    temperature: f32,
+    weights: Vec<f32>,
+) -> Tensor<(), f32, D, T> {
+    let m = z.shape().0;
+    let dev = z.device().clone();
+    let zn = D::l2_normalize(z, 1e-12);
+    // Scaling one side gives it a new id: a matmul of a tensor with itself panics.
+    let zs = zn.retaped::<T>() * (1.0 / temperature);
+    let sim = zs.matmul(zn.permute::<_, Axes2<1, 0>>());
+    let mut mask = vec![0.0f32; m * m];
+    for i in 0..m {
+        // exp(−1e9) is exactly 0 in f32: the anchor is no candidate of its own softmax.
+        mask[i * m + i] = -1e9;
+    }
+    let lsm = (sim + dev.tensor_from_vec(mask, (m, m))).log_softmax::<Axis<1>>();
+    (lsm * dev.tensor_from_vec(weights, (m, m)))
+        .sum::<(), _>()
+        .negate()
+}
+
+/// Brackets the backward pass of a loss for `recipe bench`'s breakdown: call
+/// [`begin`](BackwardTimer::begin) on the embeddings before the loss ops are recorded and
+/// [`end`](BackwardTimer::end) on the scalar after. dfdx runs backward ops in reverse
+/// order, so the op added by `end` runs first (starts the clock) and the one added by
+/// `begin` runs once the loss's own backward ops are done (records
+/// `objective.loss.bwd`). Both leave the gradients untouched; nothing is added while
+/// timing is off.
+#[derive(Clone, Debug, Default)]
+pub struct BackwardTimer {
+    started: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+}
+
+impl BackwardTimer {
+    /// Marks the loss's input; returns it unchanged.
+    pub fn begin<D: Device<f32>, T: Tape<f32, D>>(&self, z: T2<D, T>) -> T2<D, T> {
+        if !crate::nn::ops::timing::enabled() {
+            return z;
+        }
+        let started = self.started.clone();
+        let (z, mut tape) = z.split_tape();
+        tape.add_backward_op(move |_| {
+            if let Some(t) = started.lock().map(|mut s| s.take()).unwrap_or(None) {
+                crate::nn::ops::timing::record("objective.loss.bwd", t.elapsed());
+            }
+            Ok(())
+        });
+        z.put_tape(tape)
+    }
+
+    /// Marks the loss's output; returns it unchanged.
+    pub fn end<D: Device<f32>, T: Tape<f32, D>>(
+        &self,
+        loss: Tensor<(), f32, D, T>,
+    ) -> Tensor<(), f32, D, T> {
+        if !crate::nn::ops::timing::enabled() {
+            return loss;
+        }
+        let started = self.started.clone();
+        let (loss, mut tape) = loss.split_tape();
+        tape.add_backward_op(move |_| {
+            if let Ok(mut s) = started.lock() {
+                *s = Some(std::time::Instant::now());
+            }
+            Ok(())
+        });
+        loss.put_tape(tape)
+    }
+}
+
+/// Runs `f`, recording its time under `name` when timing is on.
+pub(crate) fn timed<R>(name: &'static str, f: impl FnOnce() -> R) -> R {
+    let t = std::time::Instant::now();
+    let r = f();
+    crate::nn::ops::timing::record(name, t.elapsed());
+    r
+}
+
+/// What the step hands an objective: the views of one batch and where they came from.
+#[derive(Clone, Copy, Debug)]
+pub struct StepBatch<'a> {
+    /// One entry per view, in the augmentation's order (SwAV: global crops first).
+    pub views: &'a [ViewBatch],
+    /// Dataset index of each image (the memory bank's rows).
+    pub indices: &'a [usize],
+    /// Class of each image, when the data is labelled.
+    pub labels: Option<&'a [u32]>,
+    /// Epoch being trained (0-based).
+    pub epoch: usize,
+    /// Optimiser steps taken before this one.
+    pub step: u64,
+}
+
+/// The encoder of a run: one model, re-planned for every view size it meets.
+#[derive(Clone, Debug)]
+pub struct Encoder {
+    model: Model,
+    sized: Vec<((usize, usize), Model)>,
+}
+
+impl Encoder {
+    /// Wraps `model` (planned for the largest view).
+    pub fn new(model: Model) -> Self {
+        Encoder {
+            model,
+            sized: Vec::new(),
+        }
+    }
+
+    /// The model as planned.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The model planned for `hw`, cached.
+    pub fn at(&mut self, hw: (usize, usize)) -> Result<&Model, ModelError> {
+        if (self.model.input.1, self.model.input.2) == hw {
+            return Ok(&self.model);
+        }
+        if let Some(i) = self.sized.iter().position(|(s, _)| *s == hw) {
+            return Ok(&self.sized[i].1);
+        }
+        let m = self.model.with_input(hw)?;
+        self.sized.push((hw, m));
+        Ok(&self.sized.last().expect("just pushed").1)
+    }
+
+    /// Head outputs of `views`, stacked view-major: consecutive views of one size go
+    /// through the network as one batch (as SimCLR's and SwAV's code do: batch-norm
+    /// statistics over all of them), sizes one after another. `train` selects batch
+    /// statistics; the input is traced when `T` is a tape.
+    pub fn embed<D: EngineDevice>(
+        &mut self,
+        store: &mut ParamStore<D>,
+        views: &[ViewBatch],
+        train: bool,
+    ) -> Result<T2<D, OwnedTape<f32, D>>, ObjectiveError> {
+        let mut out: Option<T2<D, OwnedTape<f32, D>>> = None;
+        for group in group_by_shape(views) {
+            let x = stack(store.device(), group)?;
+            let hw = (group[0].shape[2], group[0].shape[3]);
+            let model = self.at(hw)?.clone();
+            let z = model.project(store, x.trace(Gradients::leaky()), train)?;
+            out = Some(match out {
+                None => z,
+                Some(prev) => (prev, z).concat_along(Axis::<0>),
+            });
+        }
+        out.ok_or_else(|| ObjectiveError::Shape("a batch without views".into()))
+    }
+
+    /// [`embed`](Self::embed) without a tape (key encoders, evaluation).
+    pub fn embed_no_grad<D: EngineDevice>(
+        &mut self,
+        store: &mut ParamStore<D>,
+        views: &[ViewBatch],
+        train: bool,
+    ) -> Result<T2<D, NoneTape>, ObjectiveError> {
+        let mut out: Option<T2<D, NoneTape>> = None;
+        for group in group_by_shape(views) {
+            let x = stack(store.device(), group)?;
+            let hw = (group[0].shape[2], group[0].shape[3]);
+            let model = self.at(hw)?.clone();
+            let z = model.project(store, x, train)?;
+            out = Some(match out {
+                None => z,
+                Some(prev) => (prev, z).concat_along(Axis::<0>),
+            });
+        }
+        out.ok_or_else(|| ObjectiveError::Shape("a batch without views".into()))
+    }
+}
+
+fn group_by_shape(views: &[ViewBatch]) -> Vec<&[ViewBatch]> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    for i in 1..=views.len() {
+        if i == views.len() || views[i].shape[1..] != views[start].shape[1..] {
+            groups.push(&views[start..i]);
+            start = i;
+        }
+    }
+    groups
+}
+
+/// The views of one group as one `(Σ b, c, h, w)` tensor.
+fn stack<D: Device<f32>>(
+    dev: &D,
+    group: &[ViewBatch],
+) -> Result<crate::nn::ops::T4<D, NoneTape>, ObjectiveError> {
+    let [b0, c, h, w] = group[0].shape;
+    if group.iter().any(|v| v.shape[0] != b0) {
+        return Err(ObjectiveError::Shape(
+            "views of one batch have different image counts".into(),
+        ));
+    }
+    let mut data = Vec::with_capacity(group.len() * b0 * c * h * w);
+    for v in group {
+        if v.data.len() != b0 * c * h * w {
+            return Err(ObjectiveError::Shape(format!(
+                "a view holds {} values, its shape {:?} needs {}",
+                v.data.len(),
+                v.shape,
+                b0 * c * h * w
+            )));
+        }
+        data.extend_from_slice(&v.data);
+    }
+    Ok(dev.tensor_from_vec(data, (group.len() * b0, c, h, w)))
+}
+
+/// What a method needs to know to be built, free of recipe types.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MethodConfig {
+    /// SimCLR's NT-Xent.
+    Simclr {
+        /// Temperature τ.
+        temperature: f32,
+    },
+    /// MoCo v2 with a momentum key encoder and a queue.
+    Moco {
+        /// Temperature τ.
+        temperature: f32,
+        /// EMA momentum of the key encoder.
+        momentum: f64,
+        /// Keys in the queue.
+        queue_size: usize,
+        /// Both views act as query and key; the losses are averaged.
+        symmetric: bool,
+    },
+    /// InstDisc's memory bank.
+    MemoryBank {
+        /// Temperature τ.
+        temperature: f32,
+        /// Bank update momentum.
+        momentum: f32,
+        /// Negatives sampled per anchor.
+        negatives: usize,
+        /// Training images (rows of the bank).
+        dataset_len: usize,
+    },
+    /// SwAV.
+    Swav {
+        /// Temperature of the prototype scores.
+        temperature: f32,
+        /// Sinkhorn ε.
+        epsilon: f64,
+        /// Sinkhorn iterations.
+        iterations: usize,
+        /// Optimiser steps with frozen prototypes.
+        freeze_prototypes_steps: u64,
+        /// Feature queue: `(size, start_epoch)`.
+        queue: Option<(usize, usize)>,
+        /// Views whose codes are computed (the global crops, which come first).
+        assign_views: usize,
+    },
+    /// Supervised contrastive loss.
+    Supcon {
+        /// Temperature τ.
+        temperature: f32,
+        /// Base temperature.
+        base_temperature: f32,
+    },
+}
+
+impl MethodConfig {
+    /// The method's name as a recipe writes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MethodConfig::Simclr { .. } => "simclr",
+            MethodConfig::Moco { .. } => "moco",
+            MethodConfig::MemoryBank { .. } => "memory_bank",
+            MethodConfig::Swav { .. } => "swav",
+            MethodConfig::Supcon { .. } => "supcon",
+        }
+    }
+
+    /// Names and shapes of the method's state tensors (not the key encoder) for an
+    /// embedding of `dim` features.
+    pub fn state_layout(&self, dim: usize) -> Vec<(String, Vec<usize>)> {
+        match self {
+            MethodConfig::Moco { queue_size, .. } => vec![
+                ("queue".into(), vec![*queue_size, dim]),
+                ("queue_ptr".into(), vec![1]),
+            ],
+            MethodConfig::MemoryBank { dataset_len, .. } => {
+                vec![("memory".into(), vec![*dataset_len, dim])]
+            }
+            MethodConfig::Swav {
+                queue: Some((size, _)),
+                assign_views,
+                ..
+            } => vec![
+                ("queue".into(), vec![*assign_views, *size, dim]),
+                ("queue_filled".into(), vec![1]),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Bytes of method state: the tensors of [`state_layout`](Self::state_layout) plus,
+    /// for MoCo, a key encoder of `encoder_floats` values.
+    pub fn state_bytes(&self, dim: usize, encoder_floats: usize) -> usize {
+        let tensors: usize = self
+            .state_layout(dim)
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
+        let key = match self {
+            MethodConfig::Moco { .. } => encoder_floats,
+            _ => 0,
+        };
+        4 * (tensors + key)
+    }
+}
+
+/// A contrastive method with its state, driven by the training step.
+///
+/// Per step the caller runs [`prepare`](Self::prepare), then [`loss`](Self::loss),
+/// backward and the optimiser step. State updates that the reference code makes inside
+/// its forward pass (MoCo's EMA and enqueue, the bank update, SwAV's queue) happen
+/// inside `loss`, in the reference's order.
+pub trait Objective<D: EngineDevice> {
+    /// The method's name.
+    fn method(&self) -> &'static str;
+
+    /// Work before the forward pass of step `step` (0-based, in epoch `epoch`): SwAV
+    /// normalises its prototypes and freezes or unfreezes them. Also called before an
+    /// optimiser state is restored, so trainable flags match the saved step.
+    fn prepare(
+        &mut self,
+        _encoder: &Encoder,
+        _store: &mut ParamStore<D>,
+        _step: u64,
+        _epoch: usize,
+    ) -> Result<(), ObjectiveError> {
+        Ok(())
+    }
+
+    /// Sets the trainable flags the method wants at step `step` (SwAV's frozen
+    /// prototypes) without touching any value: before a checkpoint is written or read,
+    /// so the optimiser state's layout matches the step it belongs to.
+    fn sync_flags(&self, _store: &mut ParamStore<D>, _step: u64) {}
+
+    /// The loss of `batch`, on the tape of the query encoder's parameters.
+    fn loss(
+        &mut self,
+        encoder: &mut Encoder,
+        store: &mut ParamStore<D>,
+        batch: &StepBatch<'_>,
+    ) -> Result<Loss<D>, ObjectiveError>;
+
+    /// The method's state tensors (queue, pointer, bank, …), host side.
+    fn state(&self) -> Vec<StateTensor>;
+
+    /// Restores [`state`](Self::state); checks every name and shape first and changes
+    /// nothing on a mismatch.
+    fn load_state(&mut self, tensors: &[StateTensor]) -> Result<(), ObjectiveError>;
+
+    /// Names and shapes of [`state`](Self::state).
+    fn state_layout(&self) -> Vec<(String, Vec<usize>)> {
+        self.state()
+            .into_iter()
+            .map(|t| (t.name, t.shape))
+            .collect()
+    }
+
+    /// MoCo's key encoder (parameters and its own batch-norm statistics).
+    fn key_encoder(&self) -> Option<&ParamStore<D>> {
+        None
+    }
+
+    /// Mutable access to the key encoder, to restore it from a checkpoint.
+    fn key_encoder_mut(&mut self) -> Option<&mut ParamStore<D>> {
+        None
+    }
+}
+
+/// Checks `tensors` against `layout` (every name once, same shapes).
+pub(crate) fn check_state(
+    layout: &[(String, Vec<usize>)],
+    tensors: &[StateTensor],
+) -> Result<(), ObjectiveError> {
+    let mut problems = Vec::new();
+    for (name, shape) in layout {
+        match tensors.iter().find(|t| &t.name == name) {
+            None => problems.push(format!("`{name}` is missing")),
+            Some(t) if &t.shape != shape || t.data.len() != shape.iter().product::<usize>() => {
+                problems.push(format!(
+                    "`{name}` has shape {:?}, expected {shape:?}",
+                    t.shape
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    for t in tensors {
+        if !layout.iter().any(|(n, _)| n == &t.name) {
+            problems.push(format!("unexpected `{}`", t.name));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ObjectiveError::State(problems.join("; ")))
+    }
+}
+
+/// Builds the objective `cfg` describes for `encoder`'s model in `store`.
+///
+/// `views` is the number of views per image, `batch` the images per step (MoCo's queue
+/// must be a multiple of the keys it enqueues per step), `seed` seeds the initial queue
+/// and bank and the negatives sampled each step.
+pub fn build<D: EngineDevice>(
+    cfg: &MethodConfig,
+    encoder: &Encoder,
+    store: &ParamStore<D>,
+    views: usize,
+    batch: usize,
+    seed: u64,
+) -> Result<Box<dyn Objective<D>>, ObjectiveError> {
+    let model = encoder.model();
+    let dim = model
+        .head
+        .as_ref()
+        .map_or(model.backbone.out_dim, |h| h.out_dim);
+    Ok(match *cfg {
+        MethodConfig::Simclr { temperature } => {
+            check_temperature(temperature, "temperature")?;
+            if views < 2 {
+                return Err(ObjectiveError::Config(
+                    "SimCLR needs at least 2 views per image".into(),
+                ));
+            }
+            Box::new(nt_xent::NtXent { temperature, views })
+        }
+        MethodConfig::Supcon {
+            temperature,
+            base_temperature,
+        } => {
+            check_temperature(temperature, "temperature")?;
+            check_temperature(base_temperature, "base temperature")?;
+            Box::new(supcon::SupCon {
+                temperature,
+                base_temperature,
+                views,
+            })
+        }
+        MethodConfig::Moco {
+            temperature,
+            momentum,
+            queue_size,
+            symmetric,
+        } => Box::new(moco::Moco::new(
+            store,
+            moco::MocoConfig {
+                temperature,
+                momentum,
+                queue_size,
+                symmetric,
+            },
+            dim,
+            views,
+            batch,
+            seed,
+        )?),
+        MethodConfig::MemoryBank {
+            temperature,
+            momentum,
+            negatives,
+            dataset_len,
+        } => Box::new(memory_bank::Bank::new(
+            temperature,
+            momentum,
+            negatives,
+            dataset_len,
+            dim,
+            seed,
+        )?),
+        MethodConfig::Swav {
+            temperature,
+            epsilon,
+            iterations,
+            freeze_prototypes_steps,
+            queue,
+            assign_views,
+        } => Box::new(swav::Swav::new(
+            model,
+            swav::SwavConfig {
+                temperature,
+                epsilon,
+                iterations,
+                freeze_prototypes_steps,
+                queue,
+                assign_views,
+            },
+            dim,
+            views,
+            batch,
+        )?),
+    })
+}

@@ -1,0 +1,432 @@
+//! SwAV (Caron et al. 2020, "Unsupervised Learning of Visual Features by Contrasting
+//! Cluster Assignments"): Sinkhorn-Knopp codes and the swapped-prediction loss.
+
+use dfdx::prelude::*;
+
+use super::{
+    Encoder, Loss, Objective, ObjectiveError, StateTensor, StepBatch, check_rows, check_state,
+    check_temperature, per_view,
+};
+use crate::nn::model::{Model, Prototypes};
+use crate::nn::ops::{EngineDevice, T2};
+use crate::nn::params::ParamStore;
+
+/// Sinkhorn-Knopp codes of `scores` (`n × k`, row-major: sample `i`'s scores against
+/// the `k` prototypes), as facebookresearch/swav's `distributed_sinkhorn` on one process:
+/// `Q = exp(scores / ε)ᵀ`, divided by its sum, then `iterations` times rows (prototypes)
+/// scaled to sum `1/k` and columns (samples) to `1/n`, finally `× n`, transposed back.
+/// Each returned row (sample) sums to 1; prototypes receive equal mass `n/k` up to the
+/// last iteration's row step.
+///
+/// Computed in `f64`. When `(max − min) / ε` of the scores is at most 300, as for
+/// cosine scores at the usual ε, it runs the reference's multiplicative updates with
+/// the largest score subtracted first (the constant factor cancels in the first
+/// normalisation): every entry then stays a normal `f64` through all iterations. A
+/// wider span (a small ε, or scores that are not cosines) would underflow whole
+/// prototypes or samples to 0 and give NaN codes, so there the same updates run on
+/// `log Q`, which is exact at any scale. No gradient.
+pub fn sinkhorn(scores: &[f32], n: usize, k: usize, epsilon: f64, iterations: usize) -> Vec<f32> {
+    assert_eq!(scores.len(), n * k, "sinkhorn: scores are not n × k");
+    if n == 0 || k == 0 {
+        return Vec::new();
+    }
+    let (lo, hi) = scores
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &s| {
+            (lo.min(s), hi.max(s))
+        });
+    if (hi as f64 - lo as f64) / epsilon > SINKHORN_LINEAR_SPAN {
+        return sinkhorn_log(scores, n, k, epsilon, iterations);
+    }
+    let max = hi as f64;
+    let mut q: Vec<f64> = scores
+        .iter()
+        .map(|&s| ((s as f64 - max) / epsilon).exp())
+        .collect();
+    let total: f64 = q.iter().sum();
+    q.iter_mut().for_each(|x| *x /= total);
+    let mut proto = vec![0.0f64; k];
+    for _ in 0..iterations {
+        // Rows of Q in the reference are prototypes: our columns.
+        proto.iter_mut().for_each(|p| *p = 0.0);
+        for row in q.chunks(k) {
+            for (p, x) in proto.iter_mut().zip(row) {
+                *p += x;
+            }
+        }
+        for row in q.chunks_mut(k) {
+            for (x, p) in row.iter_mut().zip(&proto) {
+                *x /= p * k as f64;
+            }
+        }
+        for row in q.chunks_mut(k) {
+            let s: f64 = row.iter().sum();
+            row.iter_mut().for_each(|x| *x /= s * n as f64);
+        }
+    }
+    q.iter().map(|&x| (x * n as f64) as f32).collect()
+}
+
+/// The widest score span, in units of ε, that `sinkhorn` runs multiplicatively.
+///
+/// With `R` = span / ε every entry of `exp((s − max) / ε)` lies in `[e^−R, 1]`; each
+/// scaling step keeps the ratio of two entries of one row or column within `e^2R`, so
+/// every entry stays above `e^−2R / (n·k)`: a normal `f64` (> 1e−308) for `R ≤ 300`
+/// and `n·k` up to 1e10.
+const SINKHORN_LINEAR_SPAN: f64 = 300.0;
+
+/// [`sinkhorn`]'s updates on `log Q`: each normalisation subtracts a log-sum-exp.
+fn sinkhorn_log(scores: &[f32], n: usize, k: usize, epsilon: f64, iterations: usize) -> Vec<f32> {
+    let mut l: Vec<f64> = scores.iter().map(|&s| s as f64 / epsilon).collect();
+    let total = log_sum_exp(&l);
+    l.iter_mut().for_each(|x| *x -= total);
+    let (ln_k, ln_n) = ((k as f64).ln(), (n as f64).ln());
+    let mut max = vec![0.0f64; k];
+    let mut sum = vec![0.0f64; k];
+    for _ in 0..iterations {
+        // Prototypes (our columns) to mass 1/k.
+        max.fill(f64::NEG_INFINITY);
+        for row in l.chunks(k) {
+            for (m, &x) in max.iter_mut().zip(row) {
+                *m = m.max(x);
+            }
+        }
+        sum.fill(0.0);
+        for row in l.chunks(k) {
+            for ((s, &m), &x) in sum.iter_mut().zip(&max).zip(row) {
+                *s += (x - m).exp();
+            }
+        }
+        for (m, s) in max.iter_mut().zip(&sum) {
+            *m += s.ln() + ln_k;
+        }
+        for row in l.chunks_mut(k) {
+            for (x, &m) in row.iter_mut().zip(&max) {
+                *x -= m;
+            }
+        }
+        // Samples (our rows) to mass 1/n.
+        for row in l.chunks_mut(k) {
+            let c = log_sum_exp(row) + ln_n;
+            row.iter_mut().for_each(|x| *x -= c);
+        }
+    }
+    l.iter().map(|&x| (x + ln_n).exp() as f32).collect()
+}
+
+/// `log Σ exp(x)`, shifted by the maximum.
+fn log_sum_exp(x: &[f64]) -> f64 {
+    let m = x.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+    if !m.is_finite() {
+        return m;
+    }
+    m + x.iter().map(|&v| (v - m).exp()).sum::<f64>().ln()
+}
+
+/// SwAV's swapped-prediction loss: `scores` is `(V·N, K)`, view-major (row `v·N + i`:
+/// view `v` of image `i` against the prototypes, from L2-normalised embeddings);
+/// `codes[a]` are the Sinkhorn codes (`N × K`) of view `a` for the first `codes.len()`
+/// views (the global crops). For each such view `a`, every other view `v` (global or
+/// local) predicts its codes: `−mean_i Σ_k q_a[i,k] · log softmax(scores_v[i] / τ)[k]`,
+/// summed over `v ≠ a` and divided by `V − 1`; the result is averaged over the
+/// assigned views — main_swav.py's loss on one process.
+pub fn loss<D: EngineDevice, T: Tape<f32, D>>(
+    scores: T2<D, T>,
+    n: usize,
+    codes: &[Vec<f32>],
+    temperature: f32,
+) -> Result<Tensor<(), f32, D, T>, ObjectiveError> {
+    check_temperature(temperature, "SwAV temperature")?;
+    let (m, k) = *scores.shape();
+    if n == 0 {
+        return Err(ObjectiveError::Shape("SwAV: a batch of no images".into()));
+    }
+    let views = per_view(m, m / n.max(1), "SwAV scores")?;
+    let v_count = m / n;
+    if views != n || v_count < 2 {
+        return Err(ObjectiveError::Shape(format!(
+            "SwAV: {m} score rows are not at least 2 views of {n} images"
+        )));
+    }
+    if codes.is_empty() || codes.len() > v_count {
+        return Err(ObjectiveError::Shape(format!(
+            "SwAV: codes for {} views of {v_count}",
+            codes.len()
+        )));
+    }
+    if let Some(c) = codes.iter().find(|c| c.len() != n * k) {
+        return Err(ObjectiveError::Shape(format!(
+            "SwAV: codes of {} values for {n} images × {k} prototypes",
+            c.len()
+        )));
+    }
+    check_rows(&scores, "SwAV scores", m)?;
+    let dev = scores.device().clone();
+    let a_count = codes.len();
+    let scale = 1.0 / (n as f32 * (v_count - 1) as f32 * a_count as f32);
+    let mut w = vec![0.0f32; m * k];
+    for (a, q) in codes.iter().enumerate() {
+        for v in (0..v_count).filter(|&v| v != a) {
+            let dst = &mut w[v * n * k..(v + 1) * n * k];
+            for (d, s) in dst.iter_mut().zip(q) {
+                *d += s * scale;
+            }
+        }
+    }
+    let lsm = (scores * (1.0 / temperature)).log_softmax::<Axis<1>>();
+    Ok((lsm * dev.tensor_from_vec(w, (m, k)))
+        .sum::<(), _>()
+        .negate())
+}
+
+/// SwAV's hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SwavConfig {
+    /// Temperature τ of the scores.
+    pub temperature: f32,
+    /// Sinkhorn ε.
+    pub epsilon: f64,
+    /// Sinkhorn iterations.
+    pub iterations: usize,
+    /// Optimiser steps at the start during which the prototypes stay untouched.
+    pub freeze_prototypes_steps: u64,
+    /// Feature queue `(size per assigned view, first epoch)`.
+    pub queue: Option<(usize, usize)>,
+    /// Views whose codes are computed: the first ones (global crops).
+    pub assign_views: usize,
+}
+
+#[derive(Clone, Debug)]
+struct FeatureQueue {
+    size: usize,
+    start_epoch: usize,
+    /// `assign_views × size × dim`, newest first, as SwAV's `queue[i]`.
+    data: Vec<f32>,
+    /// Rows written so far (capped at `size`); the queue is used once it is full.
+    filled: usize,
+}
+
+/// SwAV as an [`Objective`].
+///
+/// Before every step the prototypes are L2-normalised in place in the store, and held
+/// untouched (not trainable: no gradient step, no momentum, no weight decay) for the
+/// first `freeze_prototypes_steps` steps. The loss: head outputs of every view
+/// (consecutive same-size crops as one batch), L2-normalised; scores against the
+/// prototypes; codes without gradient from each global view's scores — with the queue
+/// (from `start_epoch`, once it has filled) its stored embeddings' scores are prepended
+/// and only the batch's rows kept; then the queue shifts the batch's embeddings in.
+#[derive(Clone, Debug)]
+pub struct Swav {
+    cfg: SwavConfig,
+    prototypes: Prototypes,
+    views: usize,
+    dim: usize,
+    queue: Option<FeatureQueue>,
+}
+
+impl Swav {
+    /// SwAV for `model` (which must have prototypes), `views` views per image with the
+    /// first `cfg.assign_views` assigned, `batch` images per step.
+    pub fn new(
+        model: &Model,
+        cfg: SwavConfig,
+        dim: usize,
+        views: usize,
+        batch: usize,
+    ) -> Result<Swav, ObjectiveError> {
+        check_temperature(cfg.temperature, "SwAV temperature")?;
+        if !(cfg.epsilon.is_finite() && cfg.epsilon > 0.0) {
+            return Err(ObjectiveError::Config(format!(
+                "Sinkhorn epsilon must be positive, got {}",
+                cfg.epsilon
+            )));
+        }
+        let Some(prototypes) = model.prototypes.clone() else {
+            return Err(ObjectiveError::Config(
+                "SwAV needs a model with prototypes".into(),
+            ));
+        };
+        if views < 2 || cfg.assign_views == 0 || cfg.assign_views > views {
+            return Err(ObjectiveError::Config(format!(
+                "SwAV needs at least 2 views and 1 to {views} of them assigned, got {} assigned",
+                cfg.assign_views
+            )));
+        }
+        let queue = match cfg.queue {
+            None => None,
+            Some((size, start_epoch)) => {
+                if batch == 0 || size == 0 || size % batch != 0 {
+                    return Err(ObjectiveError::Shape(format!(
+                        "SwAV's queue of {size} embeddings must be a positive multiple of the batch of {batch}"
+                    )));
+                }
+                Some(FeatureQueue {
+                    size,
+                    start_epoch,
+                    data: vec![0.0; cfg.assign_views * size * dim],
+                    filled: 0,
+                })
+            }
+        };
+        Ok(Swav {
+            cfg,
+            prototypes,
+            views,
+            dim,
+            queue,
+        })
+    }
+
+    fn queue_layout(&self) -> Vec<(String, Vec<usize>)> {
+        match &self.queue {
+            None => Vec::new(),
+            Some(q) => vec![
+                (
+                    "queue".into(),
+                    vec![self.cfg.assign_views, q.size, self.dim],
+                ),
+                ("queue_filled".into(), vec![1]),
+            ],
+        }
+    }
+}
+
+impl<D: EngineDevice> Objective<D> for Swav {
+    fn method(&self) -> &'static str {
+        "swav"
+    }
+
+    fn prepare(
+        &mut self,
+        _encoder: &Encoder,
+        store: &mut ParamStore<D>,
+        step: u64,
+        _epoch: usize,
+    ) -> Result<(), ObjectiveError> {
+        super::timed("objective.state", || {
+            self.prototypes.normalize_weights(store)
+        });
+        Objective::<D>::sync_flags(self, store, step);
+        Ok(())
+    }
+
+    fn sync_flags(&self, store: &mut ParamStore<D>, step: u64) {
+        store.get_mut(self.prototypes.weight_id()).trainable =
+            step >= self.cfg.freeze_prototypes_steps;
+    }
+
+    fn loss(
+        &mut self,
+        encoder: &mut Encoder,
+        store: &mut ParamStore<D>,
+        batch: &StepBatch<'_>,
+    ) -> Result<Loss<D>, ObjectiveError> {
+        if batch.views.len() != self.views {
+            return Err(ObjectiveError::Shape(format!(
+                "SwAV was built for {} views, the batch has {}",
+                self.views,
+                batch.views.len()
+            )));
+        }
+        let n = batch.indices.len();
+        let z = encoder.embed(store, batch.views, true)?;
+        let m = z.shape().0;
+        if m != self.views * n || z.shape().1 != self.dim {
+            return Err(ObjectiveError::Shape(format!(
+                "SwAV: embeddings {:?} for {} views of {n} images with {} features",
+                z.shape(),
+                self.views,
+                self.dim
+            )));
+        }
+        let timer = super::BackwardTimer::default();
+        let z = timer.begin(z);
+        let started = std::time::Instant::now();
+        let emb = D::l2_normalize(z, 1e-12);
+        let emb_host = emb.as_vec();
+        let scores = self.prototypes.scores(store, emb)?;
+        let k = scores.shape().1;
+        let scores_host = scores.as_vec();
+        let d = self.dim;
+        let dev = store.device().clone();
+        if let Some(q) = &mut self.queue
+            && batch.epoch >= q.start_epoch
+            && q.filled >= q.size
+        {
+            // Once full the queue stays in use, as SwAV's `use_the_queue`.
+            q.filled = q.size;
+        }
+        let mut codes = Vec::with_capacity(self.cfg.assign_views);
+        for a in 0..self.cfg.assign_views {
+            let own = &scores_host[a * n * k..(a + 1) * n * k];
+            let mut out = Vec::new();
+            let mut rows = n;
+            if let Some(q) = &mut self.queue
+                && batch.epoch >= q.start_epoch
+            {
+                let qa = &mut q.data[a * q.size * d..(a + 1) * q.size * d];
+                if q.filled >= q.size {
+                    let w = store
+                        .get(self.prototypes.weight_id())
+                        .tensor
+                        .clone()
+                        .reshape_like(&(k, d));
+                    let qt = dev.tensor_from_vec(qa.to_vec(), (q.size, d));
+                    out = qt.matmul(w.permute::<_, Axes2<1, 0>>()).as_vec();
+                    rows += q.size;
+                }
+                // Shift: the batch's embeddings become the newest rows.
+                qa.copy_within(0..(q.size - n) * d, n * d);
+                qa[..n * d].copy_from_slice(&emb_host[a * n * d..(a + 1) * n * d]);
+            }
+            out.extend_from_slice(own);
+            let c = sinkhorn(&out, rows, k, self.cfg.epsilon, self.cfg.iterations);
+            codes.push(c[(rows - n) * k..].to_vec());
+        }
+        if let Some(q) = &mut self.queue
+            && batch.epoch >= q.start_epoch
+        {
+            q.filled = (q.filled + n).min(q.size);
+        }
+        let out = loss(scores, n, &codes, self.cfg.temperature)?;
+        crate::nn::ops::timing::record("objective.loss.fwd", started.elapsed());
+        Ok(timer.end(out))
+    }
+
+    fn state(&self) -> Vec<StateTensor> {
+        match &self.queue {
+            None => Vec::new(),
+            Some(q) => vec![
+                StateTensor {
+                    name: "queue".into(),
+                    shape: vec![self.cfg.assign_views, q.size, self.dim],
+                    data: q.data.clone(),
+                },
+                StateTensor {
+                    name: "queue_filled".into(),
+                    shape: vec![1],
+                    data: vec![q.filled as f32],
+                },
+            ],
+        }
+    }
+
+    fn load_state(&mut self, tensors: &[StateTensor]) -> Result<(), ObjectiveError> {
+        check_state(&self.queue_layout(), tensors)?;
+        if let Some(q) = &mut self.queue {
+            let get = |n: &str| &tensors.iter().find(|t| t.name == n).expect("checked").data;
+            let filled = get("queue_filled")[0];
+            if filled < 0.0 || filled.fract() != 0.0 || filled as usize > q.size {
+                return Err(ObjectiveError::State(format!("queue fill {filled}")));
+            }
+            super::check_finite(get("queue"), "the SwAV queue")?;
+            q.data = get("queue").clone();
+            q.filled = filled as usize;
+        }
+        Ok(())
+    }
+
+    fn state_layout(&self) -> Vec<(String, Vec<usize>)> {
+        self.queue_layout()
+    }
+}

@@ -1,0 +1,200 @@
+//! One training step of a recipe: the objective's loss on the tape, backward, the
+//! optimiser update at the scheduled learning rate — the step `recipe run` takes and
+//! `recipe bench` times.
+
+use std::path::Path;
+use std::time::Instant;
+
+use dfdx::prelude::*;
+
+use super::TrainError;
+use crate::build;
+use crate::checkpoint::{self, CheckpointMeta, Sections};
+use crate::data::Batch;
+use crate::nn::model::Model;
+use crate::nn::ops::{EngineDevice, timing};
+use crate::nn::params::ParamStore;
+use crate::objective::{self, Encoder, MethodConfig, Objective, StepBatch};
+use crate::optim::Optimizer;
+use crate::optim::schedule::Schedule;
+use crate::spec::Recipe;
+
+/// What one step measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    /// The loss before the update.
+    pub loss: f32,
+    /// The learning rate the update used.
+    pub lr: f64,
+}
+
+/// Everything that changes while a recipe trains: the encoder's parameters, the
+/// optimiser, the schedule's position and the objective's state.
+pub struct Trainer<D: EngineDevice> {
+    /// The encoder (backbone, head, prototypes), re-planned per view size.
+    pub encoder: Encoder,
+    /// Its parameters and buffers.
+    pub store: ParamStore<D>,
+    /// The optimiser with its state.
+    pub optimizer: Optimizer<D>,
+    /// The learning rate of every step.
+    pub schedule: Schedule,
+    /// The method and its state.
+    pub objective: Box<dyn Objective<D>>,
+    /// The method's configuration.
+    pub method: MethodConfig,
+    /// Optimiser steps taken.
+    pub step: u64,
+}
+
+/// The engine-level description of a training run, free of recipe types (what
+/// [`build::trainer_parts`](crate::build::trainer_parts) makes of a recipe, and what
+/// the engine benchmark's presets write directly).
+#[derive(Clone, Debug)]
+pub struct TrainerParts {
+    /// The encoder, planned for the largest view.
+    pub model: crate::nn::model::ModelConfig,
+    /// Seed of the initial weights and of the objective's state.
+    pub seed: u64,
+    /// Optimiser.
+    pub optimizer: crate::optim::OptimizerConfig,
+    /// Which entries get weight decay.
+    pub decay: crate::nn::params::DecayPolicy,
+    /// Schedule shape.
+    pub schedule: crate::optim::schedule::ScheduleConfig,
+    /// Peak learning rate (already scaled).
+    pub peak_lr: f64,
+    /// Epochs of the run.
+    pub epochs: u64,
+    /// Optimiser steps per epoch.
+    pub steps_per_epoch: u64,
+    /// The objective.
+    pub method: MethodConfig,
+    /// Views per image.
+    pub views: usize,
+    /// Images per step.
+    pub batch: usize,
+}
+
+impl<D: EngineDevice + 'static> Trainer<D> {
+    /// Builds what `r` describes on `dev` (see [`build::trainer_parts`]) for a training
+    /// set of `dataset_len` images and `steps_per_epoch` steps per epoch.
+    pub fn new(
+        r: &Recipe,
+        dev: D,
+        dataset_len: usize,
+        steps_per_epoch: u64,
+    ) -> Result<Self, TrainError> {
+        Self::from_parts(dev, &build::trainer_parts(r, dataset_len, steps_per_epoch)?)
+    }
+
+    /// Builds a trainer: the model from the seed, the weight-decay policy, the
+    /// optimiser, the schedule and the objective.
+    pub fn from_parts(dev: D, p: &TrainerParts) -> Result<Self, TrainError> {
+        let mut store = ParamStore::new(dev);
+        let model = Model::new(&mut store, &p.model, p.seed)?;
+        store.apply_decay_policy(p.decay);
+        let optimizer = Optimizer::new(p.optimizer)?;
+        let schedule = Schedule::new(&p.schedule, p.peak_lr, p.epochs, p.steps_per_epoch)?;
+        let encoder = Encoder::new(model);
+        let objective = objective::build(&p.method, &encoder, &store, p.views, p.batch, p.seed)?;
+        Ok(Trainer {
+            encoder,
+            store,
+            optimizer,
+            schedule,
+            objective,
+            method: p.method.clone(),
+            step: 0,
+        })
+    }
+
+    /// One step on `batch` in epoch `epoch` (0-based). A non-finite loss is
+    /// [`TrainError::Diverged`] and leaves the parameters and the optimiser as they were.
+    pub fn step(&mut self, batch: &Batch, epoch: usize) -> Result<StepStats, TrainError> {
+        let lr = self.schedule.lr(self.step);
+        self.objective
+            .prepare(&self.encoder, &mut self.store, self.step, epoch)?;
+        let sb = StepBatch {
+            views: &batch.views,
+            indices: &batch.indices,
+            labels: batch.labels.as_deref(),
+            epoch,
+            step: self.step,
+        };
+        let loss = match self.objective.loss(&mut self.encoder, &mut self.store, &sb) {
+            Ok(l) => l,
+            // NaN or infinite embeddings: the parameters have already diverged.
+            Err(crate::objective::ObjectiveError::NonFinite(_)) => {
+                return Err(TrainError::Diverged {
+                    step: self.step,
+                    epoch,
+                    loss: f32::NAN,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let value = loss.as_vec()[0];
+        if !value.is_finite() {
+            return Err(TrainError::Diverged {
+                step: self.step,
+                epoch,
+                loss: value,
+            });
+        }
+        let mut grads = loss.backward();
+        let t = Instant::now();
+        self.optimizer.step(&mut self.store, &mut grads, lr)?;
+        timing::record("optimizer", t.elapsed());
+        self.step += 1;
+        Ok(StepStats { loss: value, lr })
+    }
+
+    /// Writes a checkpoint of everything that changes while training (model, key
+    /// encoder, optimiser, objective state) with `meta`'s epoch and RNG state; the step
+    /// is this trainer's.
+    pub fn save(&mut self, path: &Path, meta: &CheckpointMeta) -> Result<(), TrainError> {
+        self.objective.sync_flags(&mut self.store, self.step);
+        let opt = self.optimizer.state(&self.store);
+        let state = self.objective.state();
+        let meta = CheckpointMeta {
+            step: self.step,
+            ..meta.clone()
+        };
+        checkpoint::save_training(
+            path,
+            &Sections {
+                model: &self.store,
+                key_encoder: self.objective.key_encoder(),
+                optimizer: Some(&opt),
+                objective: &state,
+            },
+            &meta,
+        )?;
+        Ok(())
+    }
+
+    /// Restores a checkpoint written by [`save`](Self::save); nothing changes on a
+    /// mismatch. Returns its metadata.
+    pub fn load(&mut self, path: &Path) -> Result<CheckpointMeta, TrainError> {
+        let saved = checkpoint::read_meta(path)?;
+        self.objective.sync_flags(&mut self.store, saved.step);
+        let layout = self.objective.state_layout();
+        let (meta, state) = checkpoint::load_training(
+            path,
+            &mut self.store,
+            Some(&mut self.optimizer),
+            self.objective.key_encoder_mut(),
+            Some(&layout),
+        )?;
+        self.objective.load_state(&state)?;
+        self.step = meta.step;
+        Ok(meta)
+    }
+
+    /// The feature dimension of the objective's embeddings.
+    pub fn embedding_dim(&self) -> usize {
+        let m = self.encoder.model();
+        m.head.as_ref().map_or(m.backbone.out_dim, |h| h.out_dim)
+    }
+}

@@ -1,0 +1,393 @@
+//! `recipe run` and `recipe eval` end to end through the binary, on tiny recipes
+//! (a 2% class-balanced subset of the built-in Fashion-MNIST, a two-stage CNN of 8 and
+//! 16 channels, two short epochs): every method trains and evaluates, the run
+//! directory holds what it should, an interrupted run resumes to the same bits, and bad
+//! situations stop cleanly.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn recipe(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_recipe"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+const BASE: &str = r#"version: 1
+name: tiny
+seed: 3
+data:
+  source: {format: builtin}
+  image_size: 28
+  channels: 1
+  subset: 0.02
+  normalize: {mean: [0.286], std: [0.353]}
+augment:
+  views: 2
+  pipeline:
+    - random_resized_crop: {size: 16, scale: [0.3, 1.0]}
+    - horizontal_flip: {p: 0.5}
+model:
+  backbone: {arch: small_cnn, channels: [8, 16]}
+  head: {hidden: [16], out_dim: 8, batch_norm: true}
+optimizer: {name: sgd, lr: 0.05, momentum: 0.9, weight_decay: 1.0e-4}
+schedule: {kind: warmup_cosine, warmup_epochs: 1}
+train: {epochs: 2, batch_size: 32, log_every: 1, checkpoint_every: 1, threads: 2}
+downstream:
+  - {task: knn, k: 5, every_epochs: 1}
+  - {task: linear_probe, epochs: 2, batch_size: 64}
+"#;
+
+/// Writes the tiny base recipe with `loss` (and any extra top-level YAML) to `dir`.
+fn tiny(dir: &Path, name: &str, loss: &str, extra: &str) -> PathBuf {
+    let p = dir.join(format!("{name}.yaml"));
+    std::fs::write(&p, format!("{BASE}loss: {loss}\n{extra}")).unwrap();
+    p
+}
+
+/// The run directory a finished or stopped run printed.
+fn run_dir(out: &Path) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    assert_eq!(
+        dirs.len(),
+        1,
+        "one run directory in {}: {dirs:?}",
+        out.display()
+    );
+    dirs.pop().unwrap()
+}
+
+fn digest_of(checkpoint: &Path) -> String {
+    let bytes = std::fs::read(checkpoint).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    meta.metadata().as_ref().unwrap()["sha256"].clone()
+}
+
+fn losses(dir: &Path) -> Vec<(u64, String)> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "step")
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].to_string()))
+        .collect()
+}
+
+fn is_png(p: &Path) -> bool {
+    image::open(p).is_ok_and(|i| i.width() > 0 && i.height() > 0)
+}
+
+fn check_finished(dir: &Path, method: &str) {
+    for f in [
+        "recipe.yaml",
+        "metrics.jsonl",
+        "metrics.csv",
+        "results.json",
+        "report.md",
+        "backbone.safetensors",
+        "checkpoints/last.safetensors",
+        "checkpoints/epoch-0001.safetensors",
+        "checkpoints/epoch-0002.safetensors",
+    ] {
+        assert!(
+            dir.join(f).is_file(),
+            "{method}: {f} missing in {}",
+            dir.display()
+        );
+    }
+    let res: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+    assert_eq!(res["method"], method);
+    assert_eq!(res["training"]["epochs"], 2);
+    let tasks = res["downstream"].as_array().unwrap();
+    let knn = tasks.iter().find(|t| t["task"] == "knn").unwrap();
+    for row in ["trained", "untrained_network", "raw_pixels"] {
+        let v = knn[row]["top1"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&v), "{method} {row}: {v}");
+    }
+    let probe = tasks.iter().find(|t| t["task"] == "linear_probe").unwrap();
+    assert!(
+        probe["raw_pixels"]["top1"].as_f64().unwrap() > 30.0,
+        "{probe}"
+    );
+    // kNN every epoch shows up in the epoch records.
+    let epochs: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["kind"] == "epoch")
+        .collect();
+    assert_eq!(epochs.len(), 2, "{method}");
+    assert!(epochs.iter().all(|e| e["knn_top1"].as_f64().is_some()));
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(
+        report.contains("raw pixels") && report.contains("untrained network"),
+        "{report}"
+    );
+    let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().starts_with("kind,epoch,step"));
+}
+
+#[test]
+fn every_method_runs_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        ("simclr", "{method: simclr, temperature: 0.5}", ""),
+        (
+            "moco",
+            "{method: moco, temperature: 0.2, momentum: 0.9, queue_size: 128, symmetric: true}",
+            "",
+        ),
+        (
+            "memory_bank",
+            "{method: memory_bank, temperature: 0.1, negatives: 32}",
+            "",
+        ),
+        (
+            "swav",
+            "{method: swav, prototypes: 10, freeze_prototypes_steps: 3, queue: {size: 64, start_epoch: 1}}",
+            "",
+        ),
+        ("supcon", "{method: supcon, temperature: 0.1}", ""),
+    ];
+    for (method, loss, extra) in cases {
+        let file = tiny(tmp.path(), method, loss, extra);
+        let out = tmp.path().join(format!("out-{method}"));
+        let o = recipe(&[
+            "run",
+            file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{method}: {}", text(&o.stderr));
+        check_finished(&run_dir(&out), method);
+    }
+}
+
+#[test]
+fn swav_multi_crop_and_pictures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tiny(tmp.path(), "swav_mc", "{method: swav, prototypes: 10}", "");
+    let out = tmp.path().join("out");
+    let o = recipe(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        "augment={pipeline: [{horizontal_flip: {p: 0.5}}], multi_crop: {global: {count: 2, size: 16, scale: [0.4, 1.0]}, local: {count: 2, size: 8, scale: [0.1, 0.4]}}}",
+        "--set",
+        "downstream=[{task: knn, k: 5}, {task: visualize, samples: 100, queries: 3, neighbors: 3}]",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let dir = run_dir(&out);
+    for png in [
+        "filters.png",
+        "feature_maps.png",
+        "nearest_neighbors.png",
+        "embedding_pca.png",
+        "augmentation_views.png",
+        "loss.png",
+        "lr.png",
+    ] {
+        assert!(is_png(&dir.join(png)), "{png} is not a valid PNG");
+        let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+        assert!(report.contains(png), "report.md does not link {png}");
+    }
+}
+
+#[test]
+fn interrupted_run_resumes_to_identical_bits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let loss = "{method: moco, temperature: 0.2, momentum: 0.9, queue_size: 64}";
+    let file = tiny(tmp.path(), "moco", loss, "");
+    let f = file.to_str().unwrap();
+    let whole = tmp.path().join("whole");
+    let o = recipe(&[
+        "run",
+        f,
+        "--out",
+        whole.to_str().unwrap(),
+        "--set",
+        "downstream=[]",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let whole = run_dir(&whole);
+
+    let parts = tmp.path().join("parts");
+    // 6 steps per epoch: stop in the middle of the second epoch.
+    let o = recipe(&[
+        "run",
+        f,
+        "--out",
+        parts.to_str().unwrap(),
+        "--set",
+        "downstream=[]",
+        "--stop-after-steps",
+        "8",
+    ]);
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(err.contains("resume with: recipe run"), "{err}");
+    let parts = run_dir(&parts);
+    assert!(!parts.join("results.json").exists());
+
+    // A changed recipe is refused, naming the key.
+    let o = recipe(&[
+        "run",
+        f,
+        "--resume",
+        parts.to_str().unwrap(),
+        "--set",
+        "downstream=[]",
+        "--set",
+        "train.epochs=3",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("train.epochs"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    let o = recipe(&[
+        "run",
+        f,
+        "--resume",
+        parts.to_str().unwrap(),
+        "--set",
+        "downstream=[]",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let last = |d: &Path| d.join("checkpoints/last.safetensors");
+    assert_eq!(digest_of(&last(&whole)), digest_of(&last(&parts)));
+    assert_eq!(losses(&whole), losses(&parts));
+    assert_eq!(losses(&whole).len(), 12);
+}
+
+#[test]
+fn sigterm_saves_a_checkpoint_and_says_how_to_resume() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tiny(tmp.path(), "s", "{method: simclr}", "");
+    let out = tmp.path().join("out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_recipe"))
+        .args([
+            "run",
+            file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "train.epochs=50",
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while err.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.contains("step 2/") {
+            // SAFETY: sending a signal to our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+        line.clear();
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}");
+    assert!(seen.contains("resume with"), "{seen}");
+    assert!(run_dir(&out).join("checkpoints/last.safetensors").is_file());
+}
+
+#[test]
+fn diverging_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tiny(tmp.path(), "nan", "{method: simclr}", "");
+    let f = file.to_str().unwrap();
+    let out = tmp.path().join("out");
+    let o = recipe(&[
+        "run",
+        f,
+        "--out",
+        out.to_str().unwrap(),
+        "--stop-after-steps",
+        "6",
+    ]);
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o.stderr));
+    let dir = run_dir(&out);
+    let last = dir.join("checkpoints/last.safetensors");
+    let before = digest_of(&last);
+    // An absurd learning rate from the second epoch on: the weights blow up at once.
+    let o = recipe(&[
+        "run",
+        f,
+        "--resume",
+        dir.to_str().unwrap(),
+        "--force",
+        "--set",
+        "optimizer.lr=1.0e+30",
+        "--set",
+        "schedule={kind: constant}",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(err.contains("diverged") && err.contains("epoch 2"), "{err}");
+    assert_eq!(digest_of(&last), before, "the last good checkpoint is kept");
+    assert!(!dir.join("results.json").exists());
+}
+
+#[test]
+fn unwritable_output_is_refused_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tiny(tmp.path(), "w", "{method: simclr}", "");
+    let blocker = tmp.path().join("a-file");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let o = recipe(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        blocker.join("runs").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("cannot create the output directory"));
+    assert!(!text(&o.stderr).contains("step 1"));
+}
+
+#[test]
+fn eval_reruns_tasks_on_a_saved_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tiny(tmp.path(), "e", "{method: simclr}", "");
+    let out = tmp.path().join("out");
+    let o = recipe(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "schedule={kind: constant}",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let dir = run_dir(&out);
+    let o = recipe(&["eval", dir.to_str().unwrap(), "--task", "knn"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("knn top-1"), "{}", text(&o.stdout));
+    let ev: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(ev["downstream"].as_array().unwrap().len(), 1);
+    let o = recipe(&["eval", tmp.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+}
