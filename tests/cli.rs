@@ -163,7 +163,7 @@ fn plan_reports_model_and_schedule() {
         "{s}"
     );
     assert!(
-        s.contains("schedule: 195 steps (5 epochs × 39 steps of 256 images"),
+        s.contains("schedule: 975 steps (25 epochs × 39 steps of 256 images"),
         "{s}"
     );
     assert!(
