@@ -213,6 +213,12 @@ pub fn configure_threads(threads: usize) -> Result<usize, String> {
 pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
     let r = &req.recipe;
     let started = Instant::now();
+    if r.train.device == crate::spec::train::Device::Cuda {
+        // Never a silent fall-back: the training step does not drive CUDA yet.
+        return Err(run_err(
+            "train.device: cuda — `recipe run` trains on the CPU only so far; use `device: cpu` or `auto`",
+        ));
+    }
     let threads = configure_threads(r.train.threads).map_err(setup_err)?;
     let text = resolved_text(r);
     let hash = recipe_hash(r);
@@ -319,7 +325,7 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
             return Ok(out);
         };
         for (every, cfg, w) in &periodic {
-            if epoch % every != 0 {
+            if !epoch.is_multiple_of(*every) {
                 continue;
             }
             let model = t.encoder.model().clone();
@@ -742,14 +748,15 @@ impl Downstream<'_> {
             return Ok((a, b));
         }
         let k = (row, w as u8);
-        if !cache.contains_key(&k) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = cache.entry(k) {
             let (m, s) = if row == 0 {
                 (model, store)
             } else {
                 (plain, untrained)
             };
-            let v = features_of(m, s, self.train, test, self.norm, w, self.batch)?;
-            cache.insert(k, v);
+            slot.insert(features_of(
+                m, s, self.train, test, self.norm, w, self.batch,
+            )?);
         }
         let (a, b) = &cache[&k];
         Ok((a, b))
@@ -811,7 +818,7 @@ impl Downstream<'_> {
                 Plot::NearestNeighbors => {
                     let Some(test) = self.test else { continue };
                     let k = (0, Which::Backbone as u8);
-                    if !cache.contains_key(&k) {
+                    if let std::collections::btree_map::Entry::Vacant(slot) = cache.entry(k) {
                         let v = features_of(
                             model,
                             store,
@@ -821,7 +828,7 @@ impl Downstream<'_> {
                             Which::Backbone,
                             self.batch,
                         )?;
-                        cache.insert(k, v);
+                        slot.insert(v);
                     }
                     let (a, b) = &cache[&k];
                     let q = spread(b.n, queries.min(b.n).max(1));

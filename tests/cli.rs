@@ -63,7 +63,7 @@ fn set_overrides_are_checked_too() {
     let err = text(&out.stderr);
     assert!(err.contains("--> --set:1:17"), "{err}");
     assert!(
-        err.contains("queue_size must be a positive multiple of the batch size (256), found 1000"),
+        err.contains("queue_size must be a positive multiple of 2 × the batch size (512)"),
         "{err}"
     );
 }
@@ -163,7 +163,7 @@ fn plan_reports_model_and_schedule() {
         "{s}"
     );
     assert!(
-        s.contains("schedule: 195 steps (5 epochs × 39 steps of 256 images"),
+        s.contains("schedule: 975 steps (25 epochs × 39 steps of 256 images"),
         "{s}"
     );
     assert!(

@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use recipe::augment::ViewMaker;
-use recipe::data::{Batch, DataError, Dataset, Image, Loader, LoaderConfig};
+use recipe::data::{Batch, DataError, Dataset, Image, Loader, LoaderConfig, ViewMaker};
 
 /// Two views: a noisy copy of the image, and a random 2x2 crop whose position is drawn
 /// from the RNG, so any RNG mix-up between images shows in the batch.

@@ -187,10 +187,22 @@ fn swav_multi_crop_and_pictures() {
         "--set",
         "augment={pipeline: [{horizontal_flip: {p: 0.5}}], multi_crop: {global: {count: 2, size: 16, scale: [0.4, 1.0]}, local: {count: 2, size: 8, scale: [0.1, 0.4]}}}",
         "--set",
-        "downstream=[{task: knn, k: 5}, {task: visualize, samples: 100, queries: 3, neighbors: 3}]",
+        "downstream=[{task: knn, k: 5}, {task: fine_tune, epochs: 1, batch_size: 32}, {task: visualize, samples: 100, queries: 3, neighbors: 3}]",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let dir = run_dir(&out);
+    let res: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+    let ft = res["downstream"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["task"] == "fine_tune")
+        .unwrap();
+    for row in ["trained", "untrained_network"] {
+        let v = ft[row]["top1"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&v), "{row}: {ft}");
+    }
     for png in [
         "filters.png",
         "feature_maps.png",

@@ -9,9 +9,9 @@ use super::color::convert_channels;
 use super::geometric::resize;
 use super::{
     AugmentError, ColorJitter, GaussianBlur, HorizontalFlip, Normalize, RandomGrayscale,
-    RandomResizedCrop, Solarize, ViewMaker,
+    RandomResizedCrop, Solarize,
 };
-use crate::data::Image;
+use crate::data::{Image, ViewMaker};
 
 /// One op of a pipeline.
 #[derive(Clone, Debug, PartialEq)]

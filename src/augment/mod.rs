@@ -46,10 +46,6 @@
 //! (subnormal taps dropped), and the hue shift is branchless so it vectorises. No op
 //! allocates per pixel. `cargo bench --bench augment` measures the SimCLR chain.
 
-use rand_chacha::ChaCha8Rng;
-
-use crate::data::Image;
-
 pub mod blur;
 pub mod chain;
 pub mod color;
@@ -58,25 +54,15 @@ mod from_spec;
 pub mod geometric;
 pub mod preview;
 
+/// The loader's view-maker contract, which [`Chain`] implements; re-exported so code
+/// holding a `Chain` can call its methods with one import.
+pub use crate::data::ViewMaker;
 pub use blur::GaussianBlur;
 pub use chain::{Chain, ChainConfig, CropGroup, Op, ViewPlan};
 pub use color::{ColorJitter, JitterParams, Normalize, RandomGrayscale, Solarize};
 pub use error::AugmentError;
 pub use geometric::{CropParams, HorizontalFlip, RandomResizedCrop, Resampler};
 pub use preview::{preview_grid, write_preview};
-
-/// Makes the views of one image: the contract between the loader and the augment chain.
-///
-/// Implementations must be deterministic given the RNG state, so the loader can seed one
-/// RNG per (seed, epoch, dataset index) and get identical batches for any thread count.
-pub trait ViewMaker: Send + Sync {
-    /// The `(channels, height, width)` of each view, in order; views of one group
-    /// (e.g. all global crops) share a size, so a batch stacks view `v` of every image.
-    fn view_shapes(&self) -> Vec<(usize, usize, usize)>;
-
-    /// The views of `image`, in the order of [`ViewMaker::view_shapes`].
-    fn make_views(&self, image: &Image, rng: &mut ChaCha8Rng) -> Vec<Image>;
-}
 
 /// A uniform sample in `[lo, hi)` (or exactly `lo` when the range is empty), drawn as one
 /// `f64` so that degenerate ranges such as `[1, 1]` never panic.

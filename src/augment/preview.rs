@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use super::color::convert_channels;
 use super::geometric::resize;
 use super::{AugmentError, Chain};
-use crate::data::Image;
+use crate::data::{Image, ViewMaker};
 
 /// Width in pixels of the white lines between and around the cells.
 pub const SEPARATOR: usize = 2;
@@ -57,7 +57,7 @@ pub fn preview_grid(chain: &Chain, images: &[Image], seed: u64) -> Result<Image,
             "there are no images to preview".into(),
         ));
     }
-    let shapes = super::ViewMaker::view_shapes(chain);
+    let shapes = ViewMaker::view_shapes(chain);
     let cell_h = shapes.iter().map(|s| s.1).max().unwrap_or(1);
     let cell_w = shapes.iter().map(|s| s.2).max().unwrap_or(1);
     let cols = 1 + shapes.len();

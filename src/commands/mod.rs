@@ -58,9 +58,7 @@ pub fn load_valid(
 /// Sizes rayon's pool (used by the engine's kernels and the augmentation) from
 /// `train.threads`; 0 keeps rayon's default of one thread per core.
 pub fn set_threads(threads: usize) {
-    if threads > 0 {
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global();
+    if let Err(e) = recipe::experiment::configure_threads(threads) {
+        eprintln!("warning: {e}");
     }
 }

@@ -16,8 +16,7 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
 use super::source::rng_for;
-use super::{DataError, Dataset, Image};
-use crate::augment::ViewMaker;
+use super::{DataError, Dataset, Image, ViewMaker};
 
 const STREAM_SHUFFLE: u64 = 10;
 const STREAM_AUGMENT: u64 = 11;

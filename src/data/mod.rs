@@ -5,6 +5,9 @@
 //! Dataset + ViewMaker + LoaderConfig --Loader::new--> Loader --epoch(e)--> Batch, Batch, ...
 //! ```
 //!
+//! The loader owns the [`ViewMaker`] contract ([`views`]); `augment` implements it, and
+//! this module imports nothing from `augment`.
+//!
 //! Sources ([`Source`]): IDX files ([`idx`], MNIST / Fashion-MNIST, raw or gzipped),
 //! CIFAR-10/100 binary batches ([`cifar`]), image folders ([`folder`]), and the built-in
 //! Fashion-MNIST subset compiled into the binary ([`builtin`]).
@@ -38,6 +41,7 @@ pub mod image;
 pub mod loader;
 pub mod source;
 pub mod spec;
+pub mod views;
 
 pub use check::{PathProblem, check_paths};
 pub use cifar::CifarKind;
@@ -48,3 +52,4 @@ pub use image::Image;
 pub use loader::{Batch, Epoch, Loader, LoaderConfig, ViewBatch};
 pub use source::{CifarFiles, DataConfig, IdxFiles, LoadedData, Resize, Source, load};
 pub use spec::check_spec_paths;
+pub use views::ViewMaker;

@@ -18,8 +18,8 @@
 //!
 //! The caller's store is never written: training runs on a clone (updates replace
 //! tensors, they never write into shared buffers). Epoch order is shuffled from the
-//! seed; image `i`'s flip in epoch `e` comes from its own RNG stream, so results do not
-//! depend on the number of threads. A last batch of a single image is skipped (batch
+//! seed; image `i`'s flip in epoch `e` comes from its own RNG stream, so the batches do
+//! not depend on the number of threads. A last batch of a single image is skipped (batch
 //! norm cannot normalise one sample per channel of a 1×1 map). Accuracy is measured on
 //! the test split afterwards, in evaluation mode, without flips.
 

@@ -11,6 +11,8 @@
 //! best neighbour: the same votes up to one positive factor per query, so the same
 //! ranking, without overflow or underflow at small temperatures or large distances.
 
+use std::collections::BinaryHeap;
+
 use rayon::prelude::*;
 
 use super::features::FeatureMatrix;
@@ -62,7 +64,7 @@ pub struct KnnResult {
 
 /// Query rows handled together: one block's similarities (`QUERY_BLOCK × n_train`)
 /// stay small, and blocks spread over rayon's threads.
-const QUERY_BLOCK: usize = 64;
+const QUERY_BLOCK: usize = 128;
 
 fn l2_normalized(m: &FeatureMatrix) -> Vec<f32> {
     let mut out = m.data.clone();
@@ -88,15 +90,69 @@ fn squared_norms(m: &FeatureMatrix) -> Vec<f32> {
         .collect()
 }
 
-/// Orders `(index, similarity)` pairs best first: larger similarity, then lower index;
 /// NaN counts as the worst similarity.
-fn better(a: &(usize, f32), b: &(usize, f32)) -> std::cmp::Ordering {
-    let key = |s: f32| if s.is_nan() { f32::NEG_INFINITY } else { s };
-    key(b.1).total_cmp(&key(a.1)).then(a.0.cmp(&b.0))
+fn key(s: f32) -> f32 {
+    if s.is_nan() { f32::NEG_INFINITY } else { s }
 }
 
-/// The `k` training rows most similar to each query row, best first, as
-/// `(training index, similarity)`.
+/// A candidate neighbour in the top-k heap. The heap's top is the *worst* candidate:
+/// lowest score, and among equal scores the highest index, so that the kept set is
+/// the first `k` of the order "score descending, then index ascending".
+#[derive(Clone, Copy, PartialEq)]
+struct Cand {
+    score: f32,
+    index: usize,
+}
+
+impl Eq for Cand {}
+
+impl Ord for Cand {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Greater = worse.
+        other
+            .score
+            .total_cmp(&self.score)
+            .then(self.index.cmp(&other.index))
+    }
+}
+
+impl PartialOrd for Cand {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// The `k` best `(index, score)` of `scores`, best first. One comparison rejects most
+/// entries; the heap holds at most `k`.
+fn top_k(scores: impl Iterator<Item = f32>, k: usize, heap: &mut BinaryHeap<Cand>) -> Vec<Cand> {
+    heap.clear();
+    // Once the heap is full, a candidate enters only with a score strictly above the
+    // worst kept one: indices arrive in increasing order, so an equal score loses the
+    // tie. NaN fails the comparison, as the worst score should.
+    let mut threshold = f32::INFINITY;
+    for (index, s) in scores.enumerate() {
+        if heap.len() < k {
+            heap.push(Cand {
+                score: key(s),
+                index,
+            });
+            if heap.len() == k {
+                threshold = heap.peek().map_or(f32::INFINITY, |c| c.score);
+            }
+        } else if s > threshold {
+            if let Some(mut worst) = heap.peek_mut() {
+                *worst = Cand { score: s, index };
+            }
+            threshold = heap.peek().map_or(f32::INFINITY, |c| c.score);
+        }
+    }
+    let mut out: Vec<Cand> = heap.drain().collect();
+    out.sort_unstable();
+    out
+}
+
+/// The `k` training rows most similar to each query row, best first (larger
+/// similarity, then lower training index), as `(training index, similarity)`.
 pub fn nearest(
     train: &FeatureMatrix,
     queries: &FeatureMatrix,
@@ -134,26 +190,26 @@ pub fn nearest(
             let mut sim = vec![0.0f32; rows * n];
             let qb = View::new(&q[start * d..(start + rows) * d], rows, d);
             matmul(&mut sim, qb, View::new(&t, n, d).t(), false, false);
-            let mut cand: Vec<(usize, f32)> = Vec::with_capacity(n);
+            let mut heap = BinaryHeap::with_capacity(k + 1);
             (0..rows)
                 .map(|r| {
                     let row = &sim[r * n..(r + 1) * n];
-                    cand.clear();
                     match (&t_sq, &q_sq) {
+                        // −‖q − t‖² = 2·q·t − ‖t‖² − ‖q‖²: rank by the first two terms,
+                        // take the square root for the k kept only.
                         (Some(ts), Some(qs)) => {
                             let qn = qs[start + r];
-                            cand.extend(row.iter().zip(ts).enumerate().map(|(j, (&dot, &tn))| {
-                                (j, -(qn + tn - 2.0 * dot).max(0.0).sqrt())
-                            }));
+                            let scores = row.iter().zip(ts).map(|(&dot, &tn)| 2.0 * dot - tn);
+                            top_k(scores, k, &mut heap)
+                                .into_iter()
+                                .map(|c| (c.index, -(qn - c.score).max(0.0).sqrt()))
+                                .collect()
                         }
-                        _ => cand.extend(row.iter().copied().enumerate()),
+                        _ => top_k(row.iter().copied(), k, &mut heap)
+                            .into_iter()
+                            .map(|c| (c.index, c.score))
+                            .collect(),
                     }
-                    if k < cand.len() {
-                        cand.select_nth_unstable_by(k - 1, better);
-                        cand.truncate(k);
-                    }
-                    cand.sort_unstable_by(better);
-                    cand.clone()
                 })
                 .collect()
         })

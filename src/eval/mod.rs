@@ -8,27 +8,28 @@
 //! Model + ParamStore + Dataset (train, test) --fine_tune::fine_tune--> FineTuneResult
 //! ```
 //!
-//! - [`features`]: frozen features of a dataset (backbone or head, evaluation-mode batch
-//!   norm, no tape) and the raw-pixel baseline.
-//! - [`knn`]: InstDisc's weighted k-nearest-neighbour classifier (cosine or Euclidean),
-//!   and the neighbour lists behind the nearest-neighbour picture.
-//! - [`linear_probe`]: a softmax classifier on frozen, standardised features.
-//! - [`fine_tune`]: backbone and a fresh classifier trained end to end on labels.
-//! - [`pca`]: the 2-D principal-component projection of features.
+//! - [`features`](mod@crate::eval::features): frozen features of a dataset (backbone or
+//!   head, evaluation-mode batch norm, no tape) and the raw-pixel baseline.
+//! - [`knn`](mod@crate::eval::knn): InstDisc's weighted k-nearest-neighbour classifier
+//!   (cosine or Euclidean), and the neighbour lists behind the nearest-neighbour picture.
+//! - [`linear_probe`](mod@crate::eval::linear_probe): a softmax classifier on frozen,
+//!   standardised features.
+//! - [`fine_tune`](mod@crate::eval::fine_tune): backbone and a fresh classifier trained end
+//!   to end on labels.
+//! - [`pca`](mod@crate::eval::pca): the 2-D principal-component projection of features.
 //!
 //! Configs are plain structs (no recipe types: `build` maps the recipe's `downstream`
 //! section onto them). Invariants:
 //! - Nothing here changes the caller's parameters: feature extraction runs batch norm in
-//!   evaluation mode (which writes nothing), and fine-tuning works on a clone of the
-//!   store.
-//! - Everything random (probe shuffling and fine-tuning order, flips, classifier
-//!   initialisation) comes from the config's seed, and the f32 reductions run in a fixed
-//!   order, so the same inputs and seed give the same numbers on every run and for any
-//!   number of threads.
+//!   evaluation mode (which writes nothing), and fine-tuning works on a clone of the store.
+//! - Everything random (probe shuffling, fine-tuning order and flips, classifier
+//!   initialisation) comes from the config's seed, so the same inputs and seed give the
+//!   same numbers run after run on one machine (the probe's products run single-threaded
+//!   in a fixed order; fine-tuning is as repeatable as the engine's kernels).
 //! - Bad input (no labels, mismatched sizes, zero `k`, an empty split) is an
-//!   [`EvalError`], never a panic.
-//! - Model code is generic over [`EngineDevice`](crate::nn::EngineDevice); the pure
-//!   math (kNN, probe, PCA) works on host `f32` slices with `gemm` and rayon.
+//!   [`EvalError`](crate::eval::EvalError), never a panic.
+//! - Model code is generic over [`EngineDevice`](crate::nn::EngineDevice); the pure math
+//!   (kNN, probe, PCA) works on host `f32` slices with `gemm` and rayon.
 
 use std::fmt;
 

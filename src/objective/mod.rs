@@ -321,7 +321,7 @@ fn group_by_shape(views: &[ViewBatch]) -> Vec<&[ViewBatch]> {
 fn stack<D: Device<f32>>(
     dev: &D,
     group: &[ViewBatch],
-) -> Result<Tensor<(usize, usize, usize, usize), f32, D>, ObjectiveError> {
+) -> Result<crate::nn::ops::T4<D, NoneTape>, ObjectiveError> {
     let [b0, c, h, w] = group[0].shape;
     if group.iter().any(|v| v.shape[0] != b0) {
         return Err(ObjectiveError::Shape(

@@ -4,7 +4,7 @@
 //! Every grid is rows of equally sized cells on a white background, `SEPARATOR`
 //! pixels apart. A cell holds one image, scaled up by an integer factor (nearest
 //! neighbour, so pixels stay visible) until its longer side is at least
-//! `MIN_CELL` pixels, centred on black when it is smaller than the cell, inside a
+//! `MIN_CELL` pixels (at most 8×, 16× for filters), centred on black when it is smaller than the cell, inside a
 //! `FRAME`-pixel border that is coloured where the picture means something (the
 //! neighbours' right/wrong) and black otherwise. Input images are planar CHW `f32` in
 //! `[0, 1]` (1 channel is shown grey, 3 as RGB); values outside are clamped.
@@ -24,8 +24,10 @@ pub const SEPARATOR: usize = 2;
 pub const FRAME: usize = 3;
 /// Images are scaled up by an integer factor until their longer side reaches this.
 pub const MIN_CELL: usize = 64;
-/// The largest upscaling factor.
+/// The largest upscaling factor of images.
 const MAX_SCALE: usize = 8;
+/// The largest upscaling factor of filters (3×3 kernels become 48-pixel tiles).
+const MAX_FILTER_SCALE: usize = 16;
 /// Extra white space between groups of columns (query | neighbours, stage | stage).
 pub const GROUP_GAP: usize = 8;
 
@@ -66,7 +68,12 @@ fn to_u8(v: f32) -> u8 {
 
 /// Lays `rows` out as described in the module docs and writes the PNG. Columns listed
 /// in `gaps_after` are followed by [`GROUP_GAP`] extra pixels.
-fn compose(path: &Path, rows: &[Vec<Tile<'_>>], gaps_after: &[usize]) -> Result<(), ReportError> {
+fn compose(
+    path: &Path,
+    rows: &[Vec<Tile<'_>>],
+    gaps_after: &[usize],
+    max_scale: usize,
+) -> Result<(), ReportError> {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     if cols == 0 {
         return Err(ReportError::Input("there are no images to draw".into()));
@@ -86,7 +93,7 @@ fn compose(path: &Path, rows: &[Vec<Tile<'_>>], gaps_after: &[usize]) -> Result<
         .map(|t| t.img.width)
         .max()
         .unwrap_or(1);
-    let scale = MIN_CELL.div_ceil(max_h.max(max_w)).clamp(1, MAX_SCALE);
+    let scale = MIN_CELL.div_ceil(max_h.max(max_w)).clamp(1, max_scale);
     let (inner_h, inner_w) = (max_h * scale, max_w * scale);
     let (cell_h, cell_w) = (inner_h + 2 * FRAME, inner_w + 2 * FRAME);
     let col_x: Vec<usize> = (0..cols)
@@ -191,7 +198,7 @@ pub fn filters_png(path: &Path, weights: &[f32], shape: [usize; 4]) -> Result<()
         .chunks(cols)
         .map(|r| r.iter().map(|img| Tile { img, frame: BLACK }).collect())
         .collect();
-    compose(path, &rows, &[])
+    compose(path, &rows, &[], MAX_FILTER_SCALE)
 }
 
 /// Activation maps: row `r` shows `images[r]`, then for each stage in order the first
@@ -258,7 +265,7 @@ pub fn feature_maps_png(
                 .collect()
         })
         .collect();
-    compose(path, &rows, &gaps)
+    compose(path, &rows, &gaps, MAX_SCALE)
 }
 
 /// Nearest neighbours: row `r` shows `queries[r]`, a gap, then `neighbors[r]` in order,
@@ -296,7 +303,7 @@ pub fn neighbors_png(
             .collect()
         })
         .collect();
-    compose(path, &rows, &[0])
+    compose(path, &rows, &[0], MAX_SCALE)
 }
 
 /// Rows of images (e.g. an original followed by its augmented views), one row each,
@@ -306,5 +313,5 @@ pub fn views_png(path: &Path, rows: &[Vec<Image>]) -> Result<(), ReportError> {
         .iter()
         .map(|r| r.iter().map(|img| Tile { img, frame: BLACK }).collect())
         .collect();
-    compose(path, &tiles, &[])
+    compose(path, &tiles, &[], MAX_SCALE)
 }

@@ -218,7 +218,11 @@ impl MetricsWriter {
         let csv_path = dir.join(CSV_FILE);
         // Rewritten through temporary files, so an interrupted resume leaves the old
         // files whole.
-        let tmp = |p: &Path| p.with_extension("tmp");
+        let tmp = |p: &Path| {
+            let mut name = p.as_os_str().to_owned();
+            name.push(".tmp");
+            PathBuf::from(name)
+        };
         let mut j = String::new();
         let mut c = columns.join(",") + "\n";
         for r in records {

@@ -1,20 +1,21 @@
 //! What a run leaves for people to read: metrics files, charts, image grids and the
 //! `report.md` that ties them together.
 //!
-//! - [`metrics`]: `metrics.jsonl` and `metrics.csv` side by side, one record per line,
-//!   flushed as written, and read back to rebuild curves on resume.
-//! - [`plots`]: line charts (training curves) and class-coloured scatter plots (the
-//!   embedding PCA), drawn with `plotters`. Text uses DejaVu Sans compiled into the
-//!   binary, so charts render the same on machines without system fonts.
-//! - [`grid`]: PNG grids of images: first-layer filters, activation maps, nearest
-//!   neighbours with green/red frames, augmented views.
-//! - [`markdown`]: `report.md`, with the run's facts, the downstream table against its
-//!   baselines, and links to the pictures.
+//! - [`metrics`](mod@crate::report::metrics): `metrics.jsonl` and `metrics.csv` side by
+//!   side, one record per line, flushed as written, and read back to rebuild curves on
+//!   resume.
+//! - [`plots`](mod@crate::report::plots): line charts (training curves) and class-coloured
+//!   scatter plots (the embedding PCA), drawn with `plotters`. Text uses DejaVu Sans
+//!   compiled into the binary, so charts render the same on machines without system fonts.
+//! - [`grid`](mod@crate::report::grid): PNG grids of images: first-layer filters,
+//!   activation maps, nearest neighbours with green/red frames, augmented views.
+//! - [`markdown`](mod@crate::report::markdown): `report.md`, with the run's facts, the
+//!   downstream table against its baselines, and links to the pictures.
 //!
 //! Invariants: nothing here reads a model, a recipe or a dataset (callers hand over
 //! numbers and images); images are planar CHW `f32` in `[0, 1]` with 1 or 3 channels
 //! (values outside are clamped); every PNG is 8-bit RGB; a failure to write is a
-//! [`ReportError`] naming the file, never a panic.
+//! [`ReportError`](crate::report::ReportError) naming the file, never a panic.
 
 use std::fmt;
 use std::path::PathBuf;

@@ -28,6 +28,9 @@ const LINE_SIZE: (u32, u32) = (900, 500);
 /// Scatter-plot size in pixels (the legend takes the right-hand `LEGEND_WIDTH`).
 const SCATTER_SIZE: (u32, u32) = (960, 720);
 const LEGEND_WIDTH: u32 = 200;
+/// Centre of the first legend row and the distance between rows, in pixels.
+const LEGEND_TOP: usize = 60;
+const LEGEND_ROW: usize = 24;
 
 /// matplotlib's `tab10` colours, then `plotters`' 99-colour palette.
 const TAB10: [(u8, u8, u8); 10] = [
@@ -76,6 +79,18 @@ fn padded_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
         return (lo - half, hi + half);
     }
     (lo - 0.05 * span, hi + 0.05 * span)
+}
+
+/// A tick label: integers without a decimal point, other values with up to three
+/// decimals (trailing zeros dropped), very large or small magnitudes in exponent form.
+fn tick(v: &f64) -> String {
+    let a = v.abs();
+    if a != 0.0 && !(1e-3..1e6).contains(&a) {
+        return format!("{v:.1e}");
+    }
+    let s = format!("{v:.3}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" { "0".into() } else { s.into() }
 }
 
 /// Draws with `draw` on a white canvas of `size`, then writes the PNG.
@@ -127,6 +142,8 @@ pub fn line_chart(
         chart
             .configure_mesh()
             .x_desc(x_label)
+            .x_label_formatter(&tick)
+            .y_label_formatter(&tick)
             .label_style((FONT, 14))
             .axis_desc_style((FONT, 16))
             .light_line_style(RGBColor(235, 235, 235))
@@ -156,7 +173,8 @@ pub fn line_chart(
 }
 
 /// A scatter plot of `points`, point `i` coloured by class `classes[i]`, with a legend
-/// of `class_names` (a class without a name is shown as its number) to the right;
+/// of `class_names` (a class without a name is shown as its number; classes beyond what
+/// fits are counted on the last row) to the right;
 /// written to `path` as a 960×720 PNG. Non-finite points are skipped.
 pub fn scatter(
     path: &Path,
@@ -191,6 +209,8 @@ pub fn scatter(
             .build_cartesian_2d(x0..x1, y0..y1)?;
         chart
             .configure_mesh()
+            .x_label_formatter(&tick)
+            .y_label_formatter(&tick)
             .label_style((FONT, 14))
             .light_line_style(RGBColor(235, 235, 235))
             .draw()?;
@@ -203,11 +223,19 @@ pub fn scatter(
                 )
             },
         ))?;
-        for c in 0..n_classes {
-            let y = 60 + 24 * c as i32;
+        // As many legend rows as fit; the rest are summarised on the last row.
+        let fit = ((SCATTER_SIZE.1 as usize - LEGEND_TOP) / LEGEND_ROW).max(1);
+        let shown = if n_classes > fit { fit - 1 } else { n_classes };
+        for c in 0..shown {
+            let y = (LEGEND_TOP + LEGEND_ROW * c) as i32;
             legend.draw(&Circle::new((16, y), 6, color(c).filled()))?;
             let name = class_names.get(c).cloned().unwrap_or_else(|| c.to_string());
             legend.draw(&Text::new(name, (30, y - 9), (FONT, 16).into_font()))?;
+        }
+        if shown < n_classes {
+            let y = (LEGEND_TOP + LEGEND_ROW * shown) as i32;
+            let more = format!("… {} more classes", n_classes - shown);
+            legend.draw(&Text::new(more, (10, y - 9), (FONT, 16).into_font()))?;
         }
         Ok(())
     })

@@ -16,6 +16,11 @@ use crate::diag::Diagnostic;
 pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
 
 /// Runs every semantic rule and returns all problems found.
+///
+/// The rules also cover the schema's numeric bounds, so a recipe built in Rust is
+/// checked completely; for a loaded recipe their messages replace the schema's. Rules
+/// relating a value to `train.epochs` stay silent while `epochs` is 0 (the schema
+/// reports that, and everything would look too long).
 pub fn check(r: &Recipe) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     check_data(r, &mut out);
@@ -423,7 +428,11 @@ fn check_loss(r: &Recipe, out: &mut Vec<Diagnostic>) {
             positive(out, "loss.temperature", "temperature", *temperature);
             unit_open(out, "loss.momentum", "momentum", *momentum);
             // The symmetric loss enqueues the keys of both views every step.
-            let per_step = if *symmetric { 2 * batch } else { batch };
+            let per_step = if *symmetric {
+                batch.saturating_mul(2)
+            } else {
+                batch
+            };
             if *queue_size == 0 || per_step == 0 || queue_size % per_step != 0 {
                 let msg = if *symmetric {
                     format!(
@@ -464,10 +473,17 @@ fn check_loss(r: &Recipe, out: &mut Vec<Diagnostic>) {
                     "the memory bank needs at least one negative",
                 );
             }
-            if let Some(n) = known_len(r, false) {
-                if *negatives >= n {
-                    err(out, "loss.negatives", format!("{negatives} negatives cannot be drawn from a bank of {n} training images")).help = Some(format!("use fewer than {n}"));
-                }
+            if let Some(n) = known_len(r, false)
+                && *negatives >= n
+            {
+                err(
+                    out,
+                    "loss.negatives",
+                    format!(
+                        "{negatives} negatives cannot be drawn from a bank of {n} training images"
+                    ),
+                )
+                .help = Some(format!("use fewer than {n}"));
             }
         }
         Loss::Swav {
@@ -514,7 +530,7 @@ fn check_loss(r: &Recipe, out: &mut Vec<Diagnostic>) {
                         ),
                     );
                 }
-                if q.start_epoch >= r.train.epochs {
+                if r.train.epochs > 0 && q.start_epoch >= r.train.epochs {
                     err(
                         out,
                         "loss.queue.start_epoch",
@@ -599,7 +615,7 @@ fn check_optim(r: &Recipe, out: &mut Vec<Diagnostic>) {
                 );
             }
             for (i, m) in milestones.iter().enumerate() {
-                if *m >= epochs || *m == 0 {
+                if (epochs > 0 && *m >= epochs) || *m == 0 {
                     err(
                         out,
                         format!("schedule.milestones.{i}"),
@@ -626,7 +642,7 @@ fn check_optim(r: &Recipe, out: &mut Vec<Diagnostic>) {
                     "schedule.warmup_epochs",
                     format!("warmup_epochs cannot be negative, found {warmup_epochs}"),
                 );
-            } else if *warmup_epochs >= epochs as f64 {
+            } else if epochs > 0 && *warmup_epochs >= epochs as f64 {
                 err(out, "schedule.warmup_epochs", format!("warmup ({warmup_epochs} epochs) must be shorter than training ({epochs} epochs)")).help = Some(format!("use fewer than {epochs} warmup epochs, or train longer"));
             }
             if *warmup_start_lr < 0.0 {
@@ -659,19 +675,19 @@ fn check_train(r: &Recipe, out: &mut Vec<Diagnostic>) {
             ),
         );
     }
-    if let Some(n) = known_len(r, true) {
-        if t.batch_size > n {
-            err(
-                out,
-                "train.batch_size",
-                format!(
-                    "batch_size {} is larger than the {n} training images",
-                    t.batch_size
-                ),
-            );
-        }
+    if let Some(n) = known_len(r, true)
+        && t.batch_size > n
+    {
+        err(
+            out,
+            "train.batch_size",
+            format!(
+                "batch_size {} is larger than the {n} training images",
+                t.batch_size
+            ),
+        );
     }
-    if t.checkpoint_every > t.epochs {
+    if t.epochs > 0 && t.checkpoint_every > t.epochs {
         out.push(Diagnostic::warning("train.checkpoint_every", format!("checkpoint_every ({}) is longer than training ({} epochs): only the final checkpoint is written", t.checkpoint_every, t.epochs)));
     }
     if t.device == Device::Cuda && !CUDA_BUILT {
@@ -729,7 +745,7 @@ fn check_downstream(r: &Recipe, out: &mut Vec<Diagnostic>) {
                 if *k == 0 {
                     err(out, format!("{p}.k"), "k must be at least 1");
                 }
-                if *every_epochs > r.train.epochs {
+                if r.train.epochs > 0 && *every_epochs > r.train.epochs {
                     err(
                         out,
                         format!("{p}.every_epochs"),

@@ -177,16 +177,6 @@ impl Loader {
                 ),
             }
         }
-        if !findings.is_empty() {
-            // Stages stay ordered: while the schema has complaints, a semantic rule
-            // speaks only to replace one of them, not about consequences of a value
-            // that is out of range anyway (`epochs: 0` makes every warmup too long).
-            sem.retain(|s| {
-                findings
-                    .iter()
-                    .any(|f| f.value_only && covers(&s.path, &f.diagnostic.path))
-            });
-        }
         let mut schema_diags: Vec<Diagnostic> = findings
             .into_iter()
             .filter(|f| !(f.value_only && sem.iter().any(|s| covers(&s.path, &f.diagnostic.path))))

@@ -402,7 +402,8 @@ pub struct Finding {
     pub diagnostic: Diagnostic,
     /// The value is of the right type but out of range (a bound, a list's length, a
     /// pattern): the document still deserialises, so the semantic checks can run and
-    /// replace this diagnostic with theirs where they say more (the loader does).
+    /// replace this diagnostic with theirs where they say more (the loader does). An
+    /// integer above its maximum is not value-only: it may be a count to allocate.
     pub value_only: bool,
 }
 
@@ -444,17 +445,22 @@ impl Validator {
         for err in self.compiled.iter_errors(doc) {
             let path: Vec<String> = err.instance_path().iter().map(|s| s.to_string()).collect();
             let instance = lookup(doc, &path);
-            let value_only = matches!(
-                err.kind(),
+            // An integer above its maximum is a count (views, crops) the semantic rules
+            // would allocate for; it stays a blocking error.
+            let integer = self
+                .schema_at(doc, &path)
+                .and_then(|s| s.get("type"))
+                .is_some_and(|t| t == "integer");
+            let value_only = match err.kind() {
                 K::Minimum { .. }
-                    | K::Maximum { .. }
-                    | K::ExclusiveMinimum { .. }
-                    | K::ExclusiveMaximum { .. }
-                    | K::MinItems { .. }
-                    | K::MaxItems { .. }
-                    | K::MinLength { .. }
-                    | K::Pattern { .. }
-            );
+                | K::ExclusiveMinimum { .. }
+                | K::MinItems { .. }
+                | K::MaxItems { .. }
+                | K::MinLength { .. }
+                | K::Pattern { .. } => true,
+                K::Maximum { .. } | K::ExclusiveMaximum { .. } => !integer,
+                _ => false,
+            };
             for d in self.describe(&err, &path, doc, instance, root) {
                 if !out
                     .iter()

@@ -38,6 +38,10 @@ pub enum Progress {
     Quiet,
 }
 
+/// Work after every epoch: `(trainer, epochs done)` → metrics for the epoch record.
+pub type EpochHook<'a, D> =
+    dyn FnMut(&mut Trainer<D>, usize) -> Result<Vec<(String, f64)>, TrainError> + 'a;
+
 /// Where the loop starts and what it must do besides training.
 pub struct LoopConfig<'a, D: EngineDevice> {
     /// Epochs to train in total.
@@ -54,8 +58,7 @@ pub struct LoopConfig<'a, D: EngineDevice> {
     pub stop_after_steps: Option<u64>,
     /// Called after every epoch with the trainer and the 1-based count of epochs
     /// done; returns metrics to record for that epoch (periodic kNN).
-    pub on_epoch:
-        &'a mut dyn FnMut(&mut Trainer<D>, usize) -> Result<Vec<(String, f64)>, TrainError>,
+    pub on_epoch: &'a mut EpochHook<'a, D>,
 }
 
 /// What the loop did.
@@ -153,7 +156,7 @@ pub fn train_loop<D: EngineDevice + 'static>(
             loss_sum += st.loss as f64;
             loss_n += 1;
             let done = trainer.step;
-            if done % cfg.log_every as u64 == 0 {
+            if done.is_multiple_of(cfg.log_every as u64) {
                 let secs = window.elapsed().as_secs_f64().max(1e-9);
                 let ips = window_images as f64 / secs;
                 metrics
