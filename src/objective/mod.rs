@@ -107,6 +107,22 @@ pub(crate) fn check_finite(v: &[f32], what: &str) -> Result<(), ObjectiveError> 
     }
 }
 
+/// Errors unless `batch` has the `expected` views the method was built for.
+pub(crate) fn check_views(
+    method: &str,
+    expected: usize,
+    batch: &StepBatch<'_>,
+) -> Result<(), ObjectiveError> {
+    if batch.views.len() == expected {
+        Ok(())
+    } else {
+        Err(ObjectiveError::Shape(format!(
+            "{method} was built for {expected} views, the batch has {}",
+            batch.views.len()
+        )))
+    }
+}
+
 pub(crate) fn check_temperature(t: f32, what: &str) -> Result<(), ObjectiveError> {
     if t.is_finite() && t > 0.0 {
         Ok(())

@@ -69,13 +69,7 @@ impl<D: EngineDevice> Objective<D> for NtXent {
         store: &mut ParamStore<D>,
         batch: &StepBatch<'_>,
     ) -> Result<Loss<D>, ObjectiveError> {
-        if batch.views.len() != self.views {
-            return Err(ObjectiveError::Shape(format!(
-                "SimCLR was built for {} views, the batch has {}",
-                self.views,
-                batch.views.len()
-            )));
-        }
+        super::check_views("SimCLR", self.views, batch)?;
         let z = encoder.embed(store, batch.views, true)?;
         let timer = super::BackwardTimer::default();
         let z = timer.begin(z);

@@ -82,13 +82,7 @@ impl<D: EngineDevice> Objective<D> for SupCon {
         store: &mut ParamStore<D>,
         batch: &StepBatch<'_>,
     ) -> Result<Loss<D>, ObjectiveError> {
-        if batch.views.len() != self.views {
-            return Err(ObjectiveError::Shape(format!(
-                "SupCon was built for {} views, the batch has {}",
-                self.views,
-                batch.views.len()
-            )));
-        }
+        super::check_views("SupCon", self.views, batch)?;
         let Some(labels) = batch.labels else {
             return Err(ObjectiveError::Shape(
                 "SupCon needs labelled batches".into(),

@@ -321,13 +321,7 @@ impl<D: EngineDevice> Objective<D> for Swav {
         store: &mut ParamStore<D>,
         batch: &StepBatch<'_>,
     ) -> Result<Loss<D>, ObjectiveError> {
-        if batch.views.len() != self.views {
-            return Err(ObjectiveError::Shape(format!(
-                "SwAV was built for {} views, the batch has {}",
-                self.views,
-                batch.views.len()
-            )));
-        }
+        super::check_views("SwAV", self.views, batch)?;
         let n = batch.indices.len();
         let z = encoder.embed(store, batch.views, true)?;
         let m = z.shape().0;
