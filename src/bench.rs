@@ -64,6 +64,12 @@ pub struct BenchReport {
     /// Milliseconds per step spent in the objective's own work (loss forward and
     /// backward, state updates), a part of `step_ms`.
     pub objective_ms: f64,
+    /// Milliseconds per step in communication between data-parallel ranks (the
+    /// `comm.*` rows: gradient all-reduce, gathers, synchronised batch norm); 0 in one
+    /// process.
+    pub comm_ms: f64,
+    /// Payload bytes this rank sent through collectives per step.
+    pub comm_bytes_per_step: f64,
 }
 
 /// The architectures of `torch_baseline.py` as a trainer: `smallW` (e.g. `small16`)
@@ -179,14 +185,24 @@ pub fn run<D: EngineDevice + 'static>(
     }
     // Batches are made before the clock starts: the loader's cost is reported apart.
     let total = cfg.warmup + cfg.steps;
+    // Data-parallel: each rank trains its slice of the global batch.
+    let dist = trainer.collective().clone();
     let batches: Vec<Batch> = (0..total.min(4))
-        .map(|i| synthetic_batch(cfg, i as u64))
-        .collect();
+        .map(|i| {
+            let b = synthetic_batch(cfg, i as u64);
+            if dist.world() == 1 {
+                return Ok(b);
+            }
+            crate::dist::slice_batch(&b, dist.rank(), dist.world())
+                .map_err(|e| TrainError::Other(e.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
     for i in 0..cfg.warmup {
         trainer.step(&batches[i % batches.len()], 0)?;
     }
     timing::reset();
     timing::set_enabled(cfg.per_op);
+    crate::dist::take_bytes_sent();
     let start = Instant::now();
     let mut last = f32::NAN;
     for i in 0..cfg.steps {
@@ -195,6 +211,7 @@ pub fn run<D: EngineDevice + 'static>(
             .loss;
     }
     let elapsed = start.elapsed().max(Duration::from_nanos(1));
+    let comm_bytes = crate::dist::take_bytes_sent();
     timing::set_enabled(false);
     let steps = cfg.steps.max(1) as f64;
     let ops: Vec<OpTime> = if cfg.per_op {
@@ -214,6 +231,11 @@ pub fn run<D: EngineDevice + 'static>(
         .filter(|o| o.name.starts_with("objective."))
         .map(|o| o.ms_per_step)
         .sum();
+    let comm_ms = ops
+        .iter()
+        .filter(|o| o.name.starts_with("comm."))
+        .map(|o| o.ms_per_step)
+        .sum();
     let secs = elapsed.as_secs_f64();
     let images = cfg.batch * cfg.view_shapes.len();
     Ok(BenchReport {
@@ -223,6 +245,8 @@ pub fn run<D: EngineDevice + 'static>(
         last_loss: last,
         ops,
         objective_ms,
+        comm_ms,
+        comm_bytes_per_step: comm_bytes as f64 / steps,
     })
 }
 

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::augment::{self, Normalize};
 use crate::checkpoint;
 use crate::data::{self, Dataset, Loader, LoaderConfig};
+use crate::dist::{self, Dist};
 use crate::eval::features::{FeatureMatrix, Which, extract, raw_pixels};
 use crate::eval::fine_tune::{FineTuneConfig, fine_tune};
 use crate::eval::knn::{KnnConfig, Metric, knn, nearest};
@@ -96,6 +97,9 @@ pub struct RunRequest {
     pub progress: Progress,
     /// Stop (as if interrupted) after this many steps.
     pub stop_after_steps: Option<u64>,
+    /// The ranks of a data-parallel job ([`dist::solo`] for one process): rank 0 alone
+    /// writes the run directory, metrics, checkpoints and runs the downstream tasks.
+    pub dist: Dist,
 }
 
 /// How a run ended.
@@ -219,21 +223,43 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
             "train.device: cuda — `recipe run` trains on the CPU only so far; use `device: cpu` or `auto`",
         ));
     }
-    let threads = configure_threads(r.train.threads).map_err(setup_err)?;
+    let dist = req.dist.clone();
+    let (rank, world) = (dist.rank(), dist.world());
+    let writer = rank == 0;
+    if world > 1 {
+        dist::shard_range(r.train.batch_size, rank, world).map_err(run_err)?;
+    }
+    // With several ranks on a machine, "every core" is shared between them.
+    let wanted = if r.train.threads == 0 && world > 1 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / dist::local_ranks().unwrap_or(1).max(1)).max(1)
+    } else {
+        r.train.threads
+    };
+    let threads = configure_threads(wanted).map_err(setup_err)?;
     let text = resolved_text(r);
     let hash = recipe_hash(r);
     let dir = match &req.resume {
         Some(dir) => {
             check_resume(dir, r, req.force)?;
+            if writer {
+                dist_note(dir, world)?;
+            }
             dir.clone()
         }
-        None => {
+        // Only rank 0 creates (and names) the run directory; the others never write.
+        None if writer => {
             let parent = req
                 .out
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(&r.output.dir));
-            rundir::create(&parent, &r.name, &text).map_err(ExperimentError::Setup)?
+            let dir = rundir::create(&parent, &r.name, &text).map_err(ExperimentError::Setup)?;
+            if world > 1 {
+                dist_note(&dir, world)?;
+            }
+            dir
         }
+        None => PathBuf::new(),
     };
     let loaded = data::load(&data::DataConfig::from_spec(&r.data, r.seed))
         .map_err(|e| setup_err(format!("cannot read the data: {e}")))?;
@@ -260,6 +286,8 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
             prefetch: r.train.prefetch,
         },
     )
+    .map_err(setup_err)?
+    .sharded(rank, world)
     .map_err(setup_err)?;
     let mut trainer = Trainer::new(
         r,
@@ -267,10 +295,27 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
         train.len(),
         loader.batches_per_epoch() as u64,
     )?;
+    trainer.set_collective(dist.clone(), r.train.sync_batch_norm)?;
+    if world > 1 && writer && req.progress != Progress::Quiet {
+        eprintln!(
+            "data-parallel over {} ({} images per rank per step, {} threads each{})",
+            dist.describe(),
+            r.train.batch_size / world,
+            threads,
+            if r.train.sync_batch_norm {
+                ", synchronised batch norm"
+            } else {
+                ""
+            }
+        );
+    }
     let ckpt = dir.join(rundir::CHECKPOINTS).join(rundir::LAST);
     let resumed = match &req.resume {
         Some(_) if ckpt.exists() => {
+            // Every rank reads the same checkpoint (the run directory must be on a
+            // file system they share), then the digests confirm they agree.
             let meta = trainer.load(&ckpt)?;
+            trainer.check_ranks_agree()?;
             if meta.recipe_hash != hash && !req.force {
                 return Err(ExperimentError::Changed(vec![
                     "(the checkpoint was written by another recipe)".into(),
@@ -282,12 +327,13 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
         None => None,
     };
     let mut metrics = match &resumed {
-        Some(m) => {
+        _ if !writer => None,
+        Some(m) => Some(
             MetricsWriter::resume(&dir, &[], m.step)
                 .map_err(setup_err)?
-                .0
-        }
-        None => MetricsWriter::create(&dir, &[]).map_err(setup_err)?,
+                .0,
+        ),
+        None => Some(MetricsWriter::create(&dir, &[]).map_err(setup_err)?),
     };
     let norm = normalization(r);
     // kNN during training, every `every_epochs` epochs, on the test split.
@@ -321,7 +367,8 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
                         epoch: usize|
      -> Result<Vec<(String, f64)>, TrainError> {
         let mut out = Vec::new();
-        let Some(test) = test_ref else {
+        // Evaluation runs once, on rank 0.
+        let (true, Some(test)) = (writer, test_ref) else {
             return Ok(out);
         };
         for (every, cfg, w) in &periodic {
@@ -342,7 +389,11 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
         log_every: r.train.log_every,
         checkpoint_every: r.train.checkpoint_every,
         recipe_hash: hash.clone(),
-        progress: req.progress,
+        progress: if writer {
+            req.progress
+        } else {
+            Progress::Quiet
+        },
         stop_after_steps: req.stop_after_steps,
         on_epoch: &mut on_epoch,
     };
@@ -350,7 +401,7 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
         &mut trainer,
         &loader,
         &dir,
-        &mut metrics,
+        metrics.as_mut(),
         resumed.as_ref(),
         &mut cfg,
     )?;
@@ -360,6 +411,17 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
             step: summary.steps,
         });
     }
+    if !writer {
+        // The downstream tasks run once, on rank 0; wait for it without spinning.
+        dist.wait_for_all();
+        return Ok(RunOutcome::Finished {
+            dir,
+            results: Value::Null,
+        });
+    }
+    let Some(mut metrics) = metrics else {
+        return Err(run_err("rank 0 has no metrics writer"));
+    };
     let train_secs = started.elapsed().as_secs_f64();
     let model = trainer.encoder.model().clone();
     // torchvision's names and shapes minus `fc` (for ResNets; the small CNN's follow
@@ -425,7 +487,33 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
         },
     )
     .map_err(setup_err)?;
+    dist.wait_for_all();
     Ok(RunOutcome::Finished { dir, results: doc })
+}
+
+/// Name of the file in a data-parallel run directory that records the world size.
+pub const DIST_FILE: &str = "world_size.txt";
+
+/// Records the world size in `dir`; on resume with another, says what changes.
+fn dist_note(dir: &Path, world: usize) -> Result<(), ExperimentError> {
+    let path = dir.join(DIST_FILE);
+    let before = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| t.trim().parse::<usize>().ok())
+        .unwrap_or(1);
+    if before != world {
+        eprintln!(
+            "note: this run was trained on {before} rank(s) and resumes on {world}; the global \
+             batch, the data order, the augmentations and the method state are the same, so \
+             training continues as before except that unsynchronised batch norm now \
+             normalises over per-rank batches of a different size (with \
+             train.sync_batch_norm: true nothing changes but float rounding)"
+        );
+    }
+    if world > 1 || path.exists() {
+        rundir::write_text(&path, &format!("{world}\n")).map_err(ExperimentError::Setup)?;
+    }
+    Ok(())
 }
 
 /// Refuses to resume `dir` with a recipe other than the one it was started with.

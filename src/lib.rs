@@ -18,6 +18,7 @@ pub mod build;
 pub mod checkpoint;
 pub mod data;
 pub mod diag;
+pub mod dist;
 /// Downstream evaluation of an encoder: features, kNN, linear probe, fine-tuning, PCA.
 pub mod eval;
 pub mod experiment;

@@ -45,6 +45,13 @@ enum Command {
         /// Override a key: `--set train.batch_size=128` (value is YAML).
         #[arg(long = "set", value_name = "PATH=VALUE")]
         sets: Vec<String>,
+        /// Also plan a data-parallel run over K ranks (`mpirun -n K`): the per-rank
+        /// batch, the bytes each rank sends per step and the communication time.
+        #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+        world_size: Option<u64>,
+        /// Network bandwidth for that estimate, Gbit/s.
+        #[arg(long, value_name = "GBIT", default_value_t = recipe::plan::DEFAULT_GBIT)]
+        bandwidth_gbit: f64,
     },
     /// Measure training-step throughput and peak memory of the recipe's model on
     /// synthetic input, with a per-op time breakdown.
@@ -135,7 +142,12 @@ fn main() -> ExitCode {
             format,
             no_data_check,
         } => commands::validate::validate(&files, &sets, format, !no_data_check),
-        Command::Plan { file, sets } => commands::plan::plan(&file, &sets),
+        Command::Plan {
+            file,
+            sets,
+            world_size,
+            bandwidth_gbit,
+        } => commands::plan::plan(&file, &sets, world_size.map(|k| k as usize), bandwidth_gbit),
         Command::Bench {
             file,
             sets,

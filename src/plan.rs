@@ -46,6 +46,111 @@ fn flops(v: f64) -> String {
 
 /// Works out the plan of a valid recipe as text, or the diagnostics that stop it.
 pub fn plan(r: &Recipe) -> Result<String, Vec<Diagnostic>> {
+    plan_with(r, None, DEFAULT_GBIT)
+}
+
+/// The network bandwidth `recipe plan --world-size` assumes unless told (Gbit/s).
+pub const DEFAULT_GBIT: f64 = 10.0;
+
+/// What one rank of a `world`-rank data-parallel job moves per training step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CommPlan {
+    /// Images per rank per step.
+    pub per_rank_batch: usize,
+    /// Bytes of the gradient all-reduce payload (every trainable value, f32).
+    pub gradient_bytes: f64,
+    /// Bytes each rank sends for the gradient all-reduce with a ring algorithm
+    /// (`2·(K−1)/K` of the payload).
+    pub gradient_sent: f64,
+    /// Bytes each rank contributes to the method's gathers per step (embeddings and
+    /// their gradient, keys, bank rows, queue rows, Sinkhorn sums).
+    pub method_sent: f64,
+    /// Bytes each rank sends for synchronised batch norm (0 when off).
+    pub sync_bn_sent: f64,
+    /// Collective calls per step (each pays the network latency about `2·log2 K` times).
+    pub collectives: usize,
+}
+
+impl CommPlan {
+    /// Total bytes each rank sends per step.
+    pub fn sent(&self) -> f64 {
+        self.gradient_sent + self.method_sent + self.sync_bn_sent
+    }
+
+    /// Estimated communication seconds per step at `gbit` Gbit/s and `latency_s` per
+    /// message hop, for `world` ranks.
+    pub fn seconds(&self, world: usize, gbit: f64, latency_s: f64) -> f64 {
+        let hops = (world.max(2) as f64).log2().ceil() * 2.0;
+        self.sent() * 8.0 / (gbit * 1e9) + self.collectives as f64 * hops * latency_s
+    }
+}
+
+/// The communication of one step of `r` over `world` ranks, for a model of `params`
+/// trainable values with `bn_layers` batch-norm layers of `bn_channels` channels in
+/// all, and embeddings of `dim` features.
+pub fn comm_plan(
+    r: &Recipe,
+    world: usize,
+    params: usize,
+    bn_layers: usize,
+    bn_channels: usize,
+    dim: usize,
+    views: usize,
+) -> Result<CommPlan, String> {
+    let (lo, hi) = crate::dist::shard_range(r.train.batch_size, 0, world).map_err(|e| e.0)?;
+    let n = hi - lo;
+    let k = world as f64;
+    let ring = 2.0 * (k - 1.0) / k;
+    let gradient_bytes = params as f64 * 4.0;
+    let emb = (n * dim * 4) as f64;
+    // Gathers send the rank's block once; reduce-scatter (the gather's backward) sends
+    // the full buffer's (K−1)/K in a ring.
+    let (method_sent, calls) = match &r.loss {
+        Loss::Simclr { .. } => (views as f64 * emb * 2.0, 2),
+        Loss::Supcon { .. } => (views as f64 * emb * 2.0 + (n * 4) as f64, 3),
+        Loss::Moco { symmetric, .. } => {
+            let keys = if *symmetric { 2.0 } else { 1.0 };
+            (keys * emb, keys as usize)
+        }
+        Loss::MemoryBank { .. } => (emb + (n * 4) as f64, 2),
+        Loss::Swav {
+            prototypes,
+            sinkhorn_iterations,
+            ..
+        } => {
+            let assign = 2.0;
+            let sums = (*sinkhorn_iterations as f64 + 2.0) * *prototypes as f64 * 8.0 * ring;
+            (assign * (emb + sums), 2 * (*sinkhorn_iterations + 3))
+        }
+    };
+    let sync_bn_sent = if r.train.sync_batch_norm {
+        // Forward: every rank's (mean, var, count) per layer; backward: two sums.
+        bn_channels as f64 * 4.0 * (2.0 + 2.0 * ring)
+    } else {
+        0.0
+    };
+    let buckets = (params.div_ceil(crate::dist::grads::BUCKET_FLOATS)).max(1);
+    Ok(CommPlan {
+        per_rank_batch: n,
+        gradient_bytes,
+        gradient_sent: gradient_bytes * ring,
+        method_sent,
+        sync_bn_sent,
+        collectives: buckets
+            + calls
+            + 1
+            + if r.train.sync_batch_norm {
+                2 * bn_layers
+            } else {
+                0
+            },
+    })
+}
+
+/// [`plan`], plus with `world` the data-parallel section of `recipe plan --world-size`:
+/// the per-rank batch, the bytes each rank sends per step and the estimated
+/// communication time at `gbit` Gbit/s.
+pub fn plan_with(r: &Recipe, world: Option<usize>, gbit: f64) -> Result<String, Vec<Diagnostic>> {
     let mut out = String::new();
     let data = load(&DataConfig::from_spec(&r.data, r.seed)).map_err(|e| {
         vec![Diagnostic::error(
@@ -204,5 +309,43 @@ pub fn plan(r: &Recipe) -> Result<String, Vec<Diagnostic>> {
         flops(step_flops * sched.total_steps() as f64),
         sched.total_steps()
     );
+    if let Some(k) = world {
+        let norms: Vec<usize> = first_store_norms(r, first_size)?;
+        let cp = comm_plan(r, k, params, norms.len(), norms.iter().sum(), dim, views)
+            .map_err(|e| vec![Diagnostic::error("train.batch_size", e)])?;
+        let latency = 5e-6;
+        let secs = cp.seconds(k, gbit, latency);
+        let _ = writeln!(
+            out,
+            "\ndata-parallel over {k} ranks (mpirun -n {k}):\n  per rank: {} images × {views} views, {} of compute, activations {}\n  sent per rank per step: {} = gradient all-reduce {} (ring: 2·(K−1)/K of {}) + {} {} + sync batch norm {}\n  estimated communication: {:.1} ms per step at {gbit} Gbit/s and {:.0} µs latency ({} collectives per step)",
+            cp.per_rank_batch,
+            flops(step_flops / k as f64),
+            mib(activations / k as f64),
+            mib(cp.sent()),
+            mib(cp.gradient_sent),
+            mib(cp.gradient_bytes),
+            r.loss.method(),
+            mib(cp.method_sent),
+            mib(cp.sync_bn_sent),
+            secs * 1e3,
+            latency * 1e6,
+            cp.collectives
+        );
+    }
     Ok(out)
+}
+
+/// Channel counts of the batch-norm layers of the model at `size`.
+fn first_store_norms(r: &Recipe, size: &usize) -> Result<Vec<usize>, Vec<Diagnostic>> {
+    let cfg = build::model(r, *size)
+        .map_err(|e| vec![Diagnostic::error(model_error_path(&e), e.to_string())])?;
+    let mut store = ParamStore::new(Cpu::default());
+    Model::new(&mut store, &cfg, r.seed)
+        .map_err(|e| vec![Diagnostic::error(model_error_path(&e), e.to_string())])?;
+    Ok(store
+        .entries()
+        .iter()
+        .filter(|e| e.role == crate::nn::params::Role::NormWeight)
+        .map(|e| e.numel())
+        .collect())
 }

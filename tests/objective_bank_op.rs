@@ -308,6 +308,7 @@ fn bank_objective_draws_the_same_negatives_as_before() {
                 labels: None,
                 epoch: 0,
                 step,
+                dist: &recipe::dist::Solo,
             };
             let got = Objective::<Cpu>::loss(&mut obj, &mut encoder, &mut store, &batch)
                 .expect("loss")

@@ -50,6 +50,59 @@ pub fn bench(
             return ExitCode::from(1);
         }
     };
+    // Under `mpirun` (with the `mpi` feature) every rank times its slice of the step.
+    #[cfg(feature = "mpi")]
+    let (_mpi, dist) = match recipe::dist::mpi::init() {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    #[cfg(not(feature = "mpi"))]
+    let dist = recipe::dist::solo();
+    let world = dist.world();
+    if let Err(e) = recipe::dist::shard_range(batch, dist.rank(), world)
+        .map_err(|e| e.to_string())
+        .and_then(|_| {
+            trainer
+                .set_collective(dist.clone(), r.train.sync_batch_norm)
+                .map_err(|e| e.to_string())
+        })
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(1);
+    }
+    if dist.rank() != 0 {
+        // The other ranks take part in every step and print nothing.
+        return match run(
+            &mut trainer,
+            &BenchConfig {
+                batch,
+                view_shapes: r
+                    .augment
+                    .view_sizes(r.data.image_size)
+                    .into_iter()
+                    .map(|s| (r.data.channels, s, s))
+                    .collect(),
+                steps: steps.max(1),
+                warmup,
+                dataset_len,
+                classes,
+                seed: r.seed,
+                per_op: true,
+            },
+        ) {
+            Ok(_) => {
+                dist.wait_for_all();
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error (rank {}): {e}", dist.rank());
+                dist.abort(1)
+            }
+        };
+    }
     let view_shapes: Vec<_> = r
         .augment
         .view_sizes(r.data.image_size)
@@ -71,13 +124,22 @@ pub fn bench(
         .map(|(s, n)| format!("{n}×{s}²"))
         .collect();
     eprintln!(
-        "bench `{}`: {} {} at views {}, {batch} images per step, {} timed step(s) after {warmup} warm-up, {} thread(s)",
+        "bench `{}`: {} {} at views {}, {batch} images per step, {} timed step(s) after {warmup} warm-up, {} thread(s){}",
         r.name,
         r.loss.method(),
         r.model.backbone.arch(),
         sizes.join(" + "),
         cfg.steps,
-        rayon::current_num_threads()
+        rayon::current_num_threads(),
+        if world > 1 {
+            format!(
+                " per rank, {} ({} images per rank)",
+                dist.describe(),
+                batch / world
+            )
+        } else {
+            String::new()
+        }
     );
     match run(&mut trainer, &cfg) {
         Ok(rep) => {
@@ -94,6 +156,14 @@ pub fn bench(
                 None => println!("peak RSS: unavailable (no /proc)"),
             }
             println!("loss after the last step: {:.4}", rep.last_loss);
+            if world > 1 {
+                println!(
+                    "communication: {:.2} ms per step ({:.1}% of the step), {:.2} MB sent per rank per step",
+                    rep.comm_ms,
+                    100.0 * rep.comm_ms / rep.step_ms.max(1e-9),
+                    rep.comm_bytes_per_step / 1e6
+                );
+            }
             // The loader must stay well ahead of training, or it becomes the bottleneck.
             if let Some(aug) = augmentation_rate(&r) {
                 println!(
@@ -116,10 +186,14 @@ pub fn bench(
                     100.0 * o.ms_per_step / total
                 );
             }
+            dist.wait_for_all();
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("error: {e}");
+            if world > 1 {
+                dist.abort(1);
+            }
             ExitCode::from(1)
         }
     }

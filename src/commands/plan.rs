@@ -7,13 +7,17 @@ use recipe::diag::render_human;
 
 use super::{load_valid, set_threads};
 
-pub fn plan(file: &Path, sets: &[String]) -> ExitCode {
+pub fn plan(file: &Path, sets: &[String], world: Option<usize>, gbit: f64) -> ExitCode {
+    if !(gbit.is_finite() && gbit > 0.0) {
+        eprintln!("error: --bandwidth-gbit must be a positive number, got {gbit}");
+        return ExitCode::from(2);
+    }
     let (r, loaded) = match load_valid(file, sets, true) {
         Ok(v) => v,
         Err(code) => return code,
     };
     set_threads(r.train.threads);
-    match recipe::plan::plan(&r) {
+    match recipe::plan::plan_with(&r, world, gbit) {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS

@@ -40,6 +40,25 @@ pub fn run(
         Ok((r, _)) => r,
         Err(code) => return code,
     };
+    // Data-parallel under `mpirun`/`srun` when built with the `mpi` feature; the guard
+    // keeps MPI initialised until this function returns.
+    #[cfg(feature = "mpi")]
+    let (_mpi, dist) = match recipe::dist::mpi::init() {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    #[cfg(not(feature = "mpi"))]
+    let dist = {
+        if let Err(e) = recipe::dist::check_launcher(1, false) {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+        recipe::dist::solo()
+    };
+    let rank0 = dist.rank() == 0;
     signal::install();
     let req = RunRequest {
         recipe: r,
@@ -53,16 +72,21 @@ pub fn run(
             Progress::Auto
         },
         stop_after_steps,
+        dist: dist.clone(),
     };
-    eprintln!(
-        "run `{}`: {} on {}, {} epochs of batches of {}",
-        req.recipe.name,
-        req.recipe.loss.method(),
-        req.recipe.model.backbone.arch(),
-        req.recipe.train.epochs,
-        req.recipe.train.batch_size
-    );
+    if rank0 {
+        eprintln!(
+            "run `{}`: {} on {}, {} epochs of batches of {}",
+            req.recipe.name,
+            req.recipe.loss.method(),
+            req.recipe.model.backbone.arch(),
+            req.recipe.train.epochs,
+            req.recipe.train.batch_size
+        );
+    }
     match experiment::run(&req) {
+        Ok(RunOutcome::Finished { .. }) if !rank0 => ExitCode::SUCCESS,
+        Ok(RunOutcome::Interrupted { .. }) if !rank0 => ExitCode::from(130),
         Ok(RunOutcome::Finished { dir, results }) => {
             print_summary(&results);
             println!("run directory: {}", dir.display());
@@ -82,6 +106,15 @@ pub fn run(
             ExitCode::from(130)
         }
         Err(e) => {
+            if dist.world() > 1 {
+                // The other ranks may be waiting in a collective: stop the whole job.
+                eprintln!("error (rank {}): {e}", dist.rank());
+                let code = match exit_for(&e) {
+                    c if c == ExitCode::from(1) => 1,
+                    _ => 2,
+                };
+                dist.abort(code);
+            }
             eprintln!("error: {e}");
             if let ExperimentError::Changed(_) = e {
                 eprintln!("help: run with the original recipe, or pass --force to resume anyway");

@@ -80,6 +80,8 @@ struct Inner {
     shapes: Vec<(usize, usize, usize)>,
     cfg: LoaderConfig,
     pool: rayon::ThreadPool,
+    /// `(rank, world)`: this process builds images `[r·B/K, (r+1)·B/K)` of every batch.
+    shard: (usize, usize),
 }
 
 /// Makes the batches of a dataset, epoch after epoch.
@@ -144,8 +146,44 @@ impl Loader {
                 shapes,
                 cfg,
                 pool,
+                shard: (0, 1),
             }),
         })
+    }
+
+    /// This loader as rank `rank` of `world` data-parallel processes: every epoch has
+    /// the same global batches (order from `(seed, epoch)`), and each rank builds only
+    /// its slice, images `[rank·B/K, (rank+1)·B/K)` of each batch, with the same views
+    /// one process would make (image `i`'s RNG is `(seed, epoch, i)`) and the images'
+    /// global dataset indices. Needs `drop_last` and a batch size that `world` divides.
+    pub fn sharded(self, rank: usize, world: usize) -> Result<Loader, DataError> {
+        let b = self.inner.cfg.batch_size;
+        if world == 0 || rank >= world {
+            return Err(DataError::Config(format!("rank {rank} of {world}")));
+        }
+        if !b.is_multiple_of(world) {
+            return Err(DataError::Config(format!(
+                "the global batch of {b} images does not split evenly over {world} ranks"
+            )));
+        }
+        if world > 1 && !self.inner.cfg.drop_last {
+            return Err(DataError::Config(
+                "a sharded loader needs drop_last (every rank a full slice)".into(),
+            ));
+        }
+        let inner = Arc::try_unwrap(self.inner)
+            .map_err(|_| DataError::Config("shard a loader before cloning it".into()))?;
+        Ok(Loader {
+            inner: Arc::new(Inner {
+                shard: (rank, world),
+                ..inner
+            }),
+        })
+    }
+
+    /// `(rank, world)` of [`sharded`](Self::sharded); `(0, 1)` when not sharded.
+    pub fn shard(&self) -> (usize, usize) {
+        self.inner.shard
     }
 
     /// The dataset.
@@ -248,10 +286,18 @@ impl Inner {
 
     fn epoch_chunks(&self, epoch: u64) -> Vec<Vec<usize>> {
         let b = self.cfg.batch_size;
+        let (rank, world) = self.shard;
         self.epoch_order(epoch)
             .chunks(b)
             .filter(|c| !self.cfg.drop_last || c.len() == b)
-            .map(<[usize]>::to_vec)
+            .map(|c| {
+                if world == 1 {
+                    c.to_vec()
+                } else {
+                    let per = b / world;
+                    c[rank * per..(rank + 1) * per].to_vec()
+                }
+            })
             .collect()
     }
 

@@ -386,13 +386,41 @@ impl<D: EngineDevice> Objective<D> for Bank {
         for &i in batch.indices {
             self.bank.check_index(i)?;
         }
+        // Data-parallel: the global batch's indices, in global image order.
+        let dist = batch.dist;
+        let global: Vec<usize> = if dist.world() > 1 {
+            let bits: Vec<f32> = batch
+                .indices
+                .iter()
+                .map(|&i| f32::from_bits(i as u32))
+                .collect();
+            let all = crate::dist::timed("comm.gather", || dist.all_gather(&bits));
+            all.into_iter().map(|b| b.to_bits() as usize).collect()
+        } else {
+            Vec::new()
+        };
         let out = super::timed("objective.loss.fwd", || {
             // Anchor `a` (view `a / n` of image `a % n`): its positive, then its K
             // draws; the draws come in anchor order from one stream per step.
             let k = self.negatives;
+            let seed = self.seed ^ batch.step.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            if dist.world() > 1 {
+                // Every rank draws the global batch's rows and keeps its own anchors',
+                // so the negatives are the single process's.
+                let b = global.len();
+                self.idx.resize(v * b * (k + 1), 0);
+                self.draws
+                    .fill(seed, self.bank.n, k, |a| global[a % b], &mut self.idx);
+                let rows = crate::dist::layout::local_rows(dist.rank(), dist.world(), v, n);
+                let mine: Vec<usize> = rows
+                    .iter()
+                    .flat_map(|&g| self.idx[g * (k + 1)..(g + 1) * (k + 1)].iter().copied())
+                    .collect();
+                return rows_loss(z, &mine, k + 1, &self.bank, self.temperature);
+            }
             self.idx.resize(v * n * (k + 1), 0);
             self.draws.fill(
-                self.seed ^ batch.step.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                seed,
                 self.bank.n,
                 k,
                 |a| batch.indices[a % n],
@@ -408,6 +436,11 @@ impl<D: EngineDevice> Objective<D> for Bank {
                 for (m, x) in mean[(r % n) * d..(r % n + 1) * d].iter_mut().zip(row) {
                     *m += x / nrm / v as f32;
                 }
+            }
+            if dist.world() > 1 {
+                // Every rank applies the updates of all ranks: identical banks.
+                let all = crate::dist::timed("comm.gather", || dist.all_gather(&mean));
+                return self.bank.update(&global, &all, self.momentum);
             }
             self.bank.update(batch.indices, &mean, self.momentum)
         })?;

@@ -317,6 +317,10 @@ impl<D: EngineDevice> Objective<D> for Moco<D> {
             for k in std::iter::once(k1).chain(k0) {
                 let mut v = k.as_vec();
                 normalize_rows(&mut v, d);
+                // Data-parallel: every rank enqueues the keys of the whole global batch.
+                if batch.dist.world() > 1 {
+                    v = crate::dist::timed("comm.gather", || batch.dist.all_gather(&v));
+                }
                 all.extend(v);
             }
             self.queue.enqueue(&all)

@@ -33,6 +33,7 @@ use std::fmt;
 use dfdx::prelude::*;
 
 use crate::data::ViewBatch;
+use crate::dist::{Collective, layout};
 use crate::nn::ModelError;
 use crate::nn::model::Model;
 use crate::nn::ops::{EngineDevice, T2};
@@ -169,6 +170,82 @@ pub(crate) fn weighted_info_nce<D: EngineDevice, T: Tape<f32, D>>(
         .negate()
 }
 
+/// [`weighted_info_nce`] for the anchors `anchors` (rows of `z`) only: logits
+/// `z[anchors]·zᵀ / τ` without each anchor's own column, and
+/// `Σ_i Σ_p w[i,p] · (−log softmax_i[p])` for `w` of shape `(anchors, m)`. With every row
+/// an anchor it is the same sum as [`weighted_info_nce`].
+pub(crate) fn weighted_info_nce_rows<D: EngineDevice, T: Tape<f32, D>>(
+    z: T2<D, T>,
+    anchors: &[usize],
+    temperature: f32,
+    weights: Vec<f32>,
+) -> Tensor<(), f32, D, T> {
+    let m = z.shape().0;
+    let a = anchors.len();
+    let dev = z.device().clone();
+    let zn = D::l2_normalize(z, 1e-12);
+    let idx = dev.tensor_from_vec(anchors.to_vec(), (a,));
+    let za = zn.retaped::<T>().gather(idx) * (1.0 / temperature);
+    let sim = za.matmul(zn.permute::<_, Axes2<1, 0>>());
+    let mut mask = vec![0.0f32; a * m];
+    for (i, &r) in anchors.iter().enumerate() {
+        mask[i * m + r] = -1e9;
+    }
+    let lsm = (sim + dev.tensor_from_vec(mask, (a, m))).log_softmax::<Axis<1>>();
+    (lsm * dev.tensor_from_vec(weights, (a, m)))
+        .sum::<(), _>()
+        .negate()
+}
+
+/// The loss of this rank's embeddings `z` (`views × n` rows, view-major) when every
+/// anchor must see the whole global batch: the embeddings of all ranks are gathered
+/// into the single-process row order, `head` computes this rank's share of the loss on
+/// them (it gets the gathered rows, traced, and the global rows of this rank's
+/// anchors), and the gradient of the gathered rows is summed over the ranks and handed
+/// back to this rank's rows — the backward of solo-learn's and lightly's `GatherLayer`
+/// (a reduce-scatter with SUM). Without that sum the cross-rank terms of the gradient
+/// would be lost.
+///
+/// The head's own backward runs here; the returned scalar carries the head's value and,
+/// on the tape, `Σ z·G` with `G` the summed gradient, so the caller's backward reaches
+/// the encoder exactly as a single process would.
+pub(crate) fn gathered_loss<D: EngineDevice>(
+    z: T2<D, OwnedTape<f32, D>>,
+    dist: &dyn Collective,
+    views: usize,
+    head: impl FnOnce(
+        T2<D, OwnedTape<f32, D>>,
+        &[usize],
+    ) -> Result<Tensor<(), f32, D, OwnedTape<f32, D>>, ObjectiveError>,
+) -> Result<Loss<D>, ObjectiveError> {
+    let (rows, d) = *z.shape();
+    let world = dist.world();
+    let n = per_view(rows, views, "embeddings to gather")?;
+    let dev = z.device().clone();
+    let local = z.as_vec();
+    let gathered = crate::dist::timed("comm.gather", || dist.all_gather(&local));
+    let global = layout::to_view_major(&gathered, world, views, d);
+    let zg = dev.tensor_from_vec(global, (rows * world, d));
+    let anchors = layout::local_rows(dist.rank(), world, views, n);
+    let l = head(zg.trace(Gradients::leaky()), &anchors)?;
+    let value = l.as_vec()[0];
+    let g = timed("objective.loss.bwd", || l.backward());
+    let gz = layout::to_rank_major(&g.get(&zg).as_vec(), world, views, d);
+    let mine = crate::dist::timed("comm.gather", || dist.reduce_scatter_sum(&gz));
+    let surrogate = (z * dev.tensor_from_vec(mine, (rows, d))).sum::<(), _>();
+    let s = surrogate.as_vec()[0];
+    Ok(surrogate + (value - s))
+}
+
+/// Every rank's `n` labels, in global image order.
+pub(crate) fn gather_labels(dist: &dyn Collective, labels: &[u32]) -> Vec<u32> {
+    let bits: Vec<f32> = labels.iter().map(|&l| f32::from_bits(l)).collect();
+    crate::dist::timed("comm.gather", || dist.all_gather(&bits))
+        .into_iter()
+        .map(f32::to_bits)
+        .collect()
+}
+
 /// Brackets the backward pass of a loss for `recipe bench`'s breakdown: call
 /// [`begin`](BackwardTimer::begin) on the embeddings before the loss ops are recorded and
 /// [`end`](BackwardTimer::end) on the scalar after. dfdx runs backward ops in reverse
@@ -227,6 +304,9 @@ pub(crate) fn timed<R>(name: &'static str, f: impl FnOnce() -> R) -> R {
 }
 
 /// What the step hands an objective: the views of one batch and where they came from.
+///
+/// In a data-parallel job the views, indices and labels are this rank's slice of the
+/// global batch (images `[r·B/K, (r+1)·B/K)`), and `dist` reaches the other ranks.
 #[derive(Clone, Copy, Debug)]
 pub struct StepBatch<'a> {
     /// One entry per view, in the augmentation's order (SwAV: global crops first).
@@ -239,6 +319,8 @@ pub struct StepBatch<'a> {
     pub epoch: usize,
     /// Optimiser steps taken before this one.
     pub step: u64,
+    /// The job's ranks ([`dist::Solo`](crate::dist::Solo) in a single process).
+    pub dist: &'a dyn Collective,
 }
 
 /// The encoder of a run: one model, re-planned for every view size it meets.

@@ -50,6 +50,44 @@ pub fn loss<D: EngineDevice, T: Tape<f32, D>>(
 
 /// SimCLR as an [`Objective`]: all views through the encoder as one batch (as the
 /// reference does), then [`loss`].
+/// One rank's share of [`loss`] over the gathered global batch `z` (all `m` rows, in
+/// single-process order): the terms of the anchors `anchors`, scaled by `world` so the
+/// mean over ranks is the single-process loss (and the mean of the ranks' gradients its
+/// gradient).
+pub(crate) fn distributed_loss<D: EngineDevice, T: Tape<f32, D>>(
+    z: T2<D, T>,
+    anchors: &[usize],
+    views: usize,
+    temperature: f32,
+    world: usize,
+) -> Result<Tensor<(), f32, D, T>, ObjectiveError> {
+    check_temperature(temperature, "NT-Xent temperature")?;
+    let m = z.shape().0;
+    let n = per_view(m, views, "NT-Xent embeddings")?;
+    if views < 2 {
+        return Err(ObjectiveError::Shape(
+            "NT-Xent needs at least 2 views per image".into(),
+        ));
+    }
+    check_rows(&z, "NT-Xent embeddings", m)?;
+    let w = world as f32 / (m as f32 * (views - 1) as f32);
+    let mut weights = vec![0.0f32; anchors.len() * m];
+    for (i, &a) in anchors.iter().enumerate() {
+        for v in 0..views {
+            let p = v * n + a % n;
+            if p != a {
+                weights[i * m + p] = w;
+            }
+        }
+    }
+    Ok(super::weighted_info_nce_rows(
+        z,
+        anchors,
+        temperature,
+        weights,
+    ))
+}
+
 #[derive(Clone, Debug)]
 pub struct NtXent {
     /// Temperature τ.
@@ -71,6 +109,14 @@ impl<D: EngineDevice> Objective<D> for NtXent {
     ) -> Result<Loss<D>, ObjectiveError> {
         super::check_views("SimCLR", self.views, batch)?;
         let z = encoder.embed(store, batch.views, true)?;
+        if batch.dist.world() > 1 {
+            let (views, t, world) = (self.views, self.temperature, batch.dist.world());
+            return super::gathered_loss(z, batch.dist, views, |zg, anchors| {
+                super::timed("objective.loss.fwd", || {
+                    distributed_loss(zg, anchors, views, t, world)
+                })
+            });
+        }
         let timer = super::BackwardTimer::default();
         let z = timer.begin(z);
         let l = super::timed("objective.loss.fwd", || {

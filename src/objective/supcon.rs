@@ -61,6 +61,53 @@ pub fn loss<D: EngineDevice, T: Tape<f32, D>>(
 
 /// SupCon as an [`Objective`]: all views through the encoder as one batch, then
 /// [`loss`] with the batch's labels.
+/// One rank's share of [`loss`] over the gathered global batch `z` (all `m` rows in
+/// single-process order, `labels` of all images): the terms of the anchors `anchors`,
+/// scaled by `world` so the mean over ranks is the single-process loss.
+pub(crate) fn distributed_loss<D: EngineDevice, T: Tape<f32, D>>(
+    z: T2<D, T>,
+    anchors: &[usize],
+    views: usize,
+    labels: &[u32],
+    temperature: f32,
+    base_temperature: f32,
+    world: usize,
+) -> Result<Tensor<(), f32, D, T>, ObjectiveError> {
+    check_temperature(temperature, "SupCon temperature")?;
+    check_temperature(base_temperature, "SupCon base temperature")?;
+    let m = z.shape().0;
+    let n = per_view(m, views, "SupCon embeddings")?;
+    if labels.len() != n {
+        return Err(ObjectiveError::Shape(format!(
+            "SupCon: {} labels for {n} images ({m} rows of {views} views)",
+            labels.len()
+        )));
+    }
+    check_rows(&z, "SupCon embeddings", m)?;
+    let class = |r: usize| labels[r % n];
+    // The single-process rule: an error only when no anchor of the global batch has a
+    // positive (one view and no repeated class).
+    if views < 2 && (0..n).all(|a| (0..n).all(|p| p == a || class(p) != class(a))) {
+        return Err(ObjectiveError::Shape(
+            "SupCon: no anchor has a positive (one view and no repeated class)".into(),
+        ));
+    }
+    let scale = temperature / base_temperature / m as f32 * world as f32;
+    let mut weights = vec![0.0f32; anchors.len() * m];
+    for (i, &a) in anchors.iter().enumerate() {
+        let pos: Vec<usize> = (0..m).filter(|&p| p != a && class(p) == class(a)).collect();
+        for &p in &pos {
+            weights[i * m + p] = scale / pos.len() as f32;
+        }
+    }
+    Ok(super::weighted_info_nce_rows(
+        z,
+        anchors,
+        temperature,
+        weights,
+    ))
+}
+
 #[derive(Clone, Debug)]
 pub struct SupCon {
     /// Temperature τ.
@@ -89,6 +136,20 @@ impl<D: EngineDevice> Objective<D> for SupCon {
             ));
         };
         let z = encoder.embed(store, batch.views, true)?;
+        if batch.dist.world() > 1 {
+            let all = super::gather_labels(batch.dist, labels);
+            let (views, t, bt, world) = (
+                self.views,
+                self.temperature,
+                self.base_temperature,
+                batch.dist.world(),
+            );
+            return super::gathered_loss(z, batch.dist, views, |zg, anchors| {
+                super::timed("objective.loss.fwd", || {
+                    distributed_loss(zg, anchors, views, &all, t, bt, world)
+                })
+            });
+        }
         let timer = super::BackwardTimer::default();
         let z = timer.begin(z);
         let l = super::timed("objective.loss.fwd", || {

@@ -291,6 +291,171 @@ impl Swav {
     }
 }
 
+impl Swav {
+    /// The codes of this rank's images when the batch is spread over ranks: the
+    /// Sinkhorn of the whole global batch (and the queue, split between the ranks) with
+    /// its sums all-reduced, as facebookresearch/swav's `distributed_sinkhorn`; the
+    /// queue takes the gathered embeddings of every rank, so it is the same everywhere.
+    fn distributed_codes<D: EngineDevice>(
+        &mut self,
+        store: &ParamStore<D>,
+        batch: &StepBatch<'_>,
+        emb_host: &[f32],
+        scores_host: &[f32],
+        n: usize,
+        k: usize,
+    ) -> Result<Vec<Vec<f32>>, ObjectiveError> {
+        let dist = batch.dist;
+        let (world, rank) = (dist.world(), dist.rank());
+        let d = self.dim;
+        let dev = store.device().clone();
+        let mut codes = Vec::with_capacity(self.cfg.assign_views);
+        for a in 0..self.cfg.assign_views {
+            let own = &scores_host[a * n * k..(a + 1) * n * k];
+            let mut out = Vec::new();
+            let mut queue_rows = 0;
+            if let Some(q) = &mut self.queue
+                && batch.epoch >= q.start_epoch
+            {
+                let qa = &mut q.data[a * q.size * d..(a + 1) * q.size * d];
+                if q.filled >= q.size {
+                    // This rank scores its share of the queue.
+                    let per = q.size / world;
+                    let w = store
+                        .get(self.prototypes.weight_id())
+                        .tensor
+                        .clone()
+                        .reshape_like(&(k, d));
+                    let part = qa[rank * per * d..(rank + 1) * per * d].to_vec();
+                    let qt = dev.tensor_from_vec(part, (per, d));
+                    out = qt.matmul(w.permute::<_, Axes2<1, 0>>()).as_vec();
+                    queue_rows = q.size;
+                }
+                let all = crate::dist::timed("comm.gather", || {
+                    dist.all_gather(&emb_host[a * n * d..(a + 1) * n * d])
+                });
+                let b = all.len() / d;
+                qa.copy_within(0..(q.size - b) * d, b * d);
+                qa[..b * d].copy_from_slice(&all);
+            }
+            out.extend_from_slice(own);
+            let global_rows = queue_rows + n * world;
+            let c = sinkhorn_distributed(
+                &out,
+                global_rows,
+                k,
+                self.cfg.epsilon,
+                self.cfg.iterations,
+                dist,
+            );
+            codes.push(c[c.len() - n * k..].to_vec());
+        }
+        if let Some(q) = &mut self.queue
+            && batch.epoch >= q.start_epoch
+        {
+            q.filled = (q.filled + n * world).min(q.size);
+        }
+        Ok(codes)
+    }
+}
+
+/// [`sinkhorn`] over rows spread across the ranks of `dist`: `scores` holds this
+/// rank's rows (`· × k`), `n` is the number of rows over all ranks. The prototype
+/// (column) sums, the total and the extreme scores are all-reduced; row sums are local.
+/// Returns this rank's rows of the codes.
+pub fn sinkhorn_distributed(
+    scores: &[f32],
+    n: usize,
+    k: usize,
+    epsilon: f64,
+    iterations: usize,
+    dist: &dyn crate::dist::Collective,
+) -> Vec<f32> {
+    if n == 0 || k == 0 {
+        return Vec::new();
+    }
+    let (lo, hi) = scores
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &s| {
+            (lo.min(s), hi.max(s))
+        });
+    let mut ext = [hi as f64, -(lo as f64)];
+    dist.all_reduce_max_f64(&mut ext);
+    let (hi, lo) = (ext[0], -ext[1]);
+    let all_sum =
+        |v: &mut [f64]| crate::dist::timed("comm.sinkhorn", || dist.all_reduce_sum_f64(v));
+    let all_max =
+        |v: &mut [f64]| crate::dist::timed("comm.sinkhorn", || dist.all_reduce_max_f64(v));
+    if (hi - lo) / epsilon > SINKHORN_LINEAR_SPAN {
+        let mut l: Vec<f64> = scores.iter().map(|&s| s as f64 / epsilon).collect();
+        let mut m = [l.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b))];
+        all_max(&mut m);
+        let mut t = [l.iter().map(|&x| (x - m[0]).exp()).sum::<f64>()];
+        all_sum(&mut t);
+        let total = m[0] + t[0].ln();
+        l.iter_mut().for_each(|x| *x -= total);
+        let (ln_k, ln_n) = ((k as f64).ln(), (n as f64).ln());
+        let mut max = vec![0.0f64; k];
+        let mut sum = vec![0.0f64; k];
+        for _ in 0..iterations {
+            max.fill(f64::NEG_INFINITY);
+            for row in l.chunks(k) {
+                for (m, &x) in max.iter_mut().zip(row) {
+                    *m = m.max(x);
+                }
+            }
+            all_max(&mut max);
+            sum.fill(0.0);
+            for row in l.chunks(k) {
+                for ((s, &m), &x) in sum.iter_mut().zip(&max).zip(row) {
+                    *s += (x - m).exp();
+                }
+            }
+            all_sum(&mut sum);
+            for (m, s) in max.iter_mut().zip(&sum) {
+                *m += s.ln() + ln_k;
+            }
+            for row in l.chunks_mut(k) {
+                for (x, &m) in row.iter_mut().zip(&max) {
+                    *x -= m;
+                }
+            }
+            for row in l.chunks_mut(k) {
+                let c = log_sum_exp(row) + ln_n;
+                row.iter_mut().for_each(|x| *x -= c);
+            }
+        }
+        return l.iter().map(|&x| (x + ln_n).exp() as f32).collect();
+    }
+    let mut q: Vec<f64> = scores
+        .iter()
+        .map(|&s| ((s as f64 - hi) / epsilon).exp())
+        .collect();
+    let mut total = [q.iter().sum::<f64>()];
+    all_sum(&mut total);
+    q.iter_mut().for_each(|x| *x /= total[0]);
+    let mut proto = vec![0.0f64; k];
+    for _ in 0..iterations {
+        proto.iter_mut().for_each(|p| *p = 0.0);
+        for row in q.chunks(k) {
+            for (p, x) in proto.iter_mut().zip(row) {
+                *p += x;
+            }
+        }
+        all_sum(&mut proto);
+        for row in q.chunks_mut(k) {
+            for (x, p) in row.iter_mut().zip(&proto) {
+                *x /= p * k as f64;
+            }
+        }
+        for row in q.chunks_mut(k) {
+            let s: f64 = row.iter().sum();
+            row.iter_mut().for_each(|x| *x /= s * n as f64);
+        }
+    }
+    q.iter().map(|&x| (x * n as f64) as f32).collect()
+}
+
 impl<D: EngineDevice> Objective<D> for Swav {
     fn method(&self) -> &'static str {
         "swav"
@@ -349,6 +514,12 @@ impl<D: EngineDevice> Objective<D> for Swav {
         {
             // Once full the queue stays in use, as SwAV's `use_the_queue`.
             q.filled = q.size;
+        }
+        if batch.dist.world() > 1 {
+            let codes = self.distributed_codes(store, batch, &emb_host, &scores_host, n, k)?;
+            let out = loss(scores, n, &codes, self.cfg.temperature)?;
+            crate::nn::ops::timing::record("objective.loss.fwd", started.elapsed());
+            return Ok(timer.end(out));
         }
         let mut codes = Vec::with_capacity(self.cfg.assign_views);
         for a in 0..self.cfg.assign_views {

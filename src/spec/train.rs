@@ -30,6 +30,12 @@ pub struct Train {
     /// Batches prepared ahead in the background while the model trains.
     #[serde(default = "prefetch_default")]
     pub prefetch: usize,
+    /// In a data-parallel run (`mpirun -n K recipe run`), compute batch-norm statistics
+    /// over the whole global batch instead of each rank's slice (as PyTorch's
+    /// `SyncBatchNorm`); with it, K ranks reproduce one process. No effect in a single
+    /// process.
+    #[serde(default)]
+    pub sync_batch_norm: bool,
 }
 
 fn log_default() -> usize {

@@ -96,13 +96,28 @@ fn meta(epoch: usize, sum: f64, n: u64, hash: &str) -> CheckpointMeta {
     }
 }
 
+/// Whether any rank wants to stop (every rank gets the same answer).
+fn agree<D: EngineDevice>(trainer: &Trainer<D>, stop: bool) -> bool {
+    let dist = trainer.collective();
+    if dist.world() == 1 {
+        return stop;
+    }
+    let mut v = [f64::from(u8::from(stop))];
+    dist.all_reduce_max_f64(&mut v);
+    v[0] > 0.0
+}
+
 /// Trains `trainer` on `loader` from `resume` (or the start), writing checkpoints under
 /// `dir/checkpoints` and records to `metrics`.
+///
+/// In a data-parallel job only rank 0 writes (checkpoints, and records when `metrics`
+/// is given); the ranks agree on every stop (a signal seen by one rank stops all at the
+/// same step).
 pub fn train_loop<D: EngineDevice + 'static>(
     trainer: &mut Trainer<D>,
     loader: &Loader,
     dir: &Path,
-    metrics: &mut MetricsWriter,
+    mut metrics: Option<&mut MetricsWriter>,
     resume: Option<&CheckpointMeta>,
     cfg: &mut LoopConfig<'_, D>,
 ) -> Result<TrainSummary, TrainError> {
@@ -124,8 +139,18 @@ pub fn train_loop<D: EngineDevice + 'static>(
     } else {
         f64::NAN
     };
+    let writer = trainer.collective().rank() == 0;
     let save = |trainer: &mut Trainer<D>, e: usize, s: f64, n: u64, path: &Path| {
+        if !writer {
+            return Ok(());
+        }
         trainer.save(path, &meta(e, s, n, &cfg.recipe_hash))
+    };
+    let mut write = |rec: &Record| -> Result<(), TrainError> {
+        match metrics.as_mut() {
+            Some(m) => m.write(rec).map_err(|e| TrainError::Other(e.to_string())),
+            None => Ok(()),
+        }
     };
     'epochs: while epoch < cfg.epochs {
         let skip = trainer.step.saturating_sub(epoch as u64 * spe);
@@ -150,7 +175,8 @@ pub fn train_loop<D: EngineDevice + 'static>(
             }
             let b = b?;
             let st = trainer.step(&b, epoch)?;
-            let n_img = (b.indices.len() * b.views.len()) as u64;
+            // The job's images: every rank trains an equal slice.
+            let n_img = (b.indices.len() * b.views.len() * trainer.collective().world()) as u64;
             images += n_img;
             window_images += n_img;
             loss_sum += st.loss as f64;
@@ -159,14 +185,12 @@ pub fn train_loop<D: EngineDevice + 'static>(
             if done.is_multiple_of(cfg.log_every as u64) {
                 let secs = window.elapsed().as_secs_f64().max(1e-9);
                 let ips = window_images as f64 / secs;
-                metrics
-                    .write(
-                        &Record::new(Kind::Step, epoch as u64, done)
-                            .with("loss", st.loss as f64)
-                            .with("lr", st.lr)
-                            .with("images_per_s", ips),
-                    )
-                    .map_err(|e| TrainError::Other(e.to_string()))?;
+                write(
+                    &Record::new(Kind::Step, epoch as u64, done)
+                        .with("loss", st.loss as f64)
+                        .with("lr", st.lr)
+                        .with("images_per_s", ips),
+                )?;
                 if lines {
                     eprintln!(
                         "epoch {}/{} step {}/{} loss {:.4} lr {:.4} {:.0} images/s",
@@ -191,7 +215,10 @@ pub fn train_loop<D: EngineDevice + 'static>(
             if let Some(bar) = &bar {
                 bar.inc(1);
             }
-            let stop = signal::requested() || cfg.stop_after_steps.is_some_and(|s| done >= s);
+            let stop = agree(
+                trainer,
+                signal::requested() || cfg.stop_after_steps.is_some_and(|s| done >= s),
+            );
             if stop && (i as u64 + 1) < spe {
                 train_secs += epoch_clock.elapsed().as_secs_f64();
                 if let Some(bar) = &bar {
@@ -217,9 +244,7 @@ pub fn train_loop<D: EngineDevice + 'static>(
         for (k, v) in &extra {
             rec = rec.with(k, *v);
         }
-        metrics
-            .write(&rec)
-            .map_err(|e| TrainError::Other(e.to_string()))?;
+        write(&rec)?;
         if lines || bar_wanted {
             let extra: Vec<String> = extra.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
             eprintln!(
@@ -244,7 +269,10 @@ pub fn train_loop<D: EngineDevice + 'static>(
                 &ckpt_dir.join(format!("epoch-{epoch:04}.safetensors")),
             )?;
         }
-        if signal::requested() || cfg.stop_after_steps.is_some_and(|s| trainer.step >= s) {
+        if agree(
+            trainer,
+            signal::requested() || cfg.stop_after_steps.is_some_and(|s| trainer.step >= s),
+        ) {
             interrupted = epoch < cfg.epochs;
             break;
         }

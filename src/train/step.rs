@@ -11,6 +11,7 @@ use super::TrainError;
 use crate::build;
 use crate::checkpoint::{self, CheckpointMeta, Sections};
 use crate::data::Batch;
+use crate::dist::{self, Dist};
 use crate::nn::model::Model;
 use crate::nn::ops::{EngineDevice, timing};
 use crate::nn::params::ParamStore;
@@ -45,6 +46,10 @@ pub struct Trainer<D: EngineDevice> {
     pub method: MethodConfig,
     /// Optimiser steps taken.
     pub step: u64,
+    /// The ranks of a data-parallel job ([`dist::Solo`] by default).
+    dist: Dist,
+    /// Synchronise batch-norm statistics over the ranks (`train.sync_batch_norm`).
+    sync_bn: bool,
 }
 
 /// The engine-level description of a training run, free of recipe types (what
@@ -106,12 +111,57 @@ impl<D: EngineDevice + 'static> Trainer<D> {
             objective,
             method: p.method.clone(),
             step: 0,
+            dist: dist::solo(),
+            sync_bn: false,
         })
+    }
+
+    /// Makes this trainer one rank of the data-parallel job `dist`: every rank takes rank
+    /// 0's parameters and buffers (so they start identical whatever each rank's
+    /// initialisation did), then checks that all ranks agree. `sync_bn` synchronises
+    /// batch-norm statistics over the ranks in training steps. With one rank only the
+    /// flag is stored.
+    pub fn set_collective(&mut self, dist: Dist, sync_bn: bool) -> Result<(), TrainError> {
+        self.sync_bn = sync_bn;
+        if dist.world() > 1 {
+            dist::grads::broadcast_store(&*dist, &mut self.store, 0).map_err(TrainError::Other)?;
+            if let Some(key) = self.objective.key_encoder_mut() {
+                dist::grads::broadcast_store(&*dist, key, 0).map_err(TrainError::Other)?;
+            }
+            dist::grads::check_same(&*dist, &self.store, "the initial parameters")
+                .map_err(TrainError::Other)?;
+        }
+        self.dist = dist;
+        Ok(())
+    }
+
+    /// The ranks this trainer trains with.
+    pub fn collective(&self) -> &Dist {
+        &self.dist
+    }
+
+    /// Errors unless every rank holds the same parameters (a digest comparison; cheap
+    /// next to a step). A no-op in a single process.
+    pub fn check_ranks_agree(&self) -> Result<(), TrainError> {
+        dist::grads::check_same(&*self.dist, &self.store, "the parameters")
+            .map_err(TrainError::Other)
     }
 
     /// One step on `batch` in epoch `epoch` (0-based). A non-finite loss is
     /// [`TrainError::Diverged`] and leaves the parameters and the optimiser as they were.
+    ///
+    /// In a data-parallel job `batch` is this rank's slice of the global batch; the
+    /// gradients are averaged over the ranks before the update and the loss returned is
+    /// the mean over ranks (the single-process loss).
     pub fn step(&mut self, batch: &Batch, epoch: usize) -> Result<StepStats, TrainError> {
+        if self.sync_bn && self.dist.world() > 1 {
+            let hook = std::rc::Rc::new(dist::SyncBatchNorm(self.dist.clone()));
+            return crate::nn::ops::bn_sync::with_bn_sync(hook, || self.step_inner(batch, epoch));
+        }
+        self.step_inner(batch, epoch)
+    }
+
+    fn step_inner(&mut self, batch: &Batch, epoch: usize) -> Result<StepStats, TrainError> {
         let lr = self.schedule.lr(self.step);
         self.objective
             .prepare(&self.encoder, &mut self.store, self.step, epoch)?;
@@ -121,6 +171,7 @@ impl<D: EngineDevice + 'static> Trainer<D> {
             labels: batch.labels.as_deref(),
             epoch,
             step: self.step,
+            dist: &*self.dist,
         };
         let loss = match self.objective.loss(&mut self.encoder, &mut self.store, &sb) {
             Ok(l) => l,
@@ -134,7 +185,13 @@ impl<D: EngineDevice + 'static> Trainer<D> {
             }
             Err(e) => return Err(e.into()),
         };
-        let value = loss.as_vec()[0];
+        let mut value = loss.as_vec()[0];
+        if self.dist.world() > 1 {
+            // Every rank decides on the same (mean) loss, so all stop together.
+            let mut v = [value as f64];
+            dist::timed("comm.allreduce", || self.dist.all_reduce_sum_f64(&mut v));
+            value = (v[0] / self.dist.world() as f64) as f32;
+        }
         if !value.is_finite() {
             return Err(TrainError::Diverged {
                 step: self.step,
@@ -143,6 +200,10 @@ impl<D: EngineDevice + 'static> Trainer<D> {
             });
         }
         let mut grads = loss.backward();
+        if self.dist.world() > 1 {
+            dist::grads::average(&*self.dist, &self.store, &mut grads)
+                .map_err(TrainError::Other)?;
+        }
         let t = Instant::now();
         self.optimizer.step(&mut self.store, &mut grads, lr)?;
         timing::record("optimizer", t.elapsed());

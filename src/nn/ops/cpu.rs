@@ -1336,6 +1336,17 @@ fn bn_impl<T: Tape<f32, Cpu>>(
     } else {
         (read_vec(&running.mean), read_vec(&running.var))
     };
+    // Synchronised batch norm (see `bn_sync`): moments and gradient sums over all ranks.
+    let sync = if train {
+        super::bn_sync::current()
+    } else {
+        None
+    };
+    let (mut mean, mut var) = (mean, var);
+    let m = match &sync {
+        Some(h) => h.moments(&mut mean, &mut var, m),
+        None => m,
+    };
     let inv: Vec<f32> = var.iter().map(|v| 1.0 / (v + cfg.eps).sqrt()).collect();
     // Per channel, y = x·s + t.
     let scale: Vec<f32> = (0..c).map(|ci| gv[ci] * inv[ci]).collect();
@@ -1387,6 +1398,22 @@ fn bn_impl<T: Tape<f32, Cpu>>(
                 .map(|(a, b)| (a as f32, b as f32))
                 .unzip();
             let sum_gyx: Vec<f32> = (0..c).map(|ci| sum_gxc[ci] * inv[ci]).collect();
+            // Synchronised: the input gradient uses the sums over all ranks; γ and β
+            // keep this rank's sums (the gradient average adds the ranks up).
+            let (sum_gy_all, sum_gyx_all) = match &sync {
+                Some(h) => {
+                    let (mut a, mut b) = (sum_gy.clone(), sum_gxc.clone());
+                    h.grad_sums(&mut a, &mut b);
+                    let b = (0..c).map(|ci| b[ci] * inv[ci]).collect();
+                    (a, b)
+                }
+                None => (Vec::new(), Vec::new()),
+            };
+            let (sgy, sgyx) = if sync.is_some() {
+                (&sum_gy_all, &sum_gyx_all)
+            } else {
+                (&sum_gy, &sum_gyx)
+            };
             {
                 // gx = k·(g − Σg/m − x̂·Σg·x̂/m) with x̂ = (x − mean)·inv, written as
                 // gx += k·g + c0 + c1·x.
@@ -1396,7 +1423,7 @@ fn bn_impl<T: Tape<f32, Cpu>>(
                             return (0.0, 0.0);
                         }
                         let k = scale[ci];
-                        let (a, bb) = (sum_gy[ci] / m as f32, sum_gyx[ci] / m as f32);
+                        let (a, bb) = (sgy[ci] / m as f32, sgyx[ci] / m as f32);
                         let c1 = -k * bb * inv[ci];
                         (-k * a - c1 * mean[ci], c1)
                     })

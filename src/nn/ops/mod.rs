@@ -14,6 +14,7 @@
 //! a fast kernel moves its output's gradient out of the `Gradients` when its backward
 //! runs, so the gradient of an op's *output* cannot be read after `backward()`.
 
+pub mod bn_sync;
 pub mod composed;
 pub mod cpu;
 #[cfg(feature = "cuda")]
