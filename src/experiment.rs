@@ -230,9 +230,8 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
         dist::shard_range(r.train.batch_size, rank, world).map_err(run_err)?;
     }
     // With several ranks on a machine, "every core" is shared between them.
-    let wanted = if r.train.threads == 0 && world > 1 {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (cores / dist::local_ranks().unwrap_or(1).max(1)).max(1)
+    let wanted = if world > 1 {
+        dist::threads_per_rank(r.train.threads)
     } else {
         r.train.threads
     };

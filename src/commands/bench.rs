@@ -21,7 +21,14 @@ pub fn bench(
         Ok((r, _)) => r,
         Err(code) => return code,
     };
-    set_threads(r.train.threads);
+    // Under a launcher, "every core" is shared by the ranks on this machine.
+    set_threads(
+        if recipe::dist::launcher_world_size().is_some_and(|(n, _)| n > 1) {
+            recipe::dist::threads_per_rank(r.train.threads)
+        } else {
+            r.train.threads
+        },
+    );
     if let Some(b) = batch {
         r.train.batch_size = b;
     }

@@ -176,12 +176,31 @@ pub fn local_ranks() -> Option<usize> {
     .find_map(|k| std::env::var(k).ok()?.trim().parse::<usize>().ok())
 }
 
+/// Threads for one rank: `requested` when positive; for 0 ("every core"), the cores
+/// this process may use divided by the ranks the launcher placed on this machine.
+pub fn threads_per_rank(requested: usize) -> usize {
+    if requested > 0 {
+        return requested;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / local_ranks().unwrap_or(1).max(1)).max(1)
+}
+
 /// Errors when the launcher started more processes than the communicator holds: a
 /// binary built against one MPI and launched by another's `mpirun` (or a binary built
 /// without the `mpi` feature under `mpirun`) would otherwise train `K` independent
 /// copies that overwrite each other's run directory.
 pub fn check_launcher(world: usize, built_with_mpi: bool) -> Result<(), DistError> {
-    match launcher_world_size() {
+    launcher_mismatch(world, built_with_mpi, launcher_world_size())
+}
+
+/// [`check_launcher`] with the launcher's announcement given: `(size, variable)`.
+pub fn launcher_mismatch(
+    world: usize,
+    built_with_mpi: bool,
+    launcher: Option<(usize, &str)>,
+) -> Result<(), DistError> {
+    match launcher {
         Some((n, var)) if n > 1 && world != n => Err(DistError(if built_with_mpi {
             format!(
                 "the launcher started {n} processes ({var}={n}) but MPI sees a world of {world}: \
@@ -311,6 +330,20 @@ mod tests {
         assert_eq!(s.all_gather(&b), vec![1.0, 2.0]);
         assert_eq!(s.reduce_scatter_sum(&b), vec![1.0, 2.0]);
         assert_eq!((s.rank(), s.world()), (0, 1));
+    }
+
+    #[test]
+    fn a_launcher_announcing_more_ranks_than_mpi_sees_is_an_error() {
+        assert!(launcher_mismatch(2, true, Some((2, "OMPI_COMM_WORLD_SIZE"))).is_ok());
+        assert!(launcher_mismatch(1, true, None).is_ok());
+        assert!(launcher_mismatch(1, true, Some((1, "PMI_SIZE"))).is_ok());
+        let e = launcher_mismatch(1, true, Some((4, "PMI_SIZE"))).unwrap_err();
+        assert!(
+            e.0.contains("PMI_SIZE=4") && e.0.contains("different MPI"),
+            "{e}"
+        );
+        let e = launcher_mismatch(1, false, Some((2, "SLURM_STEP_NUM_TASKS"))).unwrap_err();
+        assert!(e.0.contains("--features mpi"), "{e}");
     }
 
     #[test]

@@ -123,7 +123,7 @@ impl Collective for Mpi {
 
     fn describe(&self) -> String {
         let v = mpi::environment::library_version().unwrap_or_default();
-        let first = v.lines().next().unwrap_or("").trim().to_string();
+        let first = v.split([',', '\n']).next().unwrap_or("").trim().to_string();
         format!("MPI, {} ranks ({first})", self.world)
     }
 }
