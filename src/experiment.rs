@@ -242,7 +242,7 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
         Some(dir) => {
             check_resume(dir, r, req.force)?;
             if writer {
-                dist_note(dir, world)?;
+                dist_note(dir, world, true, r.train.sync_batch_norm)?;
             }
             dir.clone()
         }
@@ -254,7 +254,7 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
                 .unwrap_or_else(|| PathBuf::from(&r.output.dir));
             let dir = rundir::create(&parent, &r.name, &text).map_err(ExperimentError::Setup)?;
             if world > 1 {
-                dist_note(&dir, world)?;
+                dist_note(&dir, world, false, r.train.sync_batch_norm)?;
             }
             dir
         }
@@ -493,20 +493,28 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
 /// Name of the file in a data-parallel run directory that records the world size.
 pub const DIST_FILE: &str = "world_size.txt";
 
-/// Records the world size in `dir`; on resume with another, says what changes.
-fn dist_note(dir: &Path, world: usize) -> Result<(), ExperimentError> {
+/// Records the world size in `dir`; on a resume with another, says what changes.
+fn dist_note(dir: &Path, world: usize, resume: bool, sync_bn: bool) -> Result<(), ExperimentError> {
     let path = dir.join(DIST_FILE);
     let before = std::fs::read_to_string(&path)
         .ok()
         .and_then(|t| t.trim().parse::<usize>().ok())
         .unwrap_or(1);
-    if before != world {
+    if resume && before != world {
+        let bn = if sync_bn {
+            "batch norm is synchronised, so nothing changes but float rounding".to_string()
+        } else {
+            format!(
+                "only batch norm changes: it normalises over per-rank batches of {} images \
+                 instead of {} (set train.sync_batch_norm: true to make K irrelevant)",
+                "B/".to_string() + &world.to_string(),
+                "B/".to_string() + &before.to_string()
+            )
+        };
         eprintln!(
-            "note: this run was trained on {before} rank(s) and resumes on {world}; the global \
-             batch, the data order, the augmentations and the method state are the same, so \
-             training continues as before except that unsynchronised batch norm now \
-             normalises over per-rank batches of a different size (with \
-             train.sync_batch_norm: true nothing changes but float rounding)"
+            "note: this run was trained on {before} rank(s) and resumes on {world}: the global \
+             batch, the data order, the augmentations, the optimiser and the method state carry \
+             over unchanged; {bn}"
         );
     }
     if world > 1 || path.exists() {

@@ -15,7 +15,7 @@ pub const BUCKET_FLOATS: usize = 4 << 20;
 
 /// Replaces the gradient of every trainable entry of `store` by its mean over the
 /// ranks of `dist`. Entries without a gradient get a zero one first (as the optimiser
-/// would). Returns the bytes this rank sent.
+/// would). Returns the payload bytes this rank contributed.
 ///
 /// Runs on the CPU device only (an error message otherwise); with one rank it returns
 /// at once.
@@ -76,7 +76,6 @@ pub fn average<D: Device<f32> + 'static>(
         members.push(i);
     }
     flush(&mut bucket, &mut members, grads)?;
-    super::count_bytes(sent);
     Ok(sent)
 }
 

@@ -19,7 +19,7 @@ pub mod layout;
 pub mod mpi;
 pub mod threads;
 
-use std::sync::Arc;
+use std::rc::Rc;
 use std::time::Instant;
 
 use crate::data::{Batch, ViewBatch};
@@ -91,12 +91,14 @@ impl Collective for Solo {
     }
 }
 
-/// A shared handle to the job's collective.
-pub type Dist = Arc<dyn Collective>;
+/// A shared handle to the job's collective. Not `Send`: Open MPI's communicator is a
+/// pointer handle that stays on the thread that trains (each in-process test rank makes
+/// its own on its thread).
+pub type Dist = Rc<dyn Collective>;
 
 /// The single-process collective as a [`Dist`].
 pub fn solo() -> Dist {
-    Arc::new(Solo)
+    Rc::new(Solo)
 }
 
 /// Why a distributed job cannot start.
@@ -235,8 +237,9 @@ pub(crate) fn timed<R>(name: &'static str, f: impl FnOnce() -> R) -> R {
 /// all-reduce), for `recipe bench`'s communication rows.
 static BYTES_SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Adds `n` bytes to the running count of [`take_bytes_sent`].
-pub(crate) fn count_bytes(n: usize) {
+/// Adds `n` bytes to the running count of [`take_bytes_sent`] (for `Collective`
+/// implementations that move data between ranks).
+pub fn count_bytes(n: usize) {
     BYTES_SENT.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
 }
 

@@ -43,7 +43,7 @@ pub fn init() -> Result<(MpiGuard, Dist), DistError> {
         MpiGuard {
             _universe: universe,
         },
-        std::sync::Arc::new(m),
+        std::rc::Rc::new(m),
     ))
 }
 
@@ -67,6 +67,7 @@ impl Collective for Mpi {
         let send = buf.to_vec();
         self.comm
             .all_reduce_into(&send[..], buf, SystemOperation::sum());
+        super::count_bytes(buf.len() * 4);
     }
 
     fn all_reduce_sum_f64(&self, buf: &mut [f64]) {

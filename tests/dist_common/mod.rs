@@ -66,7 +66,7 @@ fn parts(method: MethodConfig, views: usize) -> TrainerParts {
 
 /// `(method, view shapes)`: SwAV with a smaller third crop and a queue that fills
 /// after two steps; MoCo symmetric (both views enqueue).
-pub fn methods() -> Vec<(MethodConfig, Vec<(usize, usize, usize)>)> {
+pub fn methods() -> Vec<(MethodConfig, Vec<Shape>)> {
     let two = vec![(1, 12, 12); 2];
     vec![
         (MethodConfig::Simclr { temperature: 0.5 }, two.clone()),
@@ -109,6 +109,9 @@ pub fn methods() -> Vec<(MethodConfig, Vec<(usize, usize, usize)>)> {
     ]
 }
 
+/// `(channels, height, width)` of a view.
+pub type Shape = (usize, usize, usize);
+
 fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / a.abs().max(b.abs()).max(1e-12)
 }
@@ -127,7 +130,7 @@ fn rel_vec(a: &[f32], b: &[f32]) -> f64 {
         / scale
 }
 
-pub fn check(method: &MethodConfig, shapes: &[(usize, usize, usize)], dist: &Dist) -> Vec<String> {
+pub fn check(method: &MethodConfig, shapes: &[Shape], dist: &Dist) -> Vec<String> {
     let name = method.name();
     let (rank, world) = (dist.rank(), dist.world());
     let p = parts(method.clone(), shapes.len());
