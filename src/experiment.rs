@@ -21,7 +21,7 @@ use crate::data::{self, Dataset, Loader, LoaderConfig};
 use crate::eval::features::{FeatureMatrix, Which, extract, raw_pixels};
 use crate::eval::fine_tune::{FineTuneConfig, fine_tune};
 use crate::eval::knn::{KnnConfig, Metric, knn, nearest};
-use crate::eval::linear_probe::{ProbeConfig, linear_probe};
+use crate::eval::linear_probe::{ProbeConfig, linear_probe_select};
 use crate::eval::pca::pca_2d;
 use crate::nn::EngineDevice;
 use crate::nn::model::Model;
@@ -619,12 +619,14 @@ impl Downstream<'_> {
                         epochs: *epochs,
                         batch_size: *batch_size,
                         lr: *lr,
-                        weight_decay: *weight_decay,
+                        weight_decay: 0.0,
                         standardize: *standardize,
                         seed: self.r.seed,
                     };
+                    let wds = weight_decay.candidates();
                     let w = which(*features);
                     let mut entry = json!({"task": "linear_probe", "epochs": epochs, "lr": lr,
+                        "weight_decay": wds,
                         "standardize": standardize,
                         "features": format!("{features:?}").to_lowercase()});
                     let mut vals = [None, None, None];
@@ -642,10 +644,27 @@ impl Downstream<'_> {
                             &mut cache,
                             &mut raw,
                         )?;
-                        let res = linear_probe(a, b, &cfg).map_err(run_err)?;
+                        let (res, wd, held_out) =
+                            linear_probe_select(a, b, &cfg, &wds).map_err(run_err)?;
                         entry[key(name)] = json!({"top1": res.top1, "top5": res.top5,
-                            "train_top1": res.train_top1});
+                            "train_top1": res.train_top1, "weight_decay": wd,
+                            "held_out_top1": held_out});
                         vals[row] = Some(res.top1);
+                    }
+                    if wds.len() > 1 {
+                        let chosen: Vec<String> = ROWS
+                            .iter()
+                            .filter_map(|name| {
+                                entry[key(name)]["weight_decay"]
+                                    .as_f64()
+                                    .map(|wd| format!("{name} {wd}"))
+                            })
+                            .collect();
+                        out.notes.push(format!(
+                            "Linear probe: weight decay chosen from {wds:?} on a held-out 10% \
+                             of the training split, per feature set: {}.",
+                            chosen.join(", ")
+                        ));
                     }
                     self.add_column(&mut out.table, "linear top-1", vals);
                     metrics
