@@ -343,7 +343,14 @@ pub fn device(
 fn open_cuda(seed: u64) -> Result<dfdx::prelude::Cuda, String> {
     // A driver that is missing at run time shows up here, not as a panic: the stub or
     // a mismatched libcuda answers cuInit with an error code.
-    dfdx::prelude::Cuda::try_build(0, seed).map_err(|e| format!("{e:?}"))
+    use dfdx::tensor::CudaError;
+    // Not `{e:?}`: cudarc's Debug asks the driver for the error's text and panics
+    // when the driver cannot answer (a stub or broken libcuda). The codes are enough.
+    dfdx::prelude::Cuda::try_build(0, seed).map_err(|e| match e {
+        CudaError::Driver(d) => format!("the CUDA driver answered {:?}", d.0),
+        CudaError::Blas(b) => format!("cuBLAS answered {:?}", b.0),
+        CudaError::Cpu(c) => format!("{c:?}"),
+    })
 }
 
 #[cfg(test)]

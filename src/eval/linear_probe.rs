@@ -281,7 +281,7 @@ pub fn linear_probe_select(
             }
             let mut order: Vec<usize> = (0..train.n).collect();
             // A stream apart from the probe's own shuffling.
-            order.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_0f_5e1ec7));
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_0f5e_1ec7));
             let (val_idx, fit_idx) = order.split_at(held);
             let (fit, val) = (train.select(fit_idx), train.select(val_idx));
             let mut best: Option<(f64, f64)> = None;

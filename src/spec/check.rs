@@ -782,7 +782,7 @@ fn check_downstream(r: &Recipe, out: &mut Vec<Diagnostic>) {
                         "list at least one weight decay to choose from",
                     );
                 }
-                if wds.iter().any(|w| !(*w >= 0.0)) {
+                if wds.iter().any(|w| w.is_nan() || *w < 0.0) {
                     err(
                         out,
                         format!("{p}.weight_decay"),
