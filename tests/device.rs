@@ -1,20 +1,13 @@
 //! Device selection and op parity from the command line (no GPU needed).
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn recipe(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_recipe"))
-        .args(args)
-        .output()
-        .expect("runs")
-}
+mod common;
+use common::recipe;
 
+/// Standard output and error together.
 fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    format!("{}{}", common::text(&o.stdout), common::text(&o.stderr))
 }
 
 #[test]
