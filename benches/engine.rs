@@ -1,5 +1,6 @@
-//! Engine throughput: `cargo bench --bench engine -- [MODEL] [BATCH] [STEPS] [THREADS]`
-//! (defaults `small16 64 20 2`). MODEL is `smallW`, `resnet18` or `resnet50`, as in
+//! Engine throughput: `cargo bench --bench engine -- [MODEL] [BATCH] [STEPS] [THREADS]
+//! [WARMUP]` (defaults `small16 64 20 2 1`; with WARMUP 0 and STEPS 1 the loss is
+//! the untrained network's, which isolates the forward pass when comparing paths). MODEL is `smallW`, `resnet18` or `resnet50`, as in
 //! `shared/bench/torch_baseline.py`; BATCH is images per view (a step sees 2×BATCH).
 //! Prints a `RESULT` line in the baseline's format (plus `cpu_per_wall`, the cores
 //! the step kept busy) and the per-op breakdown.
@@ -18,6 +19,7 @@ fn main() {
     let batch: usize = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(64);
     let steps: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(20);
     let threads: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(2);
+    let warmup: usize = args.get(4).and_then(|v| v.parse().ok()).unwrap_or(1);
     let Some(parts) = preset(name, batch) else {
         eprintln!("unknown model `{name}` (use smallW, e.g. small16, resnet18 or resnet50)");
         std::process::exit(2);
@@ -30,7 +32,7 @@ fn main() {
         batch,
         view_shapes: vec![(3, parts.model.input_hw.0, parts.model.input_hw.1); 2],
         steps,
-        warmup: 1,
+        warmup,
         dataset_len: 50_000,
         classes: 10,
         seed: 0,
