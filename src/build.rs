@@ -277,6 +277,82 @@ pub fn check_data_paths(loaded: &mut crate::spec::Loaded) {
     }
 }
 
+/// The compute device a recipe's `train.device` resolves to, on this binary and machine.
+pub enum Engine {
+    /// dfdx's CPU device with the project's fast kernels.
+    Cpu(dfdx::prelude::Cpu),
+    /// dfdx's CUDA device (GPU 0); the project's ops run in their composed form.
+    #[cfg(feature = "cuda")]
+    Cuda(Box<dfdx::prelude::Cuda>),
+}
+
+impl Engine {
+    /// `cpu` or `cuda`, as results.json records it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Engine::Cpu(_) => "cpu",
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(_) => "cuda",
+        }
+    }
+}
+
+/// Opens the device `train.device` asks for. `cuda` that cannot be opened is an error,
+/// never a silent fall-back; `auto` takes the GPU when this binary was built with CUDA
+/// and one opens, else the CPU, and then says why in the returned note.
+pub fn device(
+    d: crate::spec::train::Device,
+    seed: u64,
+) -> Result<(Engine, Option<String>), String> {
+    use crate::spec::train::Device;
+    let _ = seed;
+    match d {
+        Device::Cpu => Ok((Engine::Cpu(dfdx::prelude::Cpu::default()), None)),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda => Err(
+            "train.device: cuda — this binary was built without CUDA; rebuild with \
+             `--features cuda` (see README, \"GPU\") or use `device: cpu`"
+                .into(),
+        ),
+        #[cfg(not(feature = "cuda"))]
+        Device::Auto => Ok((Engine::Cpu(dfdx::prelude::Cpu::default()), None)),
+        #[cfg(feature = "cuda")]
+        Device::Cuda => open_cuda(seed)
+            .map(|c| (Engine::Cuda(Box::new(c)), None))
+            .map_err(|e| {
+                format!(
+                    "train.device: cuda — no usable CUDA device: {e}; check the NVIDIA \
+                     driver (`nvidia-smi`) and CUDA_VISIBLE_DEVICES, or use `device: cpu`"
+                )
+            }),
+        #[cfg(feature = "cuda")]
+        Device::Auto => Ok(match open_cuda(seed) {
+            Ok(c) => (Engine::Cuda(Box::new(c)), None),
+            Err(e) => (
+                Engine::Cpu(dfdx::prelude::Cpu::default()),
+                Some(format!(
+                    "device: auto — no usable CUDA device ({e}); training on the CPU"
+                )),
+            ),
+        }),
+    }
+}
+
+/// GPU 0, with dfdx's random stream seeded from the recipe.
+#[cfg(feature = "cuda")]
+fn open_cuda(seed: u64) -> Result<dfdx::prelude::Cuda, String> {
+    // A driver that is missing at run time shows up here, not as a panic: the stub or
+    // a mismatched libcuda answers cuInit with an error code.
+    use dfdx::tensor::CudaError;
+    // Not `{e:?}`: cudarc's Debug asks the driver for the error's text and panics
+    // when the driver cannot answer (a stub or broken libcuda). The codes are enough.
+    dfdx::prelude::Cuda::try_build(0, seed).map_err(|e| match e {
+        CudaError::Driver(d) => format!("the CUDA driver answered {:?}", d.0),
+        CudaError::Blas(b) => format!("cuBLAS answered {:?}", b.0),
+        CudaError::Cpu(c) => format!("{c:?}"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,18 +11,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use dfdx::prelude::Cpu;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::augment::{self, Normalize};
+use crate::build::Engine;
 use crate::checkpoint;
 use crate::data::{self, Dataset, Loader, LoaderConfig};
 use crate::eval::features::{FeatureMatrix, Which, extract, raw_pixels};
 use crate::eval::fine_tune::{FineTuneConfig, fine_tune};
 use crate::eval::knn::{KnnConfig, Metric, knn, nearest};
-use crate::eval::linear_probe::{ProbeConfig, linear_probe};
+use crate::eval::linear_probe::{ProbeConfig, linear_probe_select};
 use crate::eval::pca::pca_2d;
+use crate::nn::EngineDevice;
 use crate::nn::model::Model;
 use crate::nn::params::ParamStore;
 use crate::report::markdown::{MetricsTable, ReportInput, write_report};
@@ -209,16 +210,27 @@ pub fn configure_threads(threads: usize) -> Result<usize, String> {
     }
 }
 
-/// Runs the experiment `req` describes.
+/// Runs the experiment `req` describes, on the device its `train.device` resolves to.
 pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
+    let (engine, note) =
+        crate::build::device(req.recipe.train.device, req.recipe.seed).map_err(setup_err)?;
+    if let Some(note) = note {
+        eprintln!("note: {note}");
+    }
+    match engine {
+        Engine::Cpu(dev) => run_on(req, dev, "cpu"),
+        #[cfg(feature = "cuda")]
+        Engine::Cuda(dev) => run_on(req, *dev, "cuda"),
+    }
+}
+
+fn run_on<D: EngineDevice + 'static>(
+    req: &RunRequest,
+    dev: D,
+    device_name: &str,
+) -> Result<RunOutcome, ExperimentError> {
     let r = &req.recipe;
     let started = Instant::now();
-    if r.train.device == crate::spec::train::Device::Cuda {
-        // Never a silent fall-back: the training step does not drive CUDA yet.
-        return Err(run_err(
-            "train.device: cuda — `recipe run` trains on the CPU only so far; use `device: cpu` or `auto`",
-        ));
-    }
     let threads = configure_threads(r.train.threads).map_err(setup_err)?;
     let text = resolved_text(r);
     let hash = recipe_hash(r);
@@ -261,12 +273,7 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
         },
     )
     .map_err(setup_err)?;
-    let mut trainer = Trainer::new(
-        r,
-        Cpu::default(),
-        train.len(),
-        loader.batches_per_epoch() as u64,
-    )?;
+    let mut trainer = Trainer::new(r, dev, train.len(), loader.batches_per_epoch() as u64)?;
     let ckpt = dir.join(rundir::CHECKPOINTS).join(rundir::LAST);
     let resumed = match &req.resume {
         Some(_) if ckpt.exists() => {
@@ -317,7 +324,7 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
     let eval_batch = r.train.batch_size.max(64);
     let test_ref = test.as_ref();
     let train_ref: &Dataset = &train;
-    let mut on_epoch = |t: &mut Trainer<Cpu>,
+    let mut on_epoch = |t: &mut Trainer<D>,
                         epoch: usize|
      -> Result<Vec<(String, f64)>, TrainError> {
         let mut out = Vec::new();
@@ -395,6 +402,7 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
             "images_per_s": summary.images_per_s,
             "final_epoch_loss": summary.last_epoch_loss,
             "threads": threads,
+            "device": device_name,
             "resumed": resumed.is_some(),
         },
         "downstream": results.json,
@@ -462,9 +470,9 @@ fn which(f: Features) -> Which {
     }
 }
 
-fn features_of(
+fn features_of<D: EngineDevice>(
     model: &Model,
-    store: &mut ParamStore<Cpu>,
+    store: &mut ParamStore<D>,
     train: &Dataset,
     test: &Dataset,
     norm: &Normalize,
@@ -510,10 +518,10 @@ const ROWS: [&str; 3] = ["trained", "untrained network", "raw pixels"];
 impl Downstream<'_> {
     /// Runs the recipe's tasks (or only those named in `only`) on `model` in `store`,
     /// with the baselines the tasks ask for, writing eval records to `metrics`.
-    pub fn run_all(
+    pub fn run_all<D: EngineDevice + 'static>(
         &self,
         model: &Model,
-        store: &mut ParamStore<Cpu>,
+        store: &mut ParamStore<D>,
         only: Option<&[String]>,
         metrics: &mut MetricsWriter,
         step: u64,
@@ -526,7 +534,7 @@ impl Downstream<'_> {
             ..Default::default()
         };
         // The untrained network: the same config and seed, before any step.
-        let mut untrained = ParamStore::new(Cpu::default());
+        let mut untrained = ParamStore::new(store.device().clone());
         let plain = Model::new(
             &mut untrained,
             &crate::build::model(self.r, model.input.1).map_err(run_err)?,
@@ -611,12 +619,14 @@ impl Downstream<'_> {
                         epochs: *epochs,
                         batch_size: *batch_size,
                         lr: *lr,
-                        weight_decay: *weight_decay,
+                        weight_decay: 0.0,
                         standardize: *standardize,
                         seed: self.r.seed,
                     };
+                    let wds = weight_decay.candidates();
                     let w = which(*features);
                     let mut entry = json!({"task": "linear_probe", "epochs": epochs, "lr": lr,
+                        "weight_decay": wds,
                         "standardize": standardize,
                         "features": format!("{features:?}").to_lowercase()});
                     let mut vals = [None, None, None];
@@ -634,10 +644,27 @@ impl Downstream<'_> {
                             &mut cache,
                             &mut raw,
                         )?;
-                        let res = linear_probe(a, b, &cfg).map_err(run_err)?;
+                        let (res, wd, held_out) =
+                            linear_probe_select(a, b, &cfg, &wds).map_err(run_err)?;
                         entry[key(name)] = json!({"top1": res.top1, "top5": res.top5,
-                            "train_top1": res.train_top1});
+                            "train_top1": res.train_top1, "weight_decay": wd,
+                            "held_out_top1": held_out});
                         vals[row] = Some(res.top1);
+                    }
+                    if wds.len() > 1 {
+                        let chosen: Vec<String> = ROWS
+                            .iter()
+                            .filter_map(|name| {
+                                entry[key(name)]["weight_decay"]
+                                    .as_f64()
+                                    .map(|wd| format!("{name} {wd}"))
+                            })
+                            .collect();
+                        out.notes.push(format!(
+                            "Linear probe: weight decay chosen from {wds:?} on a held-out 10% \
+                             of the training split, per feature set: {}.",
+                            chosen.join(", ")
+                        ));
                     }
                     self.add_column(&mut out.table, "linear top-1", vals);
                     metrics
@@ -725,14 +752,14 @@ impl Downstream<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn features<'c>(
+    fn features<'c, D: EngineDevice + 'static>(
         &self,
         row: usize,
         w: Which,
         model: &Model,
-        store: &mut ParamStore<Cpu>,
+        store: &mut ParamStore<D>,
         plain: &Model,
-        untrained: &mut ParamStore<Cpu>,
+        untrained: &mut ParamStore<D>,
         cache: &'c mut BTreeMap<(usize, u8), (FeatureMatrix, FeatureMatrix)>,
         raw: &'c mut Option<(FeatureMatrix, FeatureMatrix)>,
     ) -> Result<(&'c FeatureMatrix, &'c FeatureMatrix), ExperimentError> {
@@ -763,14 +790,14 @@ impl Downstream<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn visualize(
+    fn visualize<D: EngineDevice + 'static>(
         &self,
         plots: &[Plot],
         samples: usize,
         queries: usize,
         neighbors: usize,
         model: &Model,
-        store: &mut ParamStore<Cpu>,
+        store: &mut ParamStore<D>,
         cache: &mut BTreeMap<(usize, u8), (FeatureMatrix, FeatureMatrix)>,
     ) -> Result<Vec<(String, String)>, ExperimentError> {
         let mut figs = Vec::new();
@@ -1016,32 +1043,51 @@ pub fn evaluate(target: &Path, only: Option<&[String]>) -> Result<Value, Experim
         )));
     };
     configure_threads(r.train.threads).map_err(setup_err)?;
-    let data = data::load(&data::DataConfig::from_spec(&r.data, r.seed))
-        .map_err(|e| setup_err(format!("cannot read the data: {e}")))?;
     let size = crate::build::view_sizes(&r)
         .first()
         .map_or(r.data.image_size, |(s, _)| *s);
-    let mut store = ParamStore::new(Cpu::default());
+    let (engine, note) = crate::build::device(r.train.device, r.seed).map_err(setup_err)?;
+    if let Some(note) = note {
+        eprintln!("note: {note}");
+    }
+    match engine {
+        Engine::Cpu(dev) => evaluate_on(dev, &r, size, &dir, &ckpt, only),
+        #[cfg(feature = "cuda")]
+        Engine::Cuda(dev) => evaluate_on(*dev, &r, size, &dir, &ckpt, only),
+    }
+}
+
+fn evaluate_on<D: EngineDevice + 'static>(
+    dev: D,
+    r: &Recipe,
+    size: usize,
+    dir: &Path,
+    ckpt: &Path,
+    only: Option<&[String]>,
+) -> Result<Value, ExperimentError> {
+    let data = data::load(&data::DataConfig::from_spec(&r.data, r.seed))
+        .map_err(|e| setup_err(format!("cannot read the data: {e}")))?;
+    let mut store = ParamStore::new(dev);
     let model = Model::new(
         &mut store,
-        &crate::build::model(&r, size).map_err(run_err)?,
+        &crate::build::model(r, size).map_err(run_err)?,
         r.seed,
     )
     .map_err(run_err)?;
-    checkpoint::load_training(&ckpt, &mut store, None, None, None).map_err(setup_err)?;
-    let norm = normalization(&r);
-    let mut metrics = MetricsWriter::resume(&dir, &[], u64::MAX)
+    checkpoint::load_training(ckpt, &mut store, None, None, None).map_err(setup_err)?;
+    let norm = normalization(r);
+    let mut metrics = MetricsWriter::resume(dir, &[], u64::MAX)
         .map_err(setup_err)?
         .0;
     let ds = Downstream {
-        r: &r,
+        r,
         train: &data.train,
         test: data.test.as_ref(),
         norm: &norm,
-        dir: &dir,
+        dir,
         batch: r.train.batch_size.max(64),
     };
-    let meta = checkpoint::read_meta(&ckpt).map_err(setup_err)?;
+    let meta = checkpoint::read_meta(ckpt).map_err(setup_err)?;
     let res = ds.run_all(&model, &mut store, only, &mut metrics, meta.step)?;
     let doc = json!({"checkpoint": ckpt.display().to_string(), "step": meta.step,
         "downstream": res.json});

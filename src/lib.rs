@@ -17,6 +17,7 @@ pub mod bench;
 pub mod build;
 pub mod checkpoint;
 pub mod data;
+pub mod device_check;
 pub mod diag;
 /// Downstream evaluation of an encoder: features, kNN, linear probe, fine-tuning, PCA.
 pub mod eval;

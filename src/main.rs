@@ -123,6 +123,13 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
+    /// Run every op of the project's own on a device (`cpu` or `cuda`) in the form that
+    /// device uses, against the CPU kernels on random inputs; fails above 1e-4 relative.
+    DeviceCheck {
+        /// The device to check.
+        #[arg(long, value_enum, default_value_t = commands::device_check::Which::Cpu)]
+        device: commands::device_check::Which,
+    },
 }
 
 fn main() -> ExitCode {
@@ -172,5 +179,6 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Render { file, sets, format } => commands::render::render(&file, &sets, format),
+        Command::DeviceCheck { device } => commands::device_check::device_check(device),
     }
 }

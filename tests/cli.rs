@@ -1,18 +1,8 @@
 //! The `recipe` binary: exit codes (0 valid, 1 invalid, 2 usage or I/O), output
 //! formats, and the `schema` / `render` commands.
 
-use std::process::{Command, Output};
-
-fn recipe(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_recipe"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+mod common;
+use common::{recipe, text};
 
 #[test]
 fn validate_exit_codes() {

@@ -4,7 +4,9 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use recipe::data::{DataConfig, Dataset, Source, load};
-use recipe::eval::{EvalError, FeatureMatrix, Normalize, ProbeConfig, linear_probe, raw_pixels};
+use recipe::eval::{
+    EvalError, FeatureMatrix, Normalize, ProbeConfig, linear_probe, linear_probe_select, raw_pixels,
+};
 
 /// `per_class` points around each of three centres in 6-D, the centres `sep` apart on
 /// the first three axes, Gaussian-ish noise of 0.3; everything times `scale`.
@@ -148,4 +150,43 @@ fn raw_pixels_of_fashion_mnist_are_a_reasonable_baseline() {
     // 10 classes: chance is 10%; raw pixels of this subset give about 75% here.
     assert!(r.top1 > 65.0, "raw-pixel probe reached only {}", r.top1);
     assert!(r.top5 > r.top1);
+}
+
+#[test]
+fn one_weight_decay_is_used_as_is() {
+    let (train, test) = (clusters(40, 1.0, 1), clusters(20, 1.0, 2));
+    let c = ProbeConfig {
+        weight_decay: 0.5,
+        ..cfg()
+    };
+    let (r, wd, held) = linear_probe_select(&train, &test, &cfg(), &[0.5]).unwrap();
+    assert_eq!(r, linear_probe(&train, &test, &c).unwrap());
+    assert_eq!((wd, held), (0.5, None));
+}
+
+#[test]
+fn the_held_out_split_picks_the_weight_decay_that_generalises() {
+    let (train, test) = (clusters(40, 1.0, 1), clusters(20, 1.0, 2));
+    // A decay of 50 shrinks the weights until held-out points fall on the wrong side;
+    // 0 fits the separable clusters. Either order of the candidates picks 0.
+    for grid in [[0.0, 50.0], [50.0, 0.0]] {
+        let (r, wd, held) = linear_probe_select(&train, &test, &cfg(), &grid).unwrap();
+        assert_eq!(wd, 0.0, "{grid:?}");
+        assert!(held.unwrap() > 95.0, "{held:?}");
+        assert_eq!(r, linear_probe(&train, &test, &cfg()).unwrap());
+    }
+}
+
+#[test]
+fn choosing_needs_candidates_and_enough_rows() {
+    let (train, test) = (clusters(40, 1.0, 1), clusters(20, 1.0, 2));
+    assert!(matches!(
+        linear_probe_select(&train, &test, &cfg(), &[]),
+        Err(EvalError::Config(_))
+    ));
+    let tiny = train.select(&[0, 50, 100]);
+    assert!(matches!(
+        linear_probe_select(&tiny, &test, &cfg(), &[0.0, 1.0]),
+        Err(EvalError::Data(_))
+    ));
 }

@@ -15,8 +15,6 @@ pub fn bench(
     warmup: usize,
     batch: Option<usize>,
 ) -> ExitCode {
-    use recipe::bench::{BenchConfig, run};
-    use recipe::train::step::Trainer;
     let mut r = match load_valid(file, sets, false) {
         Ok((r, _)) => r,
         Err(code) => return code,
@@ -37,13 +35,39 @@ pub fn bench(
             (10 * batch, 10)
         }
     };
+    let (engine, note) = match build::device(r.train.device, r.seed) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(note) = note {
+        eprintln!("note: {note}");
+    }
+    let name = engine.name();
+    match engine {
+        build::Engine::Cpu(dev) => bench_on(dev, name, &r, dataset_len, classes, steps, warmup),
+        #[cfg(feature = "cuda")]
+        build::Engine::Cuda(dev) => bench_on(*dev, name, &r, dataset_len, classes, steps, warmup),
+    }
+}
+
+/// The benchmark proper, on the device the recipe resolved to.
+fn bench_on<D: recipe::nn::EngineDevice + 'static>(
+    dev: D,
+    device: &str,
+    r: &Recipe,
+    dataset_len: usize,
+    classes: u32,
+    steps: usize,
+    warmup: usize,
+) -> ExitCode {
+    use recipe::bench::{BenchConfig, run};
+    use recipe::train::step::Trainer;
+    let batch = r.train.batch_size;
     let steps_per_epoch = dataset_len.div_ceil(batch.max(1)) as u64;
-    let mut trainer = match Trainer::new(
-        &r,
-        dfdx::prelude::Cpu::default(),
-        dataset_len,
-        steps_per_epoch,
-    ) {
+    let mut trainer = match Trainer::new(r, dev, dataset_len, steps_per_epoch) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
@@ -66,12 +90,12 @@ pub fn bench(
         seed: r.seed,
         per_op: true,
     };
-    let sizes: Vec<String> = build::view_sizes(&r)
+    let sizes: Vec<String> = build::view_sizes(r)
         .iter()
         .map(|(s, n)| format!("{n}×{s}²"))
         .collect();
     eprintln!(
-        "bench `{}`: {} {} at views {}, {batch} images per step, {} timed step(s) after {warmup} warm-up, {} thread(s)",
+        "bench `{}`: {} {} at views {}, {batch} images per step, {} timed step(s) after {warmup} warm-up, {} thread(s), on the {device}",
         r.name,
         r.loss.method(),
         r.model.backbone.arch(),
@@ -95,7 +119,7 @@ pub fn bench(
             }
             println!("loss after the last step: {:.4}", rep.last_loss);
             // The loader must stay well ahead of training, or it becomes the bottleneck.
-            if let Some(aug) = augmentation_rate(&r) {
+            if let Some(aug) = augmentation_rate(r) {
                 println!(
                     "augmentation: {aug:.0} images/s with the recipe's chain on {} thread(s), {:.1}× the training rate",
                     rayon::current_num_threads(),

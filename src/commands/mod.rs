@@ -3,6 +3,7 @@
 //! 1 invalid recipe or failed run, 2 usage or I/O error, 130 interrupted).
 
 pub mod bench;
+pub mod device_check;
 pub mod plan;
 pub mod preview;
 pub mod render;

@@ -48,7 +48,7 @@ pub mod pca;
 pub use features::{FeatureMatrix, Normalize, Which, extract, raw_pixels};
 pub use fine_tune::{FineTuneConfig, FineTuneResult, fine_tune};
 pub use knn::{KnnConfig, KnnResult, Metric, knn, nearest};
-pub use linear_probe::{ProbeConfig, ProbeResult, linear_probe};
+pub use linear_probe::{ProbeConfig, ProbeResult, linear_probe, linear_probe_select};
 pub use pca::{Pca, pca_2d};
 
 /// Why an evaluation could not run.

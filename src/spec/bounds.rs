@@ -83,6 +83,21 @@ pub fn non_negative(_: &mut SchemaGenerator) -> Schema {
     Schema::Object(AT_LEAST_ZERO.number(InstanceType::Number))
 }
 
+/// A number ≥ 0, or a non-empty list of them: a value or the candidates to choose from.
+pub fn non_negative_or_list(_: &mut SchemaGenerator) -> Schema {
+    use schemars::schema::SubschemaValidation;
+    Schema::Object(SchemaObject {
+        subschemas: Some(Box::new(SubschemaValidation {
+            any_of: Some(vec![
+                Schema::Object(AT_LEAST_ZERO.number(InstanceType::Number)),
+                array(AT_LEAST_ZERO.number(InstanceType::Number), Some(1), None),
+            ]),
+            ..Default::default()
+        })),
+        ..Default::default()
+    })
+}
+
 /// A number in [0, 1): momenta (a momentum of 1 never updates) and held-out fractions.
 pub fn unit_open(_: &mut SchemaGenerator) -> Schema {
     Schema::Object(

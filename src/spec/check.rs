@@ -773,7 +773,22 @@ fn check_downstream(r: &Recipe, out: &mut Vec<Diagnostic>) {
                 weight_decay,
                 ..
             } => {
-                probe_common(out, &p, *epochs, *batch_size, *lr, *weight_decay);
+                let wds = weight_decay.candidates();
+                probe_common(out, &p, *epochs, *batch_size, *lr, 0.0);
+                if wds.is_empty() {
+                    err(
+                        out,
+                        format!("{p}.weight_decay"),
+                        "list at least one weight decay to choose from",
+                    );
+                }
+                if wds.iter().any(|w| w.is_nan() || *w < 0.0) {
+                    err(
+                        out,
+                        format!("{p}.weight_decay"),
+                        "weight_decay cannot be negative",
+                    );
+                }
             }
             Task::FineTune {
                 epochs,

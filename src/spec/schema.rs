@@ -760,6 +760,26 @@ impl Validator {
             )
             .with_span(value_span)
             .with_help("write `version: 1`, or use a newer `recipe`"),
+            K::AnyOf { .. } => {
+                let arms: Vec<String> = schema
+                    .and_then(|s| s.get("anyOf"))
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().map(|arm| arm_phrase(arm, false)).collect())
+                    .unwrap_or_default();
+                Diagnostic::error(
+                    dotted.clone(),
+                    format!(
+                        "expected {}, found {}",
+                        if arms.is_empty() {
+                            "another kind of value".to_string()
+                        } else {
+                            arms.join(", or ")
+                        },
+                        json_kind(instance)
+                    ),
+                )
+                .with_span(value_span)
+            }
             K::Minimum { limit } => bound(path, instance, "at least", limit).with_span(value_span),
             K::ExclusiveMinimum { limit } => {
                 bound(path, instance, "greater than", limit).with_span(value_span)
@@ -822,6 +842,41 @@ impl Validator {
 
 /// "`temperature` must be greater than 0, found 0" (for a sequence item: "each value
 /// of `betas` …").
+/// "a number ≥ 0", "a non-empty list of numbers ≥ 0": one `anyOf` arm in words.
+fn arm_phrase(arm: &Value, plural: bool) -> String {
+    let kind = arm.get("type").and_then(Value::as_str).unwrap_or("value");
+    if kind == "array" {
+        let items = arm
+            .get("items")
+            .map_or("values".to_string(), |i| arm_phrase(i, true));
+        let non_empty = arm.get("minItems").and_then(Value::as_u64) == Some(1);
+        return format!(
+            "{}list of {items}",
+            if non_empty { "a non-empty " } else { "a " }
+        );
+    }
+    let name = type_name(kind);
+    let mut out = if plural {
+        format!(
+            "{}s",
+            name.trim_start_matches("a ").trim_start_matches("an ")
+        )
+    } else {
+        name.to_string()
+    };
+    for (key, rel) in [
+        ("minimum", "≥"),
+        ("exclusiveMinimum", ">"),
+        ("maximum", "≤"),
+        ("exclusiveMaximum", "<"),
+    ] {
+        if let Some(v) = arm.get(key) {
+            out.push_str(&format!(" {rel} {}", number(v)));
+        }
+    }
+    out
+}
+
 fn bound(path: &[String], instance: Option<&Value>, relation: &str, limit: &Value) -> Diagnostic {
     let key = path.iter().rev().find(|s| s.parse::<usize>().is_err());
     let what = match (key, path.last()) {
