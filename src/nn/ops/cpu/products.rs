@@ -387,3 +387,72 @@ mod core_scaling {
         }
     }
 }
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod avx2_product {
+    /// `kernels::avx2::gemm` against a plain triple loop on sizes that hit every
+    /// edge: partial row tiles (m mod 6), partial panels (n mod 16), several inner
+    /// blocks (k > 256) and row blocks (m > 96), row-gathered and transposed `A`,
+    /// shifted `B` rows, and both overwrite and accumulate.
+    #[test]
+    fn matches_plain_loops() {
+        if !(std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma"))
+        {
+            eprintln!("no AVX2+FMA on this CPU: nothing to check");
+            return;
+        }
+        for &(m, n, k, acs) in &[
+            (1, 1, 1, 1),
+            (7, 17, 3, 1),
+            (13, 40, 300, 1),
+            (101, 33, 520, 1),
+            (20, 16, 70, 23),
+            (97, 5, 257, 97),
+        ] {
+            // A(i, p) = a[aoff[i] + p·acs], rows in reverse order; B rows shifted
+            // by 3 floats each inside one buffer.
+            let a: Vec<f32> = (0..(m + 1) * k * acs + m)
+                .map(|i| ((i * 7) % 11) as f32 * 0.25 - 1.0)
+                .collect();
+            let aoff: Vec<usize> = (0..m)
+                .map(|i| if acs == 1 { (m - 1 - i) * k } else { m - 1 - i })
+                .collect();
+            let b: Vec<f32> = (0..3 * k + n + 8)
+                .map(|i| ((i * 5) % 13) as f32 * 0.125 - 0.5)
+                .collect();
+            let boff: Vec<usize> = (0..k).map(|p| 3 * p).collect();
+            let ldc = n + 2;
+            for acc in [false, true] {
+                let mut c: Vec<f32> = (0..m * ldc).map(|i| (i % 3) as f32).collect();
+                let mut want = c.clone();
+                for i in 0..m {
+                    for j in 0..n {
+                        let s: f64 = (0..k)
+                            .map(|p| a[aoff[i] + p * acs] as f64 * b[boff[p] + j] as f64)
+                            .sum();
+                        let base = if acc { want[i * ldc + j] as f64 } else { 0.0 };
+                        want[i * ldc + j] = (base + s) as f32;
+                    }
+                }
+                // SAFETY: the CPU has AVX2 and FMA (checked); every index the
+                // formulas name lies inside `a`, `b` and `c` by construction.
+                unsafe {
+                    crate::nn::ops::kernels::avx2::gemm(
+                        (m, n, k),
+                        (a.as_ptr(), &aoff, acs),
+                        (b.as_ptr(), &boff),
+                        (c.as_mut_ptr(), ldc),
+                        acc,
+                    )
+                };
+                for (idx, (g, w)) in c.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                        "m={m} n={n} k={k} acs={acs} acc={acc} at {idx}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}
