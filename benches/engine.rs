@@ -1,7 +1,9 @@
-//! Engine throughput: `cargo bench --bench engine -- [MODEL] [BATCH] [STEPS] [THREADS]`
-//! (defaults `small16 64 20 2`). MODEL is `smallW` or `resnet18`, as in
+//! Engine throughput: `cargo bench --bench engine -- [MODEL] [BATCH] [STEPS] [THREADS]
+//! [WARMUP]` (defaults `small16 64 20 2 1`; with WARMUP 0 and STEPS 1 the loss is
+//! the untrained network's, which isolates the forward pass when comparing paths). MODEL is `smallW`, `resnet18` or `resnet50`, as in
 //! `shared/bench/torch_baseline.py`; BATCH is images per view (a step sees 2×BATCH).
-//! Prints a `RESULT` line in the baseline's format and the per-op breakdown.
+//! Prints a `RESULT` line in the baseline's format (plus `cpu_per_wall`, the cores
+//! the step kept busy) and the per-op breakdown.
 
 use dfdx::prelude::Cpu;
 use recipe::bench::{BenchConfig, preset, run};
@@ -17,8 +19,9 @@ fn main() {
     let batch: usize = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(64);
     let steps: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(20);
     let threads: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(2);
+    let warmup: usize = args.get(4).and_then(|v| v.parse().ok()).unwrap_or(1);
     let Some(parts) = preset(name, batch) else {
-        eprintln!("unknown model `{name}` (use smallW, e.g. small16, or resnet18)");
+        eprintln!("unknown model `{name}` (use smallW, e.g. small16, resnet18 or resnet50)");
         std::process::exit(2);
     };
     rayon::ThreadPoolBuilder::new()
@@ -27,9 +30,9 @@ fn main() {
         .expect("rayon pool");
     let cfg = BenchConfig {
         batch,
-        view_shapes: vec![(3, 32, 32); 2],
+        view_shapes: vec![(3, parts.model.input_hw.0, parts.model.input_hw.1); 2],
         steps,
-        warmup: 1,
+        warmup,
         dataset_len: 50_000,
         classes: 10,
         seed: 0,
@@ -45,11 +48,12 @@ fn main() {
     match run(&mut trainer, &cfg) {
         Ok(r) => {
             println!(
-                "RESULT recipe {name} batch=2x{batch} step_ms={:.1} img_per_s={:.1} peak_rss_mb={:.0} loss={:.4}",
+                "RESULT recipe {name} batch=2x{batch} step_ms={:.1} img_per_s={:.1} peak_rss_mb={:.0} loss={:.4} threads={threads} cpu_per_wall={:.2}",
                 r.step_ms,
                 r.images_per_s,
                 r.peak_rss_mib.unwrap_or(f64::NAN),
-                r.last_loss
+                r.last_loss,
+                r.cpu_per_wall.unwrap_or(f64::NAN)
             );
             for op in &r.ops {
                 println!(

@@ -70,18 +70,30 @@ pub struct BenchReport {
     pub comm_ms: f64,
     /// Payload bytes this rank sent through collectives per step.
     pub comm_bytes_per_step: f64,
+    /// Process CPU time (user + system, all threads) over wall time during the timed
+    /// steps: how many cores the step kept busy (at most the thread count). `None`
+    /// where the CPU time cannot be read.
+    pub cpu_per_wall: Option<f64>,
 }
 
 /// The architectures of `torch_baseline.py` as a trainer: `smallW` (e.g. `small16`)
-/// and `resnet18` (CIFAR stem, head 512→512→128), 3×32×32 input, two views, NT-Xent at
-/// τ = 0.5, SGD with momentum 0.9 and weight decay 1e-6 on every parameter at a
-/// constant learning rate of 0.05 — the baseline's training step.
+/// and `resnet18` (CIFAR stem, head 512→512→128) on 3×32×32 input, `resnet50`
+/// (torchvision layout: 7×7 stride-2 stem and 3×3 max pool, bottlenecks [3, 4, 6, 3],
+/// head 2048→2048→128) on 3×64×64; two views, NT-Xent at τ = 0.5, SGD with momentum
+/// 0.9 and weight decay 1e-6 on every parameter at a constant learning rate of 0.05 —
+/// the baseline's training step. The input size is `model.input_hw`.
 pub fn preset(name: &str, batch: usize) -> Option<TrainerParts> {
-    let (spec, hidden) = if let Some(w) = name.strip_prefix("small") {
+    let (spec, hidden, hw) = if let Some(w) = name.strip_prefix("small") {
         let w: usize = w.parse().ok().filter(|w| *w > 0)?;
-        (ResNetSpec::small(w), 2 * w)
+        (ResNetSpec::small(w), 2 * w, 32)
     } else if name == "resnet18" {
-        (ResNetSpec::standard(18, Stem::Cifar, 1.0).ok()?, 512)
+        (ResNetSpec::standard(18, Stem::Cifar, 1.0).ok()?, 512, 32)
+    } else if name == "resnet50" {
+        (
+            ResNetSpec::standard(50, Stem::ImageNet, 1.0).ok()?,
+            2048,
+            64,
+        )
     } else {
         return None;
     };
@@ -99,7 +111,7 @@ pub fn preset(name: &str, batch: usize) -> Option<TrainerParts> {
                 last_bn: false,
             }),
             prototypes: None,
-            input_hw: (32, 32),
+            input_hw: (hw, hw),
         },
         seed: 0,
         optimizer: OptimizerConfig::Sgd(SgdConfig {
@@ -203,6 +215,7 @@ pub fn run<D: EngineDevice + 'static>(
     timing::reset();
     timing::set_enabled(cfg.per_op);
     crate::dist::take_bytes_sent();
+    let cpu0 = cpu_time();
     let start = Instant::now();
     let mut last = f32::NAN;
     for i in 0..cfg.steps {
@@ -212,6 +225,9 @@ pub fn run<D: EngineDevice + 'static>(
     }
     let elapsed = start.elapsed().max(Duration::from_nanos(1));
     let comm_bytes = crate::dist::take_bytes_sent();
+    let cpu_per_wall = cpu0
+        .zip(cpu_time())
+        .map(|(a, b)| (b - a).as_secs_f64() / elapsed.as_secs_f64());
     timing::set_enabled(false);
     let steps = cfg.steps.max(1) as f64;
     let ops: Vec<OpTime> = if cfg.per_op {
@@ -247,7 +263,22 @@ pub fn run<D: EngineDevice + 'static>(
         objective_ms,
         comm_ms,
         comm_bytes_per_step: comm_bytes as f64 / steps,
+        cpu_per_wall,
     })
+}
+
+/// CPU time (user + system) of all this process's threads so far.
+pub fn cpu_time() -> Option<Duration> {
+    // SAFETY: `getrusage` fills the zeroed struct it is given and reads nothing else.
+    let u = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut u) != 0 {
+            return None;
+        }
+        u
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Some(tv(u.ru_utime) + tv(u.ru_stime))
 }
 
 /// Augmentation throughput: images per second that `maker` turns into views (all its

@@ -176,6 +176,14 @@ fn bench_on<D: recipe::nn::EngineDevice + 'static>(
         Ok(rep) => {
             println!("images/s: {:.1}", rep.images_per_s);
             println!("step: {:.1} ms", rep.step_ms);
+            // Below the thread count: serial passes (or a busy machine) leave cores idle.
+            match rep.cpu_per_wall {
+                Some(r) => println!(
+                    "CPU time / wall time over the timed steps: {r:.2} on {} thread(s)",
+                    rayon::current_num_threads()
+                ),
+                None => println!("CPU time / wall time: unavailable (no getrusage)"),
+            }
             println!(
                 "objective ({}): {:.2} ms per step, {:.1}% of the step",
                 r.loss.method(),

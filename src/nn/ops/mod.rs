@@ -22,11 +22,18 @@ mod cuda;
 mod kernels;
 pub mod timing;
 
-/// Makes the CPU kernels use only their portable code paths (no AVX-512) for the
-/// rest of the process; call it before any kernel runs. For tests and comparisons:
-/// the portable paths are what a machine without AVX-512 runs.
+/// Makes the CPU kernels use only their portable code paths (no AVX-512, no AVX2)
+/// for the rest of the process; call it before any kernel runs. For tests and
+/// comparisons: the portable paths are what a machine without either runs.
 pub fn use_portable_kernels() {
     kernels::use_portable();
+}
+
+/// Makes the CPU kernels use their AVX2+FMA paths (the portable ones where the CPU
+/// lacks AVX2) instead of AVX-512 for the rest of the process; call it before any
+/// kernel runs. For tests and comparisons on AVX-512 machines.
+pub fn use_avx2_kernels() {
+    kernels::use_avx2();
 }
 
 use dfdx::prelude::*;

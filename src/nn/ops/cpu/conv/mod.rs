@@ -1,0 +1,419 @@
+//! Convolution: the op, its geometry ([`ConvDims`]) and the choice of path.
+//!
+//! - The *wide* path ([`wide`]) applies when padding wastes at most 35%: stride-1
+//!   and strided convolutions on planes of 16×16 and up, every 1×1 stride 1. It
+//!   zero-pads a group of samples once; for stride s it splits the padded image
+//!   into s×s phase planes, so a tap's inputs are again a shifted view (layout:
+//!   channel, phase, sample, phase plane). It computes every position of the grid
+//!   and keeps the valid ones; the products read shifted views through a
+//!   row-offset table instead of an im2col matrix nine times the size. Backward:
+//!   dW is `gy · viewsᵀ`; the input gradient at stride 1 is the same product on gy
+//!   padded by k−1−p with the kernel flipped and channels swapped; at stride s each
+//!   view's gradient `Wᵀ·gy` is added back at its offset and the phases are
+//!   interleaved back.
+//! - Everything else (1×1 stride 2, small planes) goes through im2col ([`im2col`]).
+//!
+//! Products: see [`ConvDims::own`] for which run on the hand-written kernels.
+//! Threads take contiguous ranges of samples.
+
+pub(crate) mod im2col;
+pub(crate) mod wide;
+
+use dfdx::prelude::*;
+use rayon::prelude::*;
+
+use crate::nn::ops::cpu::buffers::{read, zeros};
+use crate::nn::ops::cpu::conv::wide::{conv_backward_wide, conv_forward_wide};
+use crate::nn::ops::cpu::norm::channel_sums;
+use crate::nn::ops::cpu::{add_assign, threads};
+use crate::nn::ops::kernels;
+use crate::nn::ops::timing;
+use crate::nn::ops::{T1, T4, Window};
+
+/// Geometry of one convolution call.
+#[derive(Clone, Copy)]
+pub(crate) struct ConvDims {
+    pub(crate) c: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) o: usize,
+    pub(crate) ho: usize,
+    pub(crate) wo: usize,
+    pub(crate) win: Window,
+}
+
+impl ConvDims {
+    pub(crate) fn ckk(&self) -> usize {
+        self.c * self.win.kernel * self.win.kernel
+    }
+    /// Samples per gemm: enough output columns (about 1024) to keep gemm efficient on
+    /// the small late-stage maps, while the column buffer stays small.
+    pub(crate) fn group(&self, n: usize) -> usize {
+        (1024 / (self.ho * self.wo).max(1)).clamp(1, n.max(1))
+    }
+}
+
+impl ConvDims {
+    /// Whether the "wide" path applies: the image is zero-padded once (for stride
+    /// `s`, split into `s×s` phase planes, so a tap's inputs are again a shifted
+    /// view) and every position of the phase grid is computed (the extra columns
+    /// are discarded). The kernel then reads shifted views of the padded image
+    /// instead of a column matrix nine times its size. Worth it while the discarded
+    /// share is small; a kernel smaller than the stride (1×1, stride 2) would copy
+    /// phases it never reads.
+    pub(crate) fn wide(&self) -> bool {
+        // Without the own kernels each tap is a `gemm` with the channels as inner
+        // dimension, which needs enough channels to run well.
+        self.wide_geometry() && (self.own() || self.c.min(self.o) >= 16)
+    }
+    /// The geometric half of [`ConvDims::wide`]: phase planes cover every tap and
+    /// the discarded share is small.
+    pub(crate) fn wide_geometry(&self) -> bool {
+        let (k, p, s) = (self.win.kernel, self.win.padding, self.win.stride);
+        (s == 1 || k >= s)
+            && p < k
+            && (self.hph() * self.wph()) as f64 <= 1.35 * (self.ho * self.wo) as f64
+    }
+    /// Rows of one phase plane of the padded image.
+    pub(crate) fn hph(&self) -> usize {
+        self.hp().div_ceil(self.win.stride)
+    }
+    /// Columns of one phase plane of the padded image.
+    pub(crate) fn wph(&self) -> usize {
+        self.wp().div_ceil(self.win.stride)
+    }
+    /// Whether the hand-written kernels serve this convolution. AVX-512: up to 32
+    /// channels, where `gemm`'s packing costs as much as its multiply; with more
+    /// channels `gemm` is as fast or faster (measured on ResNet-18 layers: equal at
+    /// 64, slower dW at 128 and up). AVX2: forward and input gradient of wide-path
+    /// convolutions with a kernel over 1×1 and from 16 channels (one product over
+    /// all taps instead of a `gemm` per tap: 5–20% faster forward on ResNet-18's
+    /// 32² and 16² layers in `conv_speed`); the weight gradient (see
+    /// [`ConvDims::own_dw`]), 1×1 kernels, the column-matrix path and the 3-channel
+    /// stem stay on `gemm`, which measured as fast or faster there.
+    pub(crate) fn own(&self) -> bool {
+        (kernels::avx512() && self.c.max(self.o) <= 32)
+            || (kernels::avx2()
+                && self.win.kernel > 1
+                && self.c.min(self.o) >= 16
+                && self.wide_geometry())
+    }
+    /// Whether the weight gradient uses the own narrow-row product (AVX-512 only:
+    /// with many channels its transposed result cost as much to add back as the
+    /// product itself).
+    pub(crate) fn own_dw(&self) -> bool {
+        kernels::avx512() && self.own()
+    }
+    pub(crate) fn hp(&self) -> usize {
+        self.h + 2 * self.win.padding
+    }
+    pub(crate) fn wp(&self) -> usize {
+        self.w + 2 * self.win.padding
+    }
+    /// Zeros after the last phase plane, so the shifted views of the last rows
+    /// stay inside the buffer.
+    pub(crate) fn tail(&self) -> usize {
+        ((self.win.kernel - 1) / self.win.stride) * (self.wph() + 1)
+    }
+    /// Samples per wide product: about 1.5k columns.
+    pub(crate) fn wide_group(&self, n: usize) -> usize {
+        (1536 / (self.hph() * self.wph()).max(1)).clamp(1, n.max(1))
+    }
+}
+
+/// Samples per thread: each thread takes one contiguous range of the batch.
+pub(crate) fn thread_chunk(n: usize) -> usize {
+    n.div_ceil(threads()).max(1)
+}
+
+/// The output of a convolution forward: `body(ys, xs)` fills the outputs of one
+/// thread's range of samples from their inputs.
+pub(crate) fn conv_forward_threads(
+    x: &[f32],
+    n: usize,
+    d: ConvDims,
+    body: impl Fn(&mut [f32], &[f32]) + Sync,
+) -> Vec<f32> {
+    let (howo, chw) = (d.ho * d.wo, d.c * d.h * d.w);
+    let chunk = thread_chunk(n);
+    let mut y = zeros(n * d.o * howo);
+    y.par_chunks_mut(chunk * d.o * howo)
+        .zip(x.par_chunks(chunk * chw))
+        .for_each(|(yc, xc)| body(yc, xc));
+    y
+}
+
+/// A convolution backward: `body(gxs, xs, gys)` accumulates the input gradient of
+/// one thread's range of samples and returns its weight gradient; the sum of those
+/// is returned.
+pub(crate) fn conv_backward_threads(
+    (x, gy, gx): (&[f32], &[f32], &mut [f32]),
+    n: usize,
+    d: ConvDims,
+    body: impl Fn(&mut [f32], &[f32], &[f32]) -> Vec<f32> + Sync,
+) -> Vec<f32> {
+    let (howo, chw) = (d.ho * d.wo, d.c * d.h * d.w);
+    let chunk = thread_chunk(n);
+    gx.par_chunks_mut(chunk * chw)
+        .zip(x.par_chunks(chunk * chw))
+        .zip(gy.par_chunks(chunk * d.o * howo))
+        .map(|((gxc, xc), gyc)| body(gxc, xc, gyc))
+        .reduce(
+            || vec![0.0; d.o * d.ckk()],
+            |mut a, b| {
+                kernels::add_to(&mut a, &b);
+                a
+            },
+        )
+}
+
+/// Forward: per thread a contiguous range of samples, processed in groups whose
+/// columns sit side by side so one gemm covers the whole group.
+pub(crate) fn conv_forward(
+    x: &[f32],
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    n: usize,
+    d: ConvDims,
+) -> Vec<f32> {
+    if d.wide() {
+        conv_forward_wide(x, wt, bias, n, d)
+    } else {
+        im2col::conv_forward_im2col(x, wt, bias, n, d)
+    }
+}
+
+/// Accumulates the input gradient into `gx` and returns the weight gradient.
+pub(crate) fn conv_backward(
+    x: &[f32],
+    wt: &[f32],
+    gy: &[f32],
+    gx: &mut [f32],
+    n: usize,
+    d: ConvDims,
+) -> Vec<f32> {
+    if d.wide() {
+        conv_backward_wide(x, wt, gy, gx, n, d)
+    } else {
+        im2col::conv_backward_im2col(x, wt, gy, gx, n, d)
+    }
+}
+
+/// Fast conv2d (im2col + gemm per sample, rayon over samples).
+pub fn conv2d<T: Tape<f32, Cpu>>(
+    x: T4<Cpu, T>,
+    w: T4<Cpu, T>,
+    b: Option<T1<Cpu, T>>,
+    win: Window,
+) -> T4<Cpu, T> {
+    let _t = timing::start("conv2d.fwd");
+    let (n, c, h, wd) = *x.shape();
+    let o = w.shape().0;
+    let d = ConvDims {
+        c,
+        h,
+        w: wd,
+        o,
+        ho: win.out_size(h).expect("window fits"),
+        wo: win.out_size(wd).expect("window fits"),
+        win,
+    };
+    let (x, tx) = x.contiguous().split_tape();
+    let (w, tw) = w.contiguous().split_tape();
+    let mut tape = tx.merge(tw);
+    let b = b.map(|b| {
+        let (b, tb) = b.split_tape();
+        tape = std::mem::take(&mut tape).merge(tb);
+        b
+    });
+    let xv = read(&x);
+    let wv = read(&w);
+    let bv = b.as_ref().map(read);
+    let yv = conv_forward(&xv, &wv, bv.as_deref(), n, d);
+    let y = x.device().tensor_from_vec(yv, (n, o, d.ho, d.wo));
+    if T::OWNS_TAPE {
+        let (xg, wg, bg, yg) = (
+            x.ghost(),
+            w.ghost(),
+            b.as_ref().map(|b| b.ghost()),
+            y.ghost(),
+        );
+        tape.add_backward_op(move |grads| {
+            let _t = timing::start("conv2d.bwd");
+            let gy = take_grad!(grads, yg);
+            let dw = {
+                let gx = grads.get_or_alloc_mut(&xg)?;
+                conv_backward(&xv, &wv, &gy, gx, n, d)
+            };
+            add_assign(grads.get_or_alloc_mut(&wg)?, &dw);
+            if let Some(bg) = bg {
+                let db = channel_sums(&gy, o, d.ho * d.wo);
+                add_assign(grads.get_or_alloc_mut(&bg)?, &db);
+            }
+            Ok(())
+        });
+    }
+    y.put_tape(tape)
+}
+
+#[cfg(test)]
+mod conv_speed {
+    use super::*;
+    use crate::nn::ops::cpu::products::mm;
+    use gemm::Parallelism;
+    use std::time::Instant;
+
+    /// `(c, o, h, kernel, stride, padding, layers)`: a convolution shape on an
+    /// `h × h` input and how many layers of the network have it.
+    type ConvShape = (usize, usize, usize, usize, usize, usize, usize);
+
+    /// ResNet-18 with the CIFAR stem on 32×32.
+    const RESNET18: &[ConvShape] = &[
+        (3, 64, 32, 3, 1, 1, 1),
+        (64, 64, 32, 3, 1, 1, 4),
+        (64, 128, 32, 3, 2, 1, 1),
+        (64, 128, 32, 1, 2, 0, 1),
+        (128, 128, 16, 3, 1, 1, 3),
+        (128, 256, 16, 3, 2, 1, 1),
+        (128, 256, 16, 1, 2, 0, 1),
+        (256, 256, 8, 3, 1, 1, 3),
+        (256, 512, 8, 3, 2, 1, 1),
+        (256, 512, 8, 1, 2, 0, 1),
+        (512, 512, 4, 3, 1, 1, 3),
+    ];
+
+    /// ResNet-50 (torchvision layout) on 64×64.
+    const RESNET50: &[ConvShape] = &[
+        (3, 64, 64, 7, 2, 3, 1),
+        (64, 64, 16, 1, 1, 0, 1),
+        (64, 64, 16, 3, 1, 1, 3),
+        (64, 256, 16, 1, 1, 0, 4),
+        (256, 64, 16, 1, 1, 0, 2),
+        (256, 128, 16, 1, 1, 0, 1),
+        (128, 128, 16, 3, 2, 1, 1),
+        (128, 512, 8, 1, 1, 0, 4),
+        (256, 512, 16, 1, 2, 0, 1),
+        (512, 128, 8, 1, 1, 0, 3),
+        (128, 128, 8, 3, 1, 1, 3),
+        (512, 256, 8, 1, 1, 0, 1),
+        (256, 256, 8, 3, 2, 1, 1),
+        (256, 1024, 4, 1, 1, 0, 6),
+        (512, 1024, 8, 1, 2, 0, 1),
+        (1024, 256, 4, 1, 1, 0, 5),
+        (256, 256, 4, 3, 1, 1, 5),
+        (1024, 512, 4, 1, 1, 0, 1),
+        (512, 512, 4, 3, 2, 1, 1),
+        (512, 2048, 2, 1, 1, 0, 3),
+        (1024, 2048, 4, 1, 2, 0, 1),
+        (2048, 512, 2, 1, 1, 0, 2),
+        (512, 512, 2, 3, 1, 1, 2),
+    ];
+
+    /// GFLOP/s of one `gemm` per thread on every thread of the pool (the matmul
+    /// rate the convolutions are measured against).
+    fn matmul_peak() -> f64 {
+        let (m, n, k) = (256, 512, 2304);
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
+        let t = threads();
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let start = Instant::now();
+            (0..t).into_par_iter().for_each(|_| {
+                let mut c = vec![0.0; m * n];
+                mm(
+                    (m, n, k),
+                    &mut c,
+                    n,
+                    false,
+                    (&a, k, 1),
+                    (&b, n, 1),
+                    Parallelism::None,
+                );
+            });
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        2.0 * (m * n * k * t) as f64 / best / 1e9
+    }
+
+    /// Best-of-three seconds of the forward and the backward of one shape.
+    fn time_shape(&(c, o, h, k, s, p, _): &ConvShape, n: usize) -> (f64, f64, f64) {
+        let win = Window::new(k, s, p);
+        let ho = win.out_size(h).expect("fits");
+        let d = ConvDims {
+            c,
+            h,
+            w: h,
+            o,
+            ho,
+            wo: ho,
+            win,
+        };
+        let x: Vec<f32> = (0..n * c * h * h).map(|i| (i % 13) as f32 * 0.1).collect();
+        let w: Vec<f32> = (0..o * c * k * k).map(|i| (i % 7) as f32 * 0.1).collect();
+        let gy: Vec<f32> = (0..n * o * ho * ho).map(|i| (i % 5) as f32 * 0.1).collect();
+        let mut gx = vec![0.0; x.len()];
+        let (mut fwd, mut bwd) = (f64::MAX, f64::MAX);
+        for _ in 0..3 {
+            let t = Instant::now();
+            std::hint::black_box(conv_forward(&x, &w, None, n, d));
+            fwd = fwd.min(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            std::hint::black_box(conv_backward(&x, &w, &gy, &mut gx, n, d));
+            bwd = bwd.min(t.elapsed().as_secs_f64());
+        }
+        let flops = 2.0 * (n * o * ho * ho * c * k * k) as f64;
+        (flops, fwd, bwd)
+    }
+
+    /// `cargo test --release --lib conv_speed -- --ignored --nocapture`: for each
+    /// conv shape of ResNet-18 (CIFAR, 2×32 images) and ResNet-50 (64×64, 2×16),
+    /// forward and backward, the GFLOP/s reached on the rayon pool and the fraction
+    /// of the pool's matmul rate; then the whole network's convolutions. Where the
+    /// CPU has AVX2 and no AVX-512, the `gemm`-crate paths (portable mode) are
+    /// timed too, for comparison.
+    #[test]
+    #[ignore]
+    fn kernel_speed() {
+        let peak = matmul_peak();
+        println!("matmul peak on {} threads: {peak:.1} GFLOP/s", threads());
+        let modes: &[(&str, fn())] = if kernels::avx2() {
+            &[("avx2", kernels::use_avx2), ("gemm", kernels::use_portable)]
+        } else {
+            &[("own", || {})]
+        };
+        for (net, shapes, n) in [("resnet18", RESNET18, 64), ("resnet50", RESNET50, 32)] {
+            for &(mode, set) in modes {
+                set();
+                let (mut tf, mut tt) = (0.0, 0.0);
+                println!("{net} ({mode}), batch {n}:");
+                for sh in shapes {
+                    let (fl, f, b) = time_shape(sh, n);
+                    let (gf, gb) = (fl / f / 1e9, 2.0 * fl / b / 1e9);
+                    println!(
+                        "  c{:5} o{:5} {:3}² k{} s{} ×{}: fwd {gf:6.1} GFLOP/s ({:3.0}%)  bwd {gb:6.1} GFLOP/s ({:3.0}%)",
+                        sh.0,
+                        sh.1,
+                        sh.2,
+                        sh.3,
+                        sh.4,
+                        sh.6,
+                        100.0 * gf / peak,
+                        100.0 * gb / peak
+                    );
+                    tf += 3.0 * fl * sh.6 as f64;
+                    tt += (f + b) * sh.6 as f64;
+                }
+                let g = tf / tt / 1e9;
+                println!(
+                    "  all convolutions: {g:.1} GFLOP/s ({:.0}% of the matmul rate), {:.0} ms per step",
+                    100.0 * g / peak,
+                    tt * 1e3
+                );
+            }
+            if kernels::avx2() || modes.len() > 1 {
+                kernels::use_avx2();
+            }
+        }
+    }
+}

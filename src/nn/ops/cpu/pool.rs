@@ -1,0 +1,98 @@
+//! Max pooling (argmax kept for backward) and global average pooling.
+
+use dfdx::prelude::*;
+use rayon::prelude::*;
+
+use crate::nn::ops::cpu::buffers::{read, zeros};
+use crate::nn::ops::timing;
+use crate::nn::ops::{T2, T4, Window};
+
+/// Fast max pooling (argmax kept for backward).
+pub fn max_pool2d<T: Tape<f32, Cpu>>(x: T4<Cpu, T>, win: Window) -> T4<Cpu, T> {
+    let _t = timing::start("max_pool.fwd");
+    let (n, c, h, w) = *x.shape();
+    let ho = win.out_size(h).expect("window fits");
+    let wo = win.out_size(w).expect("window fits");
+    let (x, mut tape) = x.contiguous().split_tape();
+    let xv = read(&x);
+    let mut yv = zeros(n * c * ho * wo);
+    let mut arg = vec![0u32; n * c * ho * wo];
+    yv.par_chunks_mut(ho * wo)
+        .zip(arg.par_chunks_mut(ho * wo))
+        .zip(xv.par_chunks(h * w))
+        .for_each(|((yp, ap), xp)| {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut best = f32::NEG_INFINITY;
+                    let mut at = u32::MAX;
+                    for ki in 0..win.kernel {
+                        let iy = (oy * win.stride + ki) as isize - win.padding as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        for kj in 0..win.kernel {
+                            let ix = (ox * win.stride + kj) as isize - win.padding as isize;
+                            if ix < 0 || ix >= w as isize {
+                                continue;
+                            }
+                            let i = iy as usize * w + ix as usize;
+                            if at == u32::MAX || xp[i] > best {
+                                best = xp[i];
+                                at = i as u32;
+                            }
+                        }
+                    }
+                    yp[oy * wo + ox] = best;
+                    ap[oy * wo + ox] = at;
+                }
+            }
+        });
+    drop(xv);
+    let y = x.device().tensor_from_vec(yv, (n, c, ho, wo));
+    if T::OWNS_TAPE {
+        let (xg, yg) = (x.ghost(), y.ghost());
+        tape.add_backward_op(move |grads| {
+            let _t = timing::start("max_pool.bwd");
+            let gy = take_grad!(grads, yg);
+            let gx = grads.get_or_alloc_mut(&xg)?;
+            gx.par_chunks_mut(h * w)
+                .zip(gy.par_chunks(ho * wo))
+                .zip(arg.par_chunks(ho * wo))
+                .for_each(|((gp, gyp), ap)| {
+                    for (g, &a) in gyp.iter().zip(ap) {
+                        if a != u32::MAX {
+                            gp[a as usize] += g;
+                        }
+                    }
+                });
+            Ok(())
+        });
+    }
+    y.put_tape(tape)
+}
+
+/// Fast global average pooling.
+pub fn global_avg_pool<T: Tape<f32, Cpu>>(x: T4<Cpu, T>) -> T2<Cpu, T> {
+    let _t = timing::start("avg_pool.fwd");
+    let (n, c, h, w) = *x.shape();
+    let hw = h * w;
+    let (x, mut tape) = x.contiguous().split_tape();
+    let xv = read(&x);
+    let yv: Vec<f32> = xv
+        .par_chunks(hw.max(1))
+        .map(|p| p.iter().sum::<f32>() / hw as f32)
+        .collect();
+    let y = x.device().tensor_from_vec(yv, (n, c));
+    if T::OWNS_TAPE {
+        let (xg, yg) = (x.ghost(), y.ghost());
+        tape.add_backward_op(move |grads| {
+            let gy = take_grad!(grads, yg);
+            let gx = grads.get_or_alloc_mut(&xg)?;
+            gx.par_chunks_mut(hw.max(1))
+                .zip(gy.par_iter())
+                .for_each(|(p, g)| p.iter_mut().for_each(|v| *v += g / hw as f32));
+            Ok(())
+        });
+    }
+    y.put_tape(tape)
+}

@@ -1,0 +1,281 @@
+//! For CPUs with AVX2+FMA but no AVX-512 (8-wide `f32`, sixteen vector
+//! registers): explicit-vector reductions for batch norm, and a product that
+//! serves the forward and input-gradient products of the wide convolution path
+//! (see `cpu::conv::ConvDims::own`): one product over all kernel taps instead of
+//! one `gemm` call per tap with the channels as inner dimension, whose packing and
+//! repeated passes over `C` cost more than the multiply on those shapes.
+
+use std::arch::x86_64::*;
+
+/// Rows of `A` per tile.
+const MR: usize = 6;
+/// Columns per tile (two registers): 6×2 accumulators, two `B` vectors and one
+/// broadcast fill fifteen of the sixteen registers.
+const NR: usize = 16;
+/// Inner-dimension block: a packed `KC × NR` panel (16 KiB) stays in L1.
+const KC: usize = 256;
+/// Rows of `A` per block: `MC × KC` of `A` (96 KiB) stays in L2 while the
+/// panels of one block of `B` pass.
+const MC: usize = 96;
+
+/// Sum of the eight lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+}
+
+/// `(Σ (x − k), Σ (x − k)²)`: [`super::moments`] with explicit vectors (LLVM's
+/// AVX2 code for the portable version was slower than its SSE2 code).
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn moments(p: &[f32], k: f32) -> (f32, f32) {
+    let (kv, z) = (_mm256_set1_ps(k), _mm256_setzero_ps());
+    let (mut s0, mut s1, mut q0, mut q1) = (z, z, z, z);
+    let mut i = 0;
+    while i + 16 <= p.len() {
+        // SAFETY: i + 16 ≤ len.
+        let (a, b) = unsafe {
+            (
+                _mm256_loadu_ps(p.as_ptr().add(i)),
+                _mm256_loadu_ps(p.as_ptr().add(i + 8)),
+            )
+        };
+        let (da, db) = (_mm256_sub_ps(a, kv), _mm256_sub_ps(b, kv));
+        s0 = _mm256_add_ps(s0, da);
+        s1 = _mm256_add_ps(s1, db);
+        q0 = _mm256_fmadd_ps(da, da, q0);
+        q1 = _mm256_fmadd_ps(db, db, q1);
+        i += 16;
+    }
+    let (mut s, mut q) = (hsum(_mm256_add_ps(s0, s1)), hsum(_mm256_add_ps(q0, q1)));
+    for &v in &p[i..] {
+        let d = v - k;
+        s += d;
+        q += d * d;
+    }
+    (s, q)
+}
+
+/// [`super::bn_grad_sums`] with explicit vectors (the ReLU mask as an `and`,
+/// where LLVM's AVX2 code used slow blends).
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn grad_sums(
+    x: &[f32],
+    gy: &[f32],
+    mean: f32,
+    s: f32,
+    t: f32,
+    relu: bool,
+) -> (f32, f32) {
+    let n = x.len().min(gy.len());
+    let (mv, sv, tv, z) = (
+        _mm256_set1_ps(mean),
+        _mm256_set1_ps(s),
+        _mm256_set1_ps(t),
+        _mm256_setzero_ps(),
+    );
+    // Keep g where x·s + t > 0 (the fused ReLU passed it), rounded as the
+    // forward pass rounds it (multiply, then add).
+    let gate = |xv: __m256, gv: __m256| {
+        if relu {
+            let pre = _mm256_add_ps(_mm256_mul_ps(xv, sv), tv);
+            _mm256_and_ps(gv, _mm256_cmp_ps::<_CMP_GT_OQ>(pre, z))
+        } else {
+            gv
+        }
+    };
+    let (mut a0, mut a1, mut b0, mut b1) = (z, z, z, z);
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: i + 16 ≤ n, the length of both slices' common prefix.
+        let (x0, x1, g0, g1) = unsafe {
+            (
+                _mm256_loadu_ps(x.as_ptr().add(i)),
+                _mm256_loadu_ps(x.as_ptr().add(i + 8)),
+                _mm256_loadu_ps(gy.as_ptr().add(i)),
+                _mm256_loadu_ps(gy.as_ptr().add(i + 8)),
+            )
+        };
+        let (g0, g1) = (gate(x0, g0), gate(x1, g1));
+        a0 = _mm256_add_ps(a0, g0);
+        a1 = _mm256_add_ps(a1, g1);
+        b0 = _mm256_fmadd_ps(g0, _mm256_sub_ps(x0, mv), b0);
+        b1 = _mm256_fmadd_ps(g1, _mm256_sub_ps(x1, mv), b1);
+        i += 16;
+    }
+    let (mut sa, mut sb) = (hsum(_mm256_add_ps(a0, a1)), hsum(_mm256_add_ps(b0, b1)));
+    for (&xv, &g) in x[i..n].iter().zip(&gy[i..n]) {
+        let g = if relu && xv * s + t <= 0.0 { 0.0 } else { g };
+        sa += g;
+        sb += g * (xv - mean);
+    }
+    (sa, sb)
+}
+
+/// A panel of `B`, copied contiguous and aligned (zero-padded past `n`).
+#[repr(C, align(32))]
+struct Panel([f32; KC * NR]);
+
+/// `C (m×n, row stride ldc) [+]= A·B` with `A(i, p) = a[aoff[i] + p·acs]` and
+/// `B(p, j) = b[boff[p] + j]`. Offset tables let `A` be any row gather (shifted
+/// views of a padded image) or a transpose, and `B` rows be shifted views.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA, `aoff.len() ≥ m`, `boff.len() ≥ k`, and every
+/// index the formulas name for `i < m`, `j < n`, `p < k` must lie inside the
+/// respective allocation.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm(
+    (m, n, k): (usize, usize, usize),
+    (a, aoff, acs): (*const f32, &[usize], usize),
+    (b, boff): (*const f32, &[usize]),
+    (c, ldc): (*mut f32, usize),
+    acc: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !acc {
+            for i in 0..m {
+                // SAFETY: row i of C is inside the allocation (caller's contract).
+                unsafe { std::ptr::write_bytes(c.add(i * ldc), 0, n) };
+            }
+        }
+        return;
+    }
+    let mut panel = Panel([0.0; KC * NR]);
+    let pp = panel.0.as_mut_ptr();
+    let mut p0 = 0;
+    while p0 < k {
+        let kc = KC.min(k - p0);
+        let first = p0 == 0 && !acc;
+        let mut i1 = 0;
+        while i1 < m {
+            let mc = MC.min(m - i1);
+            let mut j0 = 0;
+            while j0 < n {
+                let nr = NR.min(n - j0);
+                for (p, &off) in boff[p0..p0 + kc].iter().enumerate() {
+                    let src = b.wrapping_add(off + j0);
+                    // SAFETY: the panel holds KC·NR floats; columns j0..j0 + nr
+                    // of row p0 + p of B are inside B (caller's contract).
+                    unsafe {
+                        let dst = pp.add(p * NR);
+                        if nr == NR {
+                            _mm256_store_ps(dst, _mm256_loadu_ps(src));
+                            _mm256_store_ps(dst.add(8), _mm256_loadu_ps(src.add(8)));
+                        } else {
+                            for j in 0..NR {
+                                *dst.add(j) = if j < nr { *src.add(j) } else { 0.0 };
+                            }
+                        }
+                    }
+                }
+                let mut i0 = i1;
+                while i0 < i1 + mc {
+                    let mr = MR.min(i1 + mc - i0);
+                    let ct = c.wrapping_add(i0 * ldc + j0);
+                    let ar = &aoff[i0..i0 + mr];
+                    let at = a.wrapping_add(p0 * acs);
+                    macro_rules! go {
+                        ($r:literal) => {
+                            // SAFETY: the tile lies inside the operands (caller's
+                            // contract); the panel holds kc rows of NR floats.
+                            unsafe {
+                                if acs == 1 {
+                                    tile::<$r, true>(kc, (at, ar, acs), pp, (ct, ldc), nr, first)
+                                } else {
+                                    tile::<$r, false>(kc, (at, ar, acs), pp, (ct, ldc), nr, first)
+                                }
+                            }
+                        };
+                    }
+                    match mr {
+                        6 => go!(6),
+                        5 => go!(5),
+                        4 => go!(4),
+                        3 => go!(3),
+                        2 => go!(2),
+                        _ => go!(1),
+                    }
+                    i0 += mr;
+                }
+                j0 += nr;
+            }
+            i1 += mc;
+        }
+        p0 += kc;
+    }
+}
+
+/// One `R × NR` tile of `C` over `kc` steps of the inner dimension (`UNIT`:
+/// `acs == 1`, so the row pointers advance by one float).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile<const R: usize, const UNIT: bool>(
+    kc: usize,
+    (a, aoff, acs): (*const f32, &[usize], usize),
+    bp: *const f32,
+    (c, ldc): (*mut f32, usize),
+    nr: usize,
+    first: bool,
+) {
+    let rows: [*const f32; R] = std::array::from_fn(|r| a.wrapping_add(aoff[r]));
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    for p in 0..kc {
+        // SAFETY: the panel holds kc rows of NR floats, 32-byte aligned.
+        let (b0, b1) = unsafe {
+            (
+                _mm256_load_ps(bp.add(p * NR)),
+                _mm256_load_ps(bp.add(p * NR + 8)),
+            )
+        };
+        let q = if UNIT { p } else { p * acs };
+        for (row, ptr) in acc.iter_mut().zip(&rows) {
+            // SAFETY: A(i0 + r, p0 + p) is inside A (caller's contract).
+            let av = unsafe { _mm256_broadcast_ss(&*ptr.add(q)) };
+            row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+            row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+        }
+    }
+    if nr == NR {
+        for (r, row) in acc.iter().enumerate() {
+            let cp = c.wrapping_add(r * ldc);
+            for (v, val) in row.iter().enumerate() {
+                // SAFETY: the NR columns of row r of the tile are inside C.
+                unsafe {
+                    let out = if first {
+                        *val
+                    } else {
+                        _mm256_add_ps(_mm256_loadu_ps(cp.add(8 * v)), *val)
+                    };
+                    _mm256_storeu_ps(cp.add(8 * v), out);
+                }
+            }
+        }
+    } else {
+        let mut t = [0.0f32; NR];
+        for (r, row) in acc.iter().enumerate() {
+            // SAFETY: `t` holds NR floats; the first nr columns of row r of the
+            // tile are inside C.
+            unsafe {
+                _mm256_storeu_ps(t.as_mut_ptr(), row[0]);
+                _mm256_storeu_ps(t.as_mut_ptr().add(8), row[1]);
+                let cp = c.add(r * ldc);
+                for (j, &v) in t.iter().enumerate().take(nr) {
+                    *cp.add(j) = if first { v } else { *cp.add(j) + v };
+                }
+            }
+        }
+    }
+}
