@@ -343,7 +343,26 @@ pub fn device(
 fn open_cuda(seed: u64) -> Result<dfdx::prelude::Cuda, String> {
     // A driver that is missing at run time shows up here, not as a panic: the stub or
     // a mismatched libcuda answers cuInit with an error code.
+    use cudarc::driver::sys::{CUresult, cuDeviceGetCount, cuInit};
     use dfdx::tensor::CudaError;
+    // cudarc's `CudaDevice::new` unwraps `cuInit` and `cuDeviceGet`: ask first, so a
+    // machine without a working driver or GPU gets an error instead of a panic.
+    // SAFETY: plain driver calls with a valid out-pointer.
+    let count = unsafe {
+        let r = cuInit(0);
+        if r != CUresult::CUDA_SUCCESS {
+            return Err(format!("the CUDA driver did not start (cuInit: {r:?})"));
+        }
+        let mut n: std::ffi::c_int = 0;
+        let r = cuDeviceGetCount(&mut n);
+        if r != CUresult::CUDA_SUCCESS {
+            return Err(format!("cannot count CUDA devices ({r:?})"));
+        }
+        n
+    };
+    if count < 1 {
+        return Err("the CUDA driver sees no GPU".into());
+    }
     // Not `{e:?}`: cudarc's Debug asks the driver for the error's text and panics
     // when the driver cannot answer (a stub or broken libcuda). The codes are enough.
     dfdx::prelude::Cuda::try_build(0, seed).map_err(|e| match e {
