@@ -433,7 +433,7 @@ mod tests {
         assert_eq!(
             schedule(&r.schedule).decay,
             Decay::Step {
-                milestones: vec![3, 4],
+                milestones: vec![12, 16],
                 gamma: 0.1
             }
         );
