@@ -341,8 +341,6 @@ pub fn device(
 /// GPU 0, with dfdx's random stream seeded from the recipe.
 #[cfg(feature = "cuda")]
 fn open_cuda(seed: u64) -> Result<dfdx::prelude::Cuda, String> {
-    // A driver that is missing at run time shows up here, not as a panic: the stub or
-    // a mismatched libcuda answers cuInit with an error code.
     use cudarc::driver::sys::{CUresult, cuDeviceGetCount, cuInit};
     use dfdx::tensor::CudaError;
     // cudarc's `CudaDevice::new` unwraps `cuInit` and `cuDeviceGet`: ask first, so a
@@ -364,7 +362,7 @@ fn open_cuda(seed: u64) -> Result<dfdx::prelude::Cuda, String> {
         return Err("the CUDA driver sees no GPU".into());
     }
     // Not `{e:?}`: cudarc's Debug asks the driver for the error's text and panics
-    // when the driver cannot answer (a stub or broken libcuda). The codes are enough.
+    // when the driver cannot answer (a link-only or broken libcuda). The codes are enough.
     dfdx::prelude::Cuda::try_build(0, seed).map_err(|e| match e {
         CudaError::Driver(d) => format!("the CUDA driver answered {:?}", d.0),
         CudaError::Blas(b) => format!("cuBLAS answered {:?}", b.0),

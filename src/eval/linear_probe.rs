@@ -286,10 +286,6 @@ pub fn linear_probe_select(
             let (fit, val) = (train.select(fit_idx), train.select(val_idx));
             let mut best: Option<(f64, f64)> = None;
             for &wd in candidates {
-                check(&ProbeConfig {
-                    weight_decay: wd,
-                    ..*cfg
-                })?;
                 let r = linear_probe(
                     &fit,
                     &val,
