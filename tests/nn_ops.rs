@@ -144,8 +144,10 @@ fn conv2d_matches_reference_and_finite_differences() {
     // Over 32 channels the wide path runs one `gemm` per kernel tap.
     conv_case(2, 40, 16, 36, Window::new(3, 1, 1), true);
     conv_case(2, 33, 6, 34, Window::new(1, 1, 0), false);
-    // Strided convolutions on the wide path (phase planes): own kernels, gemm per
-    // tap, and a stride equal to the kernel.
+    // Strided convolutions: these small planes waste too much on the wide path and
+    // run im2col, except a stride equal to the kernel (no discarded columns), which
+    // runs the wide path's phase planes. The unit test `paths_agree` checks the wide
+    // path against im2col on the strided shapes it no longer takes.
     conv_case(2, 3, 16, 5, Window::new(3, 2, 1), true);
     conv_case(2, 36, 16, 40, Window::new(3, 2, 1), false);
     conv_case(2, 2, 18, 3, Window::new(3, 3, 0), true);
