@@ -187,10 +187,12 @@ pub fn method(r: &Recipe, dataset_len: usize) -> MethodConfig {
             temperature,
             bank_momentum,
             negatives,
+            shared_negatives,
         } => MethodConfig::MemoryBank {
             temperature: *temperature as f32,
             momentum: *bank_momentum as f32,
             negatives: *negatives,
+            shared_negatives: *shared_negatives,
             dataset_len,
         },
         Loss::Swav {

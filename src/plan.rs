@@ -280,8 +280,17 @@ pub fn plan_with(r: &Recipe, world: Option<usize>, gbit: f64) -> Result<String, 
         step_flops += first.forward_flops as f64 * keys;
         parts.insert(0, format!("momentum encoder of {encoder_floats} values"));
     }
-    if let Loss::MemoryBank { negatives, .. } = &r.loss {
-        parts.push(format!("{negatives} negatives per image"));
+    if let Loss::MemoryBank {
+        negatives,
+        shared_negatives,
+        ..
+    } = &r.loss
+    {
+        parts.push(if *shared_negatives {
+            format!("{negatives} negatives per step, shared by the batch")
+        } else {
+            format!("{negatives} negatives per image")
+        });
     }
     if let Loss::Swav { prototypes, .. } = &r.loss {
         parts.insert(0, format!("{prototypes} prototypes (parameters)"));

@@ -296,8 +296,13 @@ fn bank_objective_draws_the_same_negatives_as_before() {
         let mut store = ParamStore::new(Cpu::default());
         let model = Model::new(&mut store, &cfg, seed).expect("model");
         let mut encoder = Encoder::new(model);
+        let negatives = memory_bank::Negatives {
+            count: k,
+            shared: false,
+        };
         let mut obj =
-            memory_bank::Bank::new(temperature, momentum, k, dataset_len, dim, seed).expect("bank");
+            memory_bank::Bank::new(temperature, momentum, negatives, dataset_len, dim, seed)
+                .expect("bank");
         let indices: Vec<usize> = (0..n).map(|i| (i * 37 + 3) % dataset_len).collect();
         for step in [0u64, 6] {
             let what = format!("bank of {dataset_len}, {k} negatives, step {step}");
@@ -326,5 +331,73 @@ fn bank_objective_draws_the_same_negatives_as_before() {
             assert_eq!(got.to_bits(), want.to_bits(), "{what}: {got} vs {want}");
             assert_ne!(obj.bank(), &before, "{what}: the bank was not updated");
         }
+    }
+}
+
+#[test]
+fn shared_negatives_objective_draws_k_per_step_and_equals_shared_loss() {
+    // With `shared_negatives`, a step draws K `gen_range` calls from the step's stream
+    // once, for every anchor; the objective's loss must be bit-identical to
+    // `shared_loss` on those draws, and the bank is updated as without sharing.
+    let (temperature, momentum, dim, seed) = (0.1, 0.5, 8, 7u64);
+    let cfg = ModelConfig {
+        backbone: BackboneConfig {
+            kind: BackboneKind::SmallCnn { channels: vec![4] },
+            in_channels: 1,
+        },
+        head: Some(HeadConfig {
+            in_dim: None,
+            hidden: vec![],
+            out_dim: dim,
+            batch_norm: false,
+            last_bn: false,
+        }),
+        prototypes: None,
+        input_hw: (6, 6),
+    };
+    let mut r = ChaCha8Rng::seed_from_u64(2);
+    let (n, v, dataset_len, k) = (5usize, 2usize, 300usize, 64usize);
+    let views: Vec<ViewBatch> = (0..v)
+        .map(|_| ViewBatch {
+            data: normals(&mut r, n * 36),
+            shape: [n, 1, 6, 6],
+        })
+        .collect();
+    let mut store = ParamStore::new(Cpu::default());
+    let model = Model::new(&mut store, &cfg, seed).expect("model");
+    let mut encoder = Encoder::new(model);
+    let negatives = memory_bank::Negatives {
+        count: k,
+        shared: true,
+    };
+    let mut obj = memory_bank::Bank::new(temperature, momentum, negatives, dataset_len, dim, seed)
+        .expect("bank");
+    let indices: Vec<usize> = (0..n).map(|i| (i * 37 + 3) % dataset_len).collect();
+    for step in [0u64, 6] {
+        let before = obj.bank().clone();
+        let batch = StepBatch {
+            views: &views,
+            indices: &indices,
+            labels: None,
+            epoch: 0,
+            step,
+            dist: &recipe::dist::Solo,
+        };
+        let got = Objective::<Cpu>::loss(&mut obj, &mut encoder, &mut store, &batch)
+            .expect("loss")
+            .as_vec()[0];
+        let z = encoder.embed(&mut store, &views, true).expect("embed");
+        let positives: Vec<usize> = (0..v).flat_map(|_| indices.iter().copied()).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let shared: Vec<usize> = (0..k).map(|_| rng.gen_range(0..dataset_len)).collect();
+        let want = memory_bank::shared_loss(z, &positives, &shared, &before, temperature)
+            .expect("reference loss")
+            .as_vec()[0];
+        assert_eq!(
+            got.to_bits(),
+            want.to_bits(),
+            "step {step}: {got} vs {want}"
+        );
+        assert_ne!(obj.bank(), &before, "step {step}: the bank was not updated");
     }
 }

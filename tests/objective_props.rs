@@ -512,6 +512,52 @@ fn memory_bank_matches_f64_loops_and_finite_differences() {
 }
 
 #[test]
+fn shared_negatives_match_f64_loops_finite_differences_and_per_row_loss() {
+    let dev = Cpu::default();
+    let (bank_n, d, n, kneg, t) = (16, 5, 4, 6, 0.2);
+    let data = unit_rows32(41, bank_n, d);
+    let bank = memory_bank::MemoryBank::from_data(bank_n, d, data.clone()).unwrap();
+    let mut r = rng(42);
+    // A repeated positive and a positive that is also a negative.
+    let pos: Vec<usize> = vec![3, 7, 3, 11];
+    let shared: Vec<usize> = (0..kneg)
+        .map(|_| r.gen_range(0..bank_n))
+        .chain([7])
+        .collect();
+    let every_row: Vec<usize> = (0..n).flat_map(|_| shared.iter().copied()).collect();
+    let f = views(43, 1, n, d);
+    let fl = leaf(&dev, f.clone(), n, d);
+    let (loss, grad) = value_and_grad(&fl, |x| {
+        memory_bank::shared_loss(x, &pos, &shared, &bank, t as f32).unwrap()
+    });
+    let b64 = widen(&data);
+    let e = check_against_ref("memory bank, shared negatives", &f, loss, &grad, |x| {
+        bank_ref(x, &pos, &every_row, &b64, d, t)
+    });
+    println!("shared negatives: grad err {e:.2e}");
+    // The same loss as the per-row form given every row the same negatives.
+    let (per_row, per_row_grad) = value_and_grad(&fl, |x| {
+        memory_bank::loss(x, &pos, &every_row, &bank, t as f32).unwrap()
+    });
+    assert!(
+        (loss - per_row).abs() <= 1e-6 * per_row.abs(),
+        "{loss} vs {per_row}"
+    );
+    for (a, b) in grad.iter().zip(&per_row_grad) {
+        assert!((a - b).abs() <= 1e-6, "gradient {a} vs {b}");
+    }
+    // Bad input is an error.
+    let z = |rows| leaf(&dev, views(44, 1, rows, d), rows, d).leaky_trace();
+    assert!(memory_bank::shared_loss(z(n), &pos[..3], &shared, &bank, 0.1).is_err());
+    assert!(memory_bank::shared_loss(z(n), &pos, &[], &bank, 0.1).is_err());
+    assert!(memory_bank::shared_loss(z(n), &pos, &[1, 16], &bank, 0.1).is_err());
+    assert!(memory_bank::shared_loss(z(n), &[0, 1, 2, 16], &shared, &bank, 0.1).is_err());
+    assert!(memory_bank::shared_loss(z(n), &pos, &shared, &bank, 0.0).is_err());
+    let wide = leaf(&dev, views(45, 1, n, d + 1), n, d + 1).leaky_trace();
+    assert!(memory_bank::shared_loss(wide, &pos, &shared, &bank, 0.1).is_err());
+}
+
+#[test]
 fn memory_bank_update_is_a_renormalised_moving_average() {
     let (n, d) = (5, 3);
     let data = unit_rows32(34, n, d);

@@ -90,6 +90,7 @@ fn methods() -> Vec<(MethodConfig, usize)> {
                 temperature: 0.5,
                 momentum: 0.5,
                 negatives: 16,
+                shared_negatives: false,
                 dataset_len: 40,
             },
             1,

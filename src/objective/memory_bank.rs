@@ -148,7 +148,52 @@ pub fn loss<D: EngineDevice, T: Tape<f32, D>>(
         idx.push(p);
         idx.extend_from_slice(&negatives[r * k..(r + 1) * k]);
     }
-    rows_loss(f, &idx, k + 1, bank, temperature)
+    rows_loss(f, &idx, k + 1, &bank.data, bank.dim, temperature)
+}
+
+/// [`loss`] with one set of negatives for every row (the `shared_negatives` recipe
+/// key): `f` is `(n, d)` raw embeddings (L2-normalised here), row `r` of training image
+/// `positives[r]`; `negatives` holds `K` bank indices. The logits of row `r` are
+/// `[f_r·bank[positives[r]], f_r·bank[negatives[0]], …, f_r·bank[negatives[K−1]]] / τ`
+/// and the loss is the cross-entropy with target 0 averaged over rows: [`loss`] with
+/// every row's negatives equal. The rows are gathered once into a table of
+/// `K + n` rows, so the logits are one `(n, d) × (d, K + n)` product (the fused
+/// log-softmax's dense path) instead of a gather per row. The bank gets no gradient.
+pub fn shared_loss<D: EngineDevice, T: Tape<f32, D>>(
+    f: T2<D, T>,
+    positives: &[usize],
+    negatives: &[usize],
+    bank: &MemoryBank,
+    temperature: f32,
+) -> Result<Tensor<(), f32, D, T>, ObjectiveError> {
+    let n = f.shape().0;
+    if positives.len() != n {
+        return Err(ObjectiveError::Shape(format!(
+            "memory bank: {} dataset indices for {n} embeddings",
+            positives.len()
+        )));
+    }
+    if negatives.is_empty() {
+        return Err(ObjectiveError::Shape(
+            "memory bank: no negatives to share".into(),
+        ));
+    }
+    for &i in positives.iter().chain(negatives) {
+        bank.check_index(i)?;
+    }
+    let (d, k) = (bank.dim, negatives.len());
+    // Table rows: the K negatives, then row r's positive at K + r.
+    let table: Vec<f32> = negatives
+        .iter()
+        .chain(positives)
+        .flat_map(|&i| bank.data[i * d..(i + 1) * d].iter().copied())
+        .collect();
+    let mut idx = Vec::with_capacity(n * (k + 1));
+    for r in 0..n {
+        idx.push(k + r);
+        idx.extend(0..k);
+    }
+    rows_loss(f, &idx, k + 1, &table, d, temperature)
 }
 
 /// [`loss`] with each row's bank indices in one run of `m`: the positive, then the
@@ -157,7 +202,8 @@ fn rows_loss<D: EngineDevice, T: Tape<f32, D>>(
     f: T2<D, T>,
     idx: &[usize],
     m: usize,
-    bank: &MemoryBank,
+    table: &[f32],
+    dim: usize,
     temperature: f32,
 ) -> Result<Tensor<(), f32, D, T>, ObjectiveError> {
     check_temperature(temperature, "memory-bank temperature")?;
@@ -167,17 +213,16 @@ fn rows_loss<D: EngineDevice, T: Tape<f32, D>>(
             "memory bank: no embeddings in the batch".into(),
         ));
     }
-    if d != bank.dim {
+    if d != dim {
         return Err(ObjectiveError::Shape(format!(
-            "memory bank: embeddings have {d} features, the bank {}",
-            bank.dim
+            "memory bank: embeddings have {d} features, the bank {dim}"
         )));
     }
     check_rows(&f, "memory-bank embeddings", n)?;
     debug_assert_eq!(idx.len(), n * m);
     let dev = f.device().clone();
     let fnorm = D::l2_normalize(f, 1e-12);
-    let lsm = D::bank_log_softmax(fnorm, &bank.data, idx, 1.0 / temperature);
+    let lsm = D::bank_log_softmax(fnorm, table, idx, 1.0 / temperature);
     let zeros = dev.tensor_from_vec(vec![0usize; n], (n,));
     let picked: Tensor<(usize,), f32, D, T> = lsm.select(zeros);
     Ok(picked.mean::<(), _>().negate())
@@ -302,12 +347,23 @@ impl Draws {
     }
 }
 
+/// How a [`Bank`] draws its negatives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Negatives {
+    /// Negatives per anchor.
+    pub count: usize,
+    /// One draw per step for every anchor ([`shared_loss`]) instead of one per anchor.
+    pub shared: bool,
+}
+
 /// The memory bank as an [`Objective`].
 ///
 /// Every view of every image is an anchor whose positive is the image's bank entry;
 /// each anchor draws its own `negatives` indices uniformly over the bank (with
 /// replacement; the image itself may be drawn, as in InstDisc's alias sampler), from an
-/// RNG seeded by `(seed, step)` so a resumed run draws the same. After the loss, each
+/// RNG seeded by `(seed, step)` so a resumed run draws the same. With shared negatives
+/// the step draws `negatives` indices once, the same way, for all anchors (on every
+/// rank of a data-parallel run, so the loss is the single process's). After the loss, each
 /// image's entry takes the mean of its views' normalised features through
 /// [`MemoryBank::update`] (one view: exactly InstDisc).
 #[derive(Clone, Debug)]
@@ -315,6 +371,7 @@ pub struct Bank {
     temperature: f32,
     momentum: f32,
     negatives: usize,
+    shared: bool,
     seed: u64,
     bank: MemoryBank,
     /// Each anchor's bank indices (positive, then negatives), reused across steps.
@@ -327,11 +384,15 @@ impl Bank {
     pub fn new(
         temperature: f32,
         momentum: f32,
-        negatives: usize,
+        negatives: Negatives,
         dataset_len: usize,
         dim: usize,
         seed: u64,
     ) -> Result<Bank, ObjectiveError> {
+        let Negatives {
+            count: negatives,
+            shared,
+        } = negatives;
         check_temperature(temperature, "memory-bank temperature")?;
         if !(0.0..1.0).contains(&momentum) {
             return Err(ObjectiveError::Config(format!(
@@ -347,6 +408,7 @@ impl Bank {
             temperature,
             momentum,
             negatives,
+            shared,
             seed,
             bank: MemoryBank::new(dataset_len, dim, seed ^ 0x6261_6e6b)?,
             idx: Vec::new(),
@@ -404,6 +466,20 @@ impl<D: EngineDevice> Objective<D> for Bank {
             // draws; the draws come in anchor order from one stream per step.
             let k = self.negatives;
             let seed = self.seed ^ batch.step.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            if self.shared {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                let negatives: Vec<usize> = (0..k).map(|_| rng.gen_range(0..self.bank.n)).collect();
+                let positives: Vec<usize> = if dist.world() > 1 {
+                    let b = global.len();
+                    crate::dist::layout::local_rows(dist.rank(), dist.world(), v, n)
+                        .iter()
+                        .map(|&g| global[g % b])
+                        .collect()
+                } else {
+                    (0..v * n).map(|a| batch.indices[a % n]).collect()
+                };
+                return shared_loss(z, &positives, &negatives, &self.bank, self.temperature);
+            }
             if dist.world() > 1 {
                 // Every rank draws the global batch's rows and keeps its own anchors',
                 // so the negatives are the single process's.
@@ -416,7 +492,14 @@ impl<D: EngineDevice> Objective<D> for Bank {
                     .iter()
                     .flat_map(|&g| self.idx[g * (k + 1)..(g + 1) * (k + 1)].iter().copied())
                     .collect();
-                return rows_loss(z, &mine, k + 1, &self.bank, self.temperature);
+                return rows_loss(
+                    z,
+                    &mine,
+                    k + 1,
+                    &self.bank.data,
+                    self.bank.dim,
+                    self.temperature,
+                );
             }
             self.idx.resize(v * n * (k + 1), 0);
             self.draws.fill(
@@ -426,7 +509,14 @@ impl<D: EngineDevice> Objective<D> for Bank {
                 |a| batch.indices[a % n],
                 &mut self.idx,
             );
-            rows_loss(z, &self.idx, k + 1, &self.bank, self.temperature)
+            rows_loss(
+                z,
+                &self.idx,
+                k + 1,
+                &self.bank.data,
+                self.bank.dim,
+                self.temperature,
+            )
         })?;
         let d = self.bank.dim;
         super::timed("objective.state", || {

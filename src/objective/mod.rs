@@ -468,6 +468,8 @@ pub enum MethodConfig {
         momentum: f32,
         /// Negatives sampled per anchor.
         negatives: usize,
+        /// One draw of negatives per step, shared by every anchor.
+        shared_negatives: bool,
         /// Training images (rows of the bank).
         dataset_len: usize,
     },
@@ -700,11 +702,15 @@ pub fn build<D: EngineDevice>(
             temperature,
             momentum,
             negatives,
+            shared_negatives,
             dataset_len,
         } => Box::new(memory_bank::Bank::new(
             temperature,
             momentum,
-            negatives,
+            memory_bank::Negatives {
+                count: negatives,
+                shared: shared_negatives,
+            },
             dataset_len,
             dim,
             seed,

@@ -463,6 +463,7 @@ fn check_loss(r: &Recipe, out: &mut Vec<Diagnostic>) {
             temperature,
             bank_momentum,
             negatives,
+            shared_negatives: _,
         } => {
             positive(out, "loss.temperature", "temperature", *temperature);
             unit_open(out, "loss.bank_momentum", "bank_momentum", *bank_momentum);

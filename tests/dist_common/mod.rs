@@ -65,7 +65,8 @@ fn parts(method: MethodConfig, views: usize) -> TrainerParts {
 }
 
 /// `(method, view shapes)`: SwAV with a smaller third crop and a queue that fills
-/// after two steps; MoCo symmetric (both views enqueue).
+/// after two steps; MoCo symmetric (both views enqueue); the memory bank with
+/// negatives per anchor and shared.
 pub fn methods() -> Vec<(MethodConfig, Vec<Shape>)> {
     let two = vec![(1, 12, 12); 2];
     vec![
@@ -91,6 +92,17 @@ pub fn methods() -> Vec<(MethodConfig, Vec<Shape>)> {
                 temperature: 0.5,
                 momentum: 0.5,
                 negatives: 16,
+                shared_negatives: false,
+                dataset_len: 40,
+            },
+            vec![(1, 12, 12)],
+        ),
+        (
+            MethodConfig::MemoryBank {
+                temperature: 0.5,
+                momentum: 0.5,
+                negatives: 16,
+                shared_negatives: true,
                 dataset_len: 40,
             },
             vec![(1, 12, 12)],
