@@ -22,30 +22,61 @@ pub(crate) fn valid_range(w: usize, wo: usize, kj: usize, win: Window) -> (usize
 
 /// One sample `(c, h, w)` → rows `r` of `col[r·ld ..][.. ho·wo]` (`r` over `c·k·k`).
 pub(crate) fn im2col(x: &[f32], d: ConvDims, col: &mut [f32], ld: usize) {
-    let k = d.win.kernel;
-    let howo = d.ho * d.wo;
+    // The runs are short (a row of a 7×7 or 14×14 output): the stride is a constant
+    // in the common cases so each run is a tight loop without bounds checks.
+    match d.win.stride {
+        1 => im2col_strided::<1>(x, d, col, ld),
+        2 => im2col_strided::<2>(x, d, col, ld),
+        _ => im2col_strided::<0>(x, d, col, ld),
+    }
+}
+
+/// Checks the slices [`im2col`] and [`col2im_add`] index without bounds checks.
+fn check_lens(x: usize, col: usize, d: ConvDims, ld: usize) {
+    let (ckk, howo) = (d.ckk(), d.ho * d.wo);
+    assert!(
+        x >= d.c * d.h * d.w && ld >= howo && col >= (ckk - 1) * ld + howo,
+        "im2col: {x} input and {col} column values for {d:?} at ld {ld}"
+    );
+}
+
+/// [`im2col`] with the stride `S` (0: read it from `d`).
+#[inline(always)]
+fn im2col_strided<const S: usize>(x: &[f32], d: ConvDims, col: &mut [f32], ld: usize) {
+    let (k, p) = (d.win.kernel, d.win.padding);
+    let s = if S == 0 { d.win.stride } else { S };
+    check_lens(x.len(), col.len(), d, ld);
     for ci in 0..d.c {
         let xc = &x[ci * d.h * d.w..(ci + 1) * d.h * d.w];
         for ki in 0..k {
             for kj in 0..k {
-                let row = &mut col[((ci * k + ki) * k + kj) * ld..][..howo];
+                let r = (ci * k + ki) * k + kj;
                 let (lo, hi) = valid_range(d.w, d.wo, kj, d.win);
                 for oy in 0..d.ho {
-                    let dst = &mut row[oy * d.wo..(oy + 1) * d.wo];
-                    let iy = (oy * d.win.stride + ki) as isize - d.win.padding as isize;
+                    // SAFETY: r·ld + oy·wo + wo ≤ (ckk − 1)·ld + howo ≤ col.len()
+                    // (check_lens).
+                    let dst = unsafe { col.as_mut_ptr().add(r * ld + oy * d.wo) };
+                    let iy = (oy * s + ki) as isize - p as isize;
                     if iy < 0 || iy >= d.h as isize || lo >= hi {
-                        dst.fill(0.0);
+                        // SAFETY: wo values from dst (above).
+                        unsafe { std::ptr::write_bytes(dst, 0, d.wo) };
                         continue;
                     }
+                    let ix0 = lo * s + kj - p;
                     let xrow = &xc[iy as usize * d.w..(iy as usize + 1) * d.w];
-                    dst[..lo].fill(0.0);
-                    dst[hi..].fill(0.0);
-                    let ix0 = lo * d.win.stride + kj - d.win.padding;
-                    if d.win.stride == 1 {
-                        dst[lo..hi].copy_from_slice(&xrow[ix0..ix0 + (hi - lo)]);
-                    } else {
-                        for (j, v) in dst[lo..hi].iter_mut().enumerate() {
-                            *v = xrow[ix0 + j * d.win.stride];
+                    // valid_range keeps every read inside the input row.
+                    debug_assert!(ix0 + (hi - lo - 1) * s < d.w);
+                    let src = xrow.as_ptr();
+                    // SAFETY: j < wo for dst; ix0 + (hi − lo − 1)·s < w for src.
+                    unsafe {
+                        for j in 0..lo {
+                            *dst.add(j) = 0.0;
+                        }
+                        for j in 0..hi - lo {
+                            *dst.add(lo + j) = *src.add(ix0 + j * s);
+                        }
+                        for j in hi..d.wo {
+                            *dst.add(j) = 0.0;
                         }
                     }
                 }
@@ -56,32 +87,42 @@ pub(crate) fn im2col(x: &[f32], d: ConvDims, col: &mut [f32], ld: usize) {
 
 /// Adds rows `col[r·ld ..][.. ho·wo]` back into one sample's gradient `(c, h, w)`.
 pub(crate) fn col2im_add(col: &[f32], d: ConvDims, gx: &mut [f32], ld: usize) {
-    let k = d.win.kernel;
-    let howo = d.ho * d.wo;
+    match d.win.stride {
+        1 => col2im_strided::<1>(col, d, gx, ld),
+        2 => col2im_strided::<2>(col, d, gx, ld),
+        _ => col2im_strided::<0>(col, d, gx, ld),
+    }
+}
+
+/// [`col2im_add`] with the stride `S` (0: read it from `d`).
+#[inline(always)]
+fn col2im_strided<const S: usize>(col: &[f32], d: ConvDims, gx: &mut [f32], ld: usize) {
+    let (k, p) = (d.win.kernel, d.win.padding);
+    let s = if S == 0 { d.win.stride } else { S };
+    check_lens(gx.len(), col.len(), d, ld);
     for ci in 0..d.c {
         let gc = &mut gx[ci * d.h * d.w..(ci + 1) * d.h * d.w];
         for ki in 0..k {
             for kj in 0..k {
-                let row = &col[((ci * k + ki) * k + kj) * ld..][..howo];
+                let r = (ci * k + ki) * k + kj;
                 let (lo, hi) = valid_range(d.w, d.wo, kj, d.win);
                 if lo >= hi {
                     continue;
                 }
+                let ix0 = lo * s + kj - p;
+                debug_assert!(ix0 + (hi - lo - 1) * s < d.w);
                 for oy in 0..d.ho {
-                    let iy = (oy * d.win.stride + ki) as isize - d.win.padding as isize;
+                    let iy = (oy * s + ki) as isize - p as isize;
                     if iy < 0 || iy >= d.h as isize {
                         continue;
                     }
-                    let grow = &mut gc[iy as usize * d.w..(iy as usize + 1) * d.w];
-                    let src = &row[oy * d.wo + lo..oy * d.wo + hi];
-                    let ix0 = lo * d.win.stride + kj - d.win.padding;
-                    if d.win.stride == 1 {
-                        for (g, s) in grow[ix0..ix0 + (hi - lo)].iter_mut().zip(src) {
-                            *g += s;
-                        }
-                    } else {
-                        for (j, s) in src.iter().enumerate() {
-                            grow[ix0 + j * d.win.stride] += s;
+                    let grow = gc[iy as usize * d.w..(iy as usize + 1) * d.w].as_mut_ptr();
+                    // SAFETY: as in im2col_strided: the column run lies in `col`
+                    // (check_lens), the gradient writes in the row (valid_range).
+                    unsafe {
+                        let src = col.as_ptr().add(r * ld + oy * d.wo + lo);
+                        for j in 0..hi - lo {
+                            *grow.add(ix0 + j * s) += *src.add(j);
                         }
                     }
                 }

@@ -32,7 +32,7 @@ use crate::nn::ops::timing;
 use crate::nn::ops::{T1, T4, Window};
 
 /// Geometry of one convolution call.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct ConvDims {
     pub(crate) c: usize,
     pub(crate) h: usize,
@@ -283,6 +283,8 @@ mod paths_agree {
             (2, 36, 40, 16, 3, 2, 1),
             (2, 4, 6, 18, 3, 3, 0),
             (2, 3, 8, 10, 7, 2, 3),
+            (2, 1, 5, 9, 3, 1, 2),
+            (2, 2, 4, 7, 2, 1, 0),
         ];
         for (n, c, o, h, k, s, p) in shapes {
             let win = Window::new(k, s, p);
