@@ -183,11 +183,10 @@ pub fn shared_loss<D: EngineDevice, T: Tape<f32, D>>(
     }
     let (d, k) = (bank.dim, negatives.len());
     // Table rows: the K negatives, then row r's positive at K + r.
-    let table: Vec<f32> = negatives
-        .iter()
-        .chain(positives)
-        .flat_map(|&i| bank.data[i * d..(i + 1) * d].iter().copied())
-        .collect();
+    let mut table = Vec::with_capacity((k + n) * d);
+    for &i in negatives.iter().chain(positives) {
+        table.extend_from_slice(&bank.data[i * d..(i + 1) * d]);
+    }
     let mut idx = Vec::with_capacity(n * (k + 1));
     for r in 0..n {
         idx.push(k + r);
