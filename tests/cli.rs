@@ -153,11 +153,11 @@ fn plan_reports_model_and_schedule() {
         "{s}"
     );
     assert!(
-        s.contains("schedule: 975 steps (25 epochs × 39 steps of 256 images"),
+        s.contains("schedule: 1716 steps (22 epochs × 78 steps of 128 images"),
         "{s}"
     );
     assert!(
-        s.contains("lr 0.3 = 0.3 × 256/256 (linear batch-size scaling)"),
+        s.contains("lr 0.15 = 0.3 × 128/256 (linear batch-size scaling)"),
         "{s}"
     );
     assert!(s.contains("features.0") && s.contains("projector.3"), "{s}");
