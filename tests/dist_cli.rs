@@ -36,7 +36,7 @@ fn plan_prints_the_per_rank_batch_and_the_traffic() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let s = text(&out.stdout);
     assert!(s.contains("data-parallel over 4 ranks"), "{s}");
-    assert!(s.contains("per rank: 64 images × 2 views"), "{s}");
+    assert!(s.contains("per rank: 32 images × 2 views"), "{s}");
     assert!(s.contains("at 100 Gbit/s"), "{s}");
     assert!(s.contains("gradient all-reduce"), "{s}");
     // Without the flag, no such section.
