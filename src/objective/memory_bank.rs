@@ -196,8 +196,10 @@ pub fn shared_loss<D: EngineDevice, T: Tape<f32, D>>(
 }
 
 /// [`loss`] with each row's bank indices in one run of `m`: the positive, then the
-/// `m − 1` negatives (`idx` is `n × m`, every index checked against the bank).
-fn rows_loss<D: EngineDevice, T: Tape<f32, D>>(
+/// `m − 1` negatives (`idx` is `n × m`, every index checked against the bank). The
+/// InfoNCE of any method whose logits are dot products with constant rows (MoCo's
+/// keys and queue too) through the fused [`EngineDevice::bank_log_softmax`].
+pub(crate) fn rows_loss<D: EngineDevice, T: Tape<f32, D>>(
     f: T2<D, T>,
     idx: &[usize],
     m: usize,

@@ -143,19 +143,21 @@ pub fn loss<D: EngineDevice, T: Tape<f32, D>>(
             queue.dim
         )));
     }
-    let dev = q.device().clone();
-    let qn = D::l2_normalize(q, 1e-12) * (1.0 / temperature);
-    let kn = D::l2_normalize(k, 1e-12);
-    let l_pos = (qn.retaped::<T>() * kn)
-        .sum::<(usize,), Axis<1>>()
-        .reshape_like(&(n, 1usize));
-    let bank = dev.tensor_from_vec(queue.keys.clone(), (queue.len, d));
-    let l_neg = qn.matmul(bank.permute::<_, Axes2<1, 0>>());
-    let logits = (l_pos, l_neg).concat_along(Axis::<1>);
-    let lsm = logits.log_softmax::<Axis<1>>();
-    let zeros = dev.tensor_from_vec(vec![0usize; n], (n,));
-    let picked: Tensor<(usize,), f32, D, T> = lsm.select(zeros);
-    Ok(picked.mean::<(), _>().negate())
+    // The keys carry no gradient: one table of the queue then the normalised keys,
+    // query `i`'s row of indices `[K + i, 0, 1, …, K − 1]`, and the fused
+    // log-softmax (one product with the table instead of dfdx's composed ops, which
+    // took 8% of the quick recipe's step).
+    let kn = D::l2_normalize(k, 1e-12).as_vec();
+    let kq = queue.len;
+    let mut table = Vec::with_capacity((kq + n) * d);
+    table.extend_from_slice(&queue.keys);
+    table.extend_from_slice(&kn);
+    let mut idx = Vec::with_capacity(n * (kq + 1));
+    for i in 0..n {
+        idx.push(kq + i);
+        idx.extend(0..kq);
+    }
+    super::memory_bank::rows_loss(q, &idx, kq + 1, &table, d, temperature)
 }
 
 /// The key encoder's EMA step: every trainable entry of `query` (parameters, not
