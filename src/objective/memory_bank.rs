@@ -181,25 +181,40 @@ pub fn shared_loss<D: EngineDevice, T: Tape<f32, D>>(
     for &i in positives.iter().chain(negatives) {
         bank.check_index(i)?;
     }
-    let (d, k) = (bank.dim, negatives.len());
-    // Table rows: the K negatives, then row r's positive at K + r.
-    let mut table = Vec::with_capacity((k + n) * d);
+    let d = bank.dim;
+    let mut table = Vec::with_capacity((negatives.len() + n) * d);
     for &i in negatives.iter().chain(positives) {
         table.extend_from_slice(&bank.data[i * d..(i + 1) * d]);
     }
+    shared_rows_loss(f, &table, negatives.len(), d, temperature)
+}
+
+/// The InfoNCE of rows that share their negatives: `table` holds the `k` shared
+/// negatives, then one positive per row of `f` (row `r`'s at `k + r`), `dim` values
+/// each. Row `r`'s indices are `[k + r, 0, 1, …, k − 1]` for [`rows_loss`], whose
+/// dense path makes the logits one product with the table (MoCo's queue and keys,
+/// the memory bank's shared negatives).
+pub(crate) fn shared_rows_loss<D: EngineDevice, T: Tape<f32, D>>(
+    f: T2<D, T>,
+    table: &[f32],
+    k: usize,
+    dim: usize,
+    temperature: f32,
+) -> Result<Tensor<(), f32, D, T>, ObjectiveError> {
+    let n = f.shape().0;
+    debug_assert_eq!(table.len(), (k + n) * dim);
     let mut idx = Vec::with_capacity(n * (k + 1));
     for r in 0..n {
         idx.push(k + r);
         idx.extend(0..k);
     }
-    rows_loss(f, &idx, k + 1, &table, d, temperature)
+    rows_loss(f, &idx, k + 1, table, dim, temperature)
 }
 
 /// [`loss`] with each row's bank indices in one run of `m`: the positive, then the
-/// `m − 1` negatives (`idx` is `n × m`, every index checked against the bank). The
-/// InfoNCE of any method whose logits are dot products with constant rows (MoCo's
-/// keys and queue too) through the fused [`EngineDevice::bank_log_softmax`].
-pub(crate) fn rows_loss<D: EngineDevice, T: Tape<f32, D>>(
+/// `m − 1` negatives (`idx` is `n × m`, every index checked against the bank),
+/// through the fused [`EngineDevice::bank_log_softmax`].
+fn rows_loss<D: EngineDevice, T: Tape<f32, D>>(
     f: T2<D, T>,
     idx: &[usize],
     m: usize,

@@ -143,21 +143,13 @@ pub fn loss<D: EngineDevice, T: Tape<f32, D>>(
             queue.dim
         )));
     }
-    // The keys carry no gradient: one table of the queue then the normalised keys,
-    // query `i`'s row of indices `[K + i, 0, 1, …, K − 1]`, and the fused
-    // log-softmax (one product with the table instead of dfdx's composed ops, which
-    // took 8% of the quick recipe's step).
-    let kn = D::l2_normalize(k, 1e-12).as_vec();
-    let kq = queue.len;
-    let mut table = Vec::with_capacity((kq + n) * d);
+    // The keys carry no gradient: the queue is the shared negatives and key `i` is
+    // query `i`'s positive, through the fused log-softmax (one product with the
+    // table instead of dfdx's composed ops, which took 8% of the quick recipe's step).
+    let mut table = Vec::with_capacity((queue.len + n) * d);
     table.extend_from_slice(&queue.keys);
-    table.extend_from_slice(&kn);
-    let mut idx = Vec::with_capacity(n * (kq + 1));
-    for i in 0..n {
-        idx.push(kq + i);
-        idx.extend(0..kq);
-    }
-    super::memory_bank::rows_loss(q, &idx, kq + 1, &table, d, temperature)
+    table.extend_from_slice(&D::l2_normalize(k, 1e-12).as_vec());
+    super::memory_bank::shared_rows_loss(q, &table, queue.len, d, temperature)
 }
 
 /// The key encoder's EMA step: every trainable entry of `query` (parameters, not
