@@ -260,16 +260,9 @@ fn portable_paths_match_too() {
     );
 }
 
-#[test]
-fn bank_objective_draws_the_same_negatives_as_before() {
-    // The draws of a sequential loop (one stream per step seeded by
-    // `seed ^ step·0x9e3779b97f4a7c15`, K `gen_range` calls per anchor in anchor order,
-    // positives repeated per view), fed to the public `loss`: the objective's loss
-    // must be bit-identical. 5000 negatives × 10 anchors spans several of the
-    // parallel generator's blocks; a bank of 1 and one of 256 (a power of two) test
-    // the rejection zone's edges.
-    let (temperature, momentum, dim, seed) = (0.1, 0.5, 8, 7u64);
-    let cfg = ModelConfig {
+/// A one-conv small CNN on 1×6×6 inputs with a linear head to `dim` features.
+fn tiny_model(dim: usize) -> ModelConfig {
+    ModelConfig {
         backbone: BackboneConfig {
             kind: BackboneKind::SmallCnn { channels: vec![4] },
             in_channels: 1,
@@ -283,15 +276,32 @@ fn bank_objective_draws_the_same_negatives_as_before() {
         }),
         prototypes: None,
         input_hw: (6, 6),
-    };
-    let mut r = ChaCha8Rng::seed_from_u64(1);
-    let (n, v) = (5usize, 2usize);
-    let views: Vec<ViewBatch> = (0..v)
+    }
+}
+
+/// `v` views of `n` 1×6×6 images of seeded normal noise.
+fn tiny_views(seed: u64, n: usize, v: usize) -> Vec<ViewBatch> {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    (0..v)
         .map(|_| ViewBatch {
             data: normals(&mut r, n * 36),
             shape: [n, 1, 6, 6],
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn bank_objective_draws_the_same_negatives_as_before() {
+    // The draws of a sequential loop (one stream per step seeded by
+    // `seed ^ step·0x9e3779b97f4a7c15`, K `gen_range` calls per anchor in anchor order,
+    // positives repeated per view), fed to the public `loss`: the objective's loss
+    // must be bit-identical. 5000 negatives × 10 anchors spans several of the
+    // parallel generator's blocks; a bank of 1 and one of 256 (a power of two) test
+    // the rejection zone's edges.
+    let (temperature, momentum, dim, seed) = (0.1, 0.5, 8, 7u64);
+    let cfg = tiny_model(dim);
+    let (n, v) = (5usize, 2usize);
+    let views = tiny_views(1, n, v);
     for (dataset_len, k) in [(300usize, 5000usize), (1, 7), (256, 40)] {
         let mut store = ParamStore::new(Cpu::default());
         let model = Model::new(&mut store, &cfg, seed).expect("model");
@@ -340,29 +350,9 @@ fn shared_negatives_objective_draws_k_per_step_and_equals_shared_loss() {
     // once, for every anchor; the objective's loss must be bit-identical to
     // `shared_loss` on those draws, and the bank is updated as without sharing.
     let (temperature, momentum, dim, seed) = (0.1, 0.5, 8, 7u64);
-    let cfg = ModelConfig {
-        backbone: BackboneConfig {
-            kind: BackboneKind::SmallCnn { channels: vec![4] },
-            in_channels: 1,
-        },
-        head: Some(HeadConfig {
-            in_dim: None,
-            hidden: vec![],
-            out_dim: dim,
-            batch_norm: false,
-            last_bn: false,
-        }),
-        prototypes: None,
-        input_hw: (6, 6),
-    };
-    let mut r = ChaCha8Rng::seed_from_u64(2);
+    let cfg = tiny_model(dim);
     let (n, v, dataset_len, k) = (5usize, 2usize, 300usize, 64usize);
-    let views: Vec<ViewBatch> = (0..v)
-        .map(|_| ViewBatch {
-            data: normals(&mut r, n * 36),
-            shape: [n, 1, 6, 6],
-        })
-        .collect();
+    let views = tiny_views(2, n, v);
     let mut store = ParamStore::new(Cpu::default());
     let model = Model::new(&mut store, &cfg, seed).expect("model");
     let mut encoder = Encoder::new(model);
