@@ -264,6 +264,23 @@ pub fn conv2d<T: Tape<f32, Cpu>>(
 }
 
 #[cfg(test)]
+impl ConvDims {
+    /// `c → o` channels on an `h × h` input (the tests' shapes).
+    fn square(c: usize, o: usize, h: usize, win: Window) -> ConvDims {
+        let ho = win.out_size(h).expect("the window fits");
+        ConvDims {
+            c,
+            h,
+            w: h,
+            o,
+            ho,
+            wo: ho,
+            win,
+        }
+    }
+}
+
+#[cfg(test)]
 mod paths_agree {
     use super::*;
 
@@ -287,17 +304,8 @@ mod paths_agree {
             (2, 2, 4, 7, 2, 1, 0),
         ];
         for (n, c, o, h, k, s, p) in shapes {
-            let win = Window::new(k, s, p);
-            let ho = win.out_size(h).expect("fits");
-            let d = ConvDims {
-                c,
-                h,
-                w: h,
-                o,
-                ho,
-                wo: ho,
-                win,
-            };
+            let d = ConvDims::square(c, o, h, Window::new(k, s, p));
+            let ho = d.ho;
             assert!(s == 1 || k >= s, "the wide path cannot take {k}x{k}/{s}");
             let val = |i: usize, m: usize| ((i * 7919) % m) as f32 / m as f32 - 0.5;
             let x: Vec<f32> = (0..n * c * h * h).map(|i| val(i, 97)).collect();
@@ -414,17 +422,8 @@ mod conv_speed {
 
     /// Best-of-three seconds of the forward and the backward of one shape.
     fn time_shape(&(c, o, h, k, s, p, _): &ConvShape, n: usize) -> (f64, f64, f64) {
-        let win = Window::new(k, s, p);
-        let ho = win.out_size(h).expect("fits");
-        let d = ConvDims {
-            c,
-            h,
-            w: h,
-            o,
-            ho,
-            wo: ho,
-            win,
-        };
+        let d = ConvDims::square(c, o, h, Window::new(k, s, p));
+        let ho = d.ho;
         let x: Vec<f32> = (0..n * c * h * h).map(|i| (i % 13) as f32 * 0.1).collect();
         let w: Vec<f32> = (0..o * c * k * k).map(|i| (i % 7) as f32 * 0.1).collect();
         let gy: Vec<f32> = (0..n * o * ho * ho).map(|i| (i % 5) as f32 * 0.1).collect();
