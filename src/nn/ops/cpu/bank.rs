@@ -5,7 +5,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::nn::ops::T2;
-use crate::nn::ops::cpu::buffers::{HostBuf, pooled, read, zeros};
+use crate::nn::ops::cpu::buffers::{HostBuf, pooled, view, zeros};
 use crate::nn::ops::cpu::products::mm;
 use crate::nn::ops::kernels;
 
@@ -212,7 +212,7 @@ pub(crate) fn bank_log_softmax_path<T: Tape<f32, Cpu>>(
         idx.len()
     );
     let (f, mut tape) = f.contiguous().split_tape();
-    let fv = read(&f);
+    let fv = view(&f);
     // Table rows fit in u32 (asserted), which halves the copy backward keeps.
     let idx32: Vec<u32> = idx
         .par_iter()
@@ -231,7 +231,7 @@ pub(crate) fn bank_log_softmax_path<T: Tape<f32, Cpu>>(
             &mut full,
             rows,
             false,
-            (&fv, d, 1),
+            (fv, d, 1),
             (bank, 1, d),
             Parallelism::Rayon(0),
         );
@@ -272,7 +272,7 @@ pub(crate) fn bank_log_softmax_path<T: Tape<f32, Cpu>>(
             .enumerate()
             .for_each(|(r, y)| row(r, y, None));
     }
-    drop((fv, full));
+    drop(full);
     let y = f.device().tensor_from_vec(yv, (n, m));
     if T::OWNS_TAPE {
         let mut table = pooled(bank.len());

@@ -1,5 +1,5 @@
-//! Host buffers: copies in and out of dfdx storage, the process-wide pool of
-//! host copies ([`HostBuf`]) and per-thread scratch ([`Scratch`]).
+//! Host buffers: borrowed views of dfdx storage ([`view`]), the process-wide pool
+//! of large buffers ([`HostBuf`]) and per-thread scratch ([`Scratch`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -67,12 +67,71 @@ impl Drop for Scratch {
     }
 }
 
-/// A host copy of a contiguous tensor, in a recycled buffer (see [`HostBuf`]).
-pub(crate) fn read<S: Shape, T>(t: &Tensor<S, f32, Cpu, T>) -> HostBuf {
+/// The elements of a tensor with row-major strides (what `contiguous()` returns),
+/// borrowed from its storage without a copy.
+///
+/// dfdx 0.13 keeps a CPU tensor's elements in one `Vec` but lends no slice of it;
+/// its `copy_into` is a serial memcpy between parallel kernels, 7% of a small-CNN
+/// step. `Index` lends references into that `Vec`, so the slice starts at element
+/// 0's. The checks below make the run `[0, len)` one stretch of the storage: every
+/// axis' unit index is at the row-major stride and the last element (which `Index`
+/// bounds-checks against the `Vec`) is at `len − 1`. The storage is shared behind
+/// an `Arc` and only changed through `&mut Tensor`, so it cannot change while `t`
+/// is borrowed. Widening an element's reference to its neighbours is what the
+/// compiler sees as reads of one allocation; Miri's Stacked Borrows model would
+/// reject it, which is the price of not copying.
+pub(crate) fn view<S: Shape, T>(t: &Tensor<S, f32, Cpu, T>) -> &[f32] {
+    let dims = t.shape().concrete();
     let len = t.shape().num_elements();
-    let mut v = HostBuf::take(len).unwrap_or_else(|| zeros(len));
-    t.copy_into(&mut v);
-    HostBuf(v)
+    if len == 0 {
+        return &[];
+    }
+    let zero = S::Concrete::default();
+    let base: *const f32 = &t[zero];
+    let offset = |i: S::Concrete| {
+        // SAFETY: both pointers are into the one storage `Vec` (see above).
+        unsafe { (&t[i] as *const f32).offset_from(base) }
+    };
+    let mut stride = 1usize;
+    for a in (0..S::NUM_DIMS).rev() {
+        if dims[a] > 1 {
+            let mut unit = zero;
+            unit[a] = 1;
+            assert_eq!(
+                offset(unit),
+                stride as isize,
+                "view: axis {a} of {dims:?} is not row-major"
+            );
+        }
+        stride *= dims[a];
+    }
+    let mut last = zero;
+    for a in 0..S::NUM_DIMS {
+        last[a] = dims[a] - 1;
+    }
+    assert_eq!(
+        offset(last),
+        len as isize - 1,
+        "view: {dims:?} is not dense"
+    );
+    // SAFETY: `len` elements from `base` lie in the storage (checked above) and
+    // stay unchanged while `t` is borrowed.
+    unsafe { std::slice::from_raw_parts(base, len) }
+}
+
+/// [`view`], mutable: the elements of a row-major tensor, changed in place.
+///
+/// dfdx's `IndexMut` first makes the storage unique (`Arc::make_mut`, a copy only
+/// when another tensor shares it), so the slice aliases nothing else while `t` is
+/// borrowed mutably. The layout checks are [`view`]'s.
+pub(crate) fn view_mut<S: Shape, T>(t: &mut Tensor<S, f32, Cpu, T>) -> &mut [f32] {
+    let len = view(t).len();
+    if len == 0 {
+        return &mut [];
+    }
+    let base: *mut f32 = &mut t[S::Concrete::default()];
+    // SAFETY: as in `view`, and the storage is unique and borrowed mutably.
+    unsafe { std::slice::from_raw_parts_mut(base, len) }
 }
 
 /// A host copy of a contiguous tensor in a vector of its own (for data that moves
@@ -184,4 +243,42 @@ pub(crate) fn filled(
 /// The memory bank's buffers have the same sizes every step.
 pub(crate) fn pooled(len: usize) -> HostBuf {
     HostBuf(HostBuf::take(len).unwrap_or_else(|| zeros(len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn view_is_the_tensor_in_row_major_order() {
+        let dev = Cpu::default();
+        let data: Vec<f32> = (0..24).map(|i| i as f32).collect();
+        let t = dev.tensor_from_vec(data.clone(), (2, 3, 4));
+        assert_eq!(view(&t), &data[..]);
+        // A permuted tensor made contiguous is a fresh row-major copy.
+        let p = t.clone().permute::<_, Axes3<2, 0, 1>>().contiguous();
+        assert_eq!(view(&p), &p.as_vec()[..]);
+        let e = dev.zeros_like(&(0, 3));
+        assert!(view(&e).is_empty());
+    }
+
+    #[test]
+    fn view_mut_writes_the_tensor_and_only_it() {
+        let dev = Cpu::default();
+        let mut t = dev.tensor_from_vec(vec![1.0f32, 2.0, 3.0, 4.0], (2, 2));
+        let shared = t.clone();
+        view_mut(&mut t).iter_mut().for_each(|v| *v *= 10.0);
+        assert_eq!(t.as_vec(), [10.0, 20.0, 30.0, 40.0]);
+        // The tensor that shared the storage keeps its values.
+        assert_eq!(shared.as_vec(), [1.0, 2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    #[should_panic(expected = "not row-major")]
+    fn view_refuses_a_permuted_layout() {
+        let dev = Cpu::default();
+        let t = dev.tensor_from_vec((0..6).map(|i| i as f32).collect(), (2, 3));
+        let p = t.permute::<_, Axes2<1, 0>>();
+        view(&p);
+    }
 }

@@ -3,7 +3,7 @@
 use dfdx::prelude::*;
 use gemm::Parallelism;
 
-use crate::nn::ops::cpu::buffers::{read, read_vec};
+use crate::nn::ops::cpu::buffers::{read_vec, view};
 use crate::nn::ops::cpu::products::mm;
 use crate::nn::ops::timing;
 use crate::nn::ops::{T1, T2};
@@ -25,21 +25,19 @@ pub fn linear<T: Tape<f32, Cpu>>(
         tape = std::mem::take(&mut tape).merge(tb);
         b
     });
-    let xv = read(&x);
-    let wv = read(&w);
     let mut yv = vec![0.0; n * out];
     if let Some(b) = &b {
-        let bv = read(b);
+        let bv = view(b);
         yv.chunks_mut(out.max(1))
-            .for_each(|r| r.copy_from_slice(&bv));
+            .for_each(|r| r.copy_from_slice(bv));
     }
     mm(
         (n, out, fin),
         &mut yv,
         out,
         b.is_some(),
-        (&xv, fin, 1),
-        (&wv, 1, fin),
+        (view(&x), fin, 1),
+        (view(&w), 1, fin),
         Parallelism::Rayon(0),
     );
     let y = x.device().tensor_from_vec(yv, (n, out));
@@ -59,7 +57,7 @@ pub fn linear<T: Tape<f32, Cpu>>(
                 fin,
                 true,
                 (&gy, out, 1),
-                (&wv, fin, 1),
+                (view(&w), fin, 1),
                 Parallelism::Rayon(0),
             );
             mm(
@@ -68,7 +66,7 @@ pub fn linear<T: Tape<f32, Cpu>>(
                 fin,
                 true,
                 (&gy, 1, out),
-                (&xv, fin, 1),
+                (view(&x), fin, 1),
                 Parallelism::Rayon(0),
             );
             if let Some(bg) = bg {

@@ -4,7 +4,7 @@ use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use crate::nn::ops::T4;
-use crate::nn::ops::cpu::buffers::{read, read_vec};
+use crate::nn::ops::cpu::buffers::{filled, view};
 use crate::nn::ops::kernels;
 use crate::nn::ops::timing;
 
@@ -13,9 +13,16 @@ pub fn relu<S: Shape, T: Tape<f32, Cpu>>(x: Tensor<S, f32, Cpu, T>) -> Tensor<S,
     let _t = timing::start("relu.fwd");
     let shape = *x.shape();
     let (x, mut tape) = x.contiguous().split_tape();
-    let mut yv = read_vec(&x);
-    yv.par_chunks_mut(1 << 14)
-        .for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
+    let xv = view(&x);
+    let yv = filled(xv.len(), 1 << 14, |i, c| {
+        for (o, v) in c.iter_mut().zip(&xv[i << 14..]) {
+            o.write(v.max(0.0));
+        }
+        assert!(
+            xv.len() >= (i << 14) + c.len(),
+            "relu: every output written"
+        );
+    });
     let mask: Vec<bool> = if T::OWNS_TAPE {
         yv.par_iter().map(|v| *v > 0.0).collect()
     } else {
@@ -51,8 +58,7 @@ pub fn add_relu<T: Tape<f32, Cpu>>(a: T4<Cpu, T>, b: T4<Cpu, T>) -> T4<Cpu, T> {
     let (a, ta) = a.contiguous().split_tape();
     let (b, tb) = b.contiguous().split_tape();
     let mut tape = ta.merge(tb);
-    let av = read(&a);
-    let bv = read(&b);
+    let (av, bv) = (view(&a), view(&b));
     let len = av.len();
     assert_eq!(len, bv.len());
     let mut mask = vec![false; len];
@@ -66,7 +72,6 @@ pub fn add_relu<T: Tape<f32, Cpu>>(a: T4<Cpu, T>, b: T4<Cpu, T>) -> T4<Cpu, T> {
     // SAFETY: the chunks of `av`, `bv`, `mask` and the storage have equal lengths and
     // `add_relu_into` writes all of its `y` (asserted), so all `len` are initialised.
     unsafe { yv.set_len(len) };
-    drop((av, bv));
     let y = a.device().tensor_from_vec(yv, shape);
     if T::OWNS_TAPE {
         let (ag, bg, yg) = (a.ghost(), b.ghost(), y.ghost());

@@ -1,21 +1,22 @@
 //! Fast CPU kernels: rayon over samples (or channels), gemm 0.19 for the matrix
 //! products, registered on dfdx's tape as custom backward ops.
 //!
-//! Data moves in and out of dfdx storage with `copy_into` (a memcpy of a contiguous
-//! tensor) and `tensor_from_vec` (no copy). A kernel keeps the host copies it needs
-//! for backward only when the tape records (`T::OWNS_TAPE`).
+//! Kernels read dfdx storage in place ([`buffers::view`]: a borrowed slice of a
+//! row-major tensor) and hand results over with `tensor_from_vec` (no copy either).
+//! Backward closures keep the input tensors they read (an `Arc`, not a copy), and
+//! only when the tape records (`T::OWNS_TAPE`).
 //!
-//! One file per job: [`buffers`] (host copies and scratch), [`products`] (matrix
+//! One file per job: [`buffers`] (views of dfdx storage, pooled buffers, scratch), [`products`] (matrix
 //! products), [`conv`] (the op and its two paths), [`norm`] (batch norm),
 //! [`pool`], [`dense`] (linear, L2 normalisation), [`elementwise`] (ReLU, residual
 //! join), [`bank`] (the memory bank's log-softmax). The SIMD loops and products
 //! live in `super::kernels`.
 //!
-//! Memory: host copies the kernels keep ([`buffers::HostBuf`]) go back to a bounded
-//! process-wide pool keyed by length, so the next step's copies skip allocation and
+//! Memory: the memory bank's large buffers ([`buffers::HostBuf`]) go back to a
+//! bounded process-wide pool keyed by length, so the next step skips allocation and
 //! zeroing; per-thread scratch ([`buffers::Scratch`]) does the same for im2col,
-//! product and panel buffers. Batch-norm and residual outputs are written into
-//! uninitialised storage.
+//! product and panel buffers. Batch-norm, ReLU and residual outputs are written
+//! into uninitialised storage.
 //!
 //! Invariants: the output's layout never depends on the path; pooled and scratch
 //! buffers are fully written before they are read; uninitialised storage is exposed
@@ -47,6 +48,7 @@ mod pool;
 mod products;
 
 pub use bank::bank_log_softmax;
+pub(crate) use buffers::view_mut;
 pub use conv::conv2d;
 pub use dense::{l2_normalize, linear};
 pub use elementwise::{add_relu, relu};

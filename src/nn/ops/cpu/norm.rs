@@ -4,7 +4,7 @@ use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use crate::nn::ops::cpu::add_assign;
-use crate::nn::ops::cpu::buffers::{filled, read, read_vec};
+use crate::nn::ops::cpu::buffers::{filled, read_vec, view};
 use crate::nn::ops::kernels;
 use crate::nn::ops::timing;
 use crate::nn::ops::{BnConfig, BnRunning, T1, T4};
@@ -101,11 +101,10 @@ pub(crate) fn bn_impl<T: Tape<f32, Cpu>>(
     let (g, tg) = gamma.split_tape();
     let (b, tb) = beta.split_tape();
     let mut tape = tx.merge(tg).merge(tb);
-    let xv = read(&x);
-    let gv = read(&g);
-    let bv = read(&b);
+    let xv = view(&x);
+    let (gv, bv) = (view(&g), view(&b));
     let (mean, var) = if train {
-        channel_moments(&xv, c, plane)
+        channel_moments(xv, c, plane)
     } else {
         (read_vec(&running.mean), read_vec(&running.var))
     };
@@ -152,9 +151,11 @@ pub(crate) fn bn_impl<T: Tape<f32, Cpu>>(
     let y = x.device().tensor_from_vec(yv, shape);
     if T::OWNS_TAPE {
         let (xg, gg, bg, yg) = (x.ghost(), g.ghost(), b.ghost(), y.ghost());
+        // Backward reads the input from its tensor (kept alive here).
         tape.add_backward_op(move |grads| {
             let _t = timing::start("batch_norm.bwd");
             let gy = take_grad!(grads, yg);
+            let xv = view(&x);
             // Per channel: Σ g and Σ g·(x − mean), g masked by the fused ReLU.
             let (sum_gy, sum_gxc): (Vec<f32>, Vec<f32>) =
                 channel_pair_sums((n, c, plane), |ci, o| {

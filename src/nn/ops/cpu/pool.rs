@@ -3,7 +3,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use crate::nn::ops::cpu::buffers::{read, zeros};
+use crate::nn::ops::cpu::buffers::{view, zeros};
 use crate::nn::ops::timing;
 use crate::nn::ops::{T2, T4, Window};
 
@@ -14,7 +14,7 @@ pub fn max_pool2d<T: Tape<f32, Cpu>>(x: T4<Cpu, T>, win: Window) -> T4<Cpu, T> {
     let ho = win.out_size(h).expect("window fits");
     let wo = win.out_size(w).expect("window fits");
     let (x, mut tape) = x.contiguous().split_tape();
-    let xv = read(&x);
+    let xv = view(&x);
     let mut yv = zeros(n * c * ho * wo);
     let mut arg = vec![0u32; n * c * ho * wo];
     yv.par_chunks_mut(ho * wo)
@@ -47,7 +47,6 @@ pub fn max_pool2d<T: Tape<f32, Cpu>>(x: T4<Cpu, T>, win: Window) -> T4<Cpu, T> {
                 }
             }
         });
-    drop(xv);
     let y = x.device().tensor_from_vec(yv, (n, c, ho, wo));
     if T::OWNS_TAPE {
         let (xg, yg) = (x.ghost(), y.ghost());
@@ -77,7 +76,7 @@ pub fn global_avg_pool<T: Tape<f32, Cpu>>(x: T4<Cpu, T>) -> T2<Cpu, T> {
     let (n, c, h, w) = *x.shape();
     let hw = h * w;
     let (x, mut tape) = x.contiguous().split_tape();
-    let xv = read(&x);
+    let xv = view(&x);
     let yv: Vec<f32> = xv
         .par_chunks(hw.max(1))
         .map(|p| p.iter().sum::<f32>() / hw as f32)

@@ -23,7 +23,7 @@ pub(crate) mod wide;
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use crate::nn::ops::cpu::buffers::{read, zeros};
+use crate::nn::ops::cpu::buffers::{view, zeros};
 use crate::nn::ops::cpu::conv::wide::{conv_backward_wide, conv_forward_wide};
 use crate::nn::ops::cpu::norm::channel_sums;
 use crate::nn::ops::cpu::{add_assign, threads};
@@ -233,10 +233,7 @@ pub fn conv2d<T: Tape<f32, Cpu>>(
         tape = std::mem::take(&mut tape).merge(tb);
         b
     });
-    let xv = read(&x);
-    let wv = read(&w);
-    let bv = b.as_ref().map(read);
-    let yv = conv_forward(&xv, &wv, bv.as_deref(), n, d);
+    let yv = conv_forward(view(&x), view(&w), b.as_ref().map(view), n, d);
     let y = x.device().tensor_from_vec(yv, (n, o, d.ho, d.wo));
     if T::OWNS_TAPE {
         let (xg, wg, bg, yg) = (
@@ -245,12 +242,13 @@ pub fn conv2d<T: Tape<f32, Cpu>>(
             b.as_ref().map(|b| b.ghost()),
             y.ghost(),
         );
+        // Backward reads the input and weights from their tensors (kept alive here).
         tape.add_backward_op(move |grads| {
             let _t = timing::start("conv2d.bwd");
             let gy = take_grad!(grads, yg);
             let dw = {
                 let gx = grads.get_or_alloc_mut(&xg)?;
-                conv_backward(&xv, &wv, &gy, gx, n, d)
+                conv_backward(view(&x), view(&w), &gy, gx, n, d)
             };
             add_assign(grads.get_or_alloc_mut(&wg)?, &dw);
             if let Some(bg) = bg {
