@@ -1,0 +1,130 @@
+//! The whole-batch column path for small planes: one column matrix for the whole
+//! batch (`c·k·k` rows, `n·ho·wo` columns, channel-major), one product per pass
+//! split across the threads by `gemm` itself.
+//!
+//! On late-stage planes (8×8 and below) the per-thread paths give each thread
+//! products with few columns: the weights (up to 2048×512) are streamed once per
+//! thread and group, and every thread's weight gradient is a full `o·c·k·k` buffer
+//! summed at the end. Here the weight gradient is one product whose inner dimension
+//! is the whole batch, and no thread sums anything. The price is the layout change
+//! (gathering the columns, scattering the product back into `(n, o, ho, wo)`),
+//! small on small planes.
+
+use rayon::prelude::*;
+
+use gemm::Parallelism;
+
+use crate::nn::ops::cpu::buffers::{Scratch, zeros};
+use crate::nn::ops::cpu::conv::ConvDims;
+use crate::nn::ops::cpu::conv::im2col::{col2im_add, im2col};
+use crate::nn::ops::cpu::products::mm;
+use crate::nn::ops::cpu::threads;
+
+/// The column matrix of the whole batch: row `r = (ci·k + ki)·k + kj`, column
+/// `s·ho·wo + q` (sample `s`, output position `q`). Threads take channels.
+fn batch_columns(x: &[f32], n: usize, d: ConvDims) -> Scratch {
+    let (kk, howo, hw) = (d.win.kernel * d.win.kernel, d.ho * d.wo, d.h * d.w);
+    let cols = n * howo;
+    let mut col = Scratch::new(d.ckk() * cols);
+    let one = ConvDims { c: 1, ..d };
+    col.par_chunks_mut(kk * cols)
+        .enumerate()
+        .for_each(|(ci, rows)| {
+            for s in 0..n {
+                let plane = &x[(s * d.c + ci) * hw..][..hw];
+                im2col(plane, one, &mut rows[s * howo..], cols);
+            }
+        });
+    col
+}
+
+/// The output gradient in the columns' layout: `(o, n·ho·wo)`.
+fn channel_major(gy: &[f32], n: usize, o: usize, howo: usize) -> Scratch {
+    let mut g = Scratch::new(o * n * howo);
+    g.par_chunks_mut(n * howo)
+        .enumerate()
+        .for_each(|(oc, row)| {
+            for (s, dst) in row.chunks_mut(howo).enumerate() {
+                dst.copy_from_slice(&gy[(s * o + oc) * howo..][..howo]);
+            }
+        });
+    g
+}
+
+/// The forward of [`super::conv_forward`] on this path.
+pub(crate) fn conv_forward_batched(
+    x: &[f32],
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    n: usize,
+    d: ConvDims,
+) -> Vec<f32> {
+    let (ckk, howo) = (d.ckk(), d.ho * d.wo);
+    let cols = n * howo;
+    let col = batch_columns(x, n, d);
+    let mut ycm = Scratch::new(d.o * cols);
+    mm(
+        (d.o, cols, ckk),
+        &mut ycm,
+        cols,
+        false,
+        (wt, ckk, 1),
+        (&col, cols, 1),
+        Parallelism::Rayon(threads()),
+    );
+    let mut y = zeros(n * d.o * howo);
+    y.par_chunks_mut(d.o * howo)
+        .enumerate()
+        .for_each(|(s, ys)| {
+            for (oc, plane) in ys.chunks_mut(howo).enumerate() {
+                plane.copy_from_slice(&ycm[oc * cols + s * howo..][..howo]);
+                if let Some(b) = bias {
+                    plane.iter_mut().for_each(|v| *v += b[oc]);
+                }
+            }
+        });
+    y
+}
+
+/// The backward of [`super::conv_backward`] on this path: accumulates the input
+/// gradient into `gx` and returns the weight gradient.
+pub(crate) fn conv_backward_batched(
+    x: &[f32],
+    wt: &[f32],
+    gy: &[f32],
+    gx: &mut [f32],
+    n: usize,
+    d: ConvDims,
+) -> Vec<f32> {
+    let (ckk, howo, chw) = (d.ckk(), d.ho * d.wo, d.c * d.h * d.w);
+    let cols = n * howo;
+    let col = batch_columns(x, n, d);
+    let gycm = channel_major(gy, n, d.o, howo);
+    // dW (o×ckk) = gy (o×cols) · colᵀ: the batch is the inner dimension.
+    let mut dw = zeros(d.o * ckk);
+    mm(
+        (d.o, ckk, cols),
+        &mut dw,
+        ckk,
+        false,
+        (&gycm, cols, 1),
+        (&col, 1, cols),
+        Parallelism::Rayon(threads()),
+    );
+    drop(col);
+    // dcol (ckk×cols) = Wᵀ · gy, added back into each sample's gradient.
+    let mut dcol = Scratch::new(ckk * cols);
+    mm(
+        (ckk, cols, d.o),
+        &mut dcol,
+        cols,
+        false,
+        (wt, 1, ckk),
+        (&gycm, cols, 1),
+        Parallelism::Rayon(threads()),
+    );
+    gx.par_chunks_mut(chw)
+        .enumerate()
+        .for_each(|(s, gxs)| col2im_add(&dcol[s * howo..], d, gxs, cols));
+    dw
+}
