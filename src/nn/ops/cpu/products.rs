@@ -241,7 +241,7 @@ pub(crate) fn mm_narrow(
     };
 }
 
-/// [`mm_dot`] with row `j` of `B` at `b[boff[j]..]` (AVX-512 only).
+/// [`mm_dot`] with row `j` of `B` at `b[boff[j]..]` (AVX-512 or AVX2 only).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn mm_dot_offsets(
     (m, n, len): (usize, usize, usize),
@@ -250,13 +250,26 @@ pub(crate) fn mm_dot_offsets(
     (a, lda): (&[f32], usize),
     (b, boff): (&[f32], &[usize]),
 ) {
-    assert!(kernels::avx512());
+    assert!(kernels::avx512() || kernels::avx2());
     if m == 0 || n == 0 || len == 0 {
         return;
     }
     assert!(dst.len() >= (m - 1) * ldd + n && boff.len() >= n);
     assert!(a.len() >= (m - 1) * lda + len);
     assert!(boff[..n].iter().all(|&o| o + len <= b.len()));
+    if !kernels::avx512() {
+        // SAFETY: AVX2 and FMA are present and the asserts keep every access in
+        // bounds.
+        unsafe {
+            kernels::avx2::gemm_dot(
+                (m, n, len),
+                (a.as_ptr(), lda),
+                (b.as_ptr(), boff),
+                (dst.as_mut_ptr(), ldd),
+            )
+        };
+        return;
+    }
     // SAFETY: AVX-512 is present and the asserts keep every access in bounds.
     unsafe {
         kernels::x86::gemm_dot(
@@ -452,6 +465,57 @@ mod avx2_product {
                         "m={m} n={n} k={k} acs={acs} acc={acc} at {idx}: {g} vs {w}"
                     );
                 }
+            }
+        }
+    }
+
+    /// `kernels::avx2::gemm_dot` (`C += A·Bᵀ`, `B` rows at offsets) against plain
+    /// loops: partial tiles in both directions (m mod 4, n mod 3), rows shorter
+    /// than a vector and with a tail (len mod 8), overlapping shifted `B` rows.
+    #[test]
+    fn dot_matches_plain_loops() {
+        if !(std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma"))
+        {
+            eprintln!("no AVX2+FMA on this CPU: nothing to check");
+            return;
+        }
+        for &(m, n, len) in &[(1, 1, 1), (3, 2, 7), (4, 3, 8), (9, 10, 37), (16, 27, 1160)] {
+            let lda = len + 5;
+            let a: Vec<f32> = (0..m * lda)
+                .map(|i| ((i * 7) % 11) as f32 * 0.25 - 1.0)
+                .collect();
+            // Row j of B starts 2·j + (j mod 3) floats in: rows overlap like views.
+            let boff: Vec<usize> = (0..n).map(|j| 2 * j + j % 3).collect();
+            let b: Vec<f32> = (0..boff[n - 1] + len)
+                .map(|i| ((i * 5) % 13) as f32 * 0.125 - 0.5)
+                .collect();
+            let ldc = n + 1;
+            let mut c: Vec<f32> = (0..m * ldc).map(|i| (i % 3) as f32).collect();
+            let mut want = c.clone();
+            for i in 0..m {
+                for j in 0..n {
+                    let s: f64 = (0..len)
+                        .map(|q| a[i * lda + q] as f64 * b[boff[j] + q] as f64)
+                        .sum();
+                    want[i * ldc + j] = (want[i * ldc + j] as f64 + s) as f32;
+                }
+            }
+            // SAFETY: the CPU has AVX2 and FMA (checked); rows and C lie inside
+            // their buffers by construction.
+            unsafe {
+                crate::nn::ops::kernels::avx2::gemm_dot(
+                    (m, n, len),
+                    (a.as_ptr(), lda),
+                    (b.as_ptr(), &boff),
+                    (c.as_mut_ptr(), ldc),
+                )
+            };
+            for (idx, (g, w)) in c.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                    "m={m} n={n} len={len} at {idx}: {g} vs {w}"
+                );
             }
         }
     }

@@ -120,9 +120,10 @@ impl ConvDims {
     /// 64, slower dW at 128 and up). AVX2: forward and input gradient of wide-path
     /// convolutions with a kernel over 1×1 and from 16 channels (one product over
     /// all taps instead of a `gemm` per tap: 5–20% faster forward on ResNet-18's
-    /// 32² and 16² layers in `conv_speed`); the weight gradient (see
-    /// [`ConvDims::own_dw`]), 1×1 kernels, the column-matrix path and the 3-channel
-    /// stem stay on `gemm`, which measured as fast or faster there.
+    /// 32² and 16² layers in `conv_speed`), and the weight gradient up to 64
+    /// channels (dot products along the views, `wide::wide_dw`); 1×1 kernels, the
+    /// column-matrix path and the 3-channel stem stay on `gemm`, which measured as
+    /// fast or faster there.
     pub(crate) fn own(&self) -> bool {
         (kernels::avx512() && self.c.max(self.o) <= 32)
             || (kernels::avx2()
@@ -367,6 +368,10 @@ mod paths_agree {
             (2, 3, 8, 10, 7, 2, 3),
             (2, 1, 5, 9, 3, 1, 2),
             (2, 2, 4, 7, 2, 1, 0),
+            // The own products (AVX2: from 16 channels; dW's dot form up to 64).
+            (2, 16, 20, 16, 3, 1, 1),
+            (1, 24, 16, 20, 3, 1, 1),
+            (2, 72, 32, 16, 3, 1, 1),
         ];
         for &(_, _, _, _, k, s, _) in &shapes {
             assert!(s == 1 || k >= s, "the wide path cannot take {k}x{k}/{s}");
