@@ -88,9 +88,66 @@ fn im2col_strided<const S: usize>(x: &[f32], d: ConvDims, col: &mut [f32], ld: u
 /// Adds rows `col[r·ld ..][.. ho·wo]` back into one sample's gradient `(c, h, w)`.
 pub(crate) fn col2im_add(col: &[f32], d: ConvDims, gx: &mut [f32], ld: usize) {
     match d.win.stride {
+        1 if d.ho == d.h && d.wo == d.w => col2im_same(col, d, gx, ld),
         1 => col2im_strided::<1>(col, d, gx, ld),
         2 => col2im_strided::<2>(col, d, gx, ld),
         _ => col2im_strided::<0>(col, d, gx, ld),
+    }
+}
+
+/// [`col2im_add`] at stride 1 with planes of the output's size (padding
+/// `(k − 1)/2`): tap `(ki, kj)` adds its block shifted by `(ki − p)·w + kj − p` in
+/// one pass over the valid rows, the columns that would wrap into a neighbouring
+/// row multiplied by a zero mask. On 8×8 and 4×4 planes the per-row runs of the
+/// general loop are 4–8 floats, so its bookkeeping cost more than the adds.
+fn col2im_same(col: &[f32], d: ConvDims, gx: &mut [f32], ld: usize) {
+    let (k, p, h, w) = (d.win.kernel, d.win.padding as isize, d.h, d.w);
+    let hw = h * w;
+    check_lens(gx.len(), col.len(), d, ld);
+    // masks[kj][t]: 1 where column t mod w, shifted by kj − p, stays in the row.
+    let masks: Vec<Vec<f32>> = (0..k)
+        .map(|kj| {
+            let dx = kj as isize - p;
+            (0..hw)
+                .map(|t| {
+                    let ox = (t % w) as isize + dx;
+                    if (0..w as isize).contains(&ox) {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    for ci in 0..d.c {
+        let gc = &mut gx[ci * hw..(ci + 1) * hw];
+        for ki in 0..k {
+            let dy = ki as isize - p;
+            // Rows oy with 0 ≤ oy + dy < h.
+            let oy0 = (-dy).max(0) as usize;
+            let oy1 = (h as isize - dy).min(h as isize).max(0) as usize;
+            if oy0 >= oy1 {
+                continue;
+            }
+            for (kj, mask) in masks.iter().enumerate() {
+                let dx = kj as isize - p;
+                if dx.unsigned_abs() >= w {
+                    continue;
+                }
+                let r = (ci * k + ki) * k + kj;
+                let len = (oy1 - oy0) * w;
+                // The first and last unmasked positions; the masked ones between
+                // land inside the plane (in a neighbouring row) and add zero.
+                let (t0, t1) = ((-dx).max(0) as usize, len - dx.max(0) as usize);
+                let src = &col[r * ld + oy0 * w..][t0..t1];
+                let start = ((oy0 as isize + dy) * w as isize + dx + t0 as isize) as usize;
+                let dst = &mut gc[start..start + (t1 - t0)];
+                for ((g, v), m) in dst.iter_mut().zip(src).zip(&mask[t0..t1]) {
+                    *g += v * m;
+                }
+            }
+        }
     }
 }
 
@@ -244,4 +301,52 @@ pub(crate) fn conv_backward_im2col(
         }
         dw
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same-size stride-1 col2im against the general one, on odd kernels with
+    /// their "same" padding, rectangular and tiny planes, and a leading dimension
+    /// wider than one sample's block.
+    #[test]
+    fn same_size_col2im_matches_the_general_loop() {
+        // (c, h, w, kernel)
+        for (c, h, w, k) in [
+            (3, 8, 8, 3),
+            (2, 4, 4, 3),
+            (2, 1, 1, 3),
+            (2, 2, 2, 3),
+            (3, 5, 7, 3),
+            (2, 6, 5, 5),
+            (2, 3, 3, 7),
+            (4, 4, 4, 1),
+        ] {
+            let win = Window::new(k, 1, (k - 1) / 2);
+            let d = ConvDims {
+                c,
+                h,
+                w,
+                o: 1,
+                ho: h,
+                wo: w,
+                win,
+            };
+            let ld = h * w + 3;
+            let col: Vec<f32> = (0..d.ckk() * ld)
+                .map(|i| ((i * 7919) % 89) as f32 / 89.0 - 0.5)
+                .collect();
+            let init: Vec<f32> = (0..c * h * w).map(|i| (i % 5) as f32 * 0.25).collect();
+            let (mut fast, mut general) = (init.clone(), init);
+            col2im_same(&col, d, &mut fast, ld);
+            col2im_strided::<1>(&col, d, &mut general, ld);
+            for (i, (a, b)) in fast.iter().zip(&general).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-6,
+                    "c{c} {h}x{w} k{k} at {i}: {a} vs {b}"
+                );
+            }
+        }
+    }
 }
