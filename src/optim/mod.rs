@@ -16,9 +16,11 @@
 //!   excluded by default).
 //! - Updates are written with dfdx tensor ops, so they run on any dfdx device (CPU and
 //!   CUDA); on `Cpu` the same formulas run as one fused multithreaded pass per entry
-//!   (`cpu.rs`). Each update *replaces* an entry's tensor (a new tensor id), exactly like
-//!   [`ParamStore::set_data`]; gradients must therefore be computed afresh every step
-//!   (a persistent `Gradients` keyed by old ids would miss the new tensors).
+//!   (`cpu.rs`). The tensor-op form *replaces* an entry's tensor (a new tensor id),
+//!   exactly like [`ParamStore::set_data`]; the `Cpu` pass updates it in place (same
+//!   id, its storage made unique first). Gradients must therefore be computed afresh
+//!   every step: a persistent `Gradients` would miss the new tensors on one path and
+//!   add old gradients on the other.
 //! - A trainable entry that has no gradient in the `Gradients` is treated as having a
 //!   zero gradient (PyTorch's `zero_grad(set_to_none=False)`): momentum and weight decay
 //!   still move it. To hold a parameter still, make it non-trainable.

@@ -16,7 +16,7 @@ use gemm::Parallelism;
 
 use crate::nn::ops::cpu::buffers::{Scratch, zeros};
 use crate::nn::ops::cpu::conv::ConvDims;
-use crate::nn::ops::cpu::conv::im2col::{col2im_add, im2col};
+use crate::nn::ops::cpu::conv::im2col::{add_bias, col2im_add, im2col, unpack_sample};
 use crate::nn::ops::cpu::products::mm;
 use crate::nn::ops::cpu::threads;
 
@@ -76,11 +76,9 @@ pub(crate) fn conv_forward_batched(
     y.par_chunks_mut(d.o * howo)
         .enumerate()
         .for_each(|(s, ys)| {
-            for (oc, plane) in ys.chunks_mut(howo).enumerate() {
-                plane.copy_from_slice(&ycm[oc * cols + s * howo..][..howo]);
-                if let Some(b) = bias {
-                    plane.iter_mut().for_each(|v| *v += b[oc]);
-                }
+            unpack_sample(ys, &ycm, cols, s, howo);
+            if let Some(b) = bias {
+                add_bias(ys, b, howo);
             }
         });
     y

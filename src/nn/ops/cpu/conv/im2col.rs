@@ -229,20 +229,31 @@ pub(crate) fn conv_forward_im2col(
                     d.own(),
                 );
                 for (s, ys) in yg.chunks_mut(d.o * howo).enumerate() {
-                    for (oc, plane) in ys.chunks_mut(howo).enumerate() {
-                        plane.copy_from_slice(&tmp[oc * ld + s * howo..][..howo]);
-                    }
+                    unpack_sample(ys, &tmp, ld, s, howo);
                 }
             }
             if let Some(b) = bias {
                 for ys in yg.chunks_mut(d.o * howo) {
-                    for (oc, plane) in ys.chunks_mut(howo).enumerate() {
-                        plane.iter_mut().for_each(|v| *v += b[oc]);
-                    }
+                    add_bias(ys, b, howo);
                 }
             }
         }
     })
+}
+
+/// Sample `s`'s output planes `(o, ho·wo)` from a channel-major product: row `oc`
+/// of `cm` (leading dimension `ld`) holds the sample's plane at column `s·ho·wo`.
+pub(crate) fn unpack_sample(ys: &mut [f32], cm: &[f32], ld: usize, s: usize, howo: usize) {
+    for (oc, plane) in ys.chunks_mut(howo).enumerate() {
+        plane.copy_from_slice(&cm[oc * ld + s * howo..][..howo]);
+    }
+}
+
+/// Adds `b[oc]` to every value of plane `oc` of one sample's output.
+pub(crate) fn add_bias(ys: &mut [f32], b: &[f32], howo: usize) {
+    for (oc, plane) in ys.chunks_mut(howo).enumerate() {
+        plane.iter_mut().for_each(|v| *v += b[oc]);
+    }
 }
 
 /// The column-matrix path of [`super::conv_backward`].
