@@ -346,7 +346,7 @@ mod kernel_speed {
             }
             let dot_crate = gf(t.elapsed().as_secs_f64());
             // The same dW product as dWᵀ = colᵀ-views · gyᵀ with narrow rows.
-            let narrow = if m <= 32 {
+            let narrow = if m <= 32 && kernels::avx512() {
                 let ct: Vec<f32> = (0..n * m).map(|i| (i % 7) as f32 * 0.1).collect();
                 let aoff: Vec<usize> = (0..k).map(|i| i * n).collect();
                 let mut wt = vec![0.0; k * m];

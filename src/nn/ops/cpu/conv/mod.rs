@@ -106,13 +106,34 @@ impl ConvDims {
             && p < k
             && (self.hph() * self.wph()) as f64 <= limit * (self.ho * self.wo) as f64
     }
-    /// Rows of one phase plane of the padded image.
+    /// Rows of one phase plane of the padded image. At stride 1 neighbouring planes
+    /// share their zero rows ([`ConvDims::gap`]).
     pub(crate) fn hph(&self) -> usize {
-        self.hp().div_ceil(self.win.stride)
+        if self.win.stride == 1 {
+            self.h + self.gap()
+        } else {
+            self.hp().div_ceil(self.win.stride)
+        }
     }
-    /// Columns of one phase plane of the padded image.
+    /// Columns of one phase plane of the padded image. At stride 1 neighbouring rows
+    /// share their zero columns ([`ConvDims::gap`]).
     pub(crate) fn wph(&self) -> usize {
-        self.wp().div_ceil(self.win.stride)
+        if self.win.stride == 1 {
+            self.w + self.gap()
+        } else {
+            self.wp().div_ceil(self.win.stride)
+        }
+    }
+    /// Zeros between neighbouring image rows (and planes) at stride 1. A view reads
+    /// up to `p` columns left of a row and `k − 1 − p` right of it, so one run of
+    /// `max(p, k − 1 − p)` zeros serves as one row's right border and the next
+    /// row's left border (the image sits at `(p, p)` of its plane): a 16² plane
+    /// with a 3×3 kernel is laid out 17×17 instead of 18×18, and the product
+    /// computes 11% discarded positions instead of 21%. The same holds for the
+    /// input gradient's correlation, whose padding is `k − 1 − p`.
+    pub(crate) fn gap(&self) -> usize {
+        let (k, p) = (self.win.kernel, self.win.padding);
+        p.max((k - 1).saturating_sub(p))
     }
     /// Whether the hand-written kernels serve this convolution. AVX-512: up to 32
     /// channels, where `gemm`'s packing costs as much as its multiply; with more
@@ -368,6 +389,13 @@ mod paths_agree {
             (2, 3, 8, 10, 7, 2, 3),
             (2, 1, 5, 9, 3, 1, 2),
             (2, 2, 4, 7, 2, 1, 0),
+            // Stride 1 with the shared zero gap of other widths than the padding.
+            (2, 3, 4, 9, 5, 1, 1),
+            (2, 3, 4, 8, 5, 1, 2),
+            (3, 2, 3, 6, 3, 1, 0),
+            (2, 3, 5, 7, 1, 1, 0),
+            (2, 2, 3, 6, 4, 1, 2),
+            (2, 20, 18, 9, 3, 1, 0),
             // The own products (AVX2: from 16 channels; dW's dot form up to 64).
             (2, 16, 20, 16, 3, 1, 1),
             (1, 24, 16, 20, 3, 1, 1),

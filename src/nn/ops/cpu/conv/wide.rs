@@ -188,7 +188,7 @@ pub(crate) fn wide_dw(
 /// Stride 1: `wide (c×cols) = Wflip · views(gyq)`, the input gradient as a
 /// correlation of gy padded by k−1−p with the flipped kernel.
 pub(crate) fn wide_gx_flip(d: ConvDims, cols: usize, wide: &mut [f32], wflip: &[f32], gyq: &[f32]) {
-    let (k, wp) = (d.win.kernel, d.wp());
+    let (k, wp) = (d.win.kernel, d.wph());
     let (kk, okk) = (k * k, d.o * k * k);
     #[cfg(target_arch = "x86_64")]
     if d.own() {
