@@ -1,9 +1,10 @@
 //! Convolution: the op, its geometry ([`ConvDims`]) and the choice of path.
 //!
 //! - The *wide* path ([`wide`]) applies when the discarded grid positions are at
-//!   most 35% at stride 1 (planes of 16×16 and up, every 1×1) and 10% strided
-//!   (3×3 stride 2 on planes of 48×48 and up, a stride equal to the kernel). It
-//!   zero-pads a group of samples once; for stride s it splits the padded image
+//!   most 35% at stride 1 (3×3 on planes of 8×8 and up, every 1×1) and 10%
+//!   strided (3×3 stride 2 on planes of 48×48 and up, a stride equal to the
+//!   kernel). It zero-pads a group of samples once (at stride 1 neighbouring rows
+//!   and planes share their zero gap, [`ConvDims::gap`]); for stride s it splits the padded image
 //!   into s×s phase planes, so a tap's inputs are again a shifted view (layout:
 //!   channel, phase, sample, phase plane). It computes every position of the grid
 //!   and keeps the valid ones; the products read shifted views through a
