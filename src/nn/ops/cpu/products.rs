@@ -159,10 +159,10 @@ pub(crate) fn mm_offsets(
                 }
             }
             let aoff: Vec<usize> = (0..m).map(|i| i * k).collect();
-            return mm_avx2((m, n, k), dst, ldd, acc, (&at, &aoff, 1), (b, boff));
+            return mm_avx2((m, n, k), dst, ldd, acc, (&at, &aoff, 1), (b, boff, None));
         }
         let aoff: Vec<usize> = (0..m).map(|i| i * ars).collect();
-        return mm_avx2((m, n, k), dst, ldd, acc, (a, &aoff, acs), (b, boff));
+        return mm_avx2((m, n, k), dst, ldd, acc, (a, &aoff, acs), (b, boff, None));
     }
     assert!(kernels::avx512());
     assert!(dst.len() >= (m - 1) * ldd + n && boff.len() >= k);
@@ -181,7 +181,8 @@ pub(crate) fn mm_offsets(
 }
 
 /// `dst (m×n, row stride ldd) = [dst +] A·B` with `A(i, p) = a[aoff[i] + p·acs]`
-/// and row `p` of `B` at `b[boff[p]..]`: the AVX2 product.
+/// and row `p` of `B` at `b[boff[p]..]`, its column `j` at `j` or, with a chunk
+/// table, at `chunks[j / 8] + j mod 8`: the AVX2 product.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn mm_avx2(
     (m, n, k): (usize, usize, usize),
@@ -189,7 +190,7 @@ pub(crate) fn mm_avx2(
     ldd: usize,
     acc: bool,
     (a, aoff, acs): (&[f32], &[usize], usize),
-    (b, boff): (&[f32], &[usize]),
+    (b, boff, chunks): (&[f32], &[usize], Option<&[usize]>),
 ) {
     assert!(kernels::avx2());
     if m == 0 || n == 0 {
@@ -199,14 +200,25 @@ pub(crate) fn mm_avx2(
     if k > 0 {
         let last = (k - 1) * acs;
         assert!(aoff[..m].iter().all(|&o| o + last < a.len()));
-        assert!(boff[..k].iter().all(|&o| o + n <= b.len()));
+        // One past the furthest column of a row of B.
+        let span = match chunks {
+            None => n,
+            Some(t) => {
+                assert!(t.len() >= n.div_ceil(8));
+                (0..n.div_ceil(8))
+                    .map(|q| t[q] + 8.min(n - 8 * q))
+                    .max()
+                    .unwrap_or(0)
+            }
+        };
+        assert!(boff[..k].iter().all(|&o| o + span <= b.len()));
     }
     // SAFETY: AVX2 and FMA are present and the asserts keep every access in bounds.
     unsafe {
         kernels::avx2::gemm(
             (m, n, k),
             (a.as_ptr(), aoff, acs),
-            (b.as_ptr(), boff),
+            (b.as_ptr(), boff, chunks),
             (dst.as_mut_ptr(), ldd),
             acc,
         )
@@ -406,7 +418,8 @@ mod avx2_product {
     /// `kernels::avx2::gemm` against a plain triple loop on sizes that hit every
     /// edge: partial row tiles (m mod 6), partial panels (n mod 16), several inner
     /// blocks (k > 256) and row blocks (m > 96), row-gathered and transposed `A`,
-    /// shifted `B` rows, and both overwrite and accumulate.
+    /// shifted `B` rows, both overwrite and accumulate, and columns through a chunk
+    /// table.
     #[test]
     fn matches_plain_loops() {
         if !(std::arch::is_x86_feature_detected!("avx2")
@@ -431,18 +444,24 @@ mod avx2_product {
             let aoff: Vec<usize> = (0..m)
                 .map(|i| if acs == 1 { (m - 1 - i) * k } else { m - 1 - i })
                 .collect();
-            let b: Vec<f32> = (0..3 * k + n + 8)
+            // Columns by a chunk table: runs of eight with a gap of 3 after every
+            // second run (as valid outputs of 16-wide rows sit in a 19-wide grid).
+            let table: Vec<usize> = (0..usize::div_ceil(n, 8))
+                .map(|q| 8 * q + 3 * (q / 2))
+                .collect();
+            let b: Vec<f32> = (0..3 * k + 2 * n + 8)
                 .map(|i| ((i * 5) % 13) as f32 * 0.125 - 0.5)
                 .collect();
             let boff: Vec<usize> = (0..k).map(|p| 3 * p).collect();
             let ldc = n + 2;
-            for acc in [false, true] {
+            for (acc, chunks) in [(false, None), (true, None), (false, Some(&table[..]))] {
+                let col = |j: usize| chunks.map_or(j, |t| t[j / 8] + j % 8);
                 let mut c: Vec<f32> = (0..m * ldc).map(|i| (i % 3) as f32).collect();
                 let mut want = c.clone();
                 for i in 0..m {
                     for j in 0..n {
                         let s: f64 = (0..k)
-                            .map(|p| a[aoff[i] + p * acs] as f64 * b[boff[p] + j] as f64)
+                            .map(|p| a[aoff[i] + p * acs] as f64 * b[boff[p] + col(j)] as f64)
                             .sum();
                         let base = if acc { want[i * ldc + j] as f64 } else { 0.0 };
                         want[i * ldc + j] = (base + s) as f32;
@@ -454,7 +473,7 @@ mod avx2_product {
                     crate::nn::ops::kernels::avx2::gemm(
                         (m, n, k),
                         (a.as_ptr(), &aoff, acs),
-                        (b.as_ptr(), &boff),
+                        (b.as_ptr(), &boff, chunks),
                         (c.as_mut_ptr(), ldc),
                         acc,
                     )
@@ -462,7 +481,8 @@ mod avx2_product {
                 for (idx, (g, w)) in c.iter().zip(&want).enumerate() {
                     assert!(
                         (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
-                        "m={m} n={n} k={k} acs={acs} acc={acc} at {idx}: {g} vs {w}"
+                        "m={m} n={n} k={k} acs={acs} acc={acc} chunks={} at {idx}: {g} vs {w}",
+                        chunks.is_some()
                     );
                 }
             }

@@ -127,22 +127,26 @@ pub(crate) unsafe fn grad_sums(
 struct Panel([f32; KC * NR]);
 
 /// `C (m×n, row stride ldc) [+]= A·B` with `A(i, p) = a[aoff[i] + p·acs]` and
-/// `B(p, j) = b[boff[p] + j]`. Offset tables let `A` be any row gather (shifted
-/// views of a padded image) or a transpose, and `B` rows be shifted views.
+/// `B(p, j) = b[boff[p] + col(j)]`, where `col(j) = j`, or with a chunk table
+/// `col(j) = chunks[j / 8] + j mod 8`. Offset tables let `A` be any row gather
+/// (shifted views of a padded image) or a transpose, and `B` rows be shifted
+/// views; the chunk table lets the columns skip the grid positions a convolution
+/// discards (runs of eight valid outputs), at no cost in the packing.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA, `aoff.len() ≥ m`, `boff.len() ≥ k`, and every
-/// index the formulas name for `i < m`, `j < n`, `p < k` must lie inside the
-/// respective allocation.
+/// The CPU must have AVX2 and FMA, `aoff.len() ≥ m`, `boff.len() ≥ k`,
+/// `chunks.len() ≥ ⌈n / 8⌉` when given, and every index the formulas name for
+/// `i < m`, `j < n`, `p < k` must lie inside the respective allocation.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm(
     (m, n, k): (usize, usize, usize),
     (a, aoff, acs): (*const f32, &[usize], usize),
-    (b, boff): (*const f32, &[usize]),
+    (b, boff, chunks): (*const f32, &[usize], Option<&[usize]>),
     (c, ldc): (*mut f32, usize),
     acc: bool,
 ) {
+    let col = |j: usize| chunks.map_or(j, |t| t[j / 8] + j % 8);
     if m == 0 || n == 0 {
         return;
     }
@@ -167,18 +171,24 @@ pub(crate) unsafe fn gemm(
             let mut j0 = 0;
             while j0 < n {
                 let nr = NR.min(n - j0);
+                // Where the panel's two 8-column halves start in a row of B.
+                let (h0, h1) = if nr == NR {
+                    (col(j0), col(j0 + 8))
+                } else {
+                    (0, 0)
+                };
                 for (p, &off) in boff[p0..p0 + kc].iter().enumerate() {
-                    let src = b.wrapping_add(off + j0);
+                    let row = b.wrapping_add(off);
                     // SAFETY: the panel holds KC·NR floats; columns j0..j0 + nr
                     // of row p0 + p of B are inside B (caller's contract).
                     unsafe {
                         let dst = pp.add(p * NR);
                         if nr == NR {
-                            _mm256_store_ps(dst, _mm256_loadu_ps(src));
-                            _mm256_store_ps(dst.add(8), _mm256_loadu_ps(src.add(8)));
+                            _mm256_store_ps(dst, _mm256_loadu_ps(row.add(h0)));
+                            _mm256_store_ps(dst.add(8), _mm256_loadu_ps(row.add(h1)));
                         } else {
                             for j in 0..NR {
-                                *dst.add(j) = if j < nr { *src.add(j) } else { 0.0 };
+                                *dst.add(j) = if j < nr { *row.add(col(j0 + j)) } else { 0.0 };
                             }
                         }
                     }

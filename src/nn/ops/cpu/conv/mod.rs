@@ -153,6 +153,19 @@ impl ConvDims {
                 && self.c.min(self.o) >= 16
                 && self.wide_geometry())
     }
+    /// Whether the wide path's forward and input-gradient products skip the
+    /// discarded grid positions (AVX2 product, stride 1, output and input rows a
+    /// multiple of 8 wide): the valid outputs come in runs of eight, which the
+    /// product's column table ([`wide::valid_chunks`]) picks out while packing, so
+    /// no flop goes to a discarded position. The weight gradient's inner dimension
+    /// still runs over the whole grid.
+    pub(crate) fn compact(&self) -> bool {
+        kernels::avx2()
+            && self.own()
+            && self.win.stride == 1
+            && self.wo.is_multiple_of(8)
+            && self.w.is_multiple_of(8)
+    }
     /// Whether the weight gradient uses the own narrow-row product (AVX-512 only:
     /// with many channels its transposed result cost as much to add back as the
     /// product itself).
@@ -401,6 +414,10 @@ mod paths_agree {
             (2, 16, 20, 16, 3, 1, 1),
             (1, 24, 16, 20, 3, 1, 1),
             (2, 72, 32, 16, 3, 1, 1),
+            // Compact products (AVX2: rows a multiple of 8 wide).
+            (3, 32, 16, 8, 3, 1, 1),
+            (2, 16, 24, 8, 5, 1, 2),
+            (1, 16, 17, 24, 3, 1, 1),
         ];
         for &(_, _, _, _, k, s, _) in &shapes {
             assert!(s == 1 || k >= s, "the wide path cannot take {k}x{k}/{s}");

@@ -4,12 +4,13 @@
 use gemm::Parallelism;
 
 use crate::nn::ops::cpu::buffers::Scratch;
+use crate::nn::ops::cpu::conv::im2col::{add_bias, unpack_sample};
 use crate::nn::ops::cpu::conv::{
     ConvDims, conv_backward_threads, conv_forward_threads, thread_chunk,
 };
 use crate::nn::ops::cpu::products::{mm, mm_rows, mm_strided};
 #[cfg(target_arch = "x86_64")]
-use crate::nn::ops::cpu::products::{mm_dot_offsets, mm_narrow, mm_offsets};
+use crate::nn::ops::cpu::products::{mm_avx2, mm_dot_offsets, mm_narrow, mm_offsets};
 use crate::nn::ops::kernels;
 
 /// Lays `ns` samples `(ch, hh, ww)` out as `(ch, sample, hp, wp)` with each image
@@ -99,6 +100,48 @@ pub(crate) fn view_offsets(ch: usize, cols: usize, k: usize, wph: usize, s: usiz
         }
     }
     v
+}
+
+/// Starts of the runs of eight valid outputs on the grid of `ns` planes (`pp`
+/// positions each, rows `wph` apart) whose valid part is `rows × width`, `width`
+/// a multiple of 8: the column table of [`compact_product`].
+pub(crate) fn valid_chunks(
+    ns: usize,
+    (rows, width): (usize, usize),
+    wph: usize,
+    pp: usize,
+) -> Vec<usize> {
+    debug_assert!(width.is_multiple_of(8) && width <= wph);
+    let mut v = Vec::with_capacity(ns * rows * width / 8);
+    for si in 0..ns {
+        for y in 0..rows {
+            v.extend((0..width).step_by(8).map(|x| si * pp + y * wph + x));
+        }
+    }
+    v
+}
+
+/// `dst (m × 8·chunks.len()) = A · views(b)` on the valid positions only: `A` is
+/// `m × k` row-major, row `p` of the views starts at `b[boff[p]..]`, and output
+/// column `j` is grid position `chunks[j / 8] + j mod 8` (AVX2 product).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn compact_product(
+    (m, k): (usize, usize),
+    dst: &mut [f32],
+    a: &[f32],
+    (b, boff): (&[f32], &[usize]),
+    chunks: &[usize],
+) {
+    let n = 8 * chunks.len();
+    let aoff: Vec<usize> = (0..m).map(|i| i * k).collect();
+    mm_avx2(
+        (m, n, k),
+        dst,
+        n,
+        false,
+        (a, &aoff, 1),
+        (b, boff, Some(chunks)),
+    );
 }
 
 /// `wide (o×cols) = W · views(xp)`: one product over the shifted views with the own
@@ -271,6 +314,19 @@ pub(crate) fn conv_forward_wide(
                 d.tail(),
                 &mut xp,
             );
+            #[cfg(target_arch = "x86_64")]
+            if d.compact() {
+                let chunks = valid_chunks(ns, (d.ho, d.wo), wph, pp);
+                let off = view_offsets(d.c, cols, d.win.kernel, wph, 1);
+                compact_product((d.o, d.ckk()), &mut wide, wt, (&xp, &off), &chunks);
+                for (si, ys) in yg.chunks_mut(d.o * howo).enumerate() {
+                    unpack_sample(ys, &wide, ns * howo, si, howo);
+                    if let Some(b) = bias {
+                        add_bias(ys, b, howo);
+                    }
+                }
+                continue;
+            }
             wide_product(d, cols, &mut wide, wt, &xp);
             for (si, ys) in yg.chunks_mut(d.o * howo).enumerate() {
                 for (oc, out) in ys.chunks_mut(howo).enumerate() {
@@ -338,6 +394,19 @@ pub(crate) fn conv_backward_wide(
             wide_dw(d, cols, (&mut dw, &mut dwt), &xp, &gy0);
             if st == 1 {
                 pad_planes(gysrc, (d.o, d.ho, d.wo), (hph, wph), q, d.tail(), &mut gyq);
+                #[cfg(target_arch = "x86_64")]
+                if d.compact() {
+                    let hw = d.h * d.w;
+                    let chunks = valid_chunks(ns, (d.h, d.w), wph, pp);
+                    let off = view_offsets(d.o, cols, k, wph, 1);
+                    compact_product((d.c, okk), &mut wide, &wflip, (&gyq, &off), &chunks);
+                    for (si, gs) in gxg.chunks_mut(chw).enumerate() {
+                        for (ci, gp) in gs.chunks_mut(hw).enumerate() {
+                            kernels::add_to(gp, &wide[ci * ns * hw + si * hw..][..hw]);
+                        }
+                    }
+                    continue;
+                }
                 wide_gx_flip(d, cols, &mut wide, &wflip, &gyq);
                 for (si, gs) in gxg.chunks_mut(chw).enumerate() {
                     for (ci, gp) in gs.chunks_mut(d.h * d.w).enumerate() {
