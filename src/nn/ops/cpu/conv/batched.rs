@@ -110,6 +110,11 @@ pub(crate) fn conv_backward_batched(
         Parallelism::Rayon(threads()),
     );
     drop(col);
+    #[cfg(target_arch = "x86_64")]
+    if d.compact() {
+        super::wide::input_grad_compact(wt, gy, gx, n, d);
+        return dw;
+    }
     // dcol (ckk×cols) = Wᵀ · gy, added back into each sample's gradient.
     let mut dcol = Scratch::new(ckk * cols);
     mm(

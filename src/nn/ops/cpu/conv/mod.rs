@@ -19,7 +19,12 @@
 //!   batch and one product per pass, split across threads by `gemm`, so the weight
 //!   gradient's inner dimension is the whole batch and no per-thread copies of it
 //!   are summed. Forward and backward choose separately
-//!   ([`ConvDims::batched_forward`], [`ConvDims::batched_backward`]).
+//!   ([`ConvDims::batched_forward`], [`ConvDims::batched_backward`]). Where the
+//!   compact product applies ([`ConvDims::compact`]: AVX2, stride 1, rows a
+//!   multiple of 8 wide) the forward stays on the wide path and the backward
+//!   takes only its weight gradient from here, its input gradient from
+//!   [`wide::input_grad_compact`] (ResNet-18's 8×8 256-channel layers: forward
+//!   55–57 → 64–67 GFLOP/s, no col2im).
 //!
 //! Products: see [`ConvDims::own`] for which run on the hand-written kernels.
 //! Threads take contiguous ranges of samples.
@@ -244,7 +249,7 @@ pub(crate) fn conv_forward(
     n: usize,
     d: ConvDims,
 ) -> Vec<f32> {
-    if d.batched_forward(n) {
+    if d.batched_forward(n) && !d.compact() {
         batched::conv_forward_batched(x, wt, bias, n, d)
     } else if d.wide() {
         conv_forward_wide(x, wt, bias, n, d)
@@ -440,6 +445,9 @@ mod paths_agree {
             (1, 5, 7, 6, 3, 1, 1),
             (2, 3, 8, 10, 7, 2, 3),
             (2, 4, 6, 3, 3, 1, 2),
+            // The input gradient by the compact correlation (AVX2, 8-wide rows).
+            (3, 16, 24, 8, 3, 1, 1),
+            (2, 32, 16, 16, 3, 1, 1),
         ];
         let path: (Forward, Backward) = (
             batched::conv_forward_batched,

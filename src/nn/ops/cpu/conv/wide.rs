@@ -343,6 +343,61 @@ pub(crate) fn conv_forward_wide(
     })
 }
 
+/// At stride 1 the input gradient is the correlation of gy, padded by k−1−p, with
+/// the flipped kernel whose in/out channels are swapped:
+/// `wflip[c, (o, ki, kj)] = w[o, c, k−1−ki, k−1−kj]`.
+fn flip_weights(wt: &[f32], d: ConvDims) -> Vec<f32> {
+    let k = d.win.kernel;
+    let okk = d.o * k * k;
+    let mut wflip = vec![0.0; d.c * okk];
+    for o in 0..d.o {
+        for c in 0..d.c {
+            for ki in 0..k {
+                for kj in 0..k {
+                    wflip[c * okk + (o * k + ki) * k + kj] =
+                        wt[((o * d.c + c) * k + k - 1 - ki) * k + k - 1 - kj];
+                }
+            }
+        }
+    }
+    wflip
+}
+
+/// The input gradient alone, accumulated into `gx`, by the compact correlation
+/// ([`ConvDims::compact`] must hold): the whole-batch path's backward uses it
+/// instead of its column gradient and col2im (8×8 planes, 256 channels: no
+/// scatter-add of nine overlapping columns per input).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn input_grad_compact(wt: &[f32], gy: &[f32], gx: &mut [f32], n: usize, d: ConvDims) {
+    use rayon::prelude::*;
+    assert!(d.compact());
+    let (k, hw, chw, howo) = (d.win.kernel, d.h * d.w, d.c * d.h * d.w, d.ho * d.wo);
+    let (hph, wph) = (d.hph(), d.wph());
+    let (pp, okk, q) = (hph * wph, d.o * k * k, k - 1 - d.win.padding);
+    let wflip = flip_weights(wt, d);
+    let chunk = thread_chunk(n);
+    let g = d.wide_group(chunk);
+    gx.par_chunks_mut(chunk * chw)
+        .zip(gy.par_chunks(chunk * d.o * howo))
+        .for_each(|(gxc, gyc)| {
+            let mut gyq = Vec::new();
+            let mut wide = Scratch::new(d.c * g * hw);
+            for (gxg, gysrc) in gxc.chunks_mut(g * chw).zip(gyc.chunks(g * d.o * howo)) {
+                let ns = gxg.len() / chw;
+                let cols = ns * pp;
+                pad_planes(gysrc, (d.o, d.ho, d.wo), (hph, wph), q, d.tail(), &mut gyq);
+                let chunks = valid_chunks(ns, (d.h, d.w), wph, pp);
+                let off = view_offsets(d.o, cols, k, wph, 1);
+                compact_product((d.c, okk), &mut wide, &wflip, (&gyq, &off), &chunks);
+                for (si, gs) in gxg.chunks_mut(chw).enumerate() {
+                    for (ci, gp) in gs.chunks_mut(hw).enumerate() {
+                        kernels::add_to(gp, &wide[ci * ns * hw + si * hw..][..hw]);
+                    }
+                }
+            }
+        });
+}
+
 pub(crate) fn conv_backward_wide(
     x: &[f32],
     wt: &[f32],
@@ -356,23 +411,11 @@ pub(crate) fn conv_backward_wide(
     let (hph, wph) = (d.hph(), d.wph());
     let pp = hph * wph;
     let okk = d.o * k * k;
-    // Stride 1: gx is the correlation of gy, padded by k−1−p, with the flipped
-    // kernel whose in/out channels are swapped:
-    // wflip[c, (o, ki, kj)] = w[o, c, k−1−ki, k−1−kj].
-    let mut wflip = Vec::new();
-    if st == 1 {
-        wflip = vec![0.0; d.c * okk];
-        for o in 0..d.o {
-            for c in 0..d.c {
-                for ki in 0..k {
-                    for kj in 0..k {
-                        wflip[c * okk + (o * k + ki) * k + kj] =
-                            wt[((o * d.c + c) * k + k - 1 - ki) * k + k - 1 - kj];
-                    }
-                }
-            }
-        }
-    }
+    let wflip = if st == 1 {
+        flip_weights(wt, d)
+    } else {
+        Vec::new()
+    };
     let q = k - 1 - p;
     let g = d.wide_group(thread_chunk(n));
     let wlen = d.o * ckk;
