@@ -119,7 +119,7 @@ pub(crate) fn mm_dot(
             return;
         }
         let boff: Vec<usize> = (0..n).map(|j| j * ldb).collect();
-        mm_dot_offsets((m, n, len), dst, ldd, (a, lda), (b, &boff));
+        mm_dot_offsets((m, n, len), dst, ldd, (a, lda), (b, &boff, None));
         return;
     }
     mm(
@@ -260,7 +260,7 @@ pub(crate) fn mm_dot_offsets(
     dst: &mut [f32],
     ldd: usize,
     (a, lda): (&[f32], usize),
-    (b, boff): (&[f32], &[usize]),
+    (b, boff, chunks): (&[f32], &[usize], Option<&[usize]>),
 ) {
     assert!(kernels::avx512() || kernels::avx2());
     if m == 0 || n == 0 || len == 0 {
@@ -268,7 +268,15 @@ pub(crate) fn mm_dot_offsets(
     }
     assert!(dst.len() >= (m - 1) * ldd + n && boff.len() >= n);
     assert!(a.len() >= (m - 1) * lda + len);
-    assert!(boff[..n].iter().all(|&o| o + len <= b.len()));
+    // One past the furthest element of a row of B.
+    let span = match chunks {
+        None => len,
+        Some(t) => {
+            assert!(len.is_multiple_of(8) && t.len() >= len / 8);
+            t[..len / 8].iter().map(|&c| c + 8).max().unwrap_or(0)
+        }
+    };
+    assert!(boff[..n].iter().all(|&o| o + span <= b.len()));
     if !kernels::avx512() {
         // SAFETY: AVX2 and FMA are present and the asserts keep every access in
         // bounds.
@@ -276,12 +284,16 @@ pub(crate) fn mm_dot_offsets(
             kernels::avx2::gemm_dot(
                 (m, n, len),
                 (a.as_ptr(), lda),
-                (b.as_ptr(), boff),
+                (b.as_ptr(), boff, chunks),
                 (dst.as_mut_ptr(), ldd),
             )
         };
         return;
     }
+    assert!(
+        chunks.is_none(),
+        "the AVX-512 dot product takes no chunk table"
+    );
     // SAFETY: AVX-512 is present and the asserts keep every access in bounds.
     unsafe {
         kernels::x86::gemm_dot(
@@ -491,7 +503,8 @@ mod avx2_product {
 
     /// `kernels::avx2::gemm_dot` (`C += A·Bᵀ`, `B` rows at offsets) against plain
     /// loops: partial tiles in both directions (m mod 4, n mod 3), rows shorter
-    /// than a vector and with a tail (len mod 8), overlapping shifted `B` rows.
+    /// than a vector and with a tail (len mod 8), overlapping shifted `B` rows, and
+    /// `B` rows read through a chunk table.
     #[test]
     fn dot_matches_plain_loops() {
         if !(std::arch::is_x86_feature_detected!("avx2")
@@ -500,14 +513,27 @@ mod avx2_product {
             eprintln!("no AVX2+FMA on this CPU: nothing to check");
             return;
         }
-        for &(m, n, len) in &[(1, 1, 1), (3, 2, 7), (4, 3, 8), (9, 10, 37), (16, 27, 1160)] {
+        let cases = [
+            (1, 1, 1, false),
+            (3, 2, 7, false),
+            (4, 3, 8, false),
+            (9, 10, 37, false),
+            (16, 27, 1160, false),
+            (5, 7, 8, true),
+            (9, 10, 96, true),
+        ];
+        for &(m, n, len, chunked) in &cases {
+            // Runs of eight with a gap of 3 after every second run.
+            let table: Vec<usize> = (0..len / 8).map(|q| 8 * q + 3 * (q / 2)).collect();
+            let chunks = chunked.then_some(&table[..]);
+            let col = |q: usize| chunks.map_or(q, |t| t[q / 8] + q % 8);
             let lda = len + 5;
             let a: Vec<f32> = (0..m * lda)
                 .map(|i| ((i * 7) % 11) as f32 * 0.25 - 1.0)
                 .collect();
             // Row j of B starts 2·j + (j mod 3) floats in: rows overlap like views.
             let boff: Vec<usize> = (0..n).map(|j| 2 * j + j % 3).collect();
-            let b: Vec<f32> = (0..boff[n - 1] + len)
+            let b: Vec<f32> = (0..boff[n - 1] + col(len - 1) + 1)
                 .map(|i| ((i * 5) % 13) as f32 * 0.125 - 0.5)
                 .collect();
             let ldc = n + 1;
@@ -516,7 +542,7 @@ mod avx2_product {
             for i in 0..m {
                 for j in 0..n {
                     let s: f64 = (0..len)
-                        .map(|q| a[i * lda + q] as f64 * b[boff[j] + q] as f64)
+                        .map(|q| a[i * lda + q] as f64 * b[boff[j] + col(q)] as f64)
                         .sum();
                     want[i * ldc + j] = (want[i * ldc + j] as f64 + s) as f32;
                 }
@@ -527,14 +553,14 @@ mod avx2_product {
                 crate::nn::ops::kernels::avx2::gemm_dot(
                     (m, n, len),
                     (a.as_ptr(), lda),
-                    (b.as_ptr(), &boff),
+                    (b.as_ptr(), &boff, chunks),
                     (c.as_mut_ptr(), ldc),
                 )
             };
             for (idx, (g, w)) in c.iter().zip(&want).enumerate() {
                 assert!(
                     (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
-                    "m={m} n={n} len={len} at {idx}: {g} vs {w}"
+                    "m={m} n={n} len={len} chunks={chunked} at {idx}: {g} vs {w}"
                 );
             }
         }

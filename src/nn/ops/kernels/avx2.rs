@@ -307,18 +307,24 @@ const DN: usize = 3;
 /// blocking the inner dimension at 256 or 512 cost more in reductions (34.7 →
 /// 30.7 GFLOP/s at 256 on a 64-channel 32² layer) than it saved.
 ///
+/// With a chunk table, element `q` of `B`'s row `j` is `b[boff[j] + chunks[q / 8] +
+/// q mod 8]` (`A` stays contiguous): the weight gradient over the valid output
+/// positions only, `A` the output gradient in the group's channel-major layout.
+///
 /// # Safety
 /// The CPU must have AVX2 and FMA; rows `i < m` of `A` and `j < n` of `B`, `len`
-/// long, and `C(i, j)` must lie inside their allocations.
+/// long, and `C(i, j)` must lie inside their allocations; with a chunk table,
+/// `len` must be a multiple of 8 and the table at least `len / 8` long.
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn gemm_dot(
     (m, n, len): (usize, usize, usize),
     (a, lda): (*const f32, usize),
-    (b, boff): (*const f32, &[usize]),
+    (b, boff, chunks): (*const f32, &[usize], Option<&[usize]>),
     (c, ldc): (*mut f32, usize),
 ) {
     let (q0, kc) = (0, len);
     let vec_end = kc - kc % 8;
+    let col = |q: usize| chunks.map_or(q, |t| t[q / 8]);
     {
         let mut i0 = 0;
         while i0 < m {
@@ -336,8 +342,9 @@ pub(crate) unsafe fn gemm_dot(
                 let mut q = 0;
                 while q < vec_end {
                     // SAFETY: q + 8 ≤ kc: inside each row (the caller's contract).
+                    let cq = col(q);
                     let bv: [__m256; DN] =
-                        std::array::from_fn(|jj| unsafe { _mm256_loadu_ps(brow[jj].add(q)) });
+                        std::array::from_fn(|jj| unsafe { _mm256_loadu_ps(brow[jj].add(cq)) });
                     for (ii, row) in acc.iter_mut().enumerate() {
                         // SAFETY: as above.
                         let av = unsafe { _mm256_loadu_ps(arow[ii].add(q)) };

@@ -21,10 +21,11 @@
 //!   are summed. Forward and backward choose separately
 //!   ([`ConvDims::batched_forward`], [`ConvDims::batched_backward`]). Where the
 //!   compact product applies ([`ConvDims::compact`]: AVX2, stride 1, rows a
-//!   multiple of 8 wide) the forward stays on the wide path and the backward
-//!   takes only its weight gradient from here, its input gradient from
-//!   [`wide::input_grad_compact`] (ResNet-18's 8×8 256-channel layers: forward
-//!   55–57 → 64–67 GFLOP/s, no col2im).
+//!   multiple of 8 wide) the forward stays on the wide path (ResNet-18's 8×8
+//!   256-channel layers: 55–57 → 64–67 GFLOP/s), and so does the backward up to
+//!   [`DOT_LIMIT`] channels ([`ConvDims::compact_dw`]: 65 → 68–69); above that the
+//!   backward takes only its weight gradient from here and its input gradient
+//!   from [`wide::input_grad_compact`] (no col2im).
 //!
 //! Products: see [`ConvDims::own`] for which run on the hand-written kernels.
 //! Threads take contiguous ranges of samples.
@@ -43,6 +44,10 @@ use crate::nn::ops::cpu::{add_assign, threads};
 use crate::nn::ops::kernels;
 use crate::nn::ops::timing;
 use crate::nn::ops::{T1, T4, Window};
+
+/// Input channels up to which the compact weight gradient takes the dot form
+/// (measured up to 256: ResNet-18's 8×8 layers).
+const DOT_LIMIT: usize = 256;
 
 /// Geometry of one convolution call.
 #[derive(Clone, Copy, Debug)]
@@ -171,6 +176,12 @@ impl ConvDims {
             && self.wo.is_multiple_of(8)
             && self.w.is_multiple_of(8)
     }
+    /// Whether the wide path's weight gradient also runs over the valid positions
+    /// only: [`ConvDims::compact`] and the dot-product form (`wide::wide_dw`) whose
+    /// `B` rows the chunk table gathers, up to [`DOT_LIMIT`] channels.
+    pub(crate) fn compact_dw(&self) -> bool {
+        self.compact() && self.c <= DOT_LIMIT
+    }
     /// Whether the weight gradient uses the own narrow-row product (AVX-512 only:
     /// with many channels its transposed result cost as much to add back as the
     /// product itself).
@@ -267,7 +278,7 @@ pub(crate) fn conv_backward(
     n: usize,
     d: ConvDims,
 ) -> Vec<f32> {
-    if d.batched_backward(n) {
+    if d.batched_backward(n) && !d.compact_dw() {
         batched::conv_backward_batched(x, wt, gy, gx, n, d)
     } else if d.wide() {
         conv_backward_wide(x, wt, gy, gx, n, d)

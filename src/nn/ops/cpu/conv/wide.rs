@@ -211,7 +211,7 @@ pub(crate) fn wide_dw(
         // thread for a 64-channel 32² layer, 24 → 35 at 16 channels (small16's
         // step 7% faster); at 128 channels `gemm` per tap stayed ahead (33 → 30).
         let xoff = view_offsets(d.c, cols, k, wph, s);
-        mm_dot_offsets((d.o, ckk, cols), dw, ckk, (gy0, cols), (xp, &xoff));
+        mm_dot_offsets((d.o, ckk, cols), dw, ckk, (gy0, cols), (xp, &xoff, None));
         return;
     }
     for t in 0..kk {
@@ -433,8 +433,36 @@ pub(crate) fn conv_backward_wide(
             let ns = xg.len() / chw;
             let cols = ns * pp;
             pad_phases(xg, (d.c, d.h, d.w), st, (hph, wph), p, d.tail(), &mut xp);
-            pad_planes(gysrc, (d.o, d.ho, d.wo), (hph, wph), 0, 0, &mut gy0);
-            wide_dw(d, cols, (&mut dw, &mut dwt), &xp, &gy0);
+            #[cfg(target_arch = "x86_64")]
+            if d.compact_dw() {
+                // dW (o×ckk) += gy · viewsᵀ over the valid positions: gy of the
+                // group channel-major, the views' columns through the chunk table.
+                let nv = ns * howo;
+                gy0.clear();
+                gy0.resize(d.o * nv, 0.0);
+                for (si, gs) in gysrc.chunks(d.o * howo).enumerate() {
+                    for (oc, plane) in gs.chunks(howo).enumerate() {
+                        gy0[oc * nv + si * howo..][..howo].copy_from_slice(plane);
+                    }
+                }
+                let chunks = valid_chunks(ns, (d.ho, d.wo), wph, pp);
+                let xoff = view_offsets(d.c, cols, k, wph, 1);
+                mm_dot_offsets(
+                    (d.o, ckk, nv),
+                    &mut dw,
+                    ckk,
+                    (&gy0, nv),
+                    (&xp, &xoff, Some(&chunks)),
+                );
+            } else {
+                pad_planes(gysrc, (d.o, d.ho, d.wo), (hph, wph), 0, 0, &mut gy0);
+                wide_dw(d, cols, (&mut dw, &mut dwt), &xp, &gy0);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                pad_planes(gysrc, (d.o, d.ho, d.wo), (hph, wph), 0, 0, &mut gy0);
+                wide_dw(d, cols, (&mut dw, &mut dwt), &xp, &gy0);
+            }
             if st == 1 {
                 pad_planes(gysrc, (d.o, d.ho, d.wo), (hph, wph), q, d.tail(), &mut gyq);
                 #[cfg(target_arch = "x86_64")]
