@@ -365,15 +365,15 @@ fn flip_weights(wt: &[f32], d: ConvDims) -> Vec<f32> {
 
 /// The input gradient alone, accumulated into `gx`, by the compact correlation
 /// ([`ConvDims::compact`] must hold): the whole-batch path's backward uses it
-/// instead of its column gradient and col2im (8×8 planes, 256 channels: no
-/// scatter-add of nine overlapping columns per input).
+/// instead of its column gradient and col2im on compact shapes whose weight
+/// gradient stays there (over [`super::DOT_LIMIT`] input channels).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn input_grad_compact(wt: &[f32], gy: &[f32], gx: &mut [f32], n: usize, d: ConvDims) {
     use rayon::prelude::*;
     assert!(d.compact());
-    let (k, hw, chw, howo) = (d.win.kernel, d.h * d.w, d.c * d.h * d.w, d.ho * d.wo);
+    let (hw, chw, howo) = (d.h * d.w, d.c * d.h * d.w, d.ho * d.wo);
     let (hph, wph) = (d.hph(), d.wph());
-    let (pp, okk, q) = (hph * wph, d.o * k * k, k - 1 - d.win.padding);
+    let q = d.win.kernel - 1 - d.win.padding;
     let wflip = flip_weights(wt, d);
     let chunk = thread_chunk(n);
     let g = d.wide_group(chunk);
@@ -384,18 +384,33 @@ pub(crate) fn input_grad_compact(wt: &[f32], gy: &[f32], gx: &mut [f32], n: usiz
             let mut wide = Scratch::new(d.c * g * hw);
             for (gxg, gysrc) in gxc.chunks_mut(g * chw).zip(gyc.chunks(g * d.o * howo)) {
                 let ns = gxg.len() / chw;
-                let cols = ns * pp;
                 pad_planes(gysrc, (d.o, d.ho, d.wo), (hph, wph), q, d.tail(), &mut gyq);
-                let chunks = valid_chunks(ns, (d.h, d.w), wph, pp);
-                let off = view_offsets(d.o, cols, k, wph, 1);
-                compact_product((d.c, okk), &mut wide, &wflip, (&gyq, &off), &chunks);
-                for (si, gs) in gxg.chunks_mut(chw).enumerate() {
-                    for (ci, gp) in gs.chunks_mut(hw).enumerate() {
-                        kernels::add_to(gp, &wide[ci * ns * hw + si * hw..][..hw]);
-                    }
-                }
+                compact_gx(d, ns, gxg, (&wflip, &gyq), &mut wide);
             }
         });
+}
+
+/// Adds one group's input gradient into `gxg` (its `ns` samples): the compact
+/// correlation of `gyq` (the group's gy padded by k−1−p on the wide grid) with the
+/// flipped kernel, through the `wide` buffer (at least `c·ns·h·w`).
+#[cfg(target_arch = "x86_64")]
+fn compact_gx(
+    d: ConvDims,
+    ns: usize,
+    gxg: &mut [f32],
+    (wflip, gyq): (&[f32], &[f32]),
+    wide: &mut [f32],
+) {
+    let (k, hw, wph) = (d.win.kernel, d.h * d.w, d.wph());
+    let pp = d.hph() * wph;
+    let chunks = valid_chunks(ns, (d.h, d.w), wph, pp);
+    let off = view_offsets(d.o, ns * pp, k, wph, 1);
+    compact_product((d.c, d.o * k * k), wide, wflip, (gyq, &off), &chunks);
+    for (si, gs) in gxg.chunks_mut(d.c * hw).enumerate() {
+        for (ci, gp) in gs.chunks_mut(hw).enumerate() {
+            kernels::add_to(gp, &wide[ci * ns * hw + si * hw..][..hw]);
+        }
+    }
 }
 
 pub(crate) fn conv_backward_wide(
@@ -410,7 +425,6 @@ pub(crate) fn conv_backward_wide(
     let (ckk, howo, chw) = (d.ckk(), d.ho * d.wo, d.c * d.h * d.w);
     let (hph, wph) = (d.hph(), d.wph());
     let pp = hph * wph;
-    let okk = d.o * k * k;
     let wflip = if st == 1 {
         flip_weights(wt, d)
     } else {
@@ -467,15 +481,7 @@ pub(crate) fn conv_backward_wide(
                 pad_planes(gysrc, (d.o, d.ho, d.wo), (hph, wph), q, d.tail(), &mut gyq);
                 #[cfg(target_arch = "x86_64")]
                 if d.compact() {
-                    let hw = d.h * d.w;
-                    let chunks = valid_chunks(ns, (d.h, d.w), wph, pp);
-                    let off = view_offsets(d.o, cols, k, wph, 1);
-                    compact_product((d.c, okk), &mut wide, &wflip, (&gyq, &off), &chunks);
-                    for (si, gs) in gxg.chunks_mut(chw).enumerate() {
-                        for (ci, gp) in gs.chunks_mut(hw).enumerate() {
-                            kernels::add_to(gp, &wide[ci * ns * hw + si * hw..][..hw]);
-                        }
-                    }
+                    compact_gx(d, ns, gxg, (&wflip, &gyq), &mut wide);
                     continue;
                 }
                 wide_gx_flip(d, cols, &mut wide, &wflip, &gyq);
