@@ -249,6 +249,14 @@ pub(crate) fn unpack_sample(ys: &mut [f32], cm: &[f32], ld: usize, s: usize, how
     }
 }
 
+/// The inverse of [`unpack_sample`]: sample `s`'s planes `ys` (`(o, ho·wo)`) into
+/// column `s·ho·wo` of each row of the channel-major `cm` (leading dimension `ld`).
+pub(crate) fn pack_sample(cm: &mut [f32], ld: usize, s: usize, ys: &[f32], howo: usize) {
+    for (oc, plane) in ys.chunks(howo).enumerate() {
+        cm[oc * ld + s * howo..][..howo].copy_from_slice(plane);
+    }
+}
+
 /// Adds `b[oc]` to every value of plane `oc` of one sample's output.
 pub(crate) fn add_bias(ys: &mut [f32], b: &[f32], howo: usize) {
     for (oc, plane) in ys.chunks_mut(howo).enumerate() {

@@ -167,8 +167,8 @@ impl ConvDims {
     /// discarded grid positions (AVX2 product, stride 1, output and input rows a
     /// multiple of 8 wide): the valid outputs come in runs of eight, which the
     /// product's column table ([`wide::valid_chunks`]) picks out while packing, so
-    /// no flop goes to a discarded position. The weight gradient's inner dimension
-    /// still runs over the whole grid.
+    /// no flop goes to a discarded position. The weight gradient does the same
+    /// where [`ConvDims::compact_dw`] holds.
     pub(crate) fn compact(&self) -> bool {
         kernels::avx2()
             && self.own()

@@ -4,7 +4,7 @@
 use gemm::Parallelism;
 
 use crate::nn::ops::cpu::buffers::Scratch;
-use crate::nn::ops::cpu::conv::im2col::{add_bias, unpack_sample};
+use crate::nn::ops::cpu::conv::im2col::{add_bias, pack_sample, unpack_sample};
 use crate::nn::ops::cpu::conv::{
     ConvDims, conv_backward_threads, conv_forward_threads, thread_chunk,
 };
@@ -447,7 +447,6 @@ pub(crate) fn conv_backward_wide(
             let ns = xg.len() / chw;
             let cols = ns * pp;
             pad_phases(xg, (d.c, d.h, d.w), st, (hph, wph), p, d.tail(), &mut xp);
-            #[cfg(target_arch = "x86_64")]
             if d.compact_dw() {
                 // dW (o×ckk) += gy · viewsᵀ over the valid positions: gy of the
                 // group channel-major, the views' columns through the chunk table.
@@ -455,25 +454,22 @@ pub(crate) fn conv_backward_wide(
                 gy0.clear();
                 gy0.resize(d.o * nv, 0.0);
                 for (si, gs) in gysrc.chunks(d.o * howo).enumerate() {
-                    for (oc, plane) in gs.chunks(howo).enumerate() {
-                        gy0[oc * nv + si * howo..][..howo].copy_from_slice(plane);
-                    }
+                    pack_sample(&mut gy0, nv, si, gs, howo);
                 }
-                let chunks = valid_chunks(ns, (d.ho, d.wo), wph, pp);
-                let xoff = view_offsets(d.c, cols, k, wph, 1);
-                mm_dot_offsets(
-                    (d.o, ckk, nv),
-                    &mut dw,
-                    ckk,
-                    (&gy0, nv),
-                    (&xp, &xoff, Some(&chunks)),
-                );
+                // compact_dw holds only with the AVX2 kernels, i.e. on x86_64.
+                #[cfg(target_arch = "x86_64")]
+                {
+                    let chunks = valid_chunks(ns, (d.ho, d.wo), wph, pp);
+                    let xoff = view_offsets(d.c, cols, k, wph, 1);
+                    mm_dot_offsets(
+                        (d.o, ckk, nv),
+                        &mut dw,
+                        ckk,
+                        (&gy0, nv),
+                        (&xp, &xoff, Some(&chunks)),
+                    );
+                }
             } else {
-                pad_planes(gysrc, (d.o, d.ho, d.wo), (hph, wph), 0, 0, &mut gy0);
-                wide_dw(d, cols, (&mut dw, &mut dwt), &xp, &gy0);
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            {
                 pad_planes(gysrc, (d.o, d.ho, d.wo), (hph, wph), 0, 0, &mut gy0);
                 wide_dw(d, cols, (&mut dw, &mut dwt), &xp, &gy0);
             }
