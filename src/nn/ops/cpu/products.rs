@@ -180,6 +180,17 @@ pub(crate) fn mm_offsets(
     };
 }
 
+/// One past the furthest of the first `n` columns a chunk table names (column `j`
+/// at `t[j / 8] + j mod 8`); checks that the table covers them.
+#[cfg(target_arch = "x86_64")]
+fn chunk_span(t: &[usize], n: usize) -> usize {
+    assert!(t.len() >= n.div_ceil(8));
+    (0..n.div_ceil(8))
+        .map(|q| t[q] + 8.min(n - 8 * q))
+        .max()
+        .unwrap_or(0)
+}
+
 /// `dst (m×n, row stride ldd) = [dst +] A·B` with `A(i, p) = a[aoff[i] + p·acs]`
 /// and row `p` of `B` at `b[boff[p]..]`, its column `j` at `j` or, with a chunk
 /// table, at `chunks[j / 8] + j mod 8`: the AVX2 product.
@@ -201,16 +212,7 @@ pub(crate) fn mm_avx2(
         let last = (k - 1) * acs;
         assert!(aoff[..m].iter().all(|&o| o + last < a.len()));
         // One past the furthest column of a row of B.
-        let span = match chunks {
-            None => n,
-            Some(t) => {
-                assert!(t.len() >= n.div_ceil(8));
-                (0..n.div_ceil(8))
-                    .map(|q| t[q] + 8.min(n - 8 * q))
-                    .max()
-                    .unwrap_or(0)
-            }
-        };
+        let span = chunks.map_or(n, |t| chunk_span(t, n));
         assert!(boff[..k].iter().all(|&o| o + span <= b.len()));
     }
     // SAFETY: AVX2 and FMA are present and the asserts keep every access in bounds.
@@ -269,13 +271,8 @@ pub(crate) fn mm_dot_offsets(
     assert!(dst.len() >= (m - 1) * ldd + n && boff.len() >= n);
     assert!(a.len() >= (m - 1) * lda + len);
     // One past the furthest element of a row of B.
-    let span = match chunks {
-        None => len,
-        Some(t) => {
-            assert!(len.is_multiple_of(8) && t.len() >= len / 8);
-            t[..len / 8].iter().map(|&c| c + 8).max().unwrap_or(0)
-        }
-    };
+    assert!(chunks.is_none() || len.is_multiple_of(8));
+    let span = chunks.map_or(len, |t| chunk_span(t, len));
     assert!(boff[..n].iter().all(|&o| o + span <= b.len()));
     if !kernels::avx512() {
         // SAFETY: AVX2 and FMA are present and the asserts keep every access in
