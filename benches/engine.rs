@@ -9,6 +9,10 @@ use dfdx::prelude::Cpu;
 use recipe::bench::{BenchConfig, preset, run};
 use recipe::train::step::Trainer;
 
+/// Clears dfdx's large gradient buffers on every kernel thread (see `recipe::alloc`).
+#[global_allocator]
+static ALLOC: recipe::alloc::ParallelZero = recipe::alloc::ParallelZero;
+
 fn main() {
     recipe::tune_allocator();
     let args: Vec<String> = std::env::args()
@@ -24,10 +28,10 @@ fn main() {
         eprintln!("unknown model `{name}` (use smallW, e.g. small16, resnet18 or resnet50)");
         std::process::exit(2);
     };
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global()
-        .expect("rayon pool");
+    if let Err(e) = recipe::experiment::configure_threads(threads) {
+        eprintln!("{e}");
+        std::process::exit(2);
+    }
     let cfg = BenchConfig {
         batch,
         view_shapes: vec![(3, parts.model.input_hw.0, parts.model.input_hw.1); 2],

@@ -195,23 +195,35 @@ pub fn normalization(r: &Recipe) -> Normalize {
 /// Threads for kernels and loader: `train.threads`, 0 meaning every core. Sizes
 /// rayon's global pool (the kernels') once; a pool that already exists with another
 /// size is reported, not silently kept.
+///
+/// Called on the process's main thread with two or more threads, the main thread
+/// becomes one of the pool's workers: the training step runs there, so a kernel's
+/// first half starts at once on the calling thread instead of waking a worker while
+/// the caller sleeps, and the pool spawns one thread fewer. (Not from other threads: a
+/// worker that exits, like a test's thread, would leave the pool a worker short.)
+/// Afterwards [`crate::alloc::ParallelZero`] may clear large blocks on the pool.
 pub fn configure_threads(threads: usize) -> Result<usize, String> {
     let n = if threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
         threads
     };
-    match rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .build_global()
-    {
+    let mut builder = rayon::ThreadPoolBuilder::new().num_threads(n);
+    if n >= 2 && std::thread::current().name() == Some("main") {
+        builder = builder.use_current_thread();
+    }
+    let sized = match builder.build_global() {
         Ok(()) => Ok(n),
         Err(_) if rayon::current_num_threads() == n => Ok(n),
         Err(e) => Err(format!(
             "cannot size the thread pool to {n} threads ({e}); it already has {}",
             rayon::current_num_threads()
         )),
+    };
+    if sized.is_ok() {
+        crate::alloc::enable_parallel_zeroing();
     }
+    sized
 }
 
 /// Runs the experiment `req` describes, on the device its `train.device` resolves to.

@@ -12,6 +12,7 @@
 //! ([`nn`], [`optim`], [`objective`]) knows nothing about YAML; the binary is a thin
 //! shell over this library. See `ARCHITECTURE.md` for the codemap.
 
+pub mod alloc;
 pub mod augment;
 pub mod bench;
 pub mod build;

@@ -139,6 +139,10 @@ enum Command {
     },
 }
 
+/// Clears dfdx's large gradient buffers on every kernel thread (see `recipe::alloc`).
+#[global_allocator]
+static ALLOC: recipe::alloc::ParallelZero = recipe::alloc::ParallelZero;
+
 fn main() -> ExitCode {
     recipe::tune_allocator();
     let cli = Cli::parse();
