@@ -14,7 +14,7 @@ use recipe::train::step::Trainer;
 static ALLOC: recipe::alloc::ParallelZero = recipe::alloc::ParallelZero;
 
 fn main() {
-    recipe::tune_allocator();
+    recipe::alloc::tune_allocator();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))

@@ -1,7 +1,8 @@
-//! A global allocator that zeroes large blocks on every kernel thread.
+//! The binaries' allocator set-up: glibc's heap tuning ([`tune_allocator`]) and a global
+//! allocator that zeroes large blocks on every kernel thread ([`ParallelZero`]).
 //!
 //! dfdx allocates each gradient buffer with `vec![0.0; n]` on the thread that runs the
-//! backward pass, and with [`tune_allocator`](crate::tune_allocator)'s settings glibc
+//! backward pass, and with [`tune_allocator`]'s settings glibc
 //! serves such blocks from the heap and clears them with one `memset`. On the small
 //! ResNet (`small16`) that memset was about 7% of the step's wall time with the other
 //! core idle. [`ParallelZero`] clears blocks of at least [`PARALLEL_ZERO_MIN`] bytes
@@ -14,6 +15,32 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
+
+/// Keeps freed large blocks in the process heap for reuse (glibc only).
+///
+/// The engine's CPU kernels allocate fresh multi-megabyte buffers for every op. glibc
+/// serves blocks above 128 KiB with `mmap` and returns them with `munmap` on free, so
+/// every op pays page faults and kernel page zeroing again; raising the mmap and trim
+/// thresholds lets the heap recycle them. Measured on the 2-core development machine:
+/// +25% training-step throughput for a small ResNet (414 → 518 images/s), peak RSS
+/// unchanged. With mmap off altogether (blocks over 32 MiB, e.g. batch-512
+/// activations, too): the shipped SimCLR recipe's step 780 → 1,220 images/s.
+/// Call once at start-up, before threads allocate.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called before the
+    // program allocates from other threads, and the values are valid sizes.
+    unsafe {
+        // 32 MiB is the largest mmap threshold glibc accepts on 64-bit targets.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+        // Blocks over the 32 MiB cap would still be mmap-ed and unmapped on every
+        // step; on the VM we measure on, faulting their pages back in cost more
+        // than the convolutions (batch-512 recipe: 780 → 1,220 images/s without).
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+    }
+}
 
 /// Smallest block cleared in parallel; below it waking a second thread costs more
 /// than the memset (a 1 MiB memset takes about 0.1 ms here).

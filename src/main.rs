@@ -144,7 +144,7 @@ enum Command {
 static ALLOC: recipe::alloc::ParallelZero = recipe::alloc::ParallelZero;
 
 fn main() -> ExitCode {
-    recipe::tune_allocator();
+    recipe::alloc::tune_allocator();
     let cli = Cli::parse();
     match cli.command {
         Command::Validate {
