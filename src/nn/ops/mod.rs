@@ -36,6 +36,20 @@ pub fn use_avx2_kernels() {
     kernels::use_avx2();
 }
 
+/// Keeps the AVX-512 paths on (where the CPU has them) but lets the AVX2 products
+/// serve the many-channel convolutions, the choice made on AMD Zen 4; call it
+/// before any kernel runs. For tests of that mix on any AVX-512 machine.
+pub fn use_split_kernels() {
+    kernels::use_avx512(true);
+}
+
+/// Keeps the AVX-512 paths on (where the CPU has them) with the `gemm` crate
+/// serving the many-channel convolutions, the choice made on AVX-512 CPUs other
+/// than AMD Zen 4; call it before any kernel runs. For tests of that path on Zen 4.
+pub fn use_avx512_kernels() {
+    kernels::use_avx512(false);
+}
+
 use dfdx::prelude::*;
 
 /// Shape of an NCHW activation.

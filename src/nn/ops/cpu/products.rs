@@ -5,6 +5,7 @@ use gemm::Parallelism;
 
 use crate::nn::ops::cpu::buffers::Scratch;
 use crate::nn::ops::kernels;
+use crate::nn::ops::kernels::Own;
 
 /// `dst (m×n, row stride ldd) = [dst +] a·b`, with `a` and `b` given by row and
 /// column strides so transposes cost nothing.
@@ -72,8 +73,8 @@ pub(crate) fn mm_strided(
 }
 
 /// `dst (m×n, row stride ldd) = [dst +] A·B` with `A(i, p) = a[i·ars + p·acs]` and
-/// `B` row-major (row stride `ldb`): the hand-written AVX-512 or AVX2 kernel where
-/// `own` and the CPU has one, `gemm` otherwise.
+/// `B` row-major (row stride `ldb`): the hand-written kernel family `own` names,
+/// `gemm` where it names none.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn mm_rows(
     (m, n, k): (usize, usize, usize),
@@ -82,15 +83,15 @@ pub(crate) fn mm_rows(
     acc: bool,
     (a, ars, acs): (&[f32], usize, usize),
     (b, ldb): (&[f32], usize),
-    own: bool,
+    own: Own,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if own && (kernels::avx512() || kernels::avx2()) {
+    if own.any() {
         if m == 0 || n == 0 {
             return;
         }
         let boff: Vec<usize> = (0..k).map(|p| p * ldb).collect();
-        mm_offsets((m, n, k), dst, ldd, acc, (a, ars, acs), (b, &boff));
+        mm_offsets(own, (m, n, k), dst, ldd, acc, (a, ars, acs), (b, &boff));
         return;
     }
     mm(
@@ -104,22 +105,24 @@ pub(crate) fn mm_rows(
     );
 }
 
-/// `dst (m×n, row stride ldd) += A·Bᵀ` with `A` `m×len` and `B` `n×len` row-major.
+/// `dst (m×n, row stride ldd) += A·Bᵀ` with `A` `m×len` and `B` `n×len` row-major:
+/// the AVX-512 dot-product kernel where `own` names it, `gemm` otherwise (the
+/// AVX2 one measured slower than `gemm` on the column-matrix shapes).
 pub(crate) fn mm_dot(
     (m, n, len): (usize, usize, usize),
     dst: &mut [f32],
     ldd: usize,
     (a, lda): (&[f32], usize),
     (b, ldb): (&[f32], usize),
-    own: bool,
+    own: Own,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if own && kernels::avx512() {
+    if own == Own::Avx512 {
         if m == 0 || n == 0 || len == 0 {
             return;
         }
         let boff: Vec<usize> = (0..n).map(|j| j * ldb).collect();
-        mm_dot_offsets((m, n, len), dst, ldd, (a, lda), (b, &boff, None));
+        mm_dot_offsets(own, (m, n, len), dst, ldd, (a, lda), (b, &boff, None));
         return;
     }
     mm(
@@ -133,9 +136,11 @@ pub(crate) fn mm_dot(
     );
 }
 
-/// [`mm_rows`] with row `p` of `B` at `b[boff[p]..]` (AVX-512 or AVX2 only).
+/// [`mm_rows`] with row `p` of `B` at `b[boff[p]..]`, on the kernel family `own`
+/// names (not [`Own::No`]).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn mm_offsets(
+    own: Own,
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     ldd: usize,
@@ -146,7 +151,7 @@ pub(crate) fn mm_offsets(
     if m == 0 || n == 0 {
         return;
     }
-    if kernels::avx2() {
+    if own == Own::Avx2 {
         if ars == 1 && acs > 1 && k > 0 {
             // A transpose (Wᵀ): copied row-major first. Broadcasts down a column
             // touch a new cache line every step, and a tile's lines did not stay
@@ -164,7 +169,7 @@ pub(crate) fn mm_offsets(
         let aoff: Vec<usize> = (0..m).map(|i| i * ars).collect();
         return mm_avx2((m, n, k), dst, ldd, acc, (a, &aoff, acs), (b, boff, None));
     }
-    assert!(kernels::avx512());
+    assert!(own == Own::Avx512 && kernels::avx512());
     assert!(dst.len() >= (m - 1) * ldd + n && boff.len() >= k);
     assert!(k == 0 || a.len() > (m - 1) * ars + (k - 1) * acs);
     assert!(boff[..k].iter().all(|&o| o + n <= b.len()));
@@ -203,7 +208,7 @@ pub(crate) fn mm_avx2(
     (a, aoff, acs): (&[f32], &[usize], usize),
     (b, boff, chunks): (&[f32], &[usize], Option<&[usize]>),
 ) {
-    assert!(kernels::avx2());
+    assert!(kernels::avx2_products());
     if m == 0 || n == 0 {
         return;
     }
@@ -255,16 +260,22 @@ pub(crate) fn mm_narrow(
     };
 }
 
-/// [`mm_dot`] with row `j` of `B` at `b[boff[j]..]` (AVX-512 or AVX2 only).
+/// [`mm_dot`] with row `j` of `B` at `b[boff[j]..]`, on the kernel family `own`
+/// names (not [`Own::No`]; only the AVX2 one takes a chunk table).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn mm_dot_offsets(
+    own: Own,
     (m, n, len): (usize, usize, usize),
     dst: &mut [f32],
     ldd: usize,
     (a, lda): (&[f32], usize),
     (b, boff, chunks): (&[f32], &[usize], Option<&[usize]>),
 ) {
-    assert!(kernels::avx512() || kernels::avx2());
+    assert!(match own {
+        Own::Avx512 => kernels::avx512(),
+        Own::Avx2 => kernels::avx2_products(),
+        Own::No => false,
+    });
     if m == 0 || n == 0 || len == 0 {
         return;
     }
@@ -274,7 +285,7 @@ pub(crate) fn mm_dot_offsets(
     assert!(chunks.is_none() || len.is_multiple_of(8));
     let span = chunks.map_or(len, |t| chunk_span(t, len));
     assert!(boff[..n].iter().all(|&o| o + span <= b.len()));
-    if !kernels::avx512() {
+    if own == Own::Avx2 {
         // SAFETY: AVX2 and FMA are present and the asserts keep every access in
         // bounds.
         unsafe {
@@ -322,6 +333,11 @@ mod kernel_speed {
             (576, 1024, 64),
             (256, 512, 2304),
         ] {
+            let family = if kernels::avx512() {
+                Own::Avx512
+            } else {
+                Own::Avx2
+            };
             let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
             let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
             let mut c = vec![0.0; m * n];
@@ -329,7 +345,7 @@ mod kernel_speed {
             let gf = |t: f64| 2.0 * (m * n * k * reps) as f64 / t / 1e9;
             let t = Instant::now();
             for _ in 0..reps {
-                mm_rows((m, n, k), &mut c, n, false, (&a, k, 1), (&b, n), true);
+                mm_rows((m, n, k), &mut c, n, false, (&a, k, 1), (&b, n), family);
             }
             let own = gf(t.elapsed().as_secs_f64());
             let t = Instant::now();
@@ -350,7 +366,7 @@ mod kernel_speed {
             let mut w = vec![0.0; m * k];
             let t = Instant::now();
             for _ in 0..reps {
-                mm_dot((m, k, n), &mut w, k, (&c, n), (&bt, n), true);
+                mm_dot((m, k, n), &mut w, k, (&c, n), (&bt, n), family);
             }
             let dot = gf(t.elapsed().as_secs_f64());
             let t = Instant::now();

@@ -1,6 +1,8 @@
 //! For CPUs with AVX2+FMA but no AVX-512 (8-wide `f32`, sixteen vector
-//! registers): explicit-vector reductions for batch norm, a product that serves
-//! the forward and input-gradient products of the wide convolution path (see
+//! registers), and the products also beside AVX-512 on AMD Zen 4
+//! ([`super::avx2_products`]): explicit-vector reductions for batch norm, a
+//! product that serves the forward and input-gradient products of the wide
+//! convolution path (see
 //! `cpu::conv::ConvDims::own`): one product over all kernel taps instead of one
 //! `gemm` call per tap with the channels as inner dimension, whose packing and
 //! repeated passes over `C` cost more than the multiply on those shapes; and a

@@ -54,6 +54,81 @@ fn detect() -> u8 {
     2
 }
 
+/// Which hand-written product family serves one convolution (see
+/// `cpu::conv::ConvDims::own`), or none (the `gemm` crate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Own {
+    /// The `gemm` crate.
+    No,
+    /// The AVX-512 products of [`x86`].
+    Avx512,
+    /// The AVX2 products of [`avx2`].
+    Avx2,
+}
+
+impl Own {
+    /// Whether a hand-written product serves the call.
+    pub(crate) fn any(self) -> bool {
+        self != Own::No
+    }
+}
+
+/// Whether the AVX2 products serve the many-channel convolutions while the
+/// AVX-512 paths are on: 0 not yet decided, 1 yes, 2 no.
+static SPLIT: AtomicU8 = AtomicU8::new(0);
+
+/// Whether the AVX2 products ([`avx2`]) may serve convolutions: with the AVX2
+/// paths on, and with the AVX-512 ones on where the CPU executes a 512-bit
+/// multiply-add as two 256-bit halves (AMD Zen 4). There AVX-512 brings no extra
+/// flops, and the AVX2 products' compact form (no flop on a discarded grid
+/// position) ran ResNet-18's convolutions at 87% of the matmul rate against the
+/// `gemm` crate's 76–78% (`conv_speed`, 2 threads). `RECIPE_AVX2_PRODUCTS=1` or
+/// `0` overrides the CPU check.
+pub(crate) fn avx2_products() -> bool {
+    match mode() {
+        3 => true,
+        1 => match SPLIT.load(Ordering::Relaxed) {
+            0 => {
+                let on = match std::env::var("RECIPE_AVX2_PRODUCTS") {
+                    Ok(v) => v != "0",
+                    Err(_) => half_width_avx512(),
+                };
+                SPLIT.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+                on
+            }
+            v => v == 1,
+        },
+        _ => false,
+    }
+}
+
+/// AMD family 19h (Zen 3 and Zen 4; only Zen 4 has AVX-512), whose AVX-512
+/// units are 256 bits wide.
+fn half_width_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__cpuid;
+        // SAFETY: every x86-64 CPU has `cpuid` with leaves 0 and 1.
+        #[allow(unused_unsafe)]
+        let (v, f) = unsafe { (__cpuid(0), __cpuid(1).eax) };
+        // "AuthenticAMD" in ebx, edx, ecx.
+        let amd = (v.ebx, v.edx, v.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+        let base = (f >> 8) & 0xf;
+        let family = base + if base == 0xf { (f >> 20) & 0xff } else { 0 };
+        amd && family == 0x19
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Keeps the AVX-512 paths on (where the CPU has them) and lets the AVX2 products
+/// serve the many-channel convolutions (`split`, as on AMD Zen 4) or not (as on
+/// other AVX-512 CPUs), whatever the CPU.
+pub(crate) fn use_avx512(split: bool) {
+    MODE.store(0, Ordering::Relaxed);
+    SPLIT.store(if split { 1 } else { 2 }, Ordering::Relaxed);
+}
+
 /// Turns the AVX-512 and AVX2 paths off for the rest of the process.
 pub(crate) fn use_portable() {
     MODE.store(2, Ordering::Relaxed);

@@ -20,7 +20,7 @@
 //!   gradient's inner dimension is the whole batch and no per-thread copies of it
 //!   are summed. Forward and backward choose separately
 //!   ([`ConvDims::batched_forward`], [`ConvDims::batched_backward`]). Where the
-//!   compact product applies ([`ConvDims::compact`]: AVX2, stride 1, rows a
+//!   compact product applies ([`ConvDims::compact`]: AVX2 products, stride 1, rows a
 //!   multiple of 8 wide) the forward stays on the wide path (ResNet-18's 8×8
 //!   256-channel layers: 55–57 → 64–67 GFLOP/s), and so does the backward up to
 //!   [`DOT_LIMIT`] channels ([`ConvDims::compact_dw`]: 65 → 68–69); above that the
@@ -42,6 +42,7 @@ use crate::nn::ops::cpu::conv::wide::{conv_backward_wide, conv_forward_wide};
 use crate::nn::ops::cpu::norm::channel_sums;
 use crate::nn::ops::cpu::{add_assign, threads};
 use crate::nn::ops::kernels;
+use crate::nn::ops::kernels::Own;
 use crate::nn::ops::timing;
 use crate::nn::ops::{T1, T4, Window};
 
@@ -101,7 +102,7 @@ impl ConvDims {
     pub(crate) fn wide(&self) -> bool {
         // Without the own kernels each tap is a `gemm` with the channels as inner
         // dimension, which needs enough channels to run well.
-        self.wide_geometry() && (self.own() || self.c.min(self.o) >= 16)
+        self.wide_geometry() && (self.own().any() || self.c.min(self.o) >= 16)
     }
     /// The geometric half of [`ConvDims::wide`]: phase planes cover every tap and
     /// the discarded share is small.
@@ -146,32 +147,39 @@ impl ConvDims {
         let (k, p) = (self.win.kernel, self.win.padding);
         p.max((k - 1).saturating_sub(p))
     }
-    /// Whether the hand-written kernels serve this convolution. AVX-512: up to 32
+    /// Which hand-written kernels serve this convolution. AVX-512: up to 32
     /// channels, where `gemm`'s packing costs as much as its multiply; with more
     /// channels `gemm` is as fast or faster (measured on ResNet-18 layers: equal at
-    /// 64, slower dW at 128 and up). AVX2: forward and input gradient of wide-path
+    /// 64, slower dW at 128 and up), except where the AVX2 products serve beside
+    /// AVX-512 ([`kernels::avx2_products`], AMD Zen 4). AVX2: forward and input
+    /// gradient of wide-path
     /// convolutions with a kernel over 1×1 and from 16 channels (one product over
     /// all taps instead of a `gemm` per tap: 5–20% faster forward on ResNet-18's
     /// 32² and 16² layers in `conv_speed`), and the weight gradient up to 64
     /// channels (dot products along the views, `wide::wide_dw`); 1×1 kernels, the
     /// column-matrix path and the 3-channel stem stay on `gemm`, which measured as
     /// fast or faster there.
-    pub(crate) fn own(&self) -> bool {
-        (kernels::avx512() && self.c.max(self.o) <= 32)
-            || (kernels::avx2()
-                && self.win.kernel > 1
-                && self.c.min(self.o) >= 16
-                && self.wide_geometry())
+    pub(crate) fn own(&self) -> Own {
+        if kernels::avx512() && self.c.max(self.o) <= 32 {
+            Own::Avx512
+        } else if kernels::avx2_products()
+            && self.win.kernel > 1
+            && self.c.min(self.o) >= 16
+            && self.wide_geometry()
+        {
+            Own::Avx2
+        } else {
+            Own::No
+        }
     }
     /// Whether the wide path's forward and input-gradient products skip the
-    /// discarded grid positions (AVX2 product, stride 1, output and input rows a
-    /// multiple of 8 wide): the valid outputs come in runs of eight, which the
+    /// discarded grid positions (the AVX2 products serve, [`Own::Avx2`], stride 1,
+    /// output and input rows a multiple of 8 wide): the valid outputs come in runs of eight, which the
     /// product's column table ([`wide::valid_chunks`]) picks out while packing, so
     /// no flop goes to a discarded position. The weight gradient does the same
     /// where [`ConvDims::compact_dw`] holds.
     pub(crate) fn compact(&self) -> bool {
-        kernels::avx2()
-            && self.own()
+        self.own() == Own::Avx2
             && self.win.stride == 1
             && self.wo.is_multiple_of(8)
             && self.w.is_multiple_of(8)
@@ -186,7 +194,7 @@ impl ConvDims {
     /// with many channels its transposed result cost as much to add back as the
     /// product itself).
     pub(crate) fn own_dw(&self) -> bool {
-        kernels::avx512() && self.own()
+        self.own() == Own::Avx512
     }
     pub(crate) fn hp(&self) -> usize {
         self.h + 2 * self.win.padding
@@ -579,15 +587,22 @@ mod conv_speed {
     /// `cargo test --release --lib conv_speed -- --ignored --nocapture`: for each
     /// conv shape of ResNet-18 (CIFAR, 2×32 images) and ResNet-50 (64×64, 2×16),
     /// forward and backward, the GFLOP/s reached on the rayon pool and the fraction
-    /// of the pool's matmul rate; then the whole network's convolutions. Where the
-    /// CPU has AVX2 and no AVX-512, the `gemm`-crate paths (portable mode) are
-    /// timed too, for comparison.
+    /// of the pool's matmul rate; then the whole network's convolutions. Every
+    /// path family the CPU has is timed, best first: AVX-512, the AVX2 products
+    /// ([`kernels::use_avx2`]) and the `gemm`-crate paths (portable mode).
     #[test]
     #[ignore]
     fn kernel_speed() {
         let peak = matmul_peak();
         println!("matmul peak on {} threads: {peak:.1} GFLOP/s", threads());
-        let modes: &[(&str, fn())] = if kernels::avx2() {
+        let modes: &[(&str, fn())] = if kernels::avx512() {
+            &[
+                ("avx512", || kernels::use_avx512(false)),
+                ("avx512 + avx2 products", || kernels::use_avx512(true)),
+                ("avx2", kernels::use_avx2),
+                ("gemm", kernels::use_portable),
+            ]
+        } else if kernels::avx2() {
             &[("avx2", kernels::use_avx2), ("gemm", kernels::use_portable)]
         } else {
             &[("own", || {})]
@@ -625,9 +640,7 @@ mod conv_speed {
                     tt * 1e3
                 );
             }
-            if kernels::avx2() || modes.len() > 1 {
-                kernels::use_avx2();
-            }
+            modes[0].1();
         }
     }
 }

@@ -12,6 +12,8 @@ use crate::nn::ops::cpu::products::{mm, mm_rows, mm_strided};
 #[cfg(target_arch = "x86_64")]
 use crate::nn::ops::cpu::products::{mm_avx2, mm_dot_offsets, mm_narrow, mm_offsets};
 use crate::nn::ops::kernels;
+#[cfg(target_arch = "x86_64")]
+use crate::nn::ops::kernels::Own;
 
 /// Lays `ns` samples `(ch, hh, ww)` out as `(ch, sample, hp, wp)` with each image
 /// at row and column `top`, zeros elsewhere, plus `tail` zeros at the end.
@@ -150,9 +152,10 @@ pub(crate) fn wide_product(d: ConvDims, cols: usize, wide: &mut [f32], wt: &[f32
     let (k, s, wph) = (d.win.kernel, d.win.stride, d.wph());
     let (ckk, kk) = (d.ckk(), k * k);
     #[cfg(target_arch = "x86_64")]
-    if d.own() {
+    if d.own().any() {
         let off = view_offsets(d.c, cols, k, wph, s);
         mm_offsets(
+            d.own(),
             (d.o, cols, ckk),
             wide,
             cols,
@@ -204,14 +207,21 @@ pub(crate) fn wide_dw(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if d.own() && d.c <= 64 {
+    if d.own().any() && d.c <= 64 {
         // dW (o×ckk) += gy0 · viewsᵀ: dot products along the group's columns,
         // straight into dW's layout (no transposed copy to add back). Up to 64
         // channels, where the views of a group fit in L2: 32 → 36 GFLOP/s on one
         // thread for a 64-channel 32² layer, 24 → 35 at 16 channels (small16's
         // step 7% faster); at 128 channels `gemm` per tap stayed ahead (33 → 30).
         let xoff = view_offsets(d.c, cols, k, wph, s);
-        mm_dot_offsets((d.o, ckk, cols), dw, ckk, (gy0, cols), (xp, &xoff, None));
+        mm_dot_offsets(
+            d.own(),
+            (d.o, ckk, cols),
+            dw,
+            ckk,
+            (gy0, cols),
+            (xp, &xoff, None),
+        );
         return;
     }
     for t in 0..kk {
@@ -234,9 +244,10 @@ pub(crate) fn wide_gx_flip(d: ConvDims, cols: usize, wide: &mut [f32], wflip: &[
     let (k, wp) = (d.win.kernel, d.wph());
     let (kk, okk) = (k * k, d.o * k * k);
     #[cfg(target_arch = "x86_64")]
-    if d.own() {
+    if d.own().any() {
         let goff = view_offsets(d.o, cols, k, wp, 1);
         mm_offsets(
+            d.own(),
             (d.c, cols, okk),
             wide,
             cols,
@@ -462,6 +473,7 @@ pub(crate) fn conv_backward_wide(
                     let chunks = valid_chunks(ns, (d.ho, d.wo), wph, pp);
                     let xoff = view_offsets(d.c, cols, k, wph, 1);
                     mm_dot_offsets(
+                        Own::Avx2,
                         (d.o, ckk, nv),
                         &mut dw,
                         ckk,
