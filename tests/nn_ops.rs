@@ -144,6 +144,11 @@ fn conv2d_matches_reference_and_finite_differences() {
     // Over 32 channels the wide path runs one `gemm` per kernel tap.
     conv_case(2, 40, 16, 36, Window::new(3, 1, 1), true);
     conv_case(2, 33, 6, 34, Window::new(1, 1, 0), false);
+    // Rows 4 and 12 wide: the AVX2 products' column table takes runs of four (a 4×4
+    // plane sits in a 5×5 grid); the whole-batch path serves the 4×4 one without
+    // them.
+    conv_case(3, 20, 4, 17, Window::new(3, 1, 1), true);
+    conv_case(2, 17, 12, 24, Window::new(3, 1, 1), false);
     // Strided convolutions: these small planes waste too much on the wide path and
     // run im2col, except a stride equal to the kernel (no discarded columns), which
     // runs the wide path's phase planes. The unit test `paths_agree` checks the wide

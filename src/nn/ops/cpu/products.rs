@@ -6,6 +6,8 @@ use gemm::Parallelism;
 use crate::nn::ops::cpu::buffers::Scratch;
 use crate::nn::ops::kernels;
 use crate::nn::ops::kernels::Own;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use crate::nn::ops::kernels::avx2::Chunks;
 
 /// `dst (m×n, row stride ldd) = [dst +] a·b`, with `a` and `b` given by row and
 /// column strides so transposes cost nothing.
@@ -185,20 +187,21 @@ pub(crate) fn mm_offsets(
     };
 }
 
-/// One past the furthest of the first `n` columns a chunk table names (column `j`
-/// at `t[j / 8] + j mod 8`); checks that the table covers them.
+/// One past the furthest of the first `n` columns a chunk table names; checks
+/// that the table covers them and that its runs are 4 or 8 long.
 #[cfg(target_arch = "x86_64")]
-fn chunk_span(t: &[usize], n: usize) -> usize {
-    assert!(t.len() >= n.div_ceil(8));
-    (0..n.div_ceil(8))
-        .map(|q| t[q] + 8.min(n - 8 * q))
+fn chunk_span(t: Chunks, n: usize) -> usize {
+    let r = t.run;
+    assert!((r == 4 || r == 8) && t.starts.len() >= n.div_ceil(r));
+    (0..n.div_ceil(r))
+        .map(|q| t.starts[q] + r.min(n - r * q))
         .max()
         .unwrap_or(0)
 }
 
 /// `dst (m×n, row stride ldd) = [dst +] A·B` with `A(i, p) = a[aoff[i] + p·acs]`
 /// and row `p` of `B` at `b[boff[p]..]`, its column `j` at `j` or, with a chunk
-/// table, at `chunks[j / 8] + j mod 8`: the AVX2 product.
+/// table, at `chunks.col(j)`: the AVX2 product.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn mm_avx2(
     (m, n, k): (usize, usize, usize),
@@ -206,7 +209,7 @@ pub(crate) fn mm_avx2(
     ldd: usize,
     acc: bool,
     (a, aoff, acs): (&[f32], &[usize], usize),
-    (b, boff, chunks): (&[f32], &[usize], Option<&[usize]>),
+    (b, boff, chunks): (&[f32], &[usize], Option<Chunks>),
 ) {
     assert!(kernels::avx2_products());
     if m == 0 || n == 0 {
@@ -269,7 +272,7 @@ pub(crate) fn mm_dot_offsets(
     dst: &mut [f32],
     ldd: usize,
     (a, lda): (&[f32], usize),
-    (b, boff, chunks): (&[f32], &[usize], Option<&[usize]>),
+    (b, boff, chunks): (&[f32], &[usize], Option<Chunks>),
 ) {
     assert!(match own {
         Own::Avx512 => kernels::avx512(),
@@ -440,11 +443,13 @@ mod core_scaling {
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod avx2_product {
+    use super::Chunks;
+
     /// `kernels::avx2::gemm` against a plain triple loop on sizes that hit every
     /// edge: partial row tiles (m mod 6), partial panels (n mod 16), several inner
     /// blocks (k > 256) and row blocks (m > 96), row-gathered and transposed `A`,
-    /// shifted `B` rows, both overwrite and accumulate, and columns through a chunk
-    /// table.
+    /// shifted `B` rows, both overwrite and accumulate, and columns through chunk
+    /// tables with runs of 8 and of 4.
     #[test]
     fn matches_plain_loops() {
         if !(std::arch::is_x86_feature_detected!("avx2")
@@ -474,13 +479,28 @@ mod avx2_product {
             let table: Vec<usize> = (0..usize::div_ceil(n, 8))
                 .map(|q| 8 * q + 3 * (q / 2))
                 .collect();
+            // Runs of four with a gap of 1 after each (4-wide rows in a 5-wide grid).
+            let table4: Vec<usize> = (0..usize::div_ceil(n, 4)).map(|q| 5 * q).collect();
             let b: Vec<f32> = (0..3 * k + 2 * n + 8)
                 .map(|i| ((i * 5) % 13) as f32 * 0.125 - 0.5)
                 .collect();
             let boff: Vec<usize> = (0..k).map(|p| 3 * p).collect();
             let ldc = n + 2;
-            for (acc, chunks) in [(false, None), (true, None), (false, Some(&table[..]))] {
-                let col = |j: usize| chunks.map_or(j, |t| t[j / 8] + j % 8);
+            let eights = Chunks {
+                starts: &table,
+                run: 8,
+            };
+            let fours = Chunks {
+                starts: &table4,
+                run: 4,
+            };
+            for (acc, chunks) in [
+                (false, None),
+                (true, None),
+                (false, Some(eights)),
+                (true, Some(fours)),
+            ] {
+                let col = |j: usize| chunks.map_or(j, |t| t.col(j));
                 let mut c: Vec<f32> = (0..m * ldc).map(|i| (i % 3) as f32).collect();
                 let mut want = c.clone();
                 for i in 0..m {
@@ -506,8 +526,8 @@ mod avx2_product {
                 for (idx, (g, w)) in c.iter().zip(&want).enumerate() {
                     assert!(
                         (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
-                        "m={m} n={n} k={k} acs={acs} acc={acc} chunks={} at {idx}: {g} vs {w}",
-                        chunks.is_some()
+                        "m={m} n={n} k={k} acs={acs} acc={acc} run={:?} at {idx}: {g} vs {w}",
+                        chunks.map(|t| t.run)
                     );
                 }
             }
@@ -526,20 +546,32 @@ mod avx2_product {
             eprintln!("no AVX2+FMA on this CPU: nothing to check");
             return;
         }
+        // Chunk runs: 0 none, else runs of 8 or of 4.
         let cases = [
-            (1, 1, 1, false),
-            (3, 2, 7, false),
-            (4, 3, 8, false),
-            (9, 10, 37, false),
-            (16, 27, 1160, false),
-            (5, 7, 8, true),
-            (9, 10, 96, true),
+            (1, 1, 1, 0),
+            (3, 2, 7, 0),
+            (4, 3, 8, 0),
+            (9, 10, 37, 0),
+            (16, 27, 1160, 0),
+            (5, 7, 8, 8),
+            (9, 10, 96, 8),
+            (5, 7, 8, 4),
+            (9, 10, 96, 4),
         ];
-        for &(m, n, len, chunked) in &cases {
-            // Runs of eight with a gap of 3 after every second run.
-            let table: Vec<usize> = (0..len / 8).map(|q| 8 * q + 3 * (q / 2)).collect();
-            let chunks = chunked.then_some(&table[..]);
-            let col = |q: usize| chunks.map_or(q, |t| t[q / 8] + q % 8);
+        for &(m, n, len, run) in &cases {
+            // Runs of eight with a gap of 3 after every second run; runs of four
+            // with a gap of 1 after each (4-wide rows in a 5-wide grid).
+            let table: Vec<usize> = if run == 4 {
+                (0..len / 4).map(|q| 5 * q).collect()
+            } else {
+                (0..len / 8).map(|q| 8 * q + 3 * (q / 2)).collect()
+            };
+            let chunks = (run > 0).then_some(Chunks {
+                starts: &table,
+                run,
+            });
+            let chunked = run;
+            let col = |q: usize| chunks.map_or(q, |t| t.col(q));
             let lda = len + 5;
             let a: Vec<f32> = (0..m * lda)
                 .map(|i| ((i * 7) % 11) as f32 * 0.25 - 1.0)
@@ -573,7 +605,7 @@ mod avx2_product {
             for (idx, (g, w)) in c.iter().zip(&want).enumerate() {
                 assert!(
                     (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
-                    "m={m} n={n} len={len} chunks={chunked} at {idx}: {g} vs {w}"
+                    "m={m} n={n} len={len} run={chunked} at {idx}: {g} vs {w}"
                 );
             }
         }

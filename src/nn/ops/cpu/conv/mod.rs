@@ -21,11 +21,13 @@
 //!   are summed. Forward and backward choose separately
 //!   ([`ConvDims::batched_forward`], [`ConvDims::batched_backward`]). Where the
 //!   compact product applies ([`ConvDims::compact`]: AVX2 products, stride 1, rows a
-//!   multiple of 8 wide) the forward stays on the wide path (ResNet-18's 8×8
+//!   multiple of 8 or 4 wide) the forward stays on the wide path (ResNet-18's 8×8
 //!   256-channel layers: 55–57 → 64–67 GFLOP/s), and so does the backward up to
 //!   [`DOT_LIMIT`] channels ([`ConvDims::compact_dw`]: 65 → 68–69); above that the
 //!   backward takes only its weight gradient from here and its input gradient
-//!   from [`wide::input_grad_compact`] (no col2im).
+//!   from [`wide::input_grad_compact`] (no col2im). With runs of 4 (4×4 planes,
+//!   which the wide path would not take for their 36% discarded grid) ResNet-18's
+//!   512-channel 4×4 layers went 166–168 → 188 GFLOP/s forward on Zen 4.
 //!
 //! Products: see [`ConvDims::own`] for which run on the hand-written kernels.
 //! Threads take contiguous ranges of samples.
@@ -102,7 +104,7 @@ impl ConvDims {
     pub(crate) fn wide(&self) -> bool {
         // Without the own kernels each tap is a `gemm` with the channels as inner
         // dimension, which needs enough channels to run well.
-        self.wide_geometry() && (self.own().any() || self.c.min(self.o) >= 16)
+        (self.wide_geometry() && (self.own().any() || self.c.min(self.o) >= 16)) || self.compact()
     }
     /// The geometric half of [`ConvDims::wide`]: phase planes cover every tap and
     /// the discarded share is small.
@@ -165,7 +167,7 @@ impl ConvDims {
         } else if kernels::avx2_products()
             && self.win.kernel > 1
             && self.c.min(self.o) >= 16
-            && self.wide_geometry()
+            && (self.wide_geometry() || self.compact_geometry())
         {
             Own::Avx2
         } else {
@@ -173,22 +175,37 @@ impl ConvDims {
         }
     }
     /// Whether the wide path's forward and input-gradient products skip the
-    /// discarded grid positions (the AVX2 products serve, [`Own::Avx2`], stride 1,
-    /// output and input rows a multiple of 8 wide): the valid outputs come in runs of eight, which the
-    /// product's column table ([`wide::valid_chunks`]) picks out while packing, so
+    /// discarded grid positions (the AVX2 products serve, [`Own::Avx2`], and
+    /// [`ConvDims::compact_geometry`] holds): the valid outputs come in runs of
+    /// [`ConvDims::run`], which the product's column table ([`wide::valid_chunks`]) picks out while packing, so
     /// no flop goes to a discarded position. The weight gradient does the same
     /// where [`ConvDims::compact_dw`] holds.
     pub(crate) fn compact(&self) -> bool {
-        self.own() == Own::Avx2
-            && self.win.stride == 1
-            && self.wo.is_multiple_of(8)
-            && self.w.is_multiple_of(8)
+        self.own() == Own::Avx2 && self.compact_geometry()
+    }
+    /// The geometric half of [`ConvDims::compact`]: stride 1, padding under the
+    /// kernel, and runs of valid outputs ([`ConvDims::run`]). The discarded share
+    /// of the grid does not matter here (no flop goes to it), so planes too small
+    /// for [`ConvDims::wide_geometry`] (4×4 with a 3×3 kernel: 25 grid positions for
+    /// 16 outputs) qualify too.
+    pub(crate) fn compact_geometry(&self) -> bool {
+        self.win.stride == 1 && self.win.padding < self.win.kernel && self.run() > 0
+    }
+    /// Valid outputs per run of the compact products' column table: 8 where the
+    /// output and input rows are a multiple of 8 wide, else 4 where they are a
+    /// multiple of 4 (ResNet's 4×4 late stages), else 0 (no compact form).
+    pub(crate) fn run(&self) -> usize {
+        [8, 4]
+            .into_iter()
+            .find(|&r| self.wo.is_multiple_of(r) && self.w.is_multiple_of(r))
+            .unwrap_or(0)
     }
     /// Whether the wide path's weight gradient also runs over the valid positions
     /// only: [`ConvDims::compact`] and the dot-product form (`wide::wide_dw`) whose
     /// `B` rows the chunk table gathers, up to [`DOT_LIMIT`] channels.
     pub(crate) fn compact_dw(&self) -> bool {
-        self.compact() && self.c <= DOT_LIMIT
+        // The dot product's rows (a group's valid positions) must be whole vectors.
+        self.compact() && self.c <= DOT_LIMIT && (self.ho * self.wo).is_multiple_of(8)
     }
     /// Whether the weight gradient uses the own narrow-row product (AVX-512 only:
     /// with many channels its transposed result cost as much to add back as the
@@ -442,6 +459,11 @@ mod paths_agree {
             (3, 32, 16, 8, 3, 1, 1),
             (2, 16, 24, 8, 5, 1, 2),
             (1, 16, 17, 24, 3, 1, 1),
+            // Runs of four (rows 4 and 12 wide), and over DOT_LIMIT input channels
+            // (the weight gradient on the full grid).
+            (3, 20, 24, 4, 3, 1, 1),
+            (2, 17, 16, 12, 3, 1, 1),
+            (2, 260, 16, 4, 3, 1, 1),
         ];
         for &(_, _, _, _, k, s, _) in &shapes {
             assert!(s == 1 || k >= s, "the wide path cannot take {k}x{k}/{s}");
@@ -464,9 +486,11 @@ mod paths_agree {
             (1, 5, 7, 6, 3, 1, 1),
             (2, 3, 8, 10, 7, 2, 3),
             (2, 4, 6, 3, 3, 1, 2),
-            // The input gradient by the compact correlation (AVX2, 8-wide rows).
+            // The input gradient by the compact correlation (AVX2, 8-wide rows,
+            // and 4-wide).
             (3, 16, 24, 8, 3, 1, 1),
             (2, 32, 16, 16, 3, 1, 1),
+            (3, 20, 24, 4, 3, 1, 1),
         ];
         let path: (Forward, Backward) = (
             batched::conv_forward_batched,

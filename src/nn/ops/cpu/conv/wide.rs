@@ -8,9 +8,9 @@ use crate::nn::ops::cpu::conv::im2col::{add_bias, pack_sample, unpack_sample};
 use crate::nn::ops::cpu::conv::{
     ConvDims, conv_backward_threads, conv_forward_threads, thread_chunk,
 };
-use crate::nn::ops::cpu::products::{mm, mm_rows, mm_strided};
 #[cfg(target_arch = "x86_64")]
-use crate::nn::ops::cpu::products::{mm_avx2, mm_dot_offsets, mm_narrow, mm_offsets};
+use crate::nn::ops::cpu::products::{Chunks, mm_avx2, mm_dot_offsets, mm_narrow, mm_offsets};
+use crate::nn::ops::cpu::products::{mm, mm_rows, mm_strided};
 use crate::nn::ops::kernels;
 #[cfg(target_arch = "x86_64")]
 use crate::nn::ops::kernels::Own;
@@ -104,37 +104,38 @@ pub(crate) fn view_offsets(ch: usize, cols: usize, k: usize, wph: usize, s: usiz
     v
 }
 
-/// Starts of the runs of eight valid outputs on the grid of `ns` planes (`pp`
+/// Starts of the runs of `run` valid outputs on the grid of `ns` planes (`pp`
 /// positions each, rows `wph` apart) whose valid part is `rows × width`, `width`
-/// a multiple of 8: the column table of [`compact_product`].
+/// a multiple of `run`: the column table of [`compact_product`].
 pub(crate) fn valid_chunks(
     ns: usize,
     (rows, width): (usize, usize),
     wph: usize,
     pp: usize,
+    run: usize,
 ) -> Vec<usize> {
-    debug_assert!(width.is_multiple_of(8) && width <= wph);
-    let mut v = Vec::with_capacity(ns * rows * width / 8);
+    assert!(width.is_multiple_of(run) && width <= wph);
+    let mut v = Vec::with_capacity(ns * rows * width / run);
     for si in 0..ns {
         for y in 0..rows {
-            v.extend((0..width).step_by(8).map(|x| si * pp + y * wph + x));
+            v.extend((0..width).step_by(run).map(|x| si * pp + y * wph + x));
         }
     }
     v
 }
 
-/// `dst (m × 8·chunks.len()) = A · views(b)` on the valid positions only: `A` is
+/// `dst (m × run·starts.len()) = A · views(b)` on the valid positions only: `A` is
 /// `m × k` row-major, row `p` of the views starts at `b[boff[p]..]`, and output
-/// column `j` is grid position `chunks[j / 8] + j mod 8` (AVX2 product).
+/// column `j` is grid position `chunks.col(j)` (AVX2 product).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn compact_product(
     (m, k): (usize, usize),
     dst: &mut [f32],
     a: &[f32],
     (b, boff): (&[f32], &[usize]),
-    chunks: &[usize],
+    chunks: Chunks,
 ) {
-    let n = 8 * chunks.len();
+    let n = chunks.run * chunks.starts.len();
     let aoff: Vec<usize> = (0..m).map(|i| i * k).collect();
     mm_avx2(
         (m, n, k),
@@ -327,9 +328,13 @@ pub(crate) fn conv_forward_wide(
             );
             #[cfg(target_arch = "x86_64")]
             if d.compact() {
-                let chunks = valid_chunks(ns, (d.ho, d.wo), wph, pp);
+                let starts = valid_chunks(ns, (d.ho, d.wo), wph, pp, d.run());
+                let chunks = Chunks {
+                    starts: &starts,
+                    run: d.run(),
+                };
                 let off = view_offsets(d.c, cols, d.win.kernel, wph, 1);
-                compact_product((d.o, d.ckk()), &mut wide, wt, (&xp, &off), &chunks);
+                compact_product((d.o, d.ckk()), &mut wide, wt, (&xp, &off), chunks);
                 for (si, ys) in yg.chunks_mut(d.o * howo).enumerate() {
                     unpack_sample(ys, &wide, ns * howo, si, howo);
                     if let Some(b) = bias {
@@ -414,9 +419,13 @@ fn compact_gx(
 ) {
     let (k, hw, wph) = (d.win.kernel, d.h * d.w, d.wph());
     let pp = d.hph() * wph;
-    let chunks = valid_chunks(ns, (d.h, d.w), wph, pp);
+    let starts = valid_chunks(ns, (d.h, d.w), wph, pp, d.run());
+    let chunks = Chunks {
+        starts: &starts,
+        run: d.run(),
+    };
     let off = view_offsets(d.o, ns * pp, k, wph, 1);
-    compact_product((d.c, d.o * k * k), wide, wflip, (gyq, &off), &chunks);
+    compact_product((d.c, d.o * k * k), wide, wflip, (gyq, &off), chunks);
     for (si, gs) in gxg.chunks_mut(d.c * hw).enumerate() {
         for (ci, gp) in gs.chunks_mut(hw).enumerate() {
             kernels::add_to(gp, &wide[ci * ns * hw + si * hw..][..hw]);
@@ -470,7 +479,11 @@ pub(crate) fn conv_backward_wide(
                 // compact_dw holds only with the AVX2 kernels, i.e. on x86_64.
                 #[cfg(target_arch = "x86_64")]
                 {
-                    let chunks = valid_chunks(ns, (d.ho, d.wo), wph, pp);
+                    let starts = valid_chunks(ns, (d.ho, d.wo), wph, pp, d.run());
+                    let chunks = Chunks {
+                        starts: &starts,
+                        run: d.run(),
+                    };
                     let xoff = view_offsets(d.c, cols, k, wph, 1);
                     mm_dot_offsets(
                         Own::Avx2,
@@ -478,7 +491,7 @@ pub(crate) fn conv_backward_wide(
                         &mut dw,
                         ckk,
                         (&gy0, nv),
-                        (&xp, &xoff, Some(&chunks)),
+                        (&xp, &xoff, Some(chunks)),
                     );
                 }
             } else {
