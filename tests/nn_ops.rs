@@ -97,10 +97,14 @@ fn flat2(t: Tensor<(usize, usize), f32, Cpu, OwnedTape<f32, Cpu>>) -> Flat {
 }
 
 fn conv_case(n: usize, c: usize, h: usize, o: usize, win: Window, bias: bool) {
+    conv_case_hw(n, c, (h, h + 1), o, win, bias);
+}
+
+fn conv_case_hw(n: usize, c: usize, (h, w): (usize, usize), o: usize, win: Window, bias: bool) {
     let k = win.kernel;
-    let xs = (n, c, h, h + 1);
+    let xs = (n, c, h, w);
     let ws = (o, c, k, k);
-    let mut inputs = vec![rand(n * c * h * (h + 1), 1), rand(o * c * k * k, 2)];
+    let mut inputs = vec![rand(n * c * h * w, 1), rand(o * c * k * k, 2)];
     if bias {
         inputs.push(rand(o, 3));
     }
@@ -145,10 +149,9 @@ fn conv2d_matches_reference_and_finite_differences() {
     conv_case(2, 40, 16, 36, Window::new(3, 1, 1), true);
     conv_case(2, 33, 6, 34, Window::new(1, 1, 0), false);
     // Rows 4 and 12 wide: the AVX2 products' column table takes runs of four (a 4×4
-    // plane sits in a 5×5 grid); the whole-batch path serves the 4×4 one without
-    // them.
-    conv_case(3, 20, 4, 17, Window::new(3, 1, 1), true);
-    conv_case(2, 17, 12, 24, Window::new(3, 1, 1), false);
+    // plane sits in a 5×5 grid).
+    conv_case_hw(3, 20, (4, 4), 17, Window::new(3, 1, 1), true);
+    conv_case_hw(2, 17, (6, 12), 24, Window::new(3, 1, 1), false);
     // Strided convolutions: these small planes waste too much on the wide path and
     // run im2col, except a stride equal to the kernel (no discarded columns), which
     // runs the wide path's phase planes. The unit test `paths_agree` checks the wide
