@@ -81,7 +81,7 @@ static SPLIT: AtomicU8 = AtomicU8::new(0);
 /// paths on, and with the AVX-512 ones on where the CPU executes a 512-bit
 /// multiply-add as two 256-bit halves (AMD Zen 4). There AVX-512 brings no extra
 /// flops, and the AVX2 products' compact form (no flop on a discarded grid
-/// position) ran ResNet-18's convolutions at 87% of the matmul rate against the
+/// position) ran ResNet-18's convolutions at 83–87% of the matmul rate against the
 /// `gemm` crate's 76–78% (`conv_speed`, 2 threads). `RECIPE_AVX2_PRODUCTS=1` or
 /// `0` overrides the CPU check.
 pub(crate) fn avx2_products() -> bool {
