@@ -190,7 +190,7 @@ pub(crate) fn mm_offsets(
 /// One past the furthest of the first `n` columns a chunk table names; checks
 /// that the table covers them and that its runs are 4 or 8 long.
 #[cfg(target_arch = "x86_64")]
-fn chunk_span(t: Chunks, n: usize) -> usize {
+fn chunk_span(t: &Chunks, n: usize) -> usize {
     let r = t.run;
     assert!((r == 4 || r == 8) && t.starts.len() >= n.div_ceil(r));
     (0..n.div_ceil(r))
@@ -209,7 +209,7 @@ pub(crate) fn mm_avx2(
     ldd: usize,
     acc: bool,
     (a, aoff, acs): (&[f32], &[usize], usize),
-    (b, boff, chunks): (&[f32], &[usize], Option<Chunks>),
+    (b, boff, chunks): (&[f32], &[usize], Option<&Chunks>),
 ) {
     assert!(kernels::avx2_products());
     if m == 0 || n == 0 {
@@ -272,7 +272,7 @@ pub(crate) fn mm_dot_offsets(
     dst: &mut [f32],
     ldd: usize,
     (a, lda): (&[f32], usize),
-    (b, boff, chunks): (&[f32], &[usize], Option<Chunks>),
+    (b, boff, chunks): (&[f32], &[usize], Option<&Chunks>),
 ) {
     assert!(match own {
         Own::Avx512 => kernels::avx512(),
@@ -487,18 +487,18 @@ mod avx2_product {
             let boff: Vec<usize> = (0..k).map(|p| 3 * p).collect();
             let ldc = n + 2;
             let eights = Chunks {
-                starts: &table,
+                starts: table,
                 run: 8,
             };
             let fours = Chunks {
-                starts: &table4,
+                starts: table4,
                 run: 4,
             };
             for (acc, chunks) in [
                 (false, None),
                 (true, None),
-                (false, Some(eights)),
-                (true, Some(fours)),
+                (false, Some(&eights)),
+                (true, Some(&fours)),
             ] {
                 let col = |j: usize| chunks.map_or(j, |t| t.col(j));
                 let mut c: Vec<f32> = (0..m * ldc).map(|i| (i % 3) as f32).collect();
@@ -566,11 +566,8 @@ mod avx2_product {
             } else {
                 (0..len / 8).map(|q| 8 * q + 3 * (q / 2)).collect()
             };
-            let chunks = (run > 0).then_some(Chunks {
-                starts: &table,
-                run,
-            });
-            let chunked = run;
+            let chunks = (run > 0).then_some(Chunks { starts: table, run });
+            let chunks = chunks.as_ref();
             let col = |q: usize| chunks.map_or(q, |t| t.col(q));
             let lda = len + 5;
             let a: Vec<f32> = (0..m * lda)
@@ -605,7 +602,7 @@ mod avx2_product {
             for (idx, (g, w)) in c.iter().zip(&want).enumerate() {
                 assert!(
                     (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
-                    "m={m} n={n} len={len} run={chunked} at {idx}: {g} vs {w}"
+                    "m={m} n={n} len={len} run={run} at {idx}: {g} vs {w}"
                 );
             }
         }

@@ -177,9 +177,9 @@ impl ConvDims {
     /// Whether the wide path's forward and input-gradient products skip the
     /// discarded grid positions (the AVX2 products serve, [`Own::Avx2`], and
     /// [`ConvDims::compact_geometry`] holds): the valid outputs come in runs of
-    /// [`ConvDims::run`], which the product's column table ([`wide::valid_chunks`]) picks out while packing, so
-    /// no flop goes to a discarded position. The weight gradient does the same
-    /// where [`ConvDims::compact_dw`] holds.
+    /// [`ConvDims::run`], which the product's column table ([`wide::valid_chunks`])
+    /// picks out while packing, so no flop goes to a discarded position. The weight
+    /// gradient does the same where [`ConvDims::compact_dw`] holds.
     pub(crate) fn compact(&self) -> bool {
         self.own() == Own::Avx2 && self.compact_geometry()
     }

@@ -104,16 +104,17 @@ pub(crate) fn view_offsets(ch: usize, cols: usize, k: usize, wph: usize, s: usiz
     v
 }
 
-/// Starts of the runs of `run` valid outputs on the grid of `ns` planes (`pp`
-/// positions each, rows `wph` apart) whose valid part is `rows × width`, `width`
-/// a multiple of `run`: the column table of [`compact_product`].
+/// The runs of `run` valid outputs on the grid of `ns` planes (`pp` positions
+/// each, rows `wph` apart) whose valid part is `rows × width`, `width` a multiple
+/// of `run`: the column table of [`compact_product`].
+#[cfg(target_arch = "x86_64")]
 pub(crate) fn valid_chunks(
     ns: usize,
     (rows, width): (usize, usize),
     wph: usize,
     pp: usize,
     run: usize,
-) -> Vec<usize> {
+) -> Chunks {
     assert!(width.is_multiple_of(run) && width <= wph);
     let mut v = Vec::with_capacity(ns * rows * width / run);
     for si in 0..ns {
@@ -121,7 +122,7 @@ pub(crate) fn valid_chunks(
             v.extend((0..width).step_by(run).map(|x| si * pp + y * wph + x));
         }
     }
-    v
+    Chunks { starts: v, run }
 }
 
 /// `dst (m × run·starts.len()) = A · views(b)` on the valid positions only: `A` is
@@ -133,7 +134,7 @@ pub(crate) fn compact_product(
     dst: &mut [f32],
     a: &[f32],
     (b, boff): (&[f32], &[usize]),
-    chunks: Chunks,
+    chunks: &Chunks,
 ) {
     let n = chunks.run * chunks.starts.len();
     let aoff: Vec<usize> = (0..m).map(|i| i * k).collect();
@@ -328,13 +329,9 @@ pub(crate) fn conv_forward_wide(
             );
             #[cfg(target_arch = "x86_64")]
             if d.compact() {
-                let starts = valid_chunks(ns, (d.ho, d.wo), wph, pp, d.run());
-                let chunks = Chunks {
-                    starts: &starts,
-                    run: d.run(),
-                };
+                let chunks = valid_chunks(ns, (d.ho, d.wo), wph, pp, d.run());
                 let off = view_offsets(d.c, cols, d.win.kernel, wph, 1);
-                compact_product((d.o, d.ckk()), &mut wide, wt, (&xp, &off), chunks);
+                compact_product((d.o, d.ckk()), &mut wide, wt, (&xp, &off), &chunks);
                 for (si, ys) in yg.chunks_mut(d.o * howo).enumerate() {
                     unpack_sample(ys, &wide, ns * howo, si, howo);
                     if let Some(b) = bias {
@@ -419,13 +416,9 @@ fn compact_gx(
 ) {
     let (k, hw, wph) = (d.win.kernel, d.h * d.w, d.wph());
     let pp = d.hph() * wph;
-    let starts = valid_chunks(ns, (d.h, d.w), wph, pp, d.run());
-    let chunks = Chunks {
-        starts: &starts,
-        run: d.run(),
-    };
+    let chunks = valid_chunks(ns, (d.h, d.w), wph, pp, d.run());
     let off = view_offsets(d.o, ns * pp, k, wph, 1);
-    compact_product((d.c, d.o * k * k), wide, wflip, (gyq, &off), chunks);
+    compact_product((d.c, d.o * k * k), wide, wflip, (gyq, &off), &chunks);
     for (si, gs) in gxg.chunks_mut(d.c * hw).enumerate() {
         for (ci, gp) in gs.chunks_mut(hw).enumerate() {
             kernels::add_to(gp, &wide[ci * ns * hw + si * hw..][..hw]);
@@ -479,11 +472,7 @@ pub(crate) fn conv_backward_wide(
                 // compact_dw holds only with the AVX2 kernels, i.e. on x86_64.
                 #[cfg(target_arch = "x86_64")]
                 {
-                    let starts = valid_chunks(ns, (d.ho, d.wo), wph, pp, d.run());
-                    let chunks = Chunks {
-                        starts: &starts,
-                        run: d.run(),
-                    };
+                    let chunks = valid_chunks(ns, (d.ho, d.wo), wph, pp, d.run());
                     let xoff = view_offsets(d.c, cols, k, wph, 1);
                     mm_dot_offsets(
                         Own::Avx2,
@@ -491,7 +480,7 @@ pub(crate) fn conv_backward_wide(
                         &mut dw,
                         ckk,
                         (&gy0, nv),
-                        (&xp, &xoff, Some(chunks)),
+                        (&xp, &xoff, Some(&chunks)),
                     );
                 }
             } else {
