@@ -20,34 +20,32 @@ use crate::nn::ops::cpu::conv::im2col::{add_bias, col2im_add, im2col, unpack_sam
 use crate::nn::ops::cpu::products::mm;
 use crate::nn::ops::cpu::threads;
 
-/// The column matrix of the whole batch: row `r = (ci·k + ki)·k + kj`, column
-/// `s·ho·wo + q` (sample `s`, output position `q`). Threads take channels.
-fn batch_columns(x: &[f32], n: usize, d: ConvDims) -> Scratch {
+/// The column matrix of the whole batch: row `r = (ci·k + ki)·k + kj` at `r·ld`,
+/// column `s·ho·wo + q` (sample `s`, output position `q`; `ld` from
+/// [`super::padded_ld`]). Threads take channels.
+fn batch_columns(x: &[f32], n: usize, d: ConvDims, ld: usize) -> Scratch {
     let (kk, howo, hw) = (d.win.kernel * d.win.kernel, d.ho * d.wo, d.h * d.w);
-    let cols = n * howo;
-    let mut col = Scratch::new(d.ckk() * cols);
+    let mut col = Scratch::new(d.ckk() * ld);
     let one = ConvDims { c: 1, ..d };
-    col.par_chunks_mut(kk * cols)
+    col.par_chunks_mut(kk * ld)
         .enumerate()
         .for_each(|(ci, rows)| {
             for s in 0..n {
                 let plane = &x[(s * d.c + ci) * hw..][..hw];
-                im2col(plane, one, &mut rows[s * howo..], cols);
+                im2col(plane, one, &mut rows[s * howo..], ld);
             }
         });
     col
 }
 
-/// The output gradient in the columns' layout: `(o, n·ho·wo)`.
-fn channel_major(gy: &[f32], n: usize, o: usize, howo: usize) -> Scratch {
-    let mut g = Scratch::new(o * n * howo);
-    g.par_chunks_mut(n * howo)
-        .enumerate()
-        .for_each(|(oc, row)| {
-            for (s, dst) in row.chunks_mut(howo).enumerate() {
-                dst.copy_from_slice(&gy[(s * o + oc) * howo..][..howo]);
-            }
-        });
+/// The output gradient in the columns' layout: `(o, n·ho·wo)`, rows `ld` apart.
+fn channel_major(gy: &[f32], n: usize, o: usize, howo: usize, ld: usize) -> Scratch {
+    let mut g = Scratch::new(o * ld);
+    g.par_chunks_mut(ld).enumerate().for_each(|(oc, row)| {
+        for (s, dst) in row[..n * howo].chunks_mut(howo).enumerate() {
+            dst.copy_from_slice(&gy[(s * o + oc) * howo..][..howo]);
+        }
+    });
     g
 }
 
@@ -61,22 +59,23 @@ pub(crate) fn conv_forward_batched(
 ) -> Vec<f32> {
     let (ckk, howo) = (d.ckk(), d.ho * d.wo);
     let cols = n * howo;
-    let col = batch_columns(x, n, d);
-    let mut ycm = Scratch::new(d.o * cols);
+    let ld = super::padded_ld(cols);
+    let col = batch_columns(x, n, d, ld);
+    let mut ycm = Scratch::new(d.o * ld);
     mm(
         (d.o, cols, ckk),
         &mut ycm,
-        cols,
+        ld,
         false,
         (wt, ckk, 1),
-        (&col, cols, 1),
+        (&col, ld, 1),
         Parallelism::Rayon(threads()),
     );
     let mut y = zeros(n * d.o * howo);
     y.par_chunks_mut(d.o * howo)
         .enumerate()
         .for_each(|(s, ys)| {
-            unpack_sample(ys, &ycm, cols, s, howo);
+            unpack_sample(ys, &ycm, ld, s, howo);
             if let Some(b) = bias {
                 add_bias(ys, b, howo);
             }
@@ -96,8 +95,9 @@ pub(crate) fn conv_backward_batched(
 ) -> Vec<f32> {
     let (ckk, howo, chw) = (d.ckk(), d.ho * d.wo, d.c * d.h * d.w);
     let cols = n * howo;
-    let col = batch_columns(x, n, d);
-    let gycm = channel_major(gy, n, d.o, howo);
+    let ld = super::padded_ld(cols);
+    let col = batch_columns(x, n, d, ld);
+    let gycm = channel_major(gy, n, d.o, howo, ld);
     // dW (o×ckk) = gy (o×cols) · colᵀ: the batch is the inner dimension.
     let mut dw = zeros(d.o * ckk);
     mm(
@@ -105,8 +105,8 @@ pub(crate) fn conv_backward_batched(
         &mut dw,
         ckk,
         false,
-        (&gycm, cols, 1),
-        (&col, 1, cols),
+        (&gycm, ld, 1),
+        (&col, 1, ld),
         Parallelism::Rayon(threads()),
     );
     drop(col);
@@ -116,18 +116,18 @@ pub(crate) fn conv_backward_batched(
         return dw;
     }
     // dcol (ckk×cols) = Wᵀ · gy, added back into each sample's gradient.
-    let mut dcol = Scratch::new(ckk * cols);
+    let mut dcol = Scratch::new(ckk * ld);
     mm(
         (ckk, cols, d.o),
         &mut dcol,
-        cols,
+        ld,
         false,
         (wt, 1, ckk),
-        (&gycm, cols, 1),
+        (&gycm, ld, 1),
         Parallelism::Rayon(threads()),
     );
     gx.par_chunks_mut(chw)
         .enumerate()
-        .for_each(|(s, gxs)| col2im_add(&dcol[s * howo..], d, gxs, cols));
+        .for_each(|(s, gxs)| col2im_add(&dcol[s * howo..], d, gxs, ld));
     dw
 }

@@ -4,7 +4,7 @@
 use crate::nn::ops::Window;
 use crate::nn::ops::cpu::buffers::Scratch;
 use crate::nn::ops::cpu::conv::{
-    ConvDims, conv_backward_threads, conv_forward_threads, thread_chunk,
+    ConvDims, LD_PAD, conv_backward_threads, conv_forward_threads, padded_ld, thread_chunk,
 };
 use crate::nn::ops::cpu::products::{mm_dot, mm_rows};
 
@@ -199,20 +199,20 @@ pub(crate) fn conv_forward_im2col(
     let (ckk, howo, chw) = (d.ckk(), d.ho * d.wo, d.c * d.h * d.w);
     let g = d.group(thread_chunk(n));
     conv_forward_threads(x, n, d, |yc, xc| {
-        let mut col = Scratch::new(ckk * g * howo);
-        let mut tmp = Scratch::new(d.o * g * howo);
+        let mut col = Scratch::new(ckk * (g * howo + LD_PAD));
+        let mut tmp = Scratch::new(d.o * (g * howo + LD_PAD));
         for (yg, xg) in yc.chunks_mut(g * d.o * howo).zip(xc.chunks(g * chw)) {
             let ns = xg.len() / chw;
-            let ld = ns * howo;
+            let (cols, ld) = (ns * howo, padded_ld(ns * howo));
             for (s, xs) in xg.chunks(chw).enumerate() {
                 im2col(xs, d, &mut col[s * howo..], ld);
             }
             if ns == 1 {
                 // One sample: the product already has the output's layout.
                 mm_rows(
-                    (d.o, ld, ckk),
+                    (d.o, cols, ckk),
                     yg,
-                    ld,
+                    cols,
                     false,
                     (wt, ckk, 1),
                     (&col, ld),
@@ -220,7 +220,7 @@ pub(crate) fn conv_forward_im2col(
                 );
             } else {
                 mm_rows(
-                    (d.o, ld, ckk),
+                    (d.o, cols, ckk),
                     &mut tmp,
                     ld,
                     false,
@@ -277,16 +277,16 @@ pub(crate) fn conv_backward_im2col(
     let g = d.group(thread_chunk(n));
     conv_backward_threads((x, gy, gx), n, d, |gxc, xc, gyc| {
         let mut dw = vec![0.0; d.o * ckk];
-        let mut col = Scratch::new(ckk * g * howo);
-        let mut dcol = Scratch::new(ckk * g * howo);
-        let mut gyg = Scratch::new(d.o * g * howo);
+        let mut col = Scratch::new(ckk * (g * howo + LD_PAD));
+        let mut dcol = Scratch::new(ckk * (g * howo + LD_PAD));
+        let mut gyg = Scratch::new(d.o * (g * howo + LD_PAD));
         for ((gxg, xg), gysrc) in gxc
             .chunks_mut(g * chw)
             .zip(xc.chunks(g * chw))
             .zip(gyc.chunks(g * d.o * howo))
         {
             let ns = xg.len() / chw;
-            let ld = ns * howo;
+            let (cols, ld) = (ns * howo, padded_ld(ns * howo));
             for (s, xs) in xg.chunks(chw).enumerate() {
                 im2col(xs, d, &mut col[s * howo..], ld);
             }
@@ -297,7 +297,7 @@ pub(crate) fn conv_backward_im2col(
             }
             // dW (o×ckk) += gy (o×ld) · colᵀ
             mm_dot(
-                (d.o, ckk, ld),
+                (d.o, ckk, cols),
                 &mut dw,
                 ckk,
                 (&gyg, ld),
@@ -306,7 +306,7 @@ pub(crate) fn conv_backward_im2col(
             );
             // dcol (ckk×ld) = Wᵀ · gy
             mm_rows(
-                (ckk, ld, d.o),
+                (ckk, cols, d.o),
                 &mut dcol,
                 ld,
                 false,

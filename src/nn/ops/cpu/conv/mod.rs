@@ -230,6 +230,23 @@ impl ConvDims {
     }
 }
 
+/// Columns added to a column matrix's leading dimension by [`padded_ld`].
+pub(crate) const LD_PAD: usize = 16;
+
+/// The leading dimension for a matrix of `cols` columns that `gemm` packs: rows
+/// a multiple of 512 bytes apart fall into a few of the L1 cache's 64 sets (4 KiB
+/// apart: all into one), so packing a panel of them evicts its own lines. One
+/// cache line more per row spreads them over every set. On Zen 4 the backward of
+/// ResNet-18's 16² stride-2 layer (4096 batch columns) went 40 → 32 ms, a
+/// ResNet-50 1×1 8² layer's 7.0 → 4.6 ms (`shape_speed`, medians of 9).
+pub(crate) fn padded_ld(cols: usize) -> usize {
+    if cols.is_multiple_of(128) {
+        cols + LD_PAD
+    } else {
+        cols
+    }
+}
+
 /// Samples per thread: each thread takes one contiguous range of the batch.
 pub(crate) fn thread_chunk(n: usize) -> usize {
     n.div_ceil(threads()).max(1)
@@ -339,7 +356,10 @@ pub fn conv2d<T: Tape<f32, Cpu>>(
         tape = std::mem::take(&mut tape).merge(tb);
         b
     });
-    let yv = conv_forward(view(&x), view(&w), b.as_ref().map(view), n, d);
+    let yv = {
+        let _k = timing::start("conv2d.fwd.kernel");
+        conv_forward(view(&x), view(&w), b.as_ref().map(view), n, d)
+    };
     let y = x.device().tensor_from_vec(yv, (n, o, d.ho, d.wo));
     if T::OWNS_TAPE {
         let (xg, wg, bg, yg) = (
@@ -351,12 +371,21 @@ pub fn conv2d<T: Tape<f32, Cpu>>(
         // Backward reads the input and weights from their tensors (kept alive here).
         tape.add_backward_op(move |grads| {
             let _t = timing::start("conv2d.bwd");
-            let gy = take_grad!(grads, yg);
+            let gy = {
+                let _k = timing::start("conv2d.bwd.take");
+                take_grad!(grads, yg)
+            };
             let dw = {
-                let gx = grads.get_or_alloc_mut(&xg)?;
+                let gx = {
+                    let _k = timing::start("conv2d.bwd.alloc");
+                    grads.get_or_alloc_mut(&xg)?
+                };
+                let _k = timing::start("conv2d.bwd.kernel");
                 conv_backward(view(&x), view(&w), &gy, gx, n, d)
             };
+            let _k = timing::start("conv2d.bwd.dw");
             add_assign(grads.get_or_alloc_mut(&wg)?, &dw);
+            drop(_k);
             if let Some(bg) = bg {
                 let db = channel_sums(&gy, o, d.ho * d.wo);
                 add_assign(grads.get_or_alloc_mut(&bg)?, &db);
@@ -491,6 +520,12 @@ mod paths_agree {
             (3, 16, 24, 8, 3, 1, 1),
             (2, 32, 16, 16, 3, 1, 1),
             (3, 20, 24, 4, 3, 1, 1),
+            // Padded leading dimensions (`padded_ld`): 128 and 256 batch columns
+            // here, against im2col's 64 per thread; and im2col's two-sample
+            // groups of 64 columns padded against this path's 192.
+            (2, 16, 12, 8, 3, 1, 1),
+            (4, 24, 40, 8, 1, 1, 0),
+            (3, 8, 8, 16, 3, 2, 1),
         ];
         let path: (Forward, Backward) = (
             batched::conv_forward_batched,
@@ -608,6 +643,68 @@ mod conv_speed {
         (flops, fwd, bwd)
     }
 
+    /// `CONV_SHAPE=c,o,h,k,s,p[,n] cargo test --release --lib shape_speed --
+    /// --ignored --nocapture`: the median forward and backward time of one shape
+    /// over `CONV_REPS` (default 15) runs on the default paths, for A/B checks of
+    /// one layer on a noisy machine.
+    #[test]
+    #[ignore]
+    fn shape_speed() {
+        let Ok(spec) = std::env::var("CONV_SHAPE") else {
+            println!("set CONV_SHAPE=c,o,h,k,s,p[,n]");
+            return;
+        };
+        let v: Vec<usize> = spec
+            .split(',')
+            .map(|t| t.trim().parse().expect("a number"))
+            .collect();
+        assert!(v.len() >= 6, "CONV_SHAPE=c,o,h,k,s,p[,n]");
+        let n = v.get(6).copied().unwrap_or(64);
+        let reps: usize = std::env::var("CONV_REPS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(15);
+        let ab = std::env::var("CONV_AB").unwrap_or_else(|_| "-".into());
+        let variants: Vec<Vec<String>> = ab
+            .split(';')
+            .map(|v| {
+                v.split_whitespace()
+                    .filter(|t| *t != "-")
+                    .map(String::from)
+                    .collect()
+            })
+            .collect();
+        let mut times = vec![(Vec::new(), Vec::new()); variants.len()];
+        let mut flops = 0.0;
+        for _ in 0..reps {
+            for (vi, vars) in variants.iter().enumerate() {
+                // SAFETY (test only): no other thread reads the environment here.
+                vars.iter()
+                    .for_each(|k| unsafe { std::env::set_var(k, "1") });
+                let (fl, f, b) = time_shape(&(v[0], v[1], v[2], v[3], v[4], v[5], 1), n);
+                vars.iter().for_each(|k| unsafe { std::env::remove_var(k) });
+                times[vi].0.push(f);
+                times[vi].1.push(b);
+                flops = fl;
+            }
+        }
+        for (vars, (fs, bs)) in variants.iter().zip(&mut times) {
+            fs.sort_by(f64::total_cmp);
+            bs.sort_by(f64::total_cmp);
+            let (f, b) = (fs[reps / 2], bs[reps / 2]);
+            println!(
+                "{spec} n{n} [{}]: fwd {:.2} ms (min {:.2}, {:.1} GFLOP/s)  bwd {:.2} ms (min {:.2}, {:.1} GFLOP/s)",
+                vars.join(" "),
+                f * 1e3,
+                fs[0] * 1e3,
+                flops / f / 1e9,
+                b * 1e3,
+                bs[0] * 1e3,
+                2.0 * flops / b / 1e9
+            );
+        }
+    }
+
     /// `cargo test --release --lib conv_speed -- --ignored --nocapture`: for each
     /// conv shape of ResNet-18 (CIFAR, 2×32 images) and ResNet-50 (64×64, 2×16),
     /// forward and backward, the GFLOP/s reached on the rayon pool and the fraction
@@ -631,12 +728,20 @@ mod conv_speed {
         } else {
             &[("own", || {})]
         };
+        // `CONV_SPEED_NET=resnet18 CONV_SPEED_MODE=avx2` narrow the run (substrings).
+        let only = |var: &str, name: &str| std::env::var(var).is_ok_and(|v| !name.contains(&v));
         for (net, shapes, n) in [
             ("small_cnn", SMALL_CNN, 512),
             ("resnet18", RESNET18, 64),
             ("resnet50", RESNET50, 32),
         ] {
+            if only("CONV_SPEED_NET", net) {
+                continue;
+            }
             for &(mode, set) in modes {
+                if only("CONV_SPEED_MODE", mode) {
+                    continue;
+                }
                 set();
                 let (mut tf, mut tt) = (0.0, 0.0);
                 println!("{net} ({mode}), batch {n}:");
@@ -644,7 +749,7 @@ mod conv_speed {
                     let (fl, f, b) = time_shape(sh, n);
                     let (gf, gb) = (fl / f / 1e9, 2.0 * fl / b / 1e9);
                     println!(
-                        "  c{:5} o{:5} {:3}² k{} s{} ×{}: fwd {gf:6.1} GFLOP/s ({:3.0}%)  bwd {gb:6.1} GFLOP/s ({:3.0}%)",
+                        "  c{:5} o{:5} {:3}² k{} s{} ×{}: fwd {gf:6.1} GFLOP/s ({:3.0}%)  bwd {gb:6.1} GFLOP/s ({:3.0}%)  {:5.1} ms",
                         sh.0,
                         sh.1,
                         sh.2,
@@ -652,7 +757,8 @@ mod conv_speed {
                         sh.4,
                         sh.6,
                         100.0 * gf / peak,
-                        100.0 * gb / peak
+                        100.0 * gb / peak,
+                        (f + b) * sh.6 as f64 * 1e3
                     );
                     tf += 3.0 * fl * sh.6 as f64;
                     tt += (f + b) * sh.6 as f64;
