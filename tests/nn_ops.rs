@@ -161,6 +161,67 @@ fn conv2d_matches_reference_and_finite_differences() {
     conv_case(2, 2, 18, 3, Window::new(3, 3, 0), true);
 }
 
+/// `conv2d_data` (a network's first layer on images) gives the output and the
+/// weight and bias gradients of `conv2d`, bit for bit, on every path (im2col,
+/// wide, strided, the whole-batch one), and leaves its input without a gradient.
+#[test]
+fn conv2d_data_skips_only_the_input_gradient() {
+    crate::before_kernels();
+    let dev = Cpu::default();
+    for (n, c, h, o, win) in [
+        (3, 3, 8, 4, Window::new(3, 1, 1)),
+        (2, 1, 12, 32, Window::new(3, 1, 1)),
+        (2, 3, 16, 20, Window::new(7, 2, 3)),
+        (4, 40, 16, 36, Window::new(3, 1, 1)),
+        (8, 64, 4, 64, Window::new(3, 1, 1)),
+        (2, 24, 9, 16, Window::new(3, 2, 1)),
+    ] {
+        let k = win.kernel;
+        let x: Tensor<(usize, usize, usize, usize), f32, Cpu> =
+            dev.tensor_from_vec(rand(n * c * h * h, 1), (n, c, h, h));
+        let w: Tensor<(usize, usize, usize, usize), f32, Cpu> =
+            dev.tensor_from_vec(rand(o * c * k * k, 2), (o, c, k, k));
+        let b: Tensor<(usize,), f32, Cpu> = dev.tensor_from_vec(rand(o, 3), (o,));
+        let run = |data: bool| {
+            let g = Gradients::leaky();
+            let (xt, wt, bt) = (x.trace(g), w.clone().retaped(), b.clone().retaped());
+            let y = if data {
+                cpu::conv2d_data(xt, wt, Some(bt), win)
+            } else {
+                cpu::conv2d(xt, wt, Some(bt), win)
+            };
+            let r = dev.tensor_from_vec(rand(y.shape().num_elements(), 4), *y.shape());
+            let out = y.as_vec();
+            let grads = (y * r).sum::<(), _>().backward();
+            (out, grads)
+        };
+        let (yd, gd) = run(true);
+        let (yf, gf) = run(false);
+        let what = format!("n{n} c{c} {h}² o{o} {win:?}");
+        assert_eq!(yd, yf, "{what}: output");
+        assert_eq!(
+            gd.get(&w).as_vec(),
+            gf.get(&w).as_vec(),
+            "{what}: weight gradient"
+        );
+        assert_eq!(
+            gd.get(&b).as_vec(),
+            gf.get(&b).as_vec(),
+            "{what}: bias gradient"
+        );
+        assert!(
+            gf.get(&x).as_vec().iter().any(|v| *v != 0.0),
+            "{what}: conv2d's input gradient"
+        );
+        // Gradients::get unwraps a missing entry.
+        let missing = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gd.get(&x)));
+        assert!(
+            missing.is_err(),
+            "{what}: conv2d_data computed an input gradient"
+        );
+    }
+}
+
 /// Distinct values spaced 0.01 apart, shuffled, so that max and ReLU have no ties
 /// or kinks within the finite-difference step.
 fn distinct(n: usize, seed: u64) -> Vec<f32> {

@@ -58,6 +58,9 @@ pub struct Conv2d {
     pub cout: usize,
     /// Kernel, stride, padding.
     pub win: Window,
+    /// Whether the input is data (the network's first layer on images): the
+    /// backward then computes no input gradient ([`EngineDevice::conv2d_data`]).
+    pub data_input: bool,
 }
 
 impl Conv2d {
@@ -96,6 +99,7 @@ impl Conv2d {
             cin,
             cout,
             win,
+            data_input: false,
         })
     }
 
@@ -140,7 +144,11 @@ impl Conv2d {
             .reshape_like(&(self.cout, self.cin, k, k))
             .retaped::<T>();
         let b = self.bias.map(|id| flat::<D, T>(store, id));
-        D::conv2d(x, w, b, self.win)
+        if self.data_input {
+            D::conv2d_data(x, w, b, self.win)
+        } else {
+            D::conv2d(x, w, b, self.win)
+        }
     }
 }
 

@@ -324,7 +324,8 @@ impl Block {
 #[derive(Clone, Debug)]
 enum BackboneNet {
     ResNet {
-        conv1: Conv2d,
+        // Boxed: the stem conv is most of the variant's size.
+        conv1: Box<Conv2d>,
         bn1: BatchNorm,
         pool: Option<Window>,
         blocks: Vec<(String, Block)>,
@@ -369,7 +370,7 @@ impl Backbone {
                     Stem::Cifar => (3, 1, 1),
                     Stem::ImageNet => (7, 2, 3),
                 };
-                let conv1 = Conv2d::new(
+                let mut conv1 = Conv2d::new(
                     store,
                     init,
                     "conv1",
@@ -378,6 +379,7 @@ impl Backbone {
                     Window::new(k, s, p),
                     false,
                 )?;
+                conv1.data_input = true;
                 let bn1 = BatchNorm::new(store, "bn1", spec.stem_width)?;
                 let pool = (spec.stem == Stem::ImageNet).then(|| Window::new(3, 2, 1));
                 let mut blocks = Vec::new();
@@ -400,7 +402,7 @@ impl Backbone {
                 }
                 Ok(Backbone {
                     net: BackboneNet::ResNet {
-                        conv1,
+                        conv1: Box::new(conv1),
                         bn1,
                         pool,
                         blocks,
@@ -419,7 +421,7 @@ impl Backbone {
                 let mut c = cin;
                 for (i, &w) in channels.iter().enumerate() {
                     let stride = if i == 0 { 1 } else { 2 };
-                    let conv = Conv2d::new(
+                    let mut conv = Conv2d::new(
                         store,
                         init,
                         &format!("features.{}", 3 * i),
@@ -428,6 +430,7 @@ impl Backbone {
                         Window::new(3, stride, 1),
                         false,
                     )?;
+                    conv.data_input = i == 0;
                     let bn = BatchNorm::new(store, &format!("features.{}", 3 * i + 1), w)?;
                     layers.push((conv, bn));
                     c = w;

@@ -130,6 +130,17 @@ pub trait EngineDevice: Device<f32> {
         b: Option<T1<Self, T>>,
         win: Window,
     ) -> T4<Self, T>;
+    /// [`conv2d`](EngineDevice::conv2d) on a data input (a network's first layer on
+    /// images): `x` may get no gradient on the tape, which saves the input-gradient
+    /// half of the backward where the device implements it (the CPU kernel does).
+    fn conv2d_data<T: Tape<f32, Self>>(
+        x: T4<Self, T>,
+        w: T4<Self, T>,
+        b: Option<T1<Self, T>>,
+        win: Window,
+    ) -> T4<Self, T> {
+        Self::conv2d(x, w, b, win)
+    }
     /// Max pooling with -inf padding.
     fn max_pool2d<T: Tape<f32, Self>>(x: T4<Self, T>, win: Window) -> T4<Self, T>;
     /// Mean over the spatial axes: `(n, c, h, w)` → `(n, c)`.

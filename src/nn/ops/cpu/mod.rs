@@ -49,7 +49,7 @@ mod products;
 
 pub use bank::bank_log_softmax;
 pub(crate) use buffers::view_mut;
-pub use conv::conv2d;
+pub use conv::{conv2d, conv2d_data};
 pub use dense::{l2_normalize, linear};
 pub use elementwise::{add_relu, relu};
 pub use norm::{batch_norm2d, batch_norm2d_relu};
@@ -75,6 +75,14 @@ impl EngineDevice for Cpu {
         win: Window,
     ) -> T4<Self, T> {
         conv2d(x, w, b, win)
+    }
+    fn conv2d_data<T: Tape<f32, Self>>(
+        x: T4<Self, T>,
+        w: T4<Self, T>,
+        b: Option<T1<Self, T>>,
+        win: Window,
+    ) -> T4<Self, T> {
+        conv2d_data(x, w, b, win)
     }
     fn max_pool2d<T: Tape<f32, Self>>(x: T4<Self, T>, win: Window) -> T4<Self, T> {
         max_pool2d(x, win)

@@ -84,12 +84,12 @@ pub(crate) fn conv_forward_batched(
 }
 
 /// The backward of [`super::conv_backward`] on this path: accumulates the input
-/// gradient into `gx` and returns the weight gradient.
+/// gradient into `gx` (when given) and returns the weight gradient.
 pub(crate) fn conv_backward_batched(
     x: &[f32],
     wt: &[f32],
     gy: &[f32],
-    gx: &mut [f32],
+    gx: Option<&mut [f32]>,
     n: usize,
     d: ConvDims,
 ) -> Vec<f32> {
@@ -110,6 +110,9 @@ pub(crate) fn conv_backward_batched(
         Parallelism::Rayon(threads()),
     );
     drop(col);
+    let Some(gx) = gx else {
+        return dw;
+    };
     #[cfg(target_arch = "x86_64")]
     if d.compact() {
         super::wide::input_grad_compact(wt, gy, gx, n, d);

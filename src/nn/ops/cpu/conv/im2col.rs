@@ -269,7 +269,7 @@ pub(crate) fn conv_backward_im2col(
     x: &[f32],
     wt: &[f32],
     gy: &[f32],
-    gx: &mut [f32],
+    gx: Option<&mut [f32]>,
     n: usize,
     d: ConvDims,
 ) -> Vec<f32> {
@@ -280,11 +280,9 @@ pub(crate) fn conv_backward_im2col(
         let mut col = Scratch::new(ckk * (g * howo + LD_PAD));
         let mut dcol = Scratch::new(ckk * (g * howo + LD_PAD));
         let mut gyg = Scratch::new(d.o * (g * howo + LD_PAD));
-        for ((gxg, xg), gysrc) in gxc
-            .chunks_mut(g * chw)
-            .zip(xc.chunks(g * chw))
-            .zip(gyc.chunks(g * d.o * howo))
-        {
+        let mut gx_groups = gxc.map(|gxc| gxc.chunks_mut(g * chw));
+        for (xg, gysrc) in xc.chunks(g * chw).zip(gyc.chunks(g * d.o * howo)) {
+            let gxg = gx_groups.as_mut().and_then(|it| it.next());
             let ns = xg.len() / chw;
             let (cols, ld) = (ns * howo, padded_ld(ns * howo));
             for (s, xs) in xg.chunks(chw).enumerate() {
@@ -304,6 +302,9 @@ pub(crate) fn conv_backward_im2col(
                 (&col, ld),
                 d.own(),
             );
+            let Some(gxg) = gxg else {
+                continue;
+            };
             // dcol (ckk×ld) = Wᵀ · gy
             mm_rows(
                 (ckk, cols, d.o),

@@ -270,27 +270,32 @@ pub(crate) fn conv_forward_threads(
 }
 
 /// A convolution backward: `body(gxs, xs, gys)` accumulates the input gradient of
-/// one thread's range of samples and returns its weight gradient; the sum of those
-/// is returned.
+/// one thread's range of samples (when `gx` is given) and returns its weight
+/// gradient; the sum of those is returned.
 pub(crate) fn conv_backward_threads(
-    (x, gy, gx): (&[f32], &[f32], &mut [f32]),
+    (x, gy, gx): (&[f32], &[f32], Option<&mut [f32]>),
     n: usize,
     d: ConvDims,
-    body: impl Fn(&mut [f32], &[f32], &[f32]) -> Vec<f32> + Sync,
+    body: impl Fn(Option<&mut [f32]>, &[f32], &[f32]) -> Vec<f32> + Sync,
 ) -> Vec<f32> {
     let (howo, chw) = (d.ho * d.wo, d.c * d.h * d.w);
     let chunk = thread_chunk(n);
-    gx.par_chunks_mut(chunk * chw)
-        .zip(x.par_chunks(chunk * chw))
-        .zip(gy.par_chunks(chunk * d.o * howo))
-        .map(|((gxc, xc), gyc)| body(gxc, xc, gyc))
-        .reduce(
-            || vec![0.0; d.o * d.ckk()],
-            |mut a, b| {
-                kernels::add_to(&mut a, &b);
-                a
-            },
-        )
+    let sum = |mut a: Vec<f32>, b: Vec<f32>| {
+        kernels::add_to(&mut a, &b);
+        a
+    };
+    let zero = || vec![0.0; d.o * d.ckk()];
+    let pairs = x
+        .par_chunks(chunk * chw)
+        .zip(gy.par_chunks(chunk * d.o * howo));
+    match gx {
+        Some(gx) => gx
+            .par_chunks_mut(chunk * chw)
+            .zip(pairs)
+            .map(|(gxc, (xc, gyc))| body(Some(gxc), xc, gyc))
+            .reduce(zero, sum),
+        None => pairs.map(|(xc, gyc)| body(None, xc, gyc)).reduce(zero, sum),
+    }
 }
 
 /// Forward: per thread a contiguous range of samples, processed in groups whose
@@ -311,12 +316,13 @@ pub(crate) fn conv_forward(
     }
 }
 
-/// Accumulates the input gradient into `gx` and returns the weight gradient.
+/// Accumulates the input gradient into `gx` (none when the input is data) and
+/// returns the weight gradient.
 pub(crate) fn conv_backward(
     x: &[f32],
     wt: &[f32],
     gy: &[f32],
-    gx: &mut [f32],
+    gx: Option<&mut [f32]>,
     n: usize,
     d: ConvDims,
 ) -> Vec<f32> {
@@ -329,12 +335,35 @@ pub(crate) fn conv_backward(
     }
 }
 
-/// Fast conv2d (im2col + gemm per sample, rayon over samples).
+/// Fast conv2d on the paths of this module, threads over samples.
 pub fn conv2d<T: Tape<f32, Cpu>>(
     x: T4<Cpu, T>,
     w: T4<Cpu, T>,
     b: Option<T1<Cpu, T>>,
     win: Window,
+) -> T4<Cpu, T> {
+    conv2d_op(x, w, b, win, true)
+}
+
+/// [`conv2d`] on a data input (a network's first layer on images): the backward
+/// computes no gradient for `x`, which then gets none on the tape. PyTorch skips
+/// it the same way for inputs that do not require a gradient; it is half the
+/// first layer's backward.
+pub fn conv2d_data<T: Tape<f32, Cpu>>(
+    x: T4<Cpu, T>,
+    w: T4<Cpu, T>,
+    b: Option<T1<Cpu, T>>,
+    win: Window,
+) -> T4<Cpu, T> {
+    conv2d_op(x, w, b, win, false)
+}
+
+fn conv2d_op<T: Tape<f32, Cpu>>(
+    x: T4<Cpu, T>,
+    w: T4<Cpu, T>,
+    b: Option<T1<Cpu, T>>,
+    win: Window,
+    input_grad: bool,
 ) -> T4<Cpu, T> {
     let _t = timing::start("conv2d.fwd");
     let (n, c, h, wd) = *x.shape();
@@ -356,10 +385,7 @@ pub fn conv2d<T: Tape<f32, Cpu>>(
         tape = std::mem::take(&mut tape).merge(tb);
         b
     });
-    let yv = {
-        let _k = timing::start("conv2d.fwd.kernel");
-        conv_forward(view(&x), view(&w), b.as_ref().map(view), n, d)
-    };
+    let yv = conv_forward(view(&x), view(&w), b.as_ref().map(view), n, d);
     let y = x.device().tensor_from_vec(yv, (n, o, d.ho, d.wo));
     if T::OWNS_TAPE {
         let (xg, wg, bg, yg) = (
@@ -371,21 +397,15 @@ pub fn conv2d<T: Tape<f32, Cpu>>(
         // Backward reads the input and weights from their tensors (kept alive here).
         tape.add_backward_op(move |grads| {
             let _t = timing::start("conv2d.bwd");
-            let gy = {
-                let _k = timing::start("conv2d.bwd.take");
-                take_grad!(grads, yg)
+            let gy = take_grad!(grads, yg);
+            let (xv, wv) = (view(&x), view(&w));
+            let dw = if input_grad {
+                let gx = grads.get_or_alloc_mut(&xg)?;
+                conv_backward(xv, wv, &gy, Some(gx), n, d)
+            } else {
+                conv_backward(xv, wv, &gy, None, n, d)
             };
-            let dw = {
-                let gx = {
-                    let _k = timing::start("conv2d.bwd.alloc");
-                    grads.get_or_alloc_mut(&xg)?
-                };
-                let _k = timing::start("conv2d.bwd.kernel");
-                conv_backward(view(&x), view(&w), &gy, gx, n, d)
-            };
-            let _k = timing::start("conv2d.bwd.dw");
             add_assign(grads.get_or_alloc_mut(&wg)?, &dw);
-            drop(_k);
             if let Some(bg) = bg {
                 let db = channel_sums(&gy, o, d.ho * d.wo);
                 add_assign(grads.get_or_alloc_mut(&bg)?, &db);
@@ -418,7 +438,7 @@ mod paths_agree {
     use super::*;
 
     type Forward = fn(&[f32], &[f32], Option<&[f32]>, usize, ConvDims) -> Vec<f32>;
-    type Backward = fn(&[f32], &[f32], &[f32], &mut [f32], usize, ConvDims) -> Vec<f32>;
+    type Backward = fn(&[f32], &[f32], &[f32], Option<&mut [f32]>, usize, ConvDims) -> Vec<f32>;
 
     /// `path` must compute what im2col computes (which the op tests check against
     /// the reference and finite differences) on each `(n, c, o, h, kernel, stride,
@@ -450,10 +470,16 @@ mod paths_agree {
             let yi = im2col::conv_forward_im2col(&x, &wt, Some(&bias), n, d);
             close("forward", &yw, &yi);
             let (mut gxw, mut gxi) = (vec![0.5; x.len()], vec![0.5; x.len()]);
-            let dww = backward(&x, &wt, &gy, &mut gxw, n, d);
-            let dwi = im2col::conv_backward_im2col(&x, &wt, &gy, &mut gxi, n, d);
+            let dww = backward(&x, &wt, &gy, Some(&mut gxw), n, d);
+            let dwi = im2col::conv_backward_im2col(&x, &wt, &gy, Some(&mut gxi), n, d);
             close("input gradient", &gxw, &gxi);
             close("weight gradient", &dww, &dwi);
+            // Without an input gradient (a data input) the weight gradient is the same.
+            close(
+                "weight gradient alone",
+                &backward(&x, &wt, &gy, None, n, d),
+                &dwi,
+            );
         }
     }
 
@@ -493,6 +519,13 @@ mod paths_agree {
             (3, 20, 24, 4, 3, 1, 1),
             (2, 17, 16, 12, 3, 1, 1),
             (2, 260, 16, 4, 3, 1, 1),
+            // Channel strides padded by `padded_ld` (256 positions per group: a
+            // 1×1 16² plane, a 3×3 15² plane's 16² grid; 2×2 stride-2 phases of
+            // 64 positions, two samples per thread).
+            (2, 8, 12, 16, 1, 1, 0),
+            (2, 16, 20, 15, 3, 1, 1),
+            (2, 36, 40, 15, 3, 1, 1),
+            (4, 4, 6, 16, 2, 2, 0),
         ];
         for &(_, _, _, _, k, s, _) in &shapes {
             assert!(s == 1 || k >= s, "the wide path cannot take {k}x{k}/{s}");
@@ -636,7 +669,7 @@ mod conv_speed {
             std::hint::black_box(conv_forward(&x, &w, None, n, d));
             fwd = fwd.min(t.elapsed().as_secs_f64());
             let t = Instant::now();
-            std::hint::black_box(conv_backward(&x, &w, &gy, &mut gx, n, d));
+            std::hint::black_box(conv_backward(&x, &w, &gy, Some(&mut gx), n, d));
             bwd = bwd.min(t.elapsed().as_secs_f64());
         }
         let flops = 2.0 * (n * o * ho * ho * c * k * k) as f64;

@@ -6,7 +6,7 @@ use gemm::Parallelism;
 use crate::nn::ops::cpu::buffers::Scratch;
 use crate::nn::ops::cpu::conv::im2col::{add_bias, pack_sample, unpack_sample};
 use crate::nn::ops::cpu::conv::{
-    ConvDims, conv_backward_threads, conv_forward_threads, thread_chunk,
+    ConvDims, LD_PAD, conv_backward_threads, conv_forward_threads, padded_ld, thread_chunk,
 };
 #[cfg(target_arch = "x86_64")]
 use crate::nn::ops::cpu::products::{Chunks, mm_avx2, mm_dot_offsets, mm_narrow, mm_offsets};
@@ -15,24 +15,35 @@ use crate::nn::ops::kernels;
 #[cfg(target_arch = "x86_64")]
 use crate::nn::ops::kernels::Own;
 
-/// Lays `ns` samples `(ch, hh, ww)` out as `(ch, sample, hp, wp)` with each image
-/// at row and column `top`, zeros elsewhere, plus `tail` zeros at the end.
+/// Positions per channel of a group of `ns` planes of `pp` positions: the
+/// product's column count and the channel stride of the padded buffers, with
+/// [`padded_ld`]'s extra columns where `ns·pp` would put the channels a multiple
+/// of 512 bytes apart (1×1 layers, whose planes are powers of two: ResNet-50's
+/// 16² layers, 6 samples of 256 positions).
+pub(crate) fn group_cols(ns: usize, pp: usize) -> usize {
+    padded_ld(ns * pp)
+}
+
+/// Lays `ns` samples `(ch, hh, ww)` out as `(ch, sample, hp, wp)`, channels `cols`
+/// apart ([`group_cols`]), with each image at row and column `top`, zeros
+/// elsewhere, plus `tail` zeros at the end.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn pad_planes(
     src: &[f32],
     (ch, hh, ww): (usize, usize, usize),
     (hp, wp): (usize, usize),
-    top: usize,
+    (top, cols): (usize, usize),
     tail: usize,
     dst: &mut Vec<f32>,
 ) {
     let ns = src.len() / (ch * hh * ww).max(1);
     let plane = hp * wp;
+    assert!(cols >= ns * plane);
     dst.clear();
-    dst.resize(ch * ns * plane + tail, 0.0);
+    dst.resize(ch * cols + tail, 0.0);
     for (si, sample) in src.chunks(ch * hh * ww).enumerate() {
         for (ci, img) in sample.chunks(hh * ww).enumerate() {
-            let base = (ci * ns + si) * plane + top * wp + top;
+            let base = ci * cols + si * plane + top * wp + top;
             for (y, row) in img.chunks(ww).enumerate() {
                 dst[base + y * wp..][..ww].copy_from_slice(row);
             }
@@ -41,25 +52,25 @@ pub(crate) fn pad_planes(
 }
 
 /// Lays `ns` samples `(ch, hh, ww)`, zero-padded by `pad`, out as phase planes
-/// `(ch, phase, sample, hph, wph)`: padded pixel `(py, px)` goes to phase
-/// `(py mod s)·s + px mod s` at `(py / s, px / s)`. Plus `tail` zeros at the end.
-/// With `s = 1` this is [`pad_planes`].
+/// `(ch, phase, sample, hph, wph)`, phases `cols` apart: padded pixel `(py, px)`
+/// goes to phase `(py mod s)·s + px mod s` at `(py / s, px / s)`. Plus `tail`
+/// zeros at the end. With `s = 1` this is [`pad_planes`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn pad_phases(
     src: &[f32],
     (ch, hh, ww): (usize, usize, usize),
     s: usize,
     (hph, wph): (usize, usize),
-    pad: usize,
+    (pad, cols): (usize, usize),
     tail: usize,
     dst: &mut Vec<f32>,
 ) {
     if s == 1 {
-        return pad_planes(src, (ch, hh, ww), (hph, wph), pad, tail, dst);
+        return pad_planes(src, (ch, hh, ww), (hph, wph), (pad, cols), tail, dst);
     }
     let ns = src.len() / (ch * hh * ww).max(1);
     let pp = hph * wph;
-    let cols = ns * pp;
+    assert!(cols >= ns * pp);
     dst.clear();
     dst.resize(ch * s * s * cols + tail, 0.0);
     for (si, sample) in src.chunks(ch * hh * ww).enumerate() {
@@ -314,16 +325,16 @@ pub(crate) fn conv_forward_wide(
     let g = d.wide_group(thread_chunk(n));
     conv_forward_threads(x, n, d, |yc, xc| {
         let mut xp = Vec::new();
-        let mut wide = Scratch::new(d.o * g * pp);
+        let mut wide = Scratch::new(d.o * (g * pp + LD_PAD));
         for (yg, xg) in yc.chunks_mut(g * d.o * howo).zip(xc.chunks(g * chw)) {
             let ns = xg.len() / chw;
-            let cols = ns * pp;
+            let cols = group_cols(ns, pp);
             pad_phases(
                 xg,
                 (d.c, d.h, d.w),
                 st,
                 (d.hph(), wph),
-                d.win.padding,
+                (d.win.padding, cols),
                 d.tail(),
                 &mut xp,
             );
@@ -397,7 +408,15 @@ pub(crate) fn input_grad_compact(wt: &[f32], gy: &[f32], gx: &mut [f32], n: usiz
             let mut wide = Scratch::new(d.c * g * hw);
             for (gxg, gysrc) in gxc.chunks_mut(g * chw).zip(gyc.chunks(g * d.o * howo)) {
                 let ns = gxg.len() / chw;
-                pad_planes(gysrc, (d.o, d.ho, d.wo), (hph, wph), q, d.tail(), &mut gyq);
+                let cols = group_cols(ns, hph * wph);
+                pad_planes(
+                    gysrc,
+                    (d.o, d.ho, d.wo),
+                    (hph, wph),
+                    (q, cols),
+                    d.tail(),
+                    &mut gyq,
+                );
                 compact_gx(d, ns, gxg, (&wflip, &gyq), &mut wide);
             }
         });
@@ -417,7 +436,7 @@ fn compact_gx(
     let (k, hw, wph) = (d.win.kernel, d.h * d.w, d.wph());
     let pp = d.hph() * wph;
     let chunks = valid_chunks(ns, (d.h, d.w), wph, pp, d.run());
-    let off = view_offsets(d.o, ns * pp, k, wph, 1);
+    let off = view_offsets(d.o, group_cols(ns, pp), k, wph, 1);
     compact_product((d.c, d.o * k * k), wide, wflip, (gyq, &off), &chunks);
     for (si, gs) in gxg.chunks_mut(d.c * hw).enumerate() {
         for (ci, gp) in gs.chunks_mut(hw).enumerate() {
@@ -430,7 +449,7 @@ pub(crate) fn conv_backward_wide(
     x: &[f32],
     wt: &[f32],
     gy: &[f32],
-    gx: &mut [f32],
+    gx: Option<&mut [f32]>,
     n: usize,
     d: ConvDims,
 ) -> Vec<f32> {
@@ -451,15 +470,21 @@ pub(crate) fn conv_backward_wide(
         // dWᵀ (ckk×o) for the own kernels' narrow product.
         let mut dwt = vec![0.0; if d.own_dw() { wlen } else { 0 }];
         let (mut xp, mut gy0, mut gyq) = (Vec::new(), Vec::new(), Vec::new());
-        let mut wide = Scratch::new(if st == 1 { d.c } else { ckk } * g * pp);
-        for ((gxg, xg), gysrc) in gxc
-            .chunks_mut(g * chw)
-            .zip(xc.chunks(g * chw))
-            .zip(gyc.chunks(g * d.o * howo))
-        {
+        let mut wide = Scratch::new(if st == 1 { d.c } else { ckk } * (g * pp + LD_PAD));
+        let mut gx_groups = gxc.map(|gxc| gxc.chunks_mut(g * chw));
+        for (xg, gysrc) in xc.chunks(g * chw).zip(gyc.chunks(g * d.o * howo)) {
+            let gxg = gx_groups.as_mut().and_then(|it| it.next());
             let ns = xg.len() / chw;
-            let cols = ns * pp;
-            pad_phases(xg, (d.c, d.h, d.w), st, (hph, wph), p, d.tail(), &mut xp);
+            let cols = group_cols(ns, pp);
+            pad_phases(
+                xg,
+                (d.c, d.h, d.w),
+                st,
+                (hph, wph),
+                (p, cols),
+                d.tail(),
+                &mut xp,
+            );
             if d.compact_dw() {
                 // dW (o×ckk) += gy · viewsᵀ over the valid positions: gy of the
                 // group channel-major, the views' columns through the chunk table.
@@ -484,11 +509,21 @@ pub(crate) fn conv_backward_wide(
                     );
                 }
             } else {
-                pad_planes(gysrc, (d.o, d.ho, d.wo), (hph, wph), 0, 0, &mut gy0);
+                pad_planes(gysrc, (d.o, d.ho, d.wo), (hph, wph), (0, cols), 0, &mut gy0);
                 wide_dw(d, cols, (&mut dw, &mut dwt), &xp, &gy0);
             }
+            let Some(gxg) = gxg else {
+                continue;
+            };
             if st == 1 {
-                pad_planes(gysrc, (d.o, d.ho, d.wo), (hph, wph), q, d.tail(), &mut gyq);
+                pad_planes(
+                    gysrc,
+                    (d.o, d.ho, d.wo),
+                    (hph, wph),
+                    (q, cols),
+                    d.tail(),
+                    &mut gyq,
+                );
                 #[cfg(target_arch = "x86_64")]
                 if d.compact() {
                     compact_gx(d, ns, gxg, (&wflip, &gyq), &mut wide);
