@@ -152,6 +152,9 @@ fn conv2d_matches_reference_and_finite_differences() {
     // plane sits in a 5×5 grid).
     conv_case_hw(3, 20, (4, 4), 17, Window::new(3, 1, 1), true);
     conv_case_hw(2, 17, (6, 12), 24, Window::new(3, 1, 1), false);
+    // Winograd F(2×2, 3×3): even planes from 8×8, 32 channels and up, a
+    // rectangular one.
+    conv_case_hw(2, 33, (8, 10), 34, Window::new(3, 1, 1), true);
     // Strided convolutions: these small planes waste too much on the wide path and
     // run im2col, except a stride equal to the kernel (no discarded columns), which
     // runs the wide path's phase planes. The unit test `paths_agree` checks the wide

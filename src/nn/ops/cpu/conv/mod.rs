@@ -35,6 +35,7 @@
 pub(crate) mod batched;
 pub(crate) mod im2col;
 pub(crate) mod wide;
+pub(crate) mod winograd;
 
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -307,7 +308,9 @@ pub(crate) fn conv_forward(
     n: usize,
     d: ConvDims,
 ) -> Vec<f32> {
-    if d.batched_forward(n) && !d.compact() {
+    if winograd::applies(&d) {
+        winograd::forward(x, wt, bias, n, d)
+    } else if d.batched_forward(n) && !d.compact() {
         batched::conv_forward_batched(x, wt, bias, n, d)
     } else if d.wide() {
         conv_forward_wide(x, wt, bias, n, d)
@@ -319,6 +322,26 @@ pub(crate) fn conv_forward(
 /// Accumulates the input gradient into `gx` (none when the input is data) and
 /// returns the weight gradient.
 pub(crate) fn conv_backward(
+    x: &[f32],
+    wt: &[f32],
+    gy: &[f32],
+    gx: Option<&mut [f32]>,
+    n: usize,
+    d: ConvDims,
+) -> Vec<f32> {
+    if winograd::applies(&d) {
+        // The weight gradient on the direct paths, the input gradient here.
+        let dw = conv_backward_direct(x, wt, gy, None, n, d);
+        if let Some(gx) = gx {
+            winograd::input_grad(&wide::flip_weights(wt, d), gy, gx, n, d);
+        }
+        return dw;
+    }
+    conv_backward_direct(x, wt, gy, gx, n, d)
+}
+
+/// [`conv_backward`] on the im2col, wide and whole-batch paths.
+fn conv_backward_direct(
     x: &[f32],
     wt: &[f32],
     gy: &[f32],
@@ -532,6 +555,37 @@ mod paths_agree {
         }
         let path: (Forward, Backward) = (wide::conv_forward_wide, wide::conv_backward_wide);
         equals_im2col("wide", path, &shapes);
+    }
+
+    /// Winograd's F(2×2, 3×3): forward, and the input gradient beside im2col's
+    /// weight gradient, on even planes from 2×2 up, one and several samples per
+    /// group and thread, channel counts off the vector width.
+    #[test]
+    fn winograd_equals_im2col() {
+        fn backward(
+            x: &[f32],
+            wt: &[f32],
+            gy: &[f32],
+            gx: Option<&mut [f32]>,
+            n: usize,
+            d: ConvDims,
+        ) -> Vec<f32> {
+            let dw = im2col::conv_backward_im2col(x, wt, gy, None, n, d);
+            if let Some(gx) = gx {
+                winograd::input_grad(&wide::flip_weights(wt, d), gy, gx, n, d);
+            }
+            dw
+        }
+        let shapes = [
+            (2, 3, 4, 8, 3, 1, 1),
+            (3, 5, 7, 2, 3, 1, 1),
+            (1, 16, 9, 6, 3, 1, 1),
+            (4, 9, 17, 4, 3, 1, 1),
+            (2, 8, 8, 32, 3, 1, 1),
+            (5, 33, 20, 12, 3, 1, 1),
+        ];
+        let path: (Forward, Backward) = (winograd::forward, backward);
+        equals_im2col("winograd", path, &shapes);
     }
 
     /// The whole-batch path on the late-stage kinds of shape it serves (3×3 stride
