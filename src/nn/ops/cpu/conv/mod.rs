@@ -330,8 +330,7 @@ pub(crate) fn conv_backward(
     d: ConvDims,
 ) -> Vec<f32> {
     if winograd::applies(&d) {
-        // The weight gradient on the direct paths, the input gradient here.
-        let dw = conv_backward_direct(x, wt, gy, None, n, d);
+        let dw = winograd::weight_grad(x, gy, n, d);
         if let Some(gx) = gx {
             winograd::input_grad(&wide::flip_weights(wt, d), gy, gx, n, d);
         }
@@ -557,9 +556,9 @@ mod paths_agree {
         equals_im2col("wide", path, &shapes);
     }
 
-    /// Winograd's F(2×2, 3×3): forward, and the input gradient beside im2col's
-    /// weight gradient, on even planes from 2×2 up, one and several samples per
-    /// group and thread, channel counts off the vector width.
+    /// Winograd's F(2×2, 3×3): forward, input and weight gradients, on even
+    /// planes from 2×2 up, one and several samples per group and thread, tile
+    /// counts off the vector width, channel counts off it too.
     #[test]
     fn winograd_equals_im2col() {
         fn backward(
@@ -570,7 +569,7 @@ mod paths_agree {
             n: usize,
             d: ConvDims,
         ) -> Vec<f32> {
-            let dw = im2col::conv_backward_im2col(x, wt, gy, None, n, d);
+            let dw = winograd::weight_grad(x, gy, n, d);
             if let Some(gx) = gx {
                 winograd::input_grad(&wide::flip_weights(wt, d), gy, gx, n, d);
             }

@@ -16,8 +16,12 @@
 //! gradient with the flipped kernel (channels swapped), so it runs here too.
 
 use crate::nn::ops::cpu::buffers::Scratch;
-use crate::nn::ops::cpu::conv::{ConvDims, conv_forward_threads, padded_ld, thread_chunk};
-use crate::nn::ops::cpu::products::mm_rows;
+use crate::nn::ops::cpu::conv::{
+    ConvDims, conv_backward_threads, conv_forward_threads, padded_ld, thread_chunk,
+};
+#[cfg(target_arch = "x86_64")]
+use crate::nn::ops::cpu::products::mm_dot_offsets;
+use crate::nn::ops::cpu::products::{mm_dot, mm_rows};
 use crate::nn::ops::kernels;
 use crate::nn::ops::kernels::Own;
 use rayon::prelude::*;
@@ -195,10 +199,144 @@ kernels::multiversion! {
     }
 }
 
-/// Samples per group: about 512 tiles, so a group's transformed input stays
-/// near the L2 cache.
+kernels::multiversion! {
+    /// `D[ξ][oc][t0 + ty·w2 + tx] = (A g Aᵀ)[ξ]` for the 2×2 tiles `g` of one
+    /// sample's output gradient `gy` `(o, h, w)` (row stride `ldd`, `o·ldd` per
+    /// `ξ`), `A = [[1, 0], [1, 1], [1, −1], [0, −1]]`: the gradient reaching the
+    /// transformed products of [`output_transform`].
+    fn grad_transform(
+        gy: &[f32],
+        ohw_dims: (usize, usize, usize),
+        dm: &mut [f32],
+        ldd: usize,
+        t0: usize,
+    ) {
+        let (o, h, w) = ohw_dims;
+        let (w2, h2, hw) = (w / 2, h / 2, h * w);
+        let len = h2 * w2;
+        assert!(gy.len() >= o * hw && dm.len() >= ((XI - 1) * o + o - 1) * ldd + t0 + len);
+        // u[j][parity][ty][tx]: A on the two columns of row 2ty + parity.
+        let mut u = vec![0.0f32; 4 * 2 * len];
+        for oc in 0..o {
+            let plane = &gy[oc * hw..][..hw];
+            for y in 0..h {
+                let src = &plane[y * w..][..w];
+                let at = |j: usize| (j * 2 + y % 2) * len + (y / 2) * w2;
+                let (u01, u23) = u.split_at_mut(2 * 2 * len);
+                let (u0, u1) = u01.split_at_mut(2 * len);
+                let (u2, u3) = u23.split_at_mut(2 * len);
+                let b = at(0);
+                for tx in 0..w2 {
+                    let (g0, g1) = (src[2 * tx], src[2 * tx + 1]);
+                    u0[b + tx] = g0;
+                    u1[b + tx] = g0 + g1;
+                    u2[b + tx] = g0 - g1;
+                    u3[b + tx] = -g1;
+                }
+            }
+            for j in 0..4 {
+                let (r0, r1) = (&u[(j * 2) * len..][..len], &u[(j * 2 + 1) * len..][..len]);
+                let at = |i: usize| ((i * 4 + j) * o + oc) * ldd + t0;
+                let dst = &mut dm[at(0)..][..len];
+                dst.copy_from_slice(r0);
+                let dst = &mut dm[at(1)..][..len];
+                for k in 0..len {
+                    dst[k] = r0[k] + r1[k];
+                }
+                let dst = &mut dm[at(2)..][..len];
+                for k in 0..len {
+                    dst[k] = r0[k] - r1[k];
+                }
+                let dst = &mut dm[at(3)..][..len];
+                for k in 0..len {
+                    dst[k] = -r1[k];
+                }
+            }
+        }
+    }
+}
+
+/// `dW[o][c] = Gᵀ dU[o][c] G` (3×3 from the 4×4 gradient of the transformed
+/// weights `dU[ξ][o][c]`), the transpose of [`transform_weights`].
+fn untransform_weight_grad(du: &[f32], o: usize, c: usize) -> Vec<f32> {
+    const G: [[f32; 3]; 4] = [
+        [1.0, 0.0, 0.0],
+        [0.5, 0.5, 0.5],
+        [0.5, -0.5, 0.5],
+        [0.0, 0.0, 1.0],
+    ];
+    let mut dw = vec![0.0; o * c * 9];
+    for oc in 0..o {
+        for ci in 0..c {
+            let g = |xi: usize| du[(xi * o + oc) * c + ci];
+            let out = &mut dw[(oc * c + ci) * 9..][..9];
+            for (ki, row) in out.chunks_mut(3).enumerate() {
+                for (kj, v) in row.iter_mut().enumerate() {
+                    let mut acc = 0.0;
+                    for (i, gi) in G.iter().enumerate() {
+                        for (j, gj) in G.iter().enumerate() {
+                            acc += gi[ki] * g(i * 4 + j) * gj[kj];
+                        }
+                    }
+                    *v = acc;
+                }
+            }
+        }
+    }
+    dw
+}
+
+/// The weight gradient of one thread's samples: `dU[ξ] = Σ_t D[ξ][·][t] V[ξ][·][t]`
+/// over its tiles (16 products with the tiles as inner dimension, 2.25× fewer
+/// flops than the direct form), then `Gᵀ dU G`.
+fn weight_grad_chunk(xs: &[f32], gys: &[f32], d: &ConvDims) -> Vec<f32> {
+    let (c, o, h, w) = (d.c, d.o, d.h, d.w);
+    let (chw, ohw, tiles) = (c * h * w, o * h * w, h * w / 4);
+    let ns_all = xs.len() / chw;
+    let g = group(d, ns_all);
+    let ld = padded_ld(g * tiles);
+    let mut v = Scratch::new(XI * c * ld);
+    let mut dm = Scratch::new(XI * o * ld);
+    let mut du = vec![0.0f32; XI * o * c];
+    for (xg, gyg) in xs.chunks(g * chw).zip(gys.chunks(g * ohw)) {
+        let ns = xg.len() / chw;
+        let t = ns * tiles;
+        for (s, x) in xg.chunks(chw).enumerate() {
+            input_transform(x, (c, h, w), &mut v, ld, s * tiles);
+        }
+        for (s, gy) in gyg.chunks(ohw).enumerate() {
+            grad_transform(gy, (o, h, w), &mut dm, ld, s * tiles);
+        }
+        for xi in 0..XI {
+            let dst = &mut du[xi * o * c..][..o * c];
+            let a = (&dm[xi * o * ld..], ld);
+            #[cfg(target_arch = "x86_64")]
+            if kernels::avx2_products() && t.is_multiple_of(8) {
+                let boff: Vec<usize> = (0..c).map(|j| xi * c * ld + j * ld).collect();
+                mm_dot_offsets(Own::Avx2, (o, c, t), dst, c, a, (&v, &boff, None));
+                continue;
+            }
+            mm_dot((o, c, t), dst, c, a, (&v[xi * c * ld..], ld), Own::No);
+        }
+    }
+    untransform_weight_grad(&du, o, c)
+}
+
+/// The weight gradient of such a convolution (see [`weight_grad_chunk`]),
+/// summed over the threads' ranges of samples.
+pub(crate) fn weight_grad(x: &[f32], gy: &[f32], n: usize, d: ConvDims) -> Vec<f32> {
+    conv_backward_threads((x, gy, None), n, d, |_, xs, gys| {
+        weight_grad_chunk(xs, gys, &d)
+    })
+}
+
+/// Samples per group: the transformed input of a group (16 rows per channel of
+/// its tiles) stays about 1 MiB, the L2 cache of the machines measured: ResNet-18's
+/// 256-channel 8² layer on Zen 4 went 21.9 → 14.4 ms forward with 64 tiles per
+/// group instead of 512, the 64-channel 32² one 18.8 → 17.7 with 256.
 fn group(d: &ConvDims, n: usize) -> usize {
-    (512 / (d.h * d.w / 4).max(1)).clamp(1, n.max(1))
+    let tiles = (16384 / d.c.max(d.o)).max(16);
+    (tiles / (d.h * d.w / 4).max(1)).clamp(1, n.max(1))
 }
 
 /// The convolution of one thread's samples `xs` `(ns, c, h, w)` with the
