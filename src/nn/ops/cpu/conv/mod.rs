@@ -1,5 +1,9 @@
 //! Convolution: the op, its geometry ([`ConvDims`]) and the choice of path.
 //!
+//! - 3×3 stride-1 padding-1 convolutions on even planes of 8×8 and up with 32
+//!   channels or more take Winograd's F(2×2, 3×3) ([`winograd`]: 2.25× fewer
+//!   multiplies) for the forward and both gradients; `RECIPE_NO_WINOGRAD=1`
+//!   sends them to the paths below.
 //! - The *wide* path ([`wide`]) applies when the discarded grid positions are at
 //!   most 35% at stride 1 (3×3 on planes of 8×8 and up, every 1×1) and 10%
 //!   strided (3×3 stride 2 on planes of 48×48 and up, a stride equal to the
@@ -30,7 +34,9 @@
 //!   512-channel 4×4 layers went 166–168 → 188 GFLOP/s forward on Zen 4.
 //!
 //! Products: see [`ConvDims::own`] for which run on the hand-written kernels.
-//! Threads take contiguous ranges of samples.
+//! Threads take contiguous ranges of samples. Matrices that `gemm` packs get a
+//! leading dimension off multiples of 512 bytes ([`padded_ld`]). A network's first
+//! layer ([`conv2d_data`]) computes no input gradient.
 
 pub(crate) mod batched;
 pub(crate) mod im2col;
@@ -796,12 +802,15 @@ mod conv_speed {
     /// forward and backward, the GFLOP/s reached on the rayon pool and the fraction
     /// of the pool's matmul rate; then the whole network's convolutions. Every
     /// path family the CPU has is timed, best first: AVX-512, the AVX2 products
-    /// ([`kernels::use_avx2`]) and the `gemm`-crate paths (portable mode).
+    /// ([`kernels::use_avx2`]) and the `gemm`-crate paths (portable mode). The
+    /// rates count a direct convolution's flops, so layers on the Winograd path
+    /// can pass the matmul rate.
     #[test]
     #[ignore]
     fn kernel_speed() {
         let peak = matmul_peak();
         println!("matmul peak on {} threads: {peak:.1} GFLOP/s", threads());
+        println!("(GFLOP/s count a direct convolution's flops; Winograd layers do 2.25x fewer)");
         let modes: &[(&str, fn())] = if kernels::avx512() {
             &[
                 ("avx512", || kernels::use_avx512(false)),
