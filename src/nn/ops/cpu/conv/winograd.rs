@@ -19,11 +19,10 @@ use crate::nn::ops::cpu::buffers::Scratch;
 use crate::nn::ops::cpu::conv::{
     ConvDims, conv_backward_threads, conv_forward_threads, padded_ld, thread_chunk,
 };
-#[cfg(target_arch = "x86_64")]
-use crate::nn::ops::cpu::products::mm_dot_offsets;
-use crate::nn::ops::cpu::products::{mm_dot, mm_rows};
+use crate::nn::ops::cpu::products::{mm, mm_rows};
 use crate::nn::ops::kernels;
 use crate::nn::ops::kernels::Own;
+use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// Positions of a transformed tile.
@@ -308,15 +307,18 @@ fn weight_grad_chunk(xs: &[f32], gys: &[f32], d: &ConvDims) -> Vec<f32> {
             grad_transform(gy, (o, h, w), &mut dm, ld, s * tiles);
         }
         for xi in 0..XI {
-            let dst = &mut du[xi * o * c..][..o * c];
-            let a = (&dm[xi * o * ld..], ld);
-            #[cfg(target_arch = "x86_64")]
-            if kernels::avx2_products() && t.is_multiple_of(8) {
-                let boff: Vec<usize> = (0..c).map(|j| xi * c * ld + j * ld).collect();
-                mm_dot_offsets(Own::Avx2, (o, c, t), dst, c, a, (&v, &boff, None));
-                continue;
-            }
-            mm_dot((o, c, t), dst, c, a, (&v[xi * c * ld..], ld), Own::No);
+            // dU[ξ] (o×c) += D[ξ] (o×t) · V[ξ]ᵀ on `gemm`, which packs the
+            // transpose: the AVX2 dot-product kernel's per-output reductions cost
+            // more on these short rows (256-channel 8² backward 38.9 → 30.8 ms).
+            mm(
+                (o, c, t),
+                &mut du[xi * o * c..][..o * c],
+                c,
+                true,
+                (&dm[xi * o * ld..], ld, 1),
+                (&v[xi * c * ld..], 1, ld),
+                Parallelism::None,
+            );
         }
     }
     untransform_weight_grad(&du, o, c)
