@@ -338,7 +338,7 @@ pub(crate) fn conv_backward(
     if winograd::applies(&d) {
         let dw = winograd::weight_grad(x, gy, n, d);
         if let Some(gx) = gx {
-            winograd::input_grad(&wide::flip_weights(wt, d), gy, gx, n, d);
+            winograd::input_grad(wt, gy, gx, n, d);
         }
         return dw;
     }
@@ -577,7 +577,7 @@ mod paths_agree {
         ) -> Vec<f32> {
             let dw = winograd::weight_grad(x, gy, n, d);
             if let Some(gx) = gx {
-                winograd::input_grad(&wide::flip_weights(wt, d), gy, gx, n, d);
+                winograd::input_grad(wt, gy, gx, n, d);
             }
             dw
         }

@@ -370,7 +370,7 @@ pub(crate) fn conv_forward_wide(
 /// At stride 1 the input gradient is the correlation of gy, padded by k−1−p, with
 /// the flipped kernel whose in/out channels are swapped:
 /// `wflip[c, (o, ki, kj)] = w[o, c, k−1−ki, k−1−kj]`.
-pub(crate) fn flip_weights(wt: &[f32], d: ConvDims) -> Vec<f32> {
+fn flip_weights(wt: &[f32], d: ConvDims) -> Vec<f32> {
     let k = d.win.kernel;
     let okk = d.o * k * k;
     let mut wflip = vec![0.0; d.c * okk];
