@@ -13,7 +13,10 @@
 //! operations.
 //!
 //! The input gradient of such a convolution is the same convolution of the output
-//! gradient with the flipped kernel (channels swapped), so it runs here too.
+//! gradient with the flipped kernel (channels swapped), so it runs here too; the
+//! weight gradient is the backward of the transformed products, `dU[ξ] = D[ξ] ·
+//! V[ξ]ᵀ` with `D = A gy Aᵀ` per tile, then `dW = Gᵀ dU G`. Results differ from the
+//! direct paths by rounding only (`paths_agree` bounds them at 1e-5 relative).
 
 use crate::nn::ops::cpu::buffers::Scratch;
 use crate::nn::ops::cpu::conv::{
@@ -408,12 +411,13 @@ fn convolve(
 
 /// Whether a convolution takes this path: 3×3, stride 1, padding 1, even planes
 /// of 8×8 and up, from 32 channels in and out. Measured with `shape_speed` on
-/// Zen 4 (2 threads, forward / backward ms, direct → Winograd): ResNet-18's
-/// 64-channel 32² layer 26.5 → 18.9 / 48.9 → 42.3, 128-channel 16² 25.3 → 18.6 /
-/// 49.4 → 43.3, 256-channel 8² 25.3 → 20.3 / 52.0 → 45.8; on 4×4 planes (4 tiles
-/// per sample) the transforms cost more than the products save (512 channels:
-/// 24.9 → 27.9 / 58.5 → 63.0), and at 16 channels the products are too small.
-/// `RECIPE_NO_WINOGRAD=1` turns the path off.
+/// Zen 4 (2 threads, batch 64, forward / backward ms, direct → Winograd):
+/// ResNet-18's 64-channel 32² layer 26.5 → 18.4 / 48.9 → 39.2, 128-channel 16²
+/// 25.3 → 15.2 / 49.4 → 30.7, 256-channel 8² 25.3 → 14.5 / 52.0 → 30.8. On 4×4
+/// planes (4 tiles per sample) the backward got slower (512 channels: 57 → 66–86
+/// ms with 32 to 256 tiles per group, the forward within ±10%), and at 16
+/// channels the products are too small to gain. `RECIPE_NO_WINOGRAD=1` turns the
+/// path off.
 pub(crate) fn applies(d: &ConvDims) -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let off = *OFF.get_or_init(|| std::env::var_os("RECIPE_NO_WINOGRAD").is_some_and(|v| v != "0"));
