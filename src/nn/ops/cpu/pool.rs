@@ -21,8 +21,42 @@ pub fn max_pool2d<T: Tape<f32, Cpu>>(x: T4<Cpu, T>, win: Window) -> T4<Cpu, T> {
         .zip(arg.par_chunks_mut(ho * wo))
         .zip(xv.par_chunks(h * w))
         .for_each(|((yp, ap), xp)| {
+            // ResNet's 3×3 stride-2 stem pool: outputs whose window lies inside the
+            // plane read their nine taps without bounds arithmetic (same tap order
+            // and tie rule as the general loop below, which takes the borders).
+            let (inner_y, inner_x) = if (win.kernel, win.stride, win.padding) == (3, 2, 1) {
+                let last = |n: usize, no: usize| (n.saturating_sub(2) / 2 + 1).min(no);
+                (1..last(h, ho), 1..last(w, wo))
+            } else {
+                (0..0, 0..0)
+            };
+            for oy in inner_y.clone() {
+                let rows = [
+                    &xp[(2 * oy - 1) * w..][..w],
+                    &xp[2 * oy * w..][..w],
+                    &xp[(2 * oy + 1) * w..][..w],
+                ];
+                for ox in inner_x.clone() {
+                    let mut best = rows[0][2 * ox - 1];
+                    let mut at = (2 * oy - 1) * w + 2 * ox - 1;
+                    for (dy, row) in rows.iter().enumerate() {
+                        for dx in 0..3 {
+                            let v = row[2 * ox - 1 + dx];
+                            if v > best {
+                                best = v;
+                                at = (2 * oy - 1 + dy) * w + 2 * ox - 1 + dx;
+                            }
+                        }
+                    }
+                    yp[oy * wo + ox] = best;
+                    ap[oy * wo + ox] = at as u32;
+                }
+            }
             for oy in 0..ho {
                 for ox in 0..wo {
+                    if inner_y.contains(&oy) && inner_x.contains(&ox) {
+                        continue;
+                    }
                     let mut best = f32::NEG_INFINITY;
                     let mut at = u32::MAX;
                     for ki in 0..win.kernel {
