@@ -336,25 +336,8 @@ pub(crate) fn conv_backward(
     d: ConvDims,
 ) -> Vec<f32> {
     if winograd::applies(&d) {
-        let dw = winograd::weight_grad(x, gy, n, d);
-        if let Some(gx) = gx {
-            winograd::input_grad(wt, gy, gx, n, d);
-        }
-        return dw;
-    }
-    conv_backward_direct(x, wt, gy, gx, n, d)
-}
-
-/// [`conv_backward`] on the im2col, wide and whole-batch paths.
-fn conv_backward_direct(
-    x: &[f32],
-    wt: &[f32],
-    gy: &[f32],
-    gx: Option<&mut [f32]>,
-    n: usize,
-    d: ConvDims,
-) -> Vec<f32> {
-    if d.batched_backward(n) && !d.compact_dw() {
+        winograd::backward(x, wt, gy, gx, n, d)
+    } else if d.batched_backward(n) && !d.compact_dw() {
         batched::conv_backward_batched(x, wt, gy, gx, n, d)
     } else if d.wide() {
         conv_backward_wide(x, wt, gy, gx, n, d)
@@ -567,20 +550,6 @@ mod paths_agree {
     /// counts off the vector width, channel counts off it too.
     #[test]
     fn winograd_equals_im2col() {
-        fn backward(
-            x: &[f32],
-            wt: &[f32],
-            gy: &[f32],
-            gx: Option<&mut [f32]>,
-            n: usize,
-            d: ConvDims,
-        ) -> Vec<f32> {
-            let dw = winograd::weight_grad(x, gy, n, d);
-            if let Some(gx) = gx {
-                winograd::input_grad(wt, gy, gx, n, d);
-            }
-            dw
-        }
         let shapes = [
             (2, 3, 4, 8, 3, 1, 1),
             (3, 5, 7, 2, 3, 1, 1),
@@ -589,7 +558,7 @@ mod paths_agree {
             (2, 8, 8, 32, 3, 1, 1),
             (5, 33, 20, 12, 3, 1, 1),
         ];
-        let path: (Forward, Backward) = (winograd::forward, backward);
+        let path: (Forward, Backward) = (winograd::forward, winograd::backward);
         equals_im2col("winograd", path, &shapes);
     }
 
