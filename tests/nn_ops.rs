@@ -241,8 +241,8 @@ fn distinct(n: usize, seed: u64) -> Vec<f32> {
 #[test]
 fn max_pool_matches_reference_and_finite_differences() {
     crate::before_kernels();
-    // 3×3 stride 2 padding 1 (ResNet's stem pool) has a fast interior: even and
-    // odd planes, and one too small to have any.
+    // Outputs whose window lies inside the plane take a fast interior: even and
+    // odd planes, and one too small to have any interior.
     for (win, h) in [
         (Window::new(3, 2, 1), 6),
         (Window::new(3, 2, 1), 9),

@@ -21,30 +21,27 @@ pub fn max_pool2d<T: Tape<f32, Cpu>>(x: T4<Cpu, T>, win: Window) -> T4<Cpu, T> {
         .zip(arg.par_chunks_mut(ho * wo))
         .zip(xv.par_chunks(h * w))
         .for_each(|((yp, ap), xp)| {
-            // ResNet's 3×3 stride-2 stem pool: outputs whose window lies inside the
-            // plane read their nine taps without bounds arithmetic (same tap order
-            // and tie rule as the general loop below, which takes the borders).
-            let (inner_y, inner_x) = if (win.kernel, win.stride, win.padding) == (3, 2, 1) {
-                let last = |n: usize, no: usize| (n.saturating_sub(2) / 2 + 1).min(no);
-                (1..last(h, ho), 1..last(w, wo))
-            } else {
-                (0..0, 0..0)
+            // Outputs whose window lies inside the plane read their taps without
+            // bounds arithmetic (same tap order and tie rule as the general loop
+            // below, which takes the borders).
+            let (k, st, p) = (win.kernel, win.stride, win.padding);
+            let inner = |n: usize, no: usize| {
+                let end = (n + p).checked_sub(k).map_or(0, |v| v / st + 1).min(no);
+                p.div_ceil(st).min(end)..end
             };
+            let (inner_y, inner_x) = (inner(h, ho), inner(w, wo));
             for oy in inner_y.clone() {
-                let rows = [
-                    &xp[(2 * oy - 1) * w..][..w],
-                    &xp[2 * oy * w..][..w],
-                    &xp[(2 * oy + 1) * w..][..w],
-                ];
+                let y0 = oy * st - p;
                 for ox in inner_x.clone() {
-                    let mut best = rows[0][2 * ox - 1];
-                    let mut at = (2 * oy - 1) * w + 2 * ox - 1;
-                    for (dy, row) in rows.iter().enumerate() {
-                        for dx in 0..3 {
-                            let v = row[2 * ox - 1 + dx];
+                    let x0 = ox * st - p;
+                    let mut at = y0 * w + x0;
+                    let mut best = xp[at];
+                    for ki in 0..k {
+                        let r0 = (y0 + ki) * w + x0;
+                        for (kj, &v) in xp[r0..r0 + k].iter().enumerate() {
                             if v > best {
                                 best = v;
-                                at = (2 * oy - 1 + dy) * w + 2 * ox - 1 + dx;
+                                at = r0 + kj;
                             }
                         }
                     }
