@@ -64,6 +64,12 @@ const KEY_OPTIM: &str = "optimizer";
 const KEY_OPTIM_STEP: &str = "optimizer_step";
 const KEY_DIGEST: &str = "sha256";
 const KEY_SECTIONS: &str = "sections";
+/// Metadata keys with this prefix are bookkeeping about the run (time spent, images
+/// seen), not state: the digest leaves them out, so two runs that reach the same state
+/// at different speeds write checkpoints with the same digest.
+const INFO_PREFIX: &str = "info.";
+const KEY_TRAIN_MILLIS: &str = "info.train_millis";
+const KEY_IMAGES: &str = "info.images";
 
 /// Where training stands and what produced it: everything in a checkpoint besides the
 /// tensors.
@@ -77,6 +83,12 @@ pub struct CheckpointMeta {
     pub rng_state: Vec<u64>,
     /// Hash of the resolved recipe that produced the run.
     pub recipe_hash: String,
+    /// Training wall time up to this checkpoint over every invocation of the run,
+    /// milliseconds (outside the digest; 0 in checkpoints that predate it).
+    pub train_millis: u64,
+    /// Training images (each view one image) up to this checkpoint over every
+    /// invocation (outside the digest; 0 in checkpoints that predate it).
+    pub images: u64,
 }
 
 /// One way a checkpoint disagrees with the model it is loaded into.
@@ -265,7 +277,10 @@ fn digest<'a>(
         h.update((b.len() as u64).to_le_bytes());
         h.update(b);
     };
-    for (k, v) in meta.iter().filter(|(k, _)| *k != KEY_DIGEST) {
+    for (k, v) in meta
+        .iter()
+        .filter(|(k, _)| *k != KEY_DIGEST && !k.starts_with(INFO_PREFIX))
+    {
         field(k.as_bytes());
         field(v.as_bytes());
     }
@@ -483,6 +498,8 @@ pub fn save_training<D: Device<f32>>(
         serde_json::to_string(&meta.rng_state).expect("a list of integers serialises"),
     );
     m.insert(KEY_RECIPE.to_string(), meta.recipe_hash.clone());
+    m.insert(KEY_TRAIN_MILLIS.to_string(), meta.train_millis.to_string());
+    m.insert(KEY_IMAGES.to_string(), meta.images.to_string());
     if let Some(o) = optimizer {
         m.insert(KEY_OPTIM.to_string(), o.kind.clone());
         m.insert(KEY_OPTIM_STEP.to_string(), o.step.to_string());
@@ -585,6 +602,15 @@ fn parse_meta(
             ))
         })?,
         recipe_hash: get(KEY_RECIPE)?.clone(),
+        // Bookkeeping only: absent (older checkpoints) or unreadable counts as 0.
+        train_millis: meta
+            .get(KEY_TRAIN_MILLIS)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        images: meta
+            .get(KEY_IMAGES)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
     })
 }
 

@@ -33,6 +33,7 @@ use crate::report::{grid, plots};
 use crate::spec::Recipe;
 use crate::spec::downstream::{Features, Metric as SpecMetric, Plot, Task};
 use crate::train::TrainError;
+use crate::train::resume::{self, Change, Invocation};
 use crate::train::run::{LoopConfig, Progress, train_loop};
 use crate::train::rundir;
 use crate::train::step::Trainer;
@@ -44,19 +45,32 @@ pub enum ExperimentError {
     Setup(String),
     /// The recipe cannot run as written (shapes, sizes, a diverging loss): exit code 1.
     Run(String),
-    /// `--resume` with a recipe that differs from the run's: exit code 1.
-    Changed(Vec<String>),
+    /// `--resume` with a recipe that differs from the run's, without `--force`:
+    /// exit code 1.
+    Changed {
+        /// The run directory.
+        dir: PathBuf,
+        /// Every differing key with its old and new value.
+        changes: Vec<Change>,
+    },
 }
 
 impl std::fmt::Display for ExperimentError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ExperimentError::Setup(m) | ExperimentError::Run(m) => f.write_str(m),
-            ExperimentError::Changed(keys) => write!(
-                f,
-                "the recipe differs from the one the run was started with, at: {}",
-                keys.join(", ")
-            ),
+            ExperimentError::Changed { dir, changes } => {
+                write!(
+                    f,
+                    "the recipe differs from the one in force in `{}` ({}):",
+                    dir.display(),
+                    rundir::RECIPE_FILE
+                )?;
+                for c in changes {
+                    write!(f, "\n  {c}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -86,8 +100,13 @@ fn setup_err(e: impl std::fmt::Display) -> ExperimentError {
 pub struct RunRequest {
     /// The valid, resolved recipe.
     pub recipe: Recipe,
-    /// The recipe file, as the user named it (for the report).
+    /// The recipe file, as the user named it (for the report; `None` when a resumed
+    /// run reads its own `recipe.yaml`).
     pub recipe_path: Option<PathBuf>,
+    /// The `--set` overrides applied to it, in order (for the report).
+    pub overrides: Vec<String>,
+    /// The command line as typed (for `invocations.jsonl`).
+    pub command: String,
     /// Parent of the run directory instead of `output.dir`.
     pub out: Option<PathBuf>,
     /// Continue this run directory from its last checkpoint.
@@ -138,44 +157,6 @@ pub fn recipe_hash(r: &Recipe) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// Dotted paths at which two JSON values differ (`a.b`, `list.3`).
-pub fn differences(a: &Value, b: &Value) -> Vec<String> {
-    fn walk(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
-        let join = |k: &str| {
-            if path.is_empty() {
-                k.to_string()
-            } else {
-                format!("{path}.{k}")
-            }
-        };
-        match (a, b) {
-            (Value::Object(x), Value::Object(y)) => {
-                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-                for k in keys {
-                    match (x.get(k), y.get(k)) {
-                        (Some(u), Some(v)) => walk(u, v, &join(k), out),
-                        _ => out.push(join(k)),
-                    }
-                }
-            }
-            (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
-                for (i, (u, v)) in x.iter().zip(y).enumerate() {
-                    walk(u, v, &join(&i.to_string()), out);
-                }
-            }
-            _ if a != b => out.push(if path.is_empty() {
-                "(root)".into()
-            } else {
-                path.into()
-            }),
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    walk(a, b, "", &mut out);
-    out
 }
 
 /// The recipe's normalisation (identity when it has none).
@@ -262,9 +243,20 @@ fn run_on<D: EngineDevice + 'static>(
     let threads = configure_threads(wanted).map_err(setup_err)?;
     let text = resolved_text(r);
     let hash = recipe_hash(r);
+    // Changes `--force` lets through; applied once the checkpoint has loaded.
+    let mut forced: Vec<Change> = Vec::new();
     let dir = match &req.resume {
         Some(dir) => {
-            check_resume(dir, r, req.force)?;
+            forced = check_resume(dir, r, req.force)?;
+            if forced.is_empty() && dir.join("results.json").is_file() {
+                return Err(setup_err(format!(
+                    "`{d}` has finished ({} epochs) and its results are written. To train \
+                     longer: `recipe run --resume {d} --set train.epochs=N --force`; to rerun \
+                     its downstream tasks: `recipe eval {d}`",
+                    r.train.epochs,
+                    d = dir.display()
+                )));
+            }
             if writer {
                 dist_note(dir, world, true, r.train.sync_batch_norm)?;
             }
@@ -334,16 +326,97 @@ fn run_on<D: EngineDevice + 'static>(
             // file system they share), then the digests confirm they agree.
             let meta = trainer.load(&ckpt)?;
             trainer.check_ranks_agree()?;
-            if meta.recipe_hash != hash && !req.force {
-                return Err(ExperimentError::Changed(vec![
-                    "(the checkpoint was written by another recipe)".into(),
-                ]));
+            if meta.recipe_hash != hash && forced.is_empty() && !req.force {
+                return Err(setup_err(format!(
+                    "`{}` was written by a recipe other than the run's {} (an earlier \
+                     change may have been cut short); pass --force to continue with {} as \
+                     it is",
+                    ckpt.display(),
+                    rundir::RECIPE_FILE,
+                    rundir::RECIPE_FILE
+                )));
             }
             Some(meta)
         }
         Some(_) => None,
         None => None,
     };
+    if writer {
+        let start_step = resumed.as_ref().map_or(0, |m| m.step);
+        let mut archived = None;
+        if !forced.is_empty() {
+            // The old recipe's last learning rate, for the warning (it may no longer
+            // load; then the warning omits it).
+            let old_lr = crate::spec::Loader::new()
+                .load_file(&dir.join(rundir::RECIPE_FILE), &[])
+                .ok()
+                .and_then(|l| l.valid_recipe().cloned())
+                .and_then(|old| {
+                    lr_at(
+                        &old,
+                        train.len(),
+                        loader.batches_per_epoch() as u64,
+                        start_step.checked_sub(1)?,
+                    )
+                });
+            let rel = resume::archive(&dir, start_step).map_err(setup_err)?;
+            rundir::write_text(&dir.join(rundir::RECIPE_FILE), &text)
+                .map_err(ExperimentError::Setup)?;
+            if let Some(m) = &resumed {
+                // Stamped with the recipe now in force, so a plain `--resume` works.
+                trainer.save(
+                    &ckpt,
+                    &checkpoint::CheckpointMeta {
+                        recipe_hash: hash.clone(),
+                        ..m.clone()
+                    },
+                )?;
+            }
+            let mut msg = format!(
+                "warning: `{}` continues from step {start_step} (epoch {}) with a changed recipe \
+                 (--force):",
+                dir.display(),
+                resumed.as_ref().map_or(0, |m| m.epoch)
+            );
+            for c in &forced {
+                msg.push_str(&format!("\n  {c}"));
+            }
+            let new_lr = trainer.schedule.lr(start_step);
+            msg.push_str(&match old_lr {
+                Some(o) => format!(
+                    "\n  learning rate: {o:.6} at step {start_step} under the old recipe, \
+                     {new_lr:.6} at step {} under the new one (the schedule is a function of \
+                     the step and the run's length, so it continues as if this recipe had been \
+                     planned from the start; warmup is not repeated)",
+                    start_step + 1
+                ),
+                None => format!(
+                    "\n  learning rate at step {}: {new_lr:.6} (the new recipe's schedule at \
+                     this step)",
+                    start_step + 1
+                ),
+            });
+            msg.push_str(&format!(
+                "\n  the previous recipe and outputs are kept in {}; the change is recorded in {}",
+                dir.join(&rel).display(),
+                resume::INVOCATIONS
+            ));
+            eprintln!("{msg}");
+            archived = Some(rel);
+        }
+        resume::record(
+            &dir,
+            &Invocation {
+                command: req.command.clone(),
+                recipe_file: req.recipe_path.as_ref().map(|p| p.display().to_string()),
+                overrides: req.overrides.clone(),
+                start_step,
+                changes: forced.clone(),
+                archived,
+            },
+        )
+        .map_err(ExperimentError::Setup)?;
+    }
     let mut metrics = match &resumed {
         _ if !writer => None,
         Some(m) => Some(
@@ -440,7 +513,6 @@ fn run_on<D: EngineDevice + 'static>(
     let Some(mut metrics) = metrics else {
         return Err(run_err("rank 0 has no metrics writer"));
     };
-    let train_secs = started.elapsed().as_secs_f64();
     let model = trainer.encoder.model().clone();
     // torchvision's names and shapes minus `fc` (for ResNets; the small CNN's follow
     // an `nn.Sequential` named `features`).
@@ -463,24 +535,35 @@ fn run_on<D: EngineDevice + 'static>(
     let mut figures = results.figures.clone();
     figures.extend(curves);
     let total = started.elapsed().as_secs_f64();
+    let invocations = resume::read(&dir);
+    let made = provenance(&invocations);
     let doc = json!({
         "name": r.name,
         "method": r.loss.method(),
-        "recipe": req.recipe_path.as_ref().map(|p| p.display().to_string()),
+        "recipe": made.recipe_file,
+        "overrides": made.overrides,
         "run_dir": dir.display().to_string(),
         "training": {
             "epochs": summary.epochs_done,
             "steps": summary.steps,
             "seconds": summary.train_seconds,
+            "images": summary.images,
             "images_per_s": summary.images_per_s,
             "final_epoch_loss": summary.last_epoch_loss,
             "threads": threads,
             "device": device_name,
             "resumed": resumed.is_some(),
+            "this_invocation": {
+                "steps": summary.session_steps,
+                "seconds": summary.session_seconds,
+                "images_per_s": summary.session_images_per_s,
+            },
         },
         "downstream": results.json,
-        "seconds": {"training": train_secs, "evaluation": eval_secs, "total": total},
+        "seconds": {"training": summary.train_seconds, "evaluation": eval_secs,
+            "this_invocation": total},
         "peak_rss_mib": crate::bench::peak_rss_mib(),
+        "invocations": invocations,
     });
     rundir::write_text(
         &dir.join("results.json"),
@@ -492,11 +575,25 @@ fn run_on<D: EngineDevice + 'static>(
         &ReportInput {
             run_name: r.name.clone(),
             method: r.loss.method().to_string(),
-            recipe_path: req.recipe_path.as_ref().map(|p| p.display().to_string()),
+            recipe_path: made.recipe_file.clone(),
+            overrides: made.overrides.clone(),
+            history: made.lines.clone(),
             timings: vec![
-                ("training".into(), summary.train_seconds),
+                (
+                    format!(
+                        "training ({} epochs, {} steps{})",
+                        summary.epochs_done,
+                        summary.steps,
+                        if invocations.len() > 1 {
+                            format!(", over {} invocations", invocations.len())
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    summary.train_seconds,
+                ),
                 ("downstream tasks".into(), eval_secs),
-                ("total".into(), total),
+                ("this invocation in all".into(), total),
             ],
             images_per_s: Some(summary.images_per_s),
             final_loss: Some(summary.last_epoch_loss),
@@ -508,6 +605,57 @@ fn run_on<D: EngineDevice + 'static>(
     .map_err(setup_err)?;
     dist.wait_for_all();
     Ok(RunOutcome::Finished { dir, results: doc })
+}
+
+/// How a run was made, from its `invocations.jsonl`.
+struct Provenance {
+    /// The recipe file the run started from.
+    recipe_file: Option<String>,
+    /// Every `--set` of every invocation, in order.
+    overrides: Vec<String>,
+    /// One line per invocation (its step and command) and per forced change.
+    lines: Vec<String>,
+}
+
+fn provenance(invocations: &[Value]) -> Provenance {
+    let mut p = Provenance {
+        recipe_file: None,
+        overrides: Vec::new(),
+        lines: Vec::new(),
+    };
+    for (i, inv) in invocations.iter().enumerate() {
+        if i == 0 {
+            p.recipe_file = inv["recipe_file"].as_str().map(str::to_string);
+        }
+        // A later `--set` of the same key replaces the earlier one (the recipe in force
+        // holds the later value).
+        for set in inv["overrides"].as_array().into_iter().flatten() {
+            let Some(set) = set.as_str() else { continue };
+            let key = |s: &str| s.split_once('=').map_or(s, |(k, _)| k).trim().to_string();
+            p.overrides.retain(|o| key(o) != key(set));
+            p.overrides.push(set.to_string());
+        }
+        let step = inv["start_step"].as_u64().unwrap_or(0);
+        p.lines.push(format!(
+            "{} at step {step}: `{}`",
+            inv["time"].as_str().unwrap_or("?"),
+            inv["command"].as_str().unwrap_or("?").replace('`', "'")
+        ));
+        for c in inv["changes"].as_array().into_iter().flatten() {
+            let v = |k: &str| match &c[k] {
+                Value::Null => "(absent)".to_string(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            p.lines.push(format!(
+                "  changed from step {step}: `{}`: {} → {}",
+                c["key"].as_str().unwrap_or("?"),
+                v("old").replace('`', "'"),
+                v("new").replace('`', "'")
+            ));
+        }
+    }
+    p
 }
 
 /// Name of the file in a data-parallel run directory that records the world size.
@@ -543,24 +691,28 @@ fn dist_note(dir: &Path, world: usize, resume: bool, sync_bn: bool) -> Result<()
     Ok(())
 }
 
-/// Refuses to resume `dir` with a recipe other than the one it was started with.
-fn check_resume(dir: &Path, r: &Recipe, force: bool) -> Result<(), ExperimentError> {
-    let path = dir.join(rundir::RECIPE_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        setup_err(format!(
-            "`{}` is not a run directory (cannot read {}: {e})",
-            dir.display(),
-            rundir::RECIPE_FILE
-        ))
-    })?;
-    let old: Value = serde_yaml::from_str(&text)
-        .map_err(|e| setup_err(format!("`{}` is unreadable: {e}", path.display())))?;
+/// The changes between `dir`'s recipe in force and `r`: refused unless `force`.
+fn check_resume(dir: &Path, r: &Recipe, force: bool) -> Result<Vec<Change>, ExperimentError> {
+    let old = resume::read_recipe_value(dir).map_err(setup_err)?;
     let new = serde_json::to_value(r).map_err(run_err)?;
-    let diff = differences(&old, &new);
-    if !diff.is_empty() && !force {
-        return Err(ExperimentError::Changed(diff));
+    let changes = resume::changes(&old, &new);
+    if !changes.is_empty() && !force {
+        return Err(ExperimentError::Changed {
+            dir: dir.to_path_buf(),
+            changes,
+        });
     }
-    Ok(())
+    Ok(changes)
+}
+
+/// The learning rate `r`'s schedule gives step `step` of a run with `dataset_len`
+/// images and `steps_per_epoch` steps per epoch.
+fn lr_at(r: &Recipe, dataset_len: usize, steps_per_epoch: u64, step: u64) -> Option<f64> {
+    let p = crate::build::trainer_parts(r, dataset_len, steps_per_epoch).ok()?;
+    let s =
+        crate::optim::schedule::Schedule::new(&p.schedule, p.peak_lr, p.epochs, steps_per_epoch)
+            .ok()?;
+    Some(s.lr(step))
 }
 
 fn metric_of(m: SpecMetric) -> Metric {
@@ -1114,7 +1266,37 @@ fn training_curves(dir: &Path, r: &Recipe) -> Result<Vec<(String, String)>, Expe
 /// `recipe eval`: the downstream tasks (all, or those in `only`) on a saved model —
 /// a run directory (its `checkpoints/last.safetensors`) or a checkpoint file inside
 /// one — writing pictures and `eval.json` into the run directory.
-pub fn evaluate(target: &Path, only: Option<&[String]>) -> Result<Value, ExperimentError> {
+///
+/// `sets` are `--set` overrides of the run's recipe; only `downstream` may change
+/// (training is over). Task names are checked before anything runs: an unknown name
+/// is an error with a suggestion, a task the recipe lacks an error that says how to
+/// add it. `eval.json` keeps earlier results: an entry is replaced only by a new
+/// result for the same task configuration.
+pub fn evaluate(
+    target: &Path,
+    only: Option<&[String]>,
+    sets: &[String],
+) -> Result<Value, ExperimentError> {
+    for name in only.unwrap_or_default() {
+        if !Task::NAMES.contains(&name.as_str()) {
+            let hint = crate::diag::did_you_mean(name, Task::NAMES)
+                .map(|m| format!("did you mean `{m}`? "))
+                .unwrap_or_default();
+            return Err(setup_err(format!(
+                "unknown task `{name}`: {hint}(tasks: {})",
+                Task::NAMES.join(", ")
+            )));
+        }
+    }
+    for set in sets {
+        let path = set.split_once('=').map_or(set.as_str(), |(p, _)| p).trim();
+        if path != "downstream" && !path.starts_with("downstream.") {
+            return Err(setup_err(format!(
+                "`--set {set}`: `recipe eval` can change only `downstream` (the model is \
+                 trained); to change training, continue the run with `recipe run --resume`"
+            )));
+        }
+    }
     let (dir, ckpt) = if target.is_dir() {
         (
             target.to_path_buf(),
@@ -1137,18 +1319,42 @@ pub fn evaluate(target: &Path, only: Option<&[String]>) -> Result<Value, Experim
         )));
     }
     let loaded = crate::spec::Loader::new()
-        .load_file(&dir.join(rundir::RECIPE_FILE), &[])
+        .load_file(&dir.join(rundir::RECIPE_FILE), sets)
         .map_err(setup_err)?;
     let Some(r) = loaded.valid_recipe().cloned() else {
         return Err(run_err(format!(
-            "the run's recipe is no longer valid: {:?}",
-            loaded
-                .diagnostics
-                .iter()
-                .map(|d| &d.message)
-                .collect::<Vec<_>>()
+            "the run's recipe{} is not valid:\n{}",
+            if sets.is_empty() {
+                ""
+            } else {
+                " with these overrides"
+            },
+            crate::diag::render_human(&loaded.diagnostics, &loaded.sources).trim_end()
         )));
     };
+    let present: Vec<&str> = r.downstream.iter().map(Task::name).collect();
+    for name in only.unwrap_or_default() {
+        if !present.contains(&name.as_str()) {
+            let d = resume::shell_line(&[dir.display().to_string()]);
+            return Err(setup_err(format!(
+                "this run's recipe has no `{name}` task (it has: {}). To evaluate it with the \
+                 task's defaults (`recipe render` shows them): recipe eval {d} --task {name} \
+                 --set 'downstream=[{{task: {name}}}]'",
+                if present.is_empty() {
+                    "none".to_string()
+                } else {
+                    present.join(", ")
+                }
+            )));
+        }
+    }
+    if r.downstream.is_empty() {
+        return Err(setup_err(format!(
+            "this run's recipe has no downstream tasks; add some with --set, e.g. \
+             recipe eval {} --set 'downstream=[{{task: knn}}]'",
+            resume::shell_line(&[dir.display().to_string()])
+        )));
+    }
     configure_threads(r.train.threads).map_err(setup_err)?;
     let size = crate::build::view_sizes(&r)
         .first()
@@ -1158,9 +1364,9 @@ pub fn evaluate(target: &Path, only: Option<&[String]>) -> Result<Value, Experim
         eprintln!("note: {note}");
     }
     match engine {
-        Engine::Cpu(dev) => evaluate_on(dev, &r, size, &dir, &ckpt, only),
+        Engine::Cpu(dev) => evaluate_on(dev, &r, size, &dir, &ckpt, only, sets),
         #[cfg(feature = "cuda")]
-        Engine::Cuda(dev) => evaluate_on(*dev, &r, size, &dir, &ckpt, only),
+        Engine::Cuda(dev) => evaluate_on(*dev, &r, size, &dir, &ckpt, only, sets),
     }
 }
 
@@ -1171,6 +1377,7 @@ fn evaluate_on<D: EngineDevice + 'static>(
     dir: &Path,
     ckpt: &Path,
     only: Option<&[String]>,
+    sets: &[String],
 ) -> Result<Value, ExperimentError> {
     let data = data::load(&data::DataConfig::from_spec(&r.data, r.seed))
         .map_err(|e| setup_err(format!("cannot read the data: {e}")))?;
@@ -1196,12 +1403,63 @@ fn evaluate_on<D: EngineDevice + 'static>(
     };
     let meta = checkpoint::read_meta(ckpt).map_err(setup_err)?;
     let res = ds.run_all(&model, &mut store, only, &mut metrics, meta.step)?;
-    let doc = json!({"checkpoint": ckpt.display().to_string(), "step": meta.step,
-        "downstream": res.json});
+    // The entries of this evaluation, each with the task's recipe form (the merge key),
+    // the checkpoint, its step, the time and the overrides.
+    let when = rundir::timestamp(std::time::SystemTime::now());
+    let ran: Vec<&Task> = r
+        .downstream
+        .iter()
+        .filter(|t| only.is_none_or(|names| names.iter().any(|n| n == t.name())))
+        .collect();
+    let fresh: Vec<Value> = res
+        .json
+        .iter()
+        .zip(&ran)
+        .map(|(entry, task)| {
+            let mut e = entry.clone();
+            e["config"] = serde_json::to_value(task).unwrap_or(Value::Null);
+            e["checkpoint"] = json!(ckpt.display().to_string());
+            e["step"] = json!(meta.step);
+            e["time"] = json!(when);
+            if !sets.is_empty() {
+                e["overrides"] = json!(sets);
+            }
+            e
+        })
+        .collect();
+    let path = dir.join("eval.json");
+    let earlier: Vec<Value> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v.get("downstream").and_then(Value::as_array).cloned())
+        .unwrap_or_default();
+    let merged = merge_evaluations(earlier, &fresh);
+    let doc = json!({"downstream": merged});
     rundir::write_text(
-        &dir.join("eval.json"),
+        &path,
         &(serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"),
     )
     .map_err(ExperimentError::Setup)?;
-    Ok(doc)
+    Ok(
+        json!({"checkpoint": ckpt.display().to_string(), "step": meta.step,
+        "downstream": fresh}),
+    )
+}
+
+/// `earlier` entries of `eval.json` with `fresh` ones merged in: a fresh entry
+/// replaces an earlier one with the same task configuration and checkpoint, and is
+/// appended otherwise. Earlier entries without a configuration (older files) are kept.
+pub fn merge_evaluations(mut earlier: Vec<Value>, fresh: &[Value]) -> Vec<Value> {
+    for f in fresh {
+        let same = |e: &Value| {
+            e.get("config").is_some()
+                && e.get("config") == f.get("config")
+                && e.get("checkpoint") == f.get("checkpoint")
+        };
+        match earlier.iter().position(same) {
+            Some(i) => earlier[i] = f.clone(),
+            None => earlier.push(f.clone()),
+        }
+    }
+    earlier
 }

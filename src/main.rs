@@ -116,6 +116,10 @@ enum Command {
         /// Only these tasks (`knn`, `linear_probe`, `fine_tune`, `visualize`); repeatable.
         #[arg(long = "task", value_name = "TASK")]
         tasks: Vec<String>,
+        /// Override the run's downstream tasks: `--set 'downstream=[{task: fine_tune}]'`
+        /// (only `downstream` keys; value is YAML).
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        sets: Vec<String>,
     },
     /// Print the recipe JSON Schema (Draft 7).
     Schema,
@@ -189,7 +193,11 @@ fn main() -> ExitCode {
             quiet,
             stop_after_steps,
         ),
-        Command::Eval { target, tasks } => commands::run::eval(&target, &tasks),
+        Command::Eval {
+            target,
+            tasks,
+            sets,
+        } => commands::run::eval(&target, &tasks, &sets),
         Command::Schema => {
             print!("{}", schema::generate_pretty());
             ExitCode::SUCCESS

@@ -50,6 +50,8 @@ fn meta() -> CheckpointMeta {
         step: 1234,
         rng_state: vec![u64::MAX, 0, 42],
         recipe_hash: "sha256:abc123".into(),
+        train_millis: 5_000,
+        images: 99,
     }
 }
 
@@ -383,4 +385,30 @@ fn backbone_export_for_pytorch() {
         "pt"
     );
     assert!(checkpoint::export_weights(&path, &model(0.5), "encoder.", true).is_err());
+}
+
+#[test]
+fn bookkeeping_is_kept_but_outside_the_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+    );
+    checkpoint::save(&a, &model(0.5), None, &meta()).unwrap();
+    let mut slower = meta();
+    slower.train_millis *= 3;
+    slower.images += 1;
+    checkpoint::save(&b, &model(0.5), None, &slower).unwrap();
+    let digest = |p: &std::path::Path| {
+        let bytes = fs::read(p).unwrap();
+        let (_, m) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        m.metadata().as_ref().unwrap()["sha256"].clone()
+    };
+    assert_eq!(digest(&a), digest(&b));
+    assert_eq!(checkpoint::read_meta(&b).unwrap(), slower);
+    // A changed state field does change the digest.
+    let mut other = meta();
+    other.step += 1;
+    checkpoint::save(&b, &model(0.5), None, &other).unwrap();
+    assert_ne!(digest(&a), digest(&b));
 }

@@ -10,6 +10,8 @@ fn input() -> ReportInput {
         run_name: "simclr-fashion".into(),
         method: "SimCLR".into(),
         recipe_path: Some("recipes/simclr.yaml".into()),
+        overrides: Vec::new(),
+        history: Vec::new(),
         timings: vec![("training".into(), 754.2), ("evaluation".into(), 12.31)],
         images_per_s: Some(812.44),
         final_loss: Some(4.123456),
@@ -163,4 +165,30 @@ fn resume_keeps_records_up_to_the_checkpoint() {
         read_jsonl(&path),
         Err(ReportError::Parse { line: 2, .. })
     ));
+}
+
+#[test]
+fn report_names_the_overrides_and_how_the_run_was_made() {
+    let mut inp = input();
+    inp.overrides = vec!["loss.method=moco".into(), "train.epochs=3".into()];
+    inp.history = vec![
+        "20261207-120000 at step 0: `recipe run recipes/simclr.yaml --set loss.method=moco`".into(),
+        "20261207-130000 at step 660: `recipe run --resume runs/x --set train.epochs=80 --force`"
+            .into(),
+        "  changed from step 660: `train.epochs`: 60 → 80".into(),
+    ];
+    let text = recipe::report::markdown::render_report(&inp);
+    assert!(
+        text.starts_with("# simclr-fashion (with loss.method=moco, train.epochs=3)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("- Override: `--set loss.method=moco`"),
+        "{text}"
+    );
+    assert!(text.contains("## How this run was made"), "{text}");
+    assert!(
+        text.contains("  - changed from step 660: `train.epochs`: 60 → 80"),
+        "{text}"
+    );
 }

@@ -65,6 +65,19 @@ fn digest_of(checkpoint: &Path) -> String {
     meta.metadata().as_ref().unwrap()["sha256"].clone()
 }
 
+/// Every tensor of a checkpoint (name, bytes): its state without the metadata.
+fn tensors_of(checkpoint: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(checkpoint).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.data().to_vec()))
+        .collect();
+    out.sort();
+    out
+}
+
 fn losses(dir: &Path) -> Vec<(u64, String)> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
@@ -332,7 +345,7 @@ fn diverging_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
     assert_eq!(o.status.code(), Some(130), "{}", text(&o.stderr));
     let dir = run_dir(&out);
     let last = dir.join("checkpoints/last.safetensors");
-    let before = digest_of(&last);
+    let before = tensors_of(&last);
     // An absurd learning rate from the second epoch on: the weights blow up at once.
     let o = recipe(&[
         "run",
@@ -348,7 +361,13 @@ fn diverging_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     let err = text(&o.stderr);
     assert!(err.contains("diverged") && err.contains("epoch 2"), "{err}");
-    assert_eq!(digest_of(&last), before, "the last good checkpoint is kept");
+    // The forced change re-stamps the checkpoint with the new recipe's hash; the state
+    // in it is the last good one.
+    assert_eq!(
+        tensors_of(&last),
+        before,
+        "the last good checkpoint is kept"
+    );
     assert!(!dir.join("results.json").exists());
 }
 
@@ -386,12 +405,228 @@ fn eval_reruns_tasks_on_a_saved_run() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let dir = run_dir(&out);
-    let o = recipe(&["eval", dir.to_str().unwrap(), "--task", "knn"]);
+    let d = dir.to_str().unwrap();
+    let o = recipe(&["eval", d, "--task", "knn"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert!(text(&o.stdout).contains("knn top-1"), "{}", text(&o.stdout));
-    let ev: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("eval.json")).unwrap()).unwrap();
-    assert_eq!(ev["downstream"].as_array().unwrap().len(), 1);
+    let entries = || -> Vec<serde_json::Value> {
+        let ev: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("eval.json")).unwrap()).unwrap();
+        ev["downstream"].as_array().unwrap().clone()
+    };
+    assert_eq!(entries().len(), 1);
+    assert_eq!(entries()[0]["config"]["k"], 5);
     let o = recipe(&["eval", tmp.path().to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
+
+    // A typo is an error with a suggestion, and eval.json is left alone.
+    let before = std::fs::read(dir.join("eval.json")).unwrap();
+    let o = recipe(&["eval", d, "--task", "linear"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("did you mean `linear_probe`"),
+        "{}",
+        text(&o.stderr)
+    );
+    // A task the recipe lacks says how to add it.
+    let o = recipe(&["eval", d, "--task", "fine_tune"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("has no `fine_tune` task (it has: knn, linear_probe)")
+            && err.contains("--set 'downstream=[{task: fine_tune}]'"),
+        "{err}"
+    );
+    // Training keys cannot change after training.
+    let o = recipe(&["eval", d, "--set", "train.epochs=5"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("only `downstream`"));
+    assert_eq!(std::fs::read(dir.join("eval.json")).unwrap(), before);
+
+    // Another configuration adds an entry; the same one replaces its entry.
+    let o = recipe(&["eval", d, "--set", "downstream=[{task: knn, k: 3}]"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(entries().len(), 2);
+    let o = recipe(&["eval", d, "--task", "knn"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let e = entries();
+    assert_eq!(e.len(), 2);
+    assert_eq!(e[0]["config"]["k"], 5);
+    assert_eq!(e[1]["config"]["k"], 3);
+    assert_eq!(e[1]["overrides"][0], "downstream=[{task: knn, k: 3}]");
+}
+
+/// The `resume with:` line a stopped run printed, as arguments.
+fn resume_args(stderr: &str) -> Vec<String> {
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("resume with: recipe "))
+        .unwrap_or_else(|| panic!("no resume line in:\n{stderr}"));
+    line.split_whitespace().map(String::from).collect()
+}
+
+fn results(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn the_printed_resume_command_works_after_overrides() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tiny(tmp.path(), "r", "{method: simclr}", "");
+    let out = tmp.path().join("out");
+    let o = recipe(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        "train.epochs=3",
+        "--set",
+        "downstream=[{task: knn, k: 5}]",
+        "--stop-after-steps",
+        "8",
+    ]);
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o.stderr));
+    let args = resume_args(&text(&o.stderr));
+    assert_eq!(args[..2], ["run", "--resume"], "{args:?}");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = recipe(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let dir = run_dir(&out);
+    let res = results(&dir);
+    // The whole run, not only the resumed part.
+    assert_eq!(res["training"]["epochs"], 3);
+    assert_eq!(res["training"]["steps"], 18);
+    assert_eq!(res["training"]["this_invocation"]["steps"], 10);
+    assert_eq!(res["training"]["images"], 18 * 32 * 2);
+    assert!(
+        res["training"]["seconds"].as_f64().unwrap()
+            > res["training"]["this_invocation"]["seconds"]
+                .as_f64()
+                .unwrap()
+    );
+    // What made the run.
+    assert_eq!(res["recipe"], file.to_str().unwrap());
+    assert_eq!(res["overrides"][0], "train.epochs=3");
+    assert_eq!(res["invocations"].as_array().unwrap().len(), 2);
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(
+        report.starts_with("# tiny (with train.epochs=3, downstream=[{task: knn, k: 5}])"),
+        "{report}"
+    );
+    assert!(report.contains("## How this run was made"), "{report}");
+}
+
+#[test]
+fn forcing_more_epochs_continues_the_schedule_records_the_change_and_resumes_plainly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tiny(tmp.path(), "x", "{method: simclr}", "");
+    let f = file.to_str().unwrap();
+    let out = tmp.path().join("out");
+    let o = recipe(&["run", f, "--out", out.to_str().unwrap(), "-q"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let dir = run_dir(&out);
+    let d = dir.to_str().unwrap();
+    let first = std::fs::read_to_string(dir.join("results.json")).unwrap();
+
+    // A finished run is not silently retrained or re-evaluated.
+    let o = recipe(&["run", "--resume", d]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("has finished"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // A change is refused with both values and the two ways on.
+    let o = recipe(&["run", "--resume", d, "--set", "train.epochs=3"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(err.contains("train.epochs: 2 → 3"), "{err}");
+    assert!(
+        err.contains(&format!("`recipe run --resume {d}` alone")),
+        "{err}"
+    );
+    assert!(err.contains("add --force"), "{err}");
+
+    // Forced: stopped two steps into the new epoch.
+    let o = recipe(&[
+        "run",
+        "--resume",
+        d,
+        "--set",
+        "train.epochs=3",
+        "--force",
+        "--stop-after-steps",
+        "14",
+    ]);
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("continues from step 12 (epoch 2) with a changed recipe")
+            && err.contains("train.epochs: 2 → 3"),
+        "{err}"
+    );
+    // recipe.yaml is the recipe in force; the earlier one and its results are kept.
+    let now = std::fs::read_to_string(dir.join("recipe.yaml")).unwrap();
+    assert!(now.contains("epochs: 3"), "{now}");
+    let kept = dir.join("history/step-000012");
+    assert_eq!(
+        std::fs::read_to_string(kept.join("results.json")).unwrap(),
+        first
+    );
+    assert!(
+        std::fs::read_to_string(kept.join("recipe.yaml"))
+            .unwrap()
+            .contains("epochs: 2")
+    );
+    assert!(!dir.join("results.json").exists());
+    let inv: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("invocations.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(inv.len(), 2);
+    assert_eq!(inv[1]["start_step"], 12);
+    assert_eq!(inv[1]["changes"][0]["key"], "train.epochs");
+    assert_eq!(inv[1]["changes"][0]["old"], 2);
+    assert_eq!(inv[1]["changes"][0]["new"], 3);
+
+    // The schedule continues as if three epochs had been planned: the learning rates
+    // of steps 13-14 are those a planned 3-epoch run logs there (no second warmup).
+    let planned = tmp.path().join("planned");
+    let o = recipe(&[
+        "run",
+        f,
+        "--out",
+        planned.to_str().unwrap(),
+        "--set",
+        "train.epochs=3",
+        "--stop-after-steps",
+        "14",
+    ]);
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o.stderr));
+    let lrs = |dir: &Path| -> Vec<String> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["kind"] == "step" && v["step"].as_u64().unwrap() > 12)
+            .map(|v| v["lr"].to_string())
+            .collect()
+    };
+    assert_eq!(lrs(&dir), lrs(&run_dir(&planned)));
+    assert_eq!(lrs(&dir).len(), 2);
+
+    // A plain resume continues the changed run (the checkpoint carries its recipe).
+    let o = recipe(&["run", "--resume", d, "-q"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let res = results(&dir);
+    assert_eq!(res["training"]["epochs"], 3);
+    assert_eq!(res["training"]["steps"], 18);
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(
+        report.contains("changed from step 12: `train.epochs`: 2 → 3"),
+        "{report}"
+    );
 }

@@ -12,7 +12,7 @@ use super::load_valid;
 fn exit_for(e: &ExperimentError) -> ExitCode {
     match e {
         ExperimentError::Setup(_) => ExitCode::from(2),
-        ExperimentError::Run(_) | ExperimentError::Changed(_) => ExitCode::from(1),
+        ExperimentError::Run(_) | ExperimentError::Changed { .. } => ExitCode::from(1),
     }
 }
 
@@ -28,6 +28,7 @@ pub fn run(
     stop_after_steps: Option<u64>,
 ) -> ExitCode {
     // Without a file, a resumed run reads the recipe it was started with.
+    let file_arg = file;
     let file: PathBuf = match (file, &resume) {
         (Some(f), _) => f.to_path_buf(),
         (None, Some(dir)) => dir.join(rundir::RECIPE_FILE),
@@ -60,9 +61,15 @@ pub fn run(
     };
     let rank0 = dist.rank() == 0;
     signal::install();
+    let args: Vec<String> = std::env::args().collect();
+    let mut command = vec!["recipe".to_string()];
+    command.extend(args.into_iter().skip(1));
     let req = RunRequest {
         recipe: r,
-        recipe_path: Some(file.clone()),
+        // A resumed run without a file reads its own recipe: nothing new to record.
+        recipe_path: file_arg.map(Path::to_path_buf),
+        overrides: sets.to_vec(),
+        command: recipe::train::resume::shell_line(&command),
         out,
         resume,
         force,
@@ -98,10 +105,11 @@ pub fn run(
                 "stopped after step {step}; the state is saved in {}",
                 dir.join(rundir::CHECKPOINTS).join(rundir::LAST).display()
             );
+            // The run's own recipe.yaml already holds every override, so the bare
+            // `--resume` is the command that continues it unchanged.
             eprintln!(
-                "resume with: recipe run {} --resume {}",
-                file.display(),
-                dir.display()
+                "resume with: recipe run --resume {}",
+                recipe::train::resume::shell_line(&[dir.display().to_string()])
             );
             ExitCode::from(130)
         }
@@ -116,8 +124,20 @@ pub fn run(
                 dist.abort(code);
             }
             eprintln!("error: {e}");
-            if let ExperimentError::Changed(_) = e {
-                eprintln!("help: run with the original recipe, or pass --force to resume anyway");
+            if let ExperimentError::Changed { dir, .. } = &e {
+                let d = recipe::train::resume::shell_line(&[dir.display().to_string()]);
+                eprintln!(
+                    "help: `recipe run --resume {d}` alone continues the run as started (it \
+                     reads {d}/{})",
+                    rundir::RECIPE_FILE
+                );
+                eprintln!(
+                    "help: add --force to continue with these changes from the last \
+                     checkpoint's step; the previous recipe and results are kept under \
+                     {d}/{}/ and the change is recorded in {d}/{}",
+                    recipe::train::resume::HISTORY,
+                    recipe::train::resume::INVOCATIONS
+                );
             }
             exit_for(&e)
         }
@@ -160,12 +180,25 @@ fn print_downstream(results: &serde_json::Value) {
     }
 }
 
-/// `recipe eval RUN_DIR_OR_CHECKPOINT [--task …]`.
-pub fn eval(target: &Path, tasks: &[String]) -> ExitCode {
+/// `recipe eval RUN_DIR_OR_CHECKPOINT [--task …] [--set downstream…]`.
+pub fn eval(target: &Path, tasks: &[String], sets: &[String]) -> ExitCode {
     let only = (!tasks.is_empty()).then_some(tasks);
-    match experiment::evaluate(target, only) {
+    match experiment::evaluate(target, only, sets) {
         Ok(doc) => {
             print_downstream(&doc);
+            let dir = if target.is_dir() {
+                target.to_path_buf()
+            } else {
+                target
+                    .parent()
+                    .and_then(Path::parent)
+                    .unwrap_or(target)
+                    .to_path_buf()
+            };
+            println!(
+                "results added to {} (earlier results are kept)",
+                dir.join("eval.json").display()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -33,6 +33,11 @@ pub struct ReportInput {
     pub method: String,
     /// The recipe file the run came from, as the user should see it.
     pub recipe_path: Option<String>,
+    /// The `--set` overrides applied to it (shown in the title, so a run made by
+    /// overrides is not mistaken for the recipe as written).
+    pub overrides: Vec<String>,
+    /// How the run was made: one line per invocation and per forced change.
+    pub history: Vec<String>,
     /// Named durations in seconds (`training`, `evaluation`, …), in display order.
     pub timings: Vec<(String, f64)>,
     /// Training throughput in images per second.
@@ -84,10 +89,23 @@ fn link_target(path: &str) -> String {
 /// The report as Markdown text.
 pub fn render_report(input: &ReportInput) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "# {}\n", input.run_name.replace(['\n', '\r'], " "));
+    let title = input.run_name.replace(['\n', '\r'], " ");
+    if input.overrides.is_empty() {
+        let _ = writeln!(out, "# {title}\n");
+    } else {
+        let sets: Vec<String> = input
+            .overrides
+            .iter()
+            .map(|s| s.replace(['\n', '\r'], " "))
+            .collect();
+        let _ = writeln!(out, "# {title} (with {})\n", sets.join(", "));
+    }
     let _ = writeln!(out, "- Method: {}", input.method);
     if let Some(p) = &input.recipe_path {
         let _ = writeln!(out, "- Recipe: `{}`", p.replace('`', "'"));
+    }
+    for o in &input.overrides {
+        let _ = writeln!(out, "- Override: `--set {}`", o.replace('`', "'"));
     }
     for (name, secs) in &input.timings {
         let _ = writeln!(out, "- {}: {}", name, duration(*secs));
@@ -122,6 +140,13 @@ pub fn render_report(input: &ReportInput) -> String {
         out.push('\n');
         for n in &input.notes {
             let _ = writeln!(out, "{n}\n");
+        }
+    }
+    if !input.history.is_empty() {
+        let _ = writeln!(out, "\n## How this run was made\n");
+        for line in &input.history {
+            let indent = line.len() - line.trim_start().len();
+            let _ = writeln!(out, "{}- {}", " ".repeat(indent), line.trim_start());
         }
     }
     if !input.figures.is_empty() {

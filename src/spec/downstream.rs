@@ -122,7 +122,11 @@ pub enum Task {
 }
 
 impl Task {
-    /// The `task` name as written in a recipe.
+    /// Every task name, in the order the schema lists the variants (keep beside
+    /// [`Task::name`], whose match the compiler checks).
+    pub const NAMES: [&'static str; 4] = ["knn", "linear_probe", "fine_tune", "visualize"];
+
+    /// The task's name as a recipe writes it (`task: knn`).
     pub fn name(&self) -> &'static str {
         match self {
             Task::Knn { .. } => "knn",
@@ -254,4 +258,22 @@ fn queries_default() -> usize {
 }
 fn neighbors_default() -> usize {
     8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_lists_every_task_the_schema_knows() {
+        let schema = serde_json::to_string(&schemars::schema_for!(Task)).unwrap();
+        for n in Task::NAMES {
+            assert!(schema.contains(&format!("\"{n}\"")), "{n}");
+        }
+        // Each variant, parsed from its minimal form, reports a listed name.
+        for n in Task::NAMES {
+            let t: Task = serde_json::from_value(serde_json::json!({"task": n})).unwrap();
+            assert_eq!(t.name(), n);
+        }
+    }
 }

@@ -3,6 +3,7 @@
 //!
 //! `recipe bench` times [`step::Trainer::step`], the same step `recipe run` takes.
 
+pub mod resume;
 pub mod run;
 pub mod rundir;
 pub mod signal;

@@ -61,18 +61,27 @@ pub struct LoopConfig<'a, D: EngineDevice> {
     pub on_epoch: &'a mut EpochHook<'a, D>,
 }
 
-/// What the loop did.
+/// What the loop did. Totals count every invocation of the run (a resumed run adds
+/// the time and images its checkpoint recorded); `session_*` only this process.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainSummary {
     /// Optimiser steps done in total.
     pub steps: u64,
     /// Epochs completed.
     pub epochs_done: usize,
-    /// Training wall time of this process, seconds (without evaluation and
+    /// Training wall time over every invocation, seconds (without evaluation and
     /// checkpoints).
     pub train_seconds: f64,
-    /// Training images per second in this process (each view one image).
+    /// Training images over every invocation (each view one image).
+    pub images: u64,
+    /// Training images per second over every invocation.
     pub images_per_s: f64,
+    /// Steps this process took.
+    pub session_steps: u64,
+    /// Training wall time of this process, seconds.
+    pub session_seconds: f64,
+    /// Training images per second in this process.
+    pub session_images_per_s: f64,
     /// Mean loss of the last completed (or current) epoch.
     pub last_epoch_loss: f64,
     /// Stopped by a signal or `stop_after_steps` before the end.
@@ -87,12 +96,33 @@ fn start_point(meta: &CheckpointMeta) -> (usize, u64, f64, u64) {
     (meta.epoch as usize, meta.step, sum, n)
 }
 
-fn meta(epoch: usize, sum: f64, n: u64, hash: &str) -> CheckpointMeta {
+/// Checkpoint metadata for `epoch` with the epoch's loss so far and the run's totals.
+fn meta(
+    epoch: usize,
+    (sum, n): (f64, u64),
+    (secs, images): (f64, u64),
+    hash: &str,
+) -> CheckpointMeta {
     CheckpointMeta {
         epoch: epoch as u64,
         step: 0,
         rng_state: vec![sum.to_bits(), n],
         recipe_hash: hash.to_string(),
+        train_millis: (secs * 1000.0).round() as u64,
+        images,
+    }
+}
+
+/// `1h 02m`, `3m 07s`, `12s`: a duration for log lines.
+pub fn human_duration(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return "?".into();
+    }
+    let s = secs.round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
+        _ => format!("{}h {:02}m", s / 3600, s % 3600 / 60),
     }
 }
 
@@ -131,6 +161,11 @@ pub fn train_loop<D: EngineDevice + 'static>(
     };
     let lines =
         matches!(cfg.progress, Progress::Lines) || (cfg.progress == Progress::Auto && !bar_wanted);
+    // This process's training time and images; the run's totals add the checkpoint's.
+    let (prior_secs, prior_images) =
+        resume.map_or((0.0, 0), |m| (m.train_millis as f64 / 1000.0, m.images));
+    let first_step = trainer.step;
+    let total_steps = spe * cfg.epochs as u64;
     let mut train_secs = 0.0f64;
     let mut images = 0u64;
     let mut interrupted = false;
@@ -140,11 +175,16 @@ pub fn train_loop<D: EngineDevice + 'static>(
         f64::NAN
     };
     let writer = trainer.collective().rank() == 0;
-    let save = |trainer: &mut Trainer<D>, e: usize, s: f64, n: u64, path: &Path| {
+    let save = |trainer: &mut Trainer<D>,
+                e: usize,
+                loss: (f64, u64),
+                (secs, imgs): (f64, u64),
+                path: &Path| {
         if !writer {
             return Ok(());
         }
-        trainer.save(path, &meta(e, s, n, &cfg.recipe_hash))
+        let totals = (prior_secs + secs, prior_images + imgs);
+        trainer.save(path, &meta(e, loss, totals, &cfg.recipe_hash))
     };
     let mut write = |rec: &Record| -> Result<(), TrainError> {
         match metrics.as_mut() {
@@ -192,15 +232,23 @@ pub fn train_loop<D: EngineDevice + 'static>(
                         .with("images_per_s", ips),
                 )?;
                 if lines {
+                    // The ETA extrapolates this process's own rate (a resumed run's
+                    // earlier speed may have been another machine's).
+                    let secs_so_far = train_secs + epoch_clock.elapsed().as_secs_f64();
+                    let per_step = secs_so_far / (done - first_step).max(1) as f64;
+                    let eta = per_step * total_steps.saturating_sub(done) as f64;
                     eprintln!(
-                        "epoch {}/{} step {}/{} loss {:.4} lr {:.4} {:.0} images/s",
+                        "epoch {}/{} batch {}/{} (step {}/{}) loss {:.4} lr {:.4} {:.0} images/s ETA {}",
                         epoch + 1,
                         cfg.epochs,
                         done - epoch as u64 * spe,
                         spe,
+                        done,
+                        total_steps,
                         st.loss,
                         st.lr,
-                        ips
+                        ips,
+                        human_duration(eta)
                     );
                 }
                 if let Some(bar) = &bar {
@@ -224,7 +272,13 @@ pub fn train_loop<D: EngineDevice + 'static>(
                 if let Some(bar) = &bar {
                     bar.abandon();
                 }
-                save(trainer, epoch, loss_sum, loss_n, &last)?;
+                save(
+                    trainer,
+                    epoch,
+                    (loss_sum, loss_n),
+                    (train_secs, images),
+                    &last,
+                )?;
                 interrupted = true;
                 last_epoch_loss = loss_sum / loss_n.max(1) as f64;
                 break 'epochs;
@@ -259,13 +313,13 @@ pub fn train_loop<D: EngineDevice + 'static>(
         }
         loss_sum = 0.0;
         loss_n = 0;
-        save(trainer, epoch, 0.0, 0, &last)?;
+        save(trainer, epoch, (0.0, 0), (train_secs, images), &last)?;
         if cfg.checkpoint_every > 0 && epoch % cfg.checkpoint_every == 0 {
             save(
                 trainer,
                 epoch,
-                0.0,
-                0,
+                (0.0, 0),
+                (train_secs, images),
                 &ckpt_dir.join(format!("epoch-{epoch:04}.safetensors")),
             )?;
         }
@@ -277,11 +331,16 @@ pub fn train_loop<D: EngineDevice + 'static>(
             break;
         }
     }
+    let (total_secs, total_images) = (prior_secs + train_secs, prior_images + images);
     Ok(TrainSummary {
         steps: trainer.step,
         epochs_done: epoch,
-        train_seconds: train_secs,
-        images_per_s: images as f64 / train_secs.max(1e-9),
+        train_seconds: total_secs,
+        images: total_images,
+        images_per_s: total_images as f64 / total_secs.max(1e-9),
+        session_steps: trainer.step - first_step,
+        session_seconds: train_secs,
+        session_images_per_s: images as f64 / train_secs.max(1e-9),
         last_epoch_loss,
         interrupted,
     })
