@@ -17,7 +17,7 @@ steps=${3:?timed steps}
 rounds=${4:-3}
 python=${5:-/tmp/torchenv/bin/python}
 root=$(cd "$(dirname "$0")/.." && pwd)
-baseline="$root/../shared/bench/torch_baseline.py"
+baseline="$root/benches/torch_baseline.py"
 [ -f "$baseline" ] || { echo "missing $baseline" >&2; exit 2; }
 bin=$(cd "$root" && cargo bench --bench engine --no-run --message-format=json 2>/dev/null |
   sed -n 's/.*"executable":"\([^"]*engine[^"]*\)".*/\1/p' | tail -1)

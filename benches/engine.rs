@@ -1,7 +1,7 @@
 //! Engine throughput: `cargo bench --bench engine -- [MODEL] [BATCH] [STEPS] [THREADS]
 //! [WARMUP]` (defaults `small16 64 20 2 1`; with WARMUP 0 and STEPS 1 the loss is
 //! the untrained network's, which isolates the forward pass when comparing paths). MODEL is `smallW`, `resnet18` or `resnet50`, as in
-//! `shared/bench/torch_baseline.py`; BATCH is images per view (a step sees 2×BATCH).
+//! `benches/torch_baseline.py`; BATCH is images per view (a step sees 2×BATCH).
 //! Prints a `RESULT` line in the baseline's format (plus `cpu_per_wall`, the cores
 //! the step kept busy) and the per-op breakdown.
 

@@ -3,7 +3,7 @@
 # Prepared on a machine without a GPU and NOT yet run on one: expect to fix it the
 # first time. Build the kit here first:
 #
-#   bash ../shared/cuda/build-cuda.sh . recipe        # writes target-cuda/gpu-kit/
+#   bash scripts/build-cuda.sh . recipe        # writes target-cuda/gpu-kit/
 #
 # then, through the device tool, carry `target-cuda/gpu-kit` and run
 #

@@ -889,6 +889,7 @@ impl Downstream<'_> {
                         "standardize": standardize,
                         "features": format!("{features:?}").to_lowercase()});
                     let mut vals = [None, None, None];
+                    let mut vals5 = [None, None, None];
                     for (row, name) in ROWS.iter().enumerate() {
                         if row > 0 && !baselines {
                             continue;
@@ -909,6 +910,7 @@ impl Downstream<'_> {
                             "train_top1": res.train_top1, "weight_decay": wd,
                             "held_out_top1": held_out});
                         vals[row] = Some(res.top1);
+                        vals5[row] = Some(res.top5);
                     }
                     if wds.len() > 1 {
                         let chosen: Vec<String> = ROWS
@@ -926,10 +928,12 @@ impl Downstream<'_> {
                         ));
                     }
                     self.add_column(&mut out.table, "linear top-1", vals);
+                    self.add_column(&mut out.table, "linear top-5", vals5);
                     metrics
                         .write(
                             &Record::new(Kind::Eval, self.r.train.epochs as u64, step)
-                                .with("linear_top1", vals[0].unwrap_or(f64::NAN)),
+                                .with("linear_top1", vals[0].unwrap_or(f64::NAN))
+                                .with("linear_top5", vals5[0].unwrap_or(f64::NAN)),
                         )
                         .map_err(setup_err)?;
                     entry["seconds"] = json!(t0.elapsed().as_secs_f64());

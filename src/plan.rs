@@ -301,12 +301,12 @@ pub fn plan_with(r: &Recipe, world: Option<usize>, gbit: f64) -> Result<String, 
     let images = batch * views;
     let _ = writeln!(
         out,
-        "\ntraining step: {batch} images × {views} views = {images} images, {} (≈ 3 × forward per view)",
+        "\ntraining step, all views: {batch} images × {views} views = {images} images, {} (≈ 3 × forward per view)",
         flops(step_flops)
     );
     let _ = writeln!(
         out,
-        "peak activation memory (estimate): {}",
+        "peak activation memory, all views (estimate): {}",
         mib(activations)
     );
     if let Some(s) = state {

@@ -415,3 +415,26 @@ fn summary_counts_params_and_flops() {
     let text = s.to_string();
     assert!(text.contains("layer4.1.conv2") && text.contains("peak activation memory"));
 }
+
+#[test]
+fn summary_names_head_layers_by_their_sequential_slot() {
+    let (store, model) = small_model(false);
+    let s = model.summary(2).unwrap();
+    let head: Vec<(&str, &str)> = s
+        .layers
+        .iter()
+        .filter(|l| l.name.starts_with("projector"))
+        .map(|l| (l.name.as_str(), l.kind))
+        .collect();
+    assert_eq!(
+        head,
+        [
+            ("projector.0", "linear"),
+            ("projector.1", "batch_norm"),
+            ("projector.2", "relu"),
+            ("projector.3", "linear"),
+        ]
+    );
+    // The parameters use the same slots.
+    assert!(store.id("projector.3.weight").is_some());
+}

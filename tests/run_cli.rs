@@ -139,6 +139,7 @@ fn check_finished(dir: &Path, method: &str) {
         report.contains("raw pixels") && report.contains("untrained network"),
         "{report}"
     );
+    assert!(report.contains("| linear top-5 |"), "{report}");
     let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
     assert!(csv.lines().next().unwrap().starts_with("kind,epoch,step"));
 }

@@ -84,7 +84,7 @@ impl ResNetSpec {
         })
     }
 
-    /// The `smallW` network of `shared/bench/torch_baseline.py`: CIFAR stem of width
+    /// The `smallW` network of `benches/torch_baseline.py`: CIFAR stem of width
     /// `w`, stages (w, s1, 1 block) and (2w, s2, 1 block).
     pub fn small(w: usize) -> Self {
         ResNetSpec {
@@ -651,8 +651,17 @@ impl Head {
                 b.describe(vec![lin.fout], rows);
             }
             if *relu {
+                // Named by its `nn.Sequential` slot (after the linear and the batch
+                // norm), as the parameters are.
+                let name = match lin.name.rsplit_once('.') {
+                    Some((prefix, i)) => match i.parse::<usize>() {
+                        Ok(i) => format!("{prefix}.{}", i + 1 + usize::from(bn.is_some())),
+                        Err(_) => format!("{}.relu", lin.name),
+                    },
+                    None => format!("{}.relu", lin.name),
+                };
                 rows.push(LayerSummary {
-                    name: format!("{}.relu", lin.name),
+                    name,
                     kind: "relu",
                     out_shape: vec![lin.fout],
                     params: 0,

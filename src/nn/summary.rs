@@ -98,18 +98,18 @@ impl fmt::Display for ModelSummary {
         writeln!(f, "total parameters: {}", self.total_params)?;
         writeln!(
             f,
-            "forward FLOPs (batch {}): {}",
+            "forward FLOPs, one view of batch {}: {}",
             self.batch,
             human(self.forward_flops)
         )?;
         writeln!(
             f,
-            "training step FLOPs (~3x forward): {}",
+            "training step FLOPs, one view (~3x forward): {}",
             human(self.train_step_flops)
         )?;
         write!(
             f,
-            "peak activation memory (estimate): {:.1} MiB",
+            "peak activation memory, one view (estimate): {:.1} MiB",
             self.peak_activation_bytes as f64 / (1024.0 * 1024.0)
         )
     }
