@@ -82,8 +82,13 @@ pub fn run(
         dist: dist.clone(),
     };
     if rank0 {
+        let with = if sets.is_empty() {
+            String::new()
+        } else {
+            format!(" (with --set {})", sets.join(", --set "))
+        };
         eprintln!(
-            "run `{}`: {} on {}, {} epochs of batches of {}",
+            "run `{}`{with}: {} on {}, {} epochs of batches of {}",
             req.recipe.name,
             req.recipe.loss.method(),
             req.recipe.model.backbone.arch(),
