@@ -1287,7 +1287,7 @@ pub fn evaluate(
                 .map(|m| format!("did you mean `{m}`? "))
                 .unwrap_or_default();
             return Err(setup_err(format!(
-                "unknown task `{name}`: {hint}(tasks: {})",
+                "unknown task `{name}`\nhelp: {hint}the tasks are {}",
                 Task::NAMES.join(", ")
             )));
         }
@@ -1341,9 +1341,9 @@ pub fn evaluate(
         if !present.contains(&name.as_str()) {
             let d = resume::shell_line(&[dir.display().to_string()]);
             return Err(setup_err(format!(
-                "this run's recipe has no `{name}` task (it has: {}). To evaluate it with the \
-                 task's defaults (`recipe render` shows them): recipe eval {d} --task {name} \
-                 --set 'downstream=[{{task: {name}}}]'",
+                "this run's recipe has no `{name}` task (it has: {})\nhelp: to evaluate it \
+                 with the task's defaults (`recipe render` shows them): recipe eval {d} --task \
+                 {name} --set 'downstream=[{{task: {name}}}]'",
                 if present.is_empty() {
                     "none".to_string()
                 } else {

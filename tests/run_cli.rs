@@ -424,6 +424,7 @@ fn eval_reruns_tasks_on_a_saved_run() {
     let before = std::fs::read(dir.join("eval.json")).unwrap();
     let o = recipe(&["eval", d, "--task", "linear"]);
     assert_eq!(o.status.code(), Some(2));
+    insta::assert_snapshot!("eval_unknown_task", text(&o.stderr));
     assert!(
         text(&o.stderr).contains("did you mean `linear_probe`"),
         "{}",
@@ -433,6 +434,7 @@ fn eval_reruns_tasks_on_a_saved_run() {
     let o = recipe(&["eval", d, "--task", "fine_tune"]);
     assert_eq!(o.status.code(), Some(2));
     let err = text(&o.stderr);
+    insta::assert_snapshot!("eval_absent_task", err.replace(d, "<run>"));
     assert!(
         err.contains("has no `fine_tune` task (it has: knn, linear_probe)")
             && err.contains("--set 'downstream=[{task: fine_tune}]'"),
@@ -543,6 +545,7 @@ fn forcing_more_epochs_continues_the_schedule_records_the_change_and_resumes_pla
     let o = recipe(&["run", "--resume", d, "--set", "train.epochs=3"]);
     assert_eq!(o.status.code(), Some(1));
     let err = text(&o.stderr);
+    insta::assert_snapshot!("resume_refuses_a_changed_recipe", err.replace(d, "<run>"));
     assert!(err.contains("train.epochs: 2 → 3"), "{err}");
     assert!(
         err.contains(&format!("`recipe run --resume {d}` alone")),
