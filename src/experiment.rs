@@ -341,6 +341,8 @@ fn run_on<D: EngineDevice + 'static>(
         Some(_) => None,
         None => None,
     };
+    // Where a forced change put the previous recipe (for the hint if training fails).
+    let mut archived_at: Option<PathBuf> = None;
     if writer {
         let start_step = resumed.as_ref().map_or(0, |m| m.step);
         let mut archived = None;
@@ -402,6 +404,7 @@ fn run_on<D: EngineDevice + 'static>(
                 resume::INVOCATIONS
             ));
             eprintln!("{msg}");
+            archived_at = Some(dir.join(&rel));
             archived = Some(rel);
         }
         resume::record(
@@ -488,14 +491,30 @@ fn run_on<D: EngineDevice + 'static>(
         stop_after_steps: req.stop_after_steps,
         on_epoch: &mut on_epoch,
     };
-    let summary = train_loop(
+    let summary = match train_loop(
         &mut trainer,
         &loader,
         &dir,
         metrics.as_mut(),
         resumed.as_ref(),
         &mut cfg,
-    )?;
+    ) {
+        Ok(s) => s,
+        // The changed recipe is in force now; say how to return to the previous one.
+        Err(e @ TrainError::Diverged { .. }) if archived_at.is_some() => {
+            let prev = archived_at
+                .as_ref()
+                .map(|p| p.join(rundir::RECIPE_FILE))
+                .unwrap_or_default();
+            return Err(run_err(format!(
+                "{e}\nhelp: the run's recipe.yaml is the changed recipe now; to continue with \
+                 the previous one: recipe run {} --resume {} --force",
+                resume::shell_line(&[prev.display().to_string()]),
+                resume::shell_line(&[dir.display().to_string()])
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
     if summary.interrupted {
         return Ok(RunOutcome::Interrupted {
             dir,

@@ -362,6 +362,11 @@ fn diverging_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     let err = text(&o.stderr);
     assert!(err.contains("diverged") && err.contains("epoch 2"), "{err}");
+    let back = err
+        .lines()
+        .find_map(|l| l.split_once("to continue with the previous one: recipe "))
+        .map(|(_, cmd)| cmd.split_whitespace().collect::<Vec<_>>())
+        .unwrap_or_else(|| panic!("no way back in:\n{err}"));
     // The forced change re-stamps the checkpoint with the new recipe's hash; the state
     // in it is the last good one.
     assert_eq!(
@@ -370,6 +375,11 @@ fn diverging_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
         "the last good checkpoint is kept"
     );
     assert!(!dir.join("results.json").exists());
+    // The printed way back works: the previous recipe finishes the run.
+    let o = recipe(&back);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let now = std::fs::read_to_string(dir.join("recipe.yaml")).unwrap();
+    assert!(now.contains("lr: 0.05"), "{now}");
 }
 
 #[test]
