@@ -28,7 +28,7 @@ fn main() {
         eprintln!("unknown model `{name}` (use smallW, e.g. small16, resnet18 or resnet50)");
         std::process::exit(2);
     };
-    if let Err(e) = recipe::experiment::configure_threads(threads) {
+    if let Err(e) = recipe::runtime::configure_threads(threads) {
         eprintln!("{e}");
         std::process::exit(2);
     }

@@ -176,14 +176,6 @@ pub fn synthetic_batch(cfg: &BenchConfig, step: u64) -> Batch {
     }
 }
 
-/// Peak resident set size of this process in MiB (Linux `VmHWM`).
-pub fn peak_rss_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 /// Times `cfg.steps` steps of `trainer` on synthetic batches after `cfg.warmup`
 /// untimed ones. The trainer's schedule advances as in a run.
 pub fn run<D: EngineDevice + 'static>(
@@ -215,7 +207,7 @@ pub fn run<D: EngineDevice + 'static>(
     timing::reset();
     timing::set_enabled(cfg.per_op);
     crate::dist::take_bytes_sent();
-    let cpu0 = cpu_time();
+    let cpu0 = crate::runtime::cpu_time();
     let start = Instant::now();
     let mut last = f32::NAN;
     for i in 0..cfg.steps {
@@ -226,7 +218,7 @@ pub fn run<D: EngineDevice + 'static>(
     let elapsed = start.elapsed().max(Duration::from_nanos(1));
     let comm_bytes = crate::dist::take_bytes_sent();
     let cpu_per_wall = cpu0
-        .zip(cpu_time())
+        .zip(crate::runtime::cpu_time())
         .map(|(a, b)| (b - a).as_secs_f64() / elapsed.as_secs_f64());
     timing::set_enabled(false);
     let steps = cfg.steps.max(1) as f64;
@@ -257,7 +249,7 @@ pub fn run<D: EngineDevice + 'static>(
     Ok(BenchReport {
         images_per_s: (images * cfg.steps) as f64 / secs,
         step_ms: secs * 1e3 / steps,
-        peak_rss_mib: peak_rss_mib(),
+        peak_rss_mib: crate::runtime::peak_rss_mib(),
         last_loss: last,
         ops,
         objective_ms,
@@ -265,20 +257,6 @@ pub fn run<D: EngineDevice + 'static>(
         comm_bytes_per_step: comm_bytes as f64 / steps,
         cpu_per_wall,
     })
-}
-
-/// CPU time (user + system) of all this process's threads so far.
-pub fn cpu_time() -> Option<Duration> {
-    // SAFETY: `getrusage` fills the zeroed struct it is given and reads nothing else.
-    let u = unsafe {
-        let mut u: libc::rusage = std::mem::zeroed();
-        if libc::getrusage(libc::RUSAGE_SELF, &mut u) != 0 {
-            return None;
-        }
-        u
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    Some(tv(u.ru_utime) + tv(u.ru_stime))
 }
 
 /// Augmentation throughput: images per second that `maker` turns into views (all its

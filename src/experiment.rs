@@ -30,6 +30,7 @@ use crate::nn::params::ParamStore;
 use crate::report::markdown::{MetricsTable, ReportInput, write_report};
 use crate::report::metrics::{Kind, MetricsWriter, Record, read_jsonl};
 use crate::report::{grid, plots};
+use crate::runtime;
 use crate::spec::Recipe;
 use crate::spec::downstream::{Features, Metric as SpecMetric, Plot, Task};
 use crate::train::TrainError;
@@ -173,40 +174,6 @@ pub fn normalization(r: &Recipe) -> Normalize {
     }
 }
 
-/// Threads for kernels and loader: `train.threads`, 0 meaning every core. Sizes
-/// rayon's global pool (the kernels') once; a pool that already exists with another
-/// size is reported, not silently kept.
-///
-/// Called on the process's main thread with two or more threads, the main thread
-/// becomes one of the pool's workers: the training step runs there, so a kernel's
-/// first half starts at once on the calling thread instead of waking a worker while
-/// the caller sleeps, and the pool spawns one thread fewer. (Not from other threads: a
-/// worker that exits, like a test's thread, would leave the pool a worker short.)
-/// Afterwards [`crate::alloc::ParallelZero`] may clear large blocks on the pool.
-pub fn configure_threads(threads: usize) -> Result<usize, String> {
-    let n = if threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        threads
-    };
-    let mut builder = rayon::ThreadPoolBuilder::new().num_threads(n);
-    if n >= 2 && std::thread::current().name() == Some("main") {
-        builder = builder.use_current_thread();
-    }
-    let sized = match builder.build_global() {
-        Ok(()) => Ok(n),
-        Err(_) if rayon::current_num_threads() == n => Ok(n),
-        Err(e) => Err(format!(
-            "cannot size the thread pool to {n} threads ({e}); it already has {}",
-            rayon::current_num_threads()
-        )),
-    };
-    if sized.is_ok() {
-        crate::alloc::enable_parallel_zeroing();
-    }
-    sized
-}
-
 /// Runs the experiment `req` describes, on the device its `train.device` resolves to.
 pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
     let (engine, note) =
@@ -234,13 +201,8 @@ fn run_on<D: EngineDevice + 'static>(
     if world > 1 {
         dist::shard_range(r.train.batch_size, rank, world).map_err(run_err)?;
     }
-    // With several ranks on a machine, "every core" is shared between them.
-    let wanted = if world > 1 {
-        dist::threads_per_rank(r.train.threads)
-    } else {
-        r.train.threads
-    };
-    let threads = configure_threads(wanted).map_err(setup_err)?;
+    let threads =
+        runtime::configure_threads(runtime::threads(r.train.threads, world)).map_err(setup_err)?;
     let text = resolved_text(r);
     let hash = recipe_hash(r);
     // Changes `--force` lets through; applied once the checkpoint has loaded.
@@ -581,7 +543,7 @@ fn run_on<D: EngineDevice + 'static>(
         "downstream": results.json,
         "seconds": {"training": summary.train_seconds, "evaluation": eval_secs,
             "this_invocation": total},
-        "peak_rss_mib": crate::bench::peak_rss_mib(),
+        "peak_rss_mib": runtime::peak_rss_mib(),
         "invocations": invocations,
     });
     rundir::write_text(
@@ -1378,7 +1340,8 @@ pub fn evaluate(
             resume::shell_line(&[dir.display().to_string()])
         )));
     }
-    configure_threads(r.train.threads).map_err(setup_err)?;
+    runtime::configure_threads(runtime::threads(r.train.threads, runtime::launcher_ranks()))
+        .map_err(setup_err)?;
     let size = crate::build::view_sizes(&r)
         .first()
         .map_or(r.data.image_size, |(s, _)| *s);

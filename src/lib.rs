@@ -30,5 +30,6 @@ pub mod optim;
 pub mod plan;
 /// Run outputs for people: metrics files, charts, image grids and `report.md`.
 pub mod report;
+pub mod runtime;
 pub mod spec;
 pub mod train;

@@ -20,13 +20,7 @@ pub fn bench(
         Err(code) => return code,
     };
     // Under a launcher, "every core" is shared by the ranks on this machine.
-    set_threads(
-        if recipe::dist::launcher_world_size().is_some_and(|(n, _)| n > 1) {
-            recipe::dist::threads_per_rank(r.train.threads)
-        } else {
-            r.train.threads
-        },
-    );
+    set_threads(r.train.threads);
     if let Some(b) = batch {
         r.train.batch_size = b;
     }

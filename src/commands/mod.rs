@@ -57,9 +57,11 @@ pub fn load_valid(
 }
 
 /// Sizes rayon's pool (used by the engine's kernels and the augmentation) from
-/// `train.threads`; 0 keeps rayon's default of one thread per core.
+/// `train.threads` by [`recipe::runtime::threads`]: 0 means every core, shared by the
+/// ranks a launcher placed on this machine.
 pub fn set_threads(threads: usize) {
-    if let Err(e) = recipe::experiment::configure_threads(threads) {
+    let n = recipe::runtime::threads(threads, recipe::runtime::launcher_ranks());
+    if let Err(e) = recipe::runtime::configure_threads(n) {
         eprintln!("warning: {e}");
     }
 }

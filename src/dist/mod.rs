@@ -178,16 +178,6 @@ pub fn local_ranks() -> Option<usize> {
     .find_map(|k| std::env::var(k).ok()?.trim().parse::<usize>().ok())
 }
 
-/// Threads for one rank: `requested` when positive; for 0 ("every core"), the cores
-/// this process may use divided by the ranks the launcher placed on this machine.
-pub fn threads_per_rank(requested: usize) -> usize {
-    if requested > 0 {
-        return requested;
-    }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores / local_ranks().unwrap_or(1).max(1)).max(1)
-}
-
 /// Errors when the launcher started more processes than the communicator holds: a
 /// binary built against one MPI and launched by another's `mpirun` (or a binary built
 /// without the `mpi` feature under `mpirun`) would otherwise train `K` independent
