@@ -204,3 +204,30 @@ fn preview_writes_a_grid() {
     ]);
     assert_eq!(unwritable.status.code(), Some(2));
 }
+
+#[test]
+fn set_on_a_tag_replaces_the_section_when_rendered() {
+    let out = recipe(&[
+        "render",
+        "recipes/simclr.yaml",
+        "--set",
+        "loss.method=memory_bank",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["loss"]["method"], "memory_bank");
+    assert_eq!(v["loss"]["temperature"], 0.07, "the memory bank's default");
+
+    let out = recipe(&[
+        "render",
+        "recipes/simclr.yaml",
+        "--set",
+        "loss.method=moco",
+        "--set",
+        "loss.queue_size=4096",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["loss"]["queue_size"], 4096);
+    assert_eq!(v["loss"]["temperature"], 0.2, "MoCo's default");
+}
