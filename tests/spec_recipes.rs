@@ -211,6 +211,38 @@ fn invalid_corpus_snapshots() {
     }
 }
 
+/// Recipes that are valid but earn warnings (a setting that does nothing, …): one file
+/// per class of warning, each with a snapshot.
+#[test]
+fn warning_corpus_snapshots() {
+    let loader = Loader::new();
+    let mut files: Vec<PathBuf> = fs::read_dir("tests/warnings")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    for f in files {
+        let bytes = fs::read(&f).unwrap();
+        let sets = sets_of(&String::from_utf8_lossy(&bytes));
+        let loaded = loader.load_file(&f, &sets).unwrap();
+        let text = render_human(&loaded.diagnostics, &loaded.sources);
+        assert!(
+            loaded.valid_recipe().is_some() && !loaded.diagnostics.is_empty(),
+            "{} should be valid with warnings:\n{text}",
+            f.display()
+        );
+        assert!(
+            loaded.diagnostics.iter().all(|d| d.span.is_some()),
+            "{}: every diagnostic needs a location:\n{text}",
+            f.display()
+        );
+        let name = f.file_stem().unwrap().to_string_lossy().into_owned();
+        insta::assert_snapshot!(format!("warning_{name}"), text);
+    }
+}
+
 fn load_with(path: &str, sets: &[&str]) -> Recipe {
     let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
     let l = Loader::new().load_file(Path::new(path), &sets).unwrap();

@@ -194,7 +194,8 @@ fn check_data(r: &Recipe, out: &mut Vec<Diagnostic>) {
     }
 }
 
-fn check_ops(ops: &[Op], base: &str, image_size: usize, out: &mut Vec<Diagnostic>) {
+fn check_ops(ops: &[Op], base: &str, data: &super::data::Data, out: &mut Vec<Diagnostic>) {
+    let image_size = data.image_size;
     for (i, op) in ops.iter().enumerate() {
         let p = format!("{base}.{i}.{}", op.name());
         match op {
@@ -228,6 +229,25 @@ fn check_ops(ops: &[Op], base: &str, image_size: usize, out: &mut Vec<Diagnostic
                         0 => "use 1, 3 or a larger odd size".to_string(),
                         k => format!("use {} or {}", k - 1, k + 1),
                     });
+                }
+            }
+            Op::ColorJitter(j) if data.channels == 1 => {
+                // The op runs, but on one channel these two are identities (see
+                // `augment::color`): the recipe likely meant colour data.
+                for (key, v) in [("saturation", j.saturation), ("hue", j.hue)] {
+                    if v > 0.0 {
+                        out.push(
+                            Diagnostic::warning(
+                                format!("{p}.{key}"),
+                                format!(
+                                    "`{key}: {v}` does nothing on one-channel data (`data.channels: 1`): {key} jitter needs colour"
+                                ),
+                            )
+                            .with_help(format!(
+                                "set `{key}: 0.0`, or `data.channels: 3` for colour images"
+                            )),
+                        );
+                    }
                 }
             }
             Op::HorizontalFlip(_) | Op::ColorJitter(_) | Op::Grayscale(_) | Op::Solarize(_) => {}
@@ -271,10 +291,10 @@ fn check_augment(r: &Recipe, out: &mut Vec<Diagnostic>) {
                 .help = Some("give one pipeline per view".into());
             }
             for (v, ops) in pv.iter().enumerate() {
-                check_ops(ops, &format!("augment.per_view.{v}"), size, out);
+                check_ops(ops, &format!("augment.per_view.{v}"), &r.data, out);
             }
         }
-        None => check_ops(&a.pipeline, "augment.pipeline", size, out),
+        None => check_ops(&a.pipeline, "augment.pipeline", &r.data, out),
     }
     if let Some(mc) = &a.multi_crop {
         if a.per_view.is_some() {
