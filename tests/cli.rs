@@ -131,8 +131,9 @@ fn render_resolves_everything() {
 
 #[test]
 fn validate_checks_data_paths_unless_told_not_to() {
+    // Missing data under a correct recipe is an I/O error: exit 2, as for `run`.
     let out = recipe(&["validate", "recipes/cifar10/simclr.yaml"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
         err.contains("data/cifar-10-batches-bin` does not exist"),
@@ -203,6 +204,76 @@ fn preview_writes_a_grid() {
         "/nonexistent-dir/x.png",
     ]);
     assert_eq!(unwritable.status.code(), Some(2));
+}
+
+#[test]
+fn a_data_path_given_with_set_is_pointed_at_and_exits_2() {
+    let out = recipe(&[
+        "validate",
+        "recipes/cifar10/simclr.yaml",
+        "--set",
+        "data.source.dir=/nope",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("`/nope` does not exist"), "{err}");
+    assert!(err.contains("--> --set:1:17"), "{err}");
+    assert!(
+        err.contains("paths given with `--set` are relative to the current directory"),
+        "{err}"
+    );
+    // A recipe error as well: the recipe is invalid, exit 1.
+    let out = recipe(&[
+        "validate",
+        "recipes/cifar10/simclr.yaml",
+        "--set",
+        "data.source.dir=/nope",
+        "--set",
+        "loss.temperature=0",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    // `plan` and `run` stop at the same check with the same code.
+    for cmd in ["plan", "run"] {
+        let out = recipe(&[
+            cmd,
+            "recipes/simclr.yaml",
+            "--set",
+            "data.source={format: image_folder, train: /nope}",
+            "--set",
+            "data.test_fraction=0.1",
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("--> --set:1:"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn validate_finds_a_flat_folder_with_labels_requested() {
+    let tmp = tempfile::tempdir().unwrap();
+    for i in 0..2 {
+        image::GrayImage::new(28, 28)
+            .save(tmp.path().join(format!("{i}.png")))
+            .unwrap();
+    }
+    let set = format!(
+        "data.source={{format: image_folder, train: {}}}",
+        tmp.path().display()
+    );
+    let out = recipe(&[
+        "validate",
+        "recipes/simclr.yaml",
+        "--set",
+        &set,
+        "--set",
+        "data.test_fraction=0.5",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("set `data.labels: false`"), "{err}");
 }
 
 #[test]
