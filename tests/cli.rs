@@ -302,3 +302,56 @@ fn set_on_a_tag_replaces_the_section_when_rendered() {
     assert_eq!(v["loss"]["queue_size"], 4096);
     assert_eq!(v["loss"]["temperature"], 0.2, "MoCo's default");
 }
+
+#[test]
+fn validate_and_plan_warn_of_settings_the_data_makes_pointless() {
+    // A queue 45× the built-in training set: a warning, still valid (exit 0).
+    let out = recipe(&[
+        "validate",
+        "recipes/moco.yaml",
+        "--set",
+        "loss.queue_size=450048",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("the queue holds 450048 keys but training has 10000 images (45.0× as many)"),
+        "{err}"
+    );
+    assert!(err.contains("use at most 9728 (19 × 512)"), "{err}");
+    assert!(text(&out.stdout).contains("valid (1 warning(s))"));
+    // Without the data check the size is not looked up.
+    let out = recipe(&[
+        "validate",
+        "--no-data-check",
+        "recipes/moco.yaml",
+        "--set",
+        "loss.queue_size=450048",
+    ]);
+    assert!(
+        !text(&out.stderr).contains("warning"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Gray images made RGB: said once, with the count, by validate and plan alike.
+    let sets = [
+        "--set",
+        "data.channels=3",
+        "--set",
+        "data.normalize={mean: [0.3, 0.3, 0.3], std: [0.35, 0.35, 0.35]}",
+    ];
+    for cmd in ["validate", "plan"] {
+        let mut args = vec![cmd, "recipes/simclr.yaml"];
+        args.extend(sets);
+        let out = recipe(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert_eq!(
+            err.matches("loading converts 12000 gray images to 3 channels (data.channels: 3)")
+                .count(),
+            1,
+            "{cmd}: {err}"
+        );
+    }
+}
