@@ -683,9 +683,13 @@ fn apply_set(
                 let pos = match entries.iter().position(|(k, _)| &k.name == seg) {
                     Some(p) => p,
                     None => {
+                        // A key the argument adds is its dotted path, not the value.
                         let key = Key {
                             name: seg.clone(),
-                            span: whole,
+                            span: Span {
+                                len: arg.chars().count() - text.chars().count() - 1,
+                                ..whole
+                            },
                         };
                         entries.push((
                             key,
