@@ -355,3 +355,45 @@ fn validate_and_plan_warn_of_settings_the_data_makes_pointless() {
         );
     }
 }
+
+#[test]
+fn damage_past_an_image_header_is_found_by_plan_with_exit_2() {
+    // The data check reads headers only: a PNG cut short after its header passes
+    // `validate`, and loading (plan, run) reports it as an I/O error.
+    let tmp = tempfile::tempdir().unwrap();
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(tmp.path().join(class)).unwrap();
+        for i in 0..4 {
+            image::GrayImage::from_fn(28, 28, |x, y| image::Luma([(x * y + i) as u8]))
+                .save(tmp.path().join(format!("{class}/{i}.png")))
+                .unwrap();
+        }
+    }
+    let whole = std::fs::read(tmp.path().join("a/0.png")).unwrap();
+    std::fs::write(tmp.path().join("a/0.png"), &whole[..whole.len() - 30]).unwrap();
+    let set = format!(
+        "data.source={{format: image_folder, train: {}}}",
+        tmp.path().display()
+    );
+    let args = |cmd| {
+        vec![
+            cmd,
+            "recipes/simclr.yaml",
+            "--set",
+            &set,
+            "--set",
+            "data.test_fraction=0.5",
+            "--set",
+            "train.batch_size=2",
+        ]
+    };
+    let out = recipe(&args("validate"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = recipe(&args("plan"));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("cannot decode image") && err.contains("0.png"),
+        "{err}"
+    );
+}
