@@ -44,6 +44,15 @@ fn flops(v: f64) -> String {
     }
 }
 
+/// The path of the diagnostic [`plan_with`] returns when the data cannot be read (an
+/// I/O problem, not a recipe one: the CLI exits with 2 for it).
+pub const DATA_READ_PATH: &str = "data.source";
+
+/// Whether a diagnostic from [`plan_with`] says the data could not be read.
+pub fn is_data_error(d: &Diagnostic) -> bool {
+    d.path == DATA_READ_PATH
+}
+
 /// Works out the plan of a valid recipe as text, or the diagnostics that stop it.
 pub fn plan(r: &Recipe) -> Result<String, Vec<Diagnostic>> {
     plan_with(r, None, DEFAULT_GBIT)
@@ -154,7 +163,7 @@ pub fn plan_with(r: &Recipe, world: Option<usize>, gbit: f64) -> Result<String, 
     let mut out = String::new();
     let data = load(&DataConfig::from_spec(&r.data, r.seed)).map_err(|e| {
         vec![Diagnostic::error(
-            "data.source",
+            DATA_READ_PATH,
             format!("cannot read the data: {e}"),
         )]
     })?;

@@ -131,8 +131,9 @@ fn render_resolves_everything() {
 
 #[test]
 fn validate_checks_data_paths_unless_told_not_to() {
+    // Missing data under a correct recipe is an I/O error: exit 2, as for `run`.
     let out = recipe(&["validate", "recipes/cifar10/simclr.yaml"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
         err.contains("data/cifar-10-batches-bin` does not exist"),
@@ -203,4 +204,196 @@ fn preview_writes_a_grid() {
         "/nonexistent-dir/x.png",
     ]);
     assert_eq!(unwritable.status.code(), Some(2));
+}
+
+#[test]
+fn a_data_path_given_with_set_is_pointed_at_and_exits_2() {
+    let out = recipe(&[
+        "validate",
+        "recipes/cifar10/simclr.yaml",
+        "--set",
+        "data.source.dir=/nope",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("`/nope` does not exist"), "{err}");
+    assert!(err.contains("--> --set:1:17"), "{err}");
+    assert!(
+        err.contains("paths given with `--set` are relative to the current directory"),
+        "{err}"
+    );
+    // A recipe error as well: the recipe is invalid, exit 1.
+    let out = recipe(&[
+        "validate",
+        "recipes/cifar10/simclr.yaml",
+        "--set",
+        "data.source.dir=/nope",
+        "--set",
+        "loss.temperature=0",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    // `plan` and `run` stop at the same check with the same code.
+    for cmd in ["plan", "run"] {
+        let out = recipe(&[
+            cmd,
+            "recipes/simclr.yaml",
+            "--set",
+            "data.source={format: image_folder, train: /nope}",
+            "--set",
+            "data.test_fraction=0.1",
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("--> --set:1:"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn validate_finds_a_flat_folder_with_labels_requested() {
+    let tmp = tempfile::tempdir().unwrap();
+    for i in 0..2 {
+        image::GrayImage::new(28, 28)
+            .save(tmp.path().join(format!("{i}.png")))
+            .unwrap();
+    }
+    let set = format!(
+        "data.source={{format: image_folder, train: {}}}",
+        tmp.path().display()
+    );
+    let out = recipe(&[
+        "validate",
+        "recipes/simclr.yaml",
+        "--set",
+        &set,
+        "--set",
+        "data.test_fraction=0.5",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("set `data.labels: false`"), "{err}");
+}
+
+#[test]
+fn set_on_a_tag_replaces_the_section_when_rendered() {
+    let out = recipe(&[
+        "render",
+        "recipes/simclr.yaml",
+        "--set",
+        "loss.method=memory_bank",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["loss"]["method"], "memory_bank");
+    assert_eq!(v["loss"]["temperature"], 0.07, "the memory bank's default");
+
+    let out = recipe(&[
+        "render",
+        "recipes/simclr.yaml",
+        "--set",
+        "loss.method=moco",
+        "--set",
+        "loss.queue_size=4096",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["loss"]["queue_size"], 4096);
+    assert_eq!(v["loss"]["temperature"], 0.2, "MoCo's default");
+}
+
+#[test]
+fn validate_and_plan_warn_of_settings_the_data_makes_pointless() {
+    // A queue 45× the built-in training set: a warning, still valid (exit 0).
+    let out = recipe(&[
+        "validate",
+        "recipes/moco.yaml",
+        "--set",
+        "loss.queue_size=450048",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("the queue holds 450048 keys but training has 10000 images (45.0× as many)"),
+        "{err}"
+    );
+    assert!(err.contains("use at most 9728 (19 × 512)"), "{err}");
+    assert!(text(&out.stdout).contains("valid (1 warning(s))"));
+    // Without the data check the size is not looked up.
+    let out = recipe(&[
+        "validate",
+        "--no-data-check",
+        "recipes/moco.yaml",
+        "--set",
+        "loss.queue_size=450048",
+    ]);
+    assert!(
+        !text(&out.stderr).contains("warning"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Gray images made RGB: said once, with the count, by validate and plan alike.
+    let sets = [
+        "--set",
+        "data.channels=3",
+        "--set",
+        "data.normalize={mean: [0.3, 0.3, 0.3], std: [0.35, 0.35, 0.35]}",
+    ];
+    for cmd in ["validate", "plan"] {
+        let mut args = vec![cmd, "recipes/simclr.yaml"];
+        args.extend(sets);
+        let out = recipe(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert_eq!(
+            err.matches("loading converts 12000 gray images to 3 channels (data.channels: 3)")
+                .count(),
+            1,
+            "{cmd}: {err}"
+        );
+    }
+}
+
+#[test]
+fn damage_past_an_image_header_is_found_by_plan_with_exit_2() {
+    // The data check reads headers only: a PNG cut short after its header passes
+    // `validate`, and loading (plan, run) reports it as an I/O error.
+    let tmp = tempfile::tempdir().unwrap();
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(tmp.path().join(class)).unwrap();
+        for i in 0..4 {
+            image::GrayImage::from_fn(28, 28, |x, y| image::Luma([(x * y + i) as u8]))
+                .save(tmp.path().join(format!("{class}/{i}.png")))
+                .unwrap();
+        }
+    }
+    let whole = std::fs::read(tmp.path().join("a/0.png")).unwrap();
+    std::fs::write(tmp.path().join("a/0.png"), &whole[..whole.len() - 30]).unwrap();
+    let set = format!(
+        "data.source={{format: image_folder, train: {}}}",
+        tmp.path().display()
+    );
+    let args = |cmd| {
+        vec![
+            cmd,
+            "recipes/simclr.yaml",
+            "--set",
+            &set,
+            "--set",
+            "data.test_fraction=0.5",
+            "--set",
+            "train.batch_size=2",
+        ]
+    };
+    let out = recipe(&args("validate"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = recipe(&args("plan"));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("cannot decode image") && err.contains("0.png"),
+        "{err}"
+    );
 }

@@ -433,7 +433,11 @@ fn flat_folder_is_unlabelled_and_gray_stays_gray() {
         train: root,
         test: None,
     });
-    assert!(err_of(&cfg).contains("labels were requested"));
+    let e = err_of(&cfg);
+    assert!(
+        e.contains("labels were requested") && e.contains("set `data.labels: false`"),
+        "{e}"
+    );
     cfg.use_labels = false;
     let ds = load(&cfg).unwrap().train;
     assert_eq!(ds.shape(), (1, 5, 5));
@@ -537,7 +541,9 @@ fn corrupt_images_error_or_are_skipped() {
     });
     let e = err_of(&cfg);
     assert!(
-        e.contains("cannot decode image") && e.contains("garbage.jpg"),
+        e.contains("cannot decode image")
+            && e.contains("garbage.jpg")
+            && e.contains("set `data.skip_unreadable: true`"),
         "{e}"
     );
     cfg.skip_unreadable = true;
@@ -559,6 +565,14 @@ fn corrupt_images_error_or_are_skipped() {
     if let Some(link) = link {
         assert!(link.reason.contains("does not exist"), "{}", link.reason);
     }
+    // Skipping is on already, so a skipped file's reason does not suggest it.
+    assert!(
+        data.skipped
+            .iter()
+            .all(|s| !s.reason.contains("skip_unreadable")),
+        "{:?}",
+        data.skipped
+    );
 }
 
 #[test]

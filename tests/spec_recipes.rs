@@ -210,3 +210,100 @@ fn invalid_corpus_snapshots() {
         insta::assert_snapshot!(name, text);
     }
 }
+
+/// Recipes that are valid but earn warnings (a setting that does nothing, …): one file
+/// per class of warning, each with a snapshot.
+#[test]
+fn warning_corpus_snapshots() {
+    let loader = Loader::new();
+    let mut files: Vec<PathBuf> = fs::read_dir("tests/warnings")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    for f in files {
+        let bytes = fs::read(&f).unwrap();
+        let sets = sets_of(&String::from_utf8_lossy(&bytes));
+        let loaded = loader.load_file(&f, &sets).unwrap();
+        let text = render_human(&loaded.diagnostics, &loaded.sources);
+        assert!(
+            loaded.valid_recipe().is_some() && !loaded.diagnostics.is_empty(),
+            "{} should be valid with warnings:\n{text}",
+            f.display()
+        );
+        assert!(
+            loaded.diagnostics.iter().all(|d| d.span.is_some()),
+            "{}: every diagnostic needs a location:\n{text}",
+            f.display()
+        );
+        let name = f.file_stem().unwrap().to_string_lossy().into_owned();
+        insta::assert_snapshot!(format!("warning_{name}"), text);
+    }
+}
+
+fn load_with(path: &str, sets: &[&str]) -> Recipe {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    let l = Loader::new().load_file(Path::new(path), &sets).unwrap();
+    let text = render_human(&l.diagnostics, &l.sources);
+    l.valid_recipe()
+        .cloned()
+        .unwrap_or_else(|| panic!("{path} {sets:?}:\n{text}"))
+}
+
+#[test]
+fn set_on_a_tag_replaces_the_section_as_extends_does() {
+    use recipe::spec::loss::Loss;
+    // A dotted tag change and a whole-section value give the same recipe: the new
+    // variant's defaults, not SimCLR's `temperature: 0.2`.
+    let dotted = load_with("recipes/simclr.yaml", &["loss.method=memory_bank"]);
+    let whole = load_with("recipes/simclr.yaml", &["loss={method: memory_bank}"]);
+    assert_eq!(dotted, whole);
+    let Loss::MemoryBank { temperature, .. } = dotted.loss else {
+        panic!("{:?}", dotted.loss)
+    };
+    assert_eq!(temperature, 0.07);
+
+    // Later dotted keys apply on top of the replaced section.
+    let moco = load_with(
+        "recipes/simclr.yaml",
+        &["loss.method=moco", "loss.queue_size=4096"],
+    );
+    assert_eq!(
+        moco.loss,
+        Loss::Moco {
+            temperature: 0.2,
+            momentum: 0.99,
+            queue_size: 4096,
+            symmetric: false
+        }
+    );
+
+    // The same tag keeps the section.
+    let same = load_with("recipes/simclr.yaml", &["loss.method=simclr"]);
+    assert_eq!(same.loss, Loss::Simclr { temperature: 0.2 });
+
+    // Every tagged section behaves so: optimizer, schedule, backbone, data source.
+    let r = load_with(
+        "recipes/cifar10/simclr.yaml",
+        &[
+            "optimizer.name=adamw",
+            "optimizer.lr=0.001",
+            "schedule.kind=constant",
+            "model.backbone.arch=small_cnn",
+            "data.source.format=builtin",
+            "data.channels=1",
+            "data.image_size=28",
+            "data.normalize.mean=[0.5]",
+            "data.normalize.std=[0.5]",
+            "augment.pipeline.0.random_resized_crop.size=28",
+        ],
+    );
+    assert_eq!(r.optimizer.name(), "adamw");
+    assert_eq!(r.model.backbone.arch(), "small_cnn");
+    assert!(matches!(
+        r.data.source,
+        recipe::spec::data::Source::Builtin { .. }
+    ));
+}

@@ -27,6 +27,8 @@ pub enum Format {
     Json,
 }
 
+/// Loads a recipe, printing a hard load error (unreadable file, malformed `--set`) and
+/// returning exit code 2 for it.
 pub fn load(loader: &Loader, file: &Path, sets: &[String]) -> Result<Loaded, ExitCode> {
     loader.load_file(file, sets).map_err(|e| {
         eprintln!("error: {e}");
@@ -34,8 +36,9 @@ pub fn load(loader: &Loader, file: &Path, sets: &[String]) -> Result<Loaded, Exi
     })
 }
 
-/// Loads a recipe that must be valid (data paths too, when `data_check`), printing its diagnostics;
-/// on failure returns the exit code.
+/// Loads a recipe that must be valid (and its data readable, when `data_check`: see
+/// [`build::check_data_paths`]), printing its diagnostics; on failure returns the exit
+/// code, 1 for an invalid recipe and 2 when only the data is at fault.
 pub fn load_valid(
     file: &Path,
     sets: &[String],
@@ -43,15 +46,24 @@ pub fn load_valid(
 ) -> Result<(Recipe, Loaded), ExitCode> {
     let loader = Loader::new();
     let mut loaded = load(&loader, file, sets)?;
-    if data_check {
-        build::check_data_paths(&mut loaded);
-    }
+    let data_errors = if data_check {
+        build::check_data_paths(&mut loaded)
+    } else {
+        0
+    };
     eprint!("{}", render_human(&loaded.diagnostics, &loaded.sources));
     match loaded.valid_recipe().cloned() {
         Some(r) => Ok((r, loaded)),
         None => {
-            eprintln!("{}: invalid recipe", file.display());
-            Err(ExitCode::from(1))
+            let errors = loaded.diagnostics.iter().filter(|d| d.is_error()).count();
+            if errors > data_errors {
+                eprintln!("{}: invalid recipe", file.display());
+                Err(ExitCode::from(1))
+            } else {
+                // The recipe is right; its data cannot be read: an I/O error.
+                eprintln!("{}: the data cannot be read", file.display());
+                Err(ExitCode::from(2))
+            }
         }
     }
 }

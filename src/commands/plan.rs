@@ -23,6 +23,12 @@ pub fn plan(file: &Path, sets: &[String], world: Option<usize>, gbit: f64) -> Ex
             ExitCode::SUCCESS
         }
         Err(diags) => {
+            // Data that cannot be read is an I/O error (2), as for `run`.
+            let code = if diags.iter().any(recipe::plan::is_data_error) {
+                2
+            } else {
+                1
+            };
             let located: Vec<_> = diags
                 .into_iter()
                 .map(|d| {
@@ -35,7 +41,7 @@ pub fn plan(file: &Path, sets: &[String], world: Option<usize>, gbit: f64) -> Ex
                 .collect();
             eprint!("{}", render_human(&located, &loaded.sources));
             eprintln!("{}: the recipe cannot be planned", file.display());
-            ExitCode::from(1)
+            ExitCode::from(code)
         }
     }
 }

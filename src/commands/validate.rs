@@ -1,4 +1,7 @@
 //! `recipe validate`: check recipes and report every problem.
+//!
+//! Exit codes: 0 every recipe valid, 1 a recipe invalid, 2 a recipe file unreadable or
+//! (with the data check) its data missing or unreadable under an otherwise valid recipe.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,9 +24,11 @@ pub fn validate(files: &[PathBuf], sets: &[String], format: Format, data_check: 
                 continue;
             }
         };
-        if data_check {
-            build::check_data_paths(&mut loaded);
-        }
+        let data_errors = if data_check {
+            build::check_data_paths(&mut loaded)
+        } else {
+            0
+        };
         let errors = loaded.diagnostics.iter().filter(|d| d.is_error()).count();
         let warnings = loaded.diagnostics.len() - errors;
         match format {
@@ -49,8 +54,14 @@ pub fn validate(files: &[PathBuf], sets: &[String], format: Format, data_check: 
                 "diagnostics": render_json(&loaded.diagnostics, &loaded.sources),
             })),
         }
-        if errors > 0 && code == 0 {
-            code = 1;
+        // A recipe that is wrong is 1 even when its data is missing too; data that
+        // cannot be read under a correct recipe is an I/O error, 2, as `run` says.
+        if errors > data_errors {
+            if code == 0 {
+                code = 1;
+            }
+        } else if errors > 0 {
+            code = 2;
         }
     }
     if format == Format::Json {

@@ -32,6 +32,12 @@ const TEST_IMAGES: &[u8] =
 const TEST_LABELS: &[u8] =
     include_bytes!("../../assets/fashion-mnist-subset/t10k-labels-idx1-ubyte.gz");
 
+/// Images in the built-in training split.
+pub const TRAIN_LEN: usize = 10_000;
+
+/// Images in the built-in test split.
+pub const TEST_LEN: usize = 2_000;
+
 /// Name used as the datasets' origin in messages.
 pub const BUILTIN_NAME: &str = "builtin:fashion-mnist-subset";
 

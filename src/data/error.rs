@@ -139,9 +139,11 @@ impl fmt::Display for DataError {
                 show(path),
                 show(example)
             ),
-            Decode { path, message } => {
-                write!(f, "cannot decode image `{}`: {message}", show(path))
-            }
+            Decode { path, message } => write!(
+                f,
+                "{}; set `data.skip_unreadable: true` to skip unreadable images (they are counted and reported)",
+                decode_message(path, message)
+            ),
             BadIdx { path, problem } => write!(f, "bad IDX file `{}`: {problem}", show(path)),
             IdxCountMismatch {
                 images,
@@ -197,7 +199,9 @@ impl fmt::Display for DataError {
             LabelsRequired { source } => write!(
                 f,
                 "labels were requested but {source} has none (a flat image folder or an IDX \
-                 source without a labels file is unlabelled)"
+                 source without a labels file is unlabelled); set `data.labels: false` to \
+                 train without them (every method but `supcon` can), or put the images in \
+                 one subfolder per class"
             ),
             Config(msg) => write!(f, "invalid data configuration: {msg}"),
             ThreadPool(msg) => write!(f, "cannot start the loader's worker threads: {msg}"),
@@ -221,6 +225,16 @@ impl std::error::Error for DataError {
             _ => None,
         }
     }
+}
+
+/// What is wrong with an undecodable image, without the hint of how to skip it (a
+/// skipped file's reason is reported when skipping is already on).
+pub(crate) fn decode_message(path: &std::path::Path, message: &str) -> String {
+    format!(
+        "cannot decode image `{}`: {}",
+        show(path),
+        message.trim_end_matches('.')
+    )
 }
 
 /// Maps an I/O error on `path` to [`DataError::Missing`] when the path is absent, else

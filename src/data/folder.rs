@@ -204,7 +204,12 @@ pub(crate) fn decode_all(
         match r {
             Ok(img) => ok.push((p, y, img)),
             Err(e) if skip_unreadable => skipped.push(Skipped {
-                reason: e.to_string(),
+                reason: match &e {
+                    DataError::Decode { path, message } => {
+                        super::error::decode_message(path, message)
+                    }
+                    e => e.to_string(),
+                },
                 path: p,
             }),
             Err(e) => return Err(e),

@@ -43,7 +43,7 @@ pub mod source;
 pub mod spec;
 pub mod views;
 
-pub use check::{PathProblem, check_paths};
+pub use check::{Conversion, ConversionKind, PathProblem, Survey, check_paths, survey};
 pub use cifar::CifarKind;
 pub use dataset::Dataset;
 pub use error::DataError;
@@ -51,5 +51,5 @@ pub use folder::Skipped;
 pub use image::Image;
 pub use loader::{Batch, Epoch, Loader, LoaderConfig, ViewBatch};
 pub use source::{CifarFiles, DataConfig, IdxFiles, LoadedData, Resize, Source, load};
-pub use spec::check_spec_paths;
+pub use spec::{check_spec_paths, spec_field};
 pub use views::ViewMaker;

@@ -94,3 +94,12 @@ pub fn check_spec_paths(d: &spec::Data) -> Vec<PathProblem> {
     }
     problems
 }
+
+/// The recipe key path of a [`DataConfig`] field (`source.train` → `data.source.train`;
+/// a CIFAR batch `source.train[2]` → `data.source.dir`, the folder the recipe names).
+pub fn spec_field(d: &spec::Data, field: &str) -> String {
+    match &d.source {
+        spec::Source::Cifar { .. } if field.starts_with("source.") => "data.source.dir".into(),
+        _ => format!("data.{field}"),
+    }
+}

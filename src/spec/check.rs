@@ -112,6 +112,13 @@ fn known_len(r: &Recipe, held_out: bool) -> Option<usize> {
     Some(n.floor() as usize)
 }
 
+/// The positive multiple of `step` nearest to `n` (halves round up), so a queue of
+/// 1000 with batches of 128 becomes 1024, not 896; `None` when `step` is 0.
+fn nearest_multiple(n: usize, step: usize) -> Option<usize> {
+    let times = n.checked_add(step / 2)?.checked_div(step)?.max(1);
+    times.checked_mul(step)
+}
+
 fn check_data(r: &Recipe, out: &mut Vec<Diagnostic>) {
     let d = &r.data;
     if d.channels == 2 {
@@ -187,7 +194,8 @@ fn check_data(r: &Recipe, out: &mut Vec<Diagnostic>) {
     }
 }
 
-fn check_ops(ops: &[Op], base: &str, image_size: usize, out: &mut Vec<Diagnostic>) {
+fn check_ops(ops: &[Op], base: &str, data: &super::data::Data, out: &mut Vec<Diagnostic>) {
+    let image_size = data.image_size;
     for (i, op) in ops.iter().enumerate() {
         let p = format!("{base}.{i}.{}", op.name());
         match op {
@@ -221,6 +229,25 @@ fn check_ops(ops: &[Op], base: &str, image_size: usize, out: &mut Vec<Diagnostic
                         0 => "use 1, 3 or a larger odd size".to_string(),
                         k => format!("use {} or {}", k - 1, k + 1),
                     });
+                }
+            }
+            Op::ColorJitter(j) if data.channels == 1 => {
+                // The op runs, but on one channel these two are identities (see
+                // `augment::color`): the recipe likely meant colour data.
+                for (key, v) in [("saturation", j.saturation), ("hue", j.hue)] {
+                    if v > 0.0 {
+                        out.push(
+                            Diagnostic::warning(
+                                format!("{p}.{key}"),
+                                format!(
+                                    "`{key}: {v}` does nothing on one-channel data (`data.channels: 1`): {key} jitter needs colour"
+                                ),
+                            )
+                            .with_help(format!(
+                                "set `{key}: 0.0`, or `data.channels: 3` for colour images"
+                            )),
+                        );
+                    }
                 }
             }
             Op::HorizontalFlip(_) | Op::ColorJitter(_) | Op::Grayscale(_) | Op::Solarize(_) => {}
@@ -264,10 +291,10 @@ fn check_augment(r: &Recipe, out: &mut Vec<Diagnostic>) {
                 .help = Some("give one pipeline per view".into());
             }
             for (v, ops) in pv.iter().enumerate() {
-                check_ops(ops, &format!("augment.per_view.{v}"), size, out);
+                check_ops(ops, &format!("augment.per_view.{v}"), &r.data, out);
             }
         }
-        None => check_ops(&a.pipeline, "augment.pipeline", size, out),
+        None => check_ops(&a.pipeline, "augment.pipeline", &r.data, out),
     }
     if let Some(mc) = &a.multi_crop {
         if a.per_view.is_some() {
@@ -325,11 +352,11 @@ fn check_augment(r: &Recipe, out: &mut Vec<Diagnostic>) {
     let min_side = 1usize << r.model.backbone.downsamplings();
     if let Some((v, s)) = sizes.iter().enumerate().find(|(_, s)| **s < min_side) {
         let at = if *s == size {
-            "data.image_size"
+            "data.image_size".to_string()
         } else {
-            "augment"
+            crop_size_path(a, *s).unwrap_or_else(|| "augment".into())
         };
-        err(
+        let e = err(
             out,
             at,
             format!(
@@ -338,6 +365,68 @@ fn check_augment(r: &Recipe, out: &mut Vec<Diagnostic>) {
                 r.model.backbone.downsamplings()
             ),
         );
+        e.help = Some(too_small_help(r, *s, *s == size, min_side));
+    }
+}
+
+/// The recipe key that sets a view size `side` smaller than the image: a multi-crop
+/// group's `size`, or the `size` of a pipeline's crop op.
+fn crop_size_path(a: &super::augment::Augment, side: usize) -> Option<String> {
+    if let Some(mc) = &a.multi_crop {
+        for (g, grp) in [("local", &mc.local), ("global", &mc.global)] {
+            if grp.size == side {
+                return Some(format!("augment.multi_crop.{g}.size"));
+            }
+        }
+    }
+    let pipelines: Vec<(String, &Vec<Op>)> = match &a.per_view {
+        Some(pv) => pv
+            .iter()
+            .enumerate()
+            .map(|(v, ops)| (format!("augment.per_view.{v}"), ops))
+            .collect(),
+        None => vec![("augment.pipeline".into(), &a.pipeline)],
+    };
+    pipelines.into_iter().find_map(|(base, ops)| {
+        ops.iter().enumerate().find_map(|(i, op)| match op {
+            Op::RandomResizedCrop(c) if c.size == Some(side) => {
+                Some(format!("{base}.{i}.random_resized_crop.size"))
+            }
+            _ => None,
+        })
+    })
+}
+
+/// How to make a view of side `side` fit the backbone: the CIFAR stem (two fewer
+/// stride-2 stages) when the backbone is a ResNet with the ImageNet stem and that
+/// would fit, else larger images or crops.
+fn too_small_help(r: &Recipe, side: usize, whole_image: bool, min_side: usize) -> String {
+    use super::model::{Backbone, Stem};
+    let imagenet_stem = matches!(
+        r.model.backbone,
+        Backbone::Resnet18 {
+            stem: Stem::Imagenet,
+            ..
+        } | Backbone::Resnet34 {
+            stem: Stem::Imagenet,
+            ..
+        } | Backbone::Resnet50 {
+            stem: Stem::Imagenet,
+            ..
+        }
+    );
+    let cifar_side = 1usize << r.model.backbone.downsamplings().saturating_sub(2);
+    let bigger = if whole_image {
+        format!("set `data.image_size` to at least {min_side}")
+    } else {
+        format!("make the crop at least {min_side}×{min_side}")
+    };
+    if imagenet_stem && side >= cifar_side {
+        format!(
+            "for small images use `model.backbone.stem: cifar` (3×3 stride-1 stem, no max pool; it needs {cifar_side}×{cifar_side}), or {bigger}"
+        )
+    } else {
+        format!("{bigger}, or use a backbone with fewer stride-2 stages (`arch: small_cnn`)")
     }
 }
 
@@ -444,9 +533,8 @@ fn check_loss(r: &Recipe, out: &mut Vec<Diagnostic>) {
                     )
                 };
                 let e = err(out, "loss.queue_size", msg);
-                if let Some(times) = queue_size.checked_div(per_step) {
-                    let times = times.max(1);
-                    e.help = Some(format!("use {} ({times} × {per_step})", times * per_step));
+                if let Some(size) = nearest_multiple(*queue_size, per_step) {
+                    e.help = Some(format!("use {size} ({} × {per_step})", size / per_step));
                 }
             }
             if views != 2 {
@@ -522,7 +610,7 @@ fn check_loss(r: &Recipe, out: &mut Vec<Diagnostic>) {
             }
             if let Some(q) = queue {
                 if batch > 0 && q.size % batch != 0 {
-                    err(
+                    let e = err(
                         out,
                         "loss.queue.size",
                         format!(
@@ -530,6 +618,9 @@ fn check_loss(r: &Recipe, out: &mut Vec<Diagnostic>) {
                             q.size
                         ),
                     );
+                    if let Some(size) = nearest_multiple(q.size, batch) {
+                        e.help = Some(format!("use {size} ({} × {batch})", size / batch));
+                    }
                 }
                 if r.train.epochs > 0 && q.start_epoch >= r.train.epochs {
                     err(

@@ -670,6 +670,7 @@ fn apply_set(
         }
     };
     shift(&mut value, offset, file);
+    replace_on_tag_change(doc, path, &value.kind);
     let mut node = doc;
     for (i, seg) in path.iter().enumerate() {
         let last = i + 1 == path.len();
@@ -682,9 +683,13 @@ fn apply_set(
                 let pos = match entries.iter().position(|(k, _)| &k.name == seg) {
                     Some(p) => p,
                     None => {
+                        // A key the argument adds is its dotted path, not the value.
                         let key = Key {
                             name: seg.clone(),
-                            span: whole,
+                            span: Span {
+                                len: arg.chars().count() - text.chars().count() - 1,
+                                ..whole
+                            },
                         };
                         entries.push((
                             key,
@@ -729,6 +734,39 @@ fn apply_set(
             );
             return;
         }
+    }
+}
+
+/// A `--set` of a tagged section's tag (`loss.method=moco`) to a new variant empties
+/// the section first, as `extends` replaces it: the old variant's keys (SimCLR's
+/// `temperature: 0.5`) would otherwise override the new variant's defaults. Later
+/// `--set`s of the section's keys apply on top. Setting the same tag changes nothing.
+fn replace_on_tag_change(doc: &mut Node, path: &[String], value: &NodeKind) {
+    let Some((last, section)) = path.split_last() else {
+        return;
+    };
+    let segs: Vec<&str> = section.iter().map(String::as_str).collect();
+    if tag_key(&segs) != Some(last.as_str()) {
+        return;
+    }
+    let mut node = doc;
+    for seg in section {
+        let NodeKind::Map(entries) = &mut node.kind else {
+            return;
+        };
+        let Some((_, v)) = entries.iter_mut().find(|(k, _)| &k.name == seg) else {
+            return;
+        };
+        node = v;
+    }
+    let NodeKind::Map(entries) = &mut node.kind else {
+        return;
+    };
+    let same = entries
+        .iter()
+        .any(|(k, v)| &k.name == last && &v.kind == value);
+    if !same {
+        entries.clear();
     }
 }
 

@@ -567,6 +567,113 @@ impl Validator {
     }
 }
 
+/// One variant of a tagged section: its tag value and the keys its arm allows.
+type Variant<'a> = (&'a str, Vec<&'a str>);
+
+/// The tag key of a tagged section's schema and its variants, in schema order.
+fn variants(schema: &Value) -> Option<(&str, Vec<Variant<'_>>)> {
+    let mut tag = None;
+    let mut out = Vec::new();
+    for arm in schema.get("allOf")?.as_array()? {
+        let cond = arm.get("if")?.get("properties")?.as_object()?;
+        let (t, c) = cond.iter().next()?;
+        tag = Some(t.as_str());
+        let keys = arm
+            .get("then")
+            .and_then(|th| th.get("properties"))
+            .and_then(Value::as_object)
+            .map(|p| p.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        out.push((c.get("const")?.as_str()?, keys));
+    }
+    Some((tag?, out))
+}
+
+/// `a`, `a` or `b`, `a`, `b` or `c`.
+fn either(items: &[&str]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| format!("`{i}`")).collect();
+    match quoted.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
+/// For a key a tagged section's current variant does not allow: when other variants
+/// allow it (exactly, or as the close spelling of a typo), a diagnostic naming them,
+/// e.g. "`queue_size` is a `moco` key; this section is `method: simclr`". The owners
+/// come from the schema's arms, so a new variant or key needs no list kept here.
+fn other_variant_key(
+    schema: &Value,
+    inst: &Value,
+    path: &[String],
+    key: &str,
+) -> Option<Diagnostic> {
+    let (tag, variants) = variants(schema)?;
+    let current = inst.get(tag)?.as_str()?;
+    let here: Vec<&str> = variants
+        .iter()
+        .find(|(v, _)| *v == current)
+        .map(|(_, k)| k.clone())
+        .unwrap_or_default();
+    let owners_of = |k: &str| -> Vec<&str> {
+        variants
+            .iter()
+            .filter(|(v, keys)| *v != current && keys.contains(&k))
+            .map(|(v, _)| *v)
+            .collect()
+    };
+    let mut dotted = path.to_vec();
+    dotted.push(key.to_string());
+    let owners = owners_of(key);
+    if !owners.is_empty() {
+        let message = format!(
+            "`{key}` is {}; this section is `{tag}: {current}`",
+            owned_by(&owners)
+        );
+        let help = match did_you_mean(key, here.iter().copied().filter(|k| *k != tag)) {
+            Some(best) => format!(
+                "remove `{key}`, set `{tag}: {}` to use it, or did you mean `{best}`?",
+                owners[0]
+            ),
+            None => format!("remove `{key}`, or set `{tag}: {}` to use it", owners[0]),
+        };
+        return Some(Diagnostic::error(dotted.join("."), message).with_help(help));
+    }
+    // A typo of another variant's key, unless it is closer to one this variant takes.
+    if did_you_mean(key, here.iter().copied()).is_some() {
+        return None;
+    }
+    let mut others: Vec<&str> = variants
+        .iter()
+        .filter(|(v, _)| *v != current)
+        .flat_map(|(_, keys)| keys.iter().copied())
+        .filter(|k| *k != tag && !here.contains(k))
+        .collect();
+    others.sort_unstable();
+    others.dedup();
+    let best = did_you_mean(key, others.iter().copied())?;
+    Some(
+        Diagnostic::error(
+            dotted.join("."),
+            format!("unknown key `{key}` in {}", section_name(path)),
+        )
+        .with_help(format!(
+            "did you mean `{best}`? it is {}; this section is `{tag}: {current}`",
+            owned_by(&owners_of(best))
+        )),
+    )
+}
+
+/// "a `moco` key", or "a key of `sgd` or `lars`".
+fn owned_by(owners: &[&str]) -> String {
+    if owners.len() == 1 {
+        format!("a `{}` key", owners[0])
+    } else {
+        format!("a key of {}", either(owners))
+    }
+}
+
 /// Whether `key` is the tag of a tagged section (the key its arms' `if` tests).
 fn key_is_tag(schema: &Value, key: &str) -> bool {
     schema
@@ -672,7 +779,11 @@ impl Validator {
                     let mut p = path.to_vec();
                     p.push(k.clone());
                     let l = root.locate(&p);
-                    let mut d = Diagnostic::error(p.join("."), format!("unknown key `{k}` in {}", section_name(path))).with_span(Some(l.key.unwrap_or(l.value)));
+                    let span = Some(l.key.unwrap_or(l.value));
+                    if let Some(d) = schema.and_then(|s| other_variant_key(s, instance?, path, k)) {
+                        return d.with_span(span);
+                    }
+                    let mut d = Diagnostic::error(p.join("."), format!("unknown key `{k}` in {}", section_name(path))).with_span(span);
                     if let Some(best) = did_you_mean(k, allowed.iter().copied()) {
                         d = d.with_help(format!("did you mean `{best}`?"));
                     } else if k == "normalize" && path.len() >= 2 && path[0] == "augment" {
