@@ -84,6 +84,11 @@ enum Command {
         /// Number of images (rows).
         #[arg(long, default_value_t = 8)]
         n: usize,
+        /// Enlarge every cell N times, nearest neighbour (1 = native size). Default:
+        /// the smallest N that makes a cell at least 96 px on its longer side, lowered
+        /// (not below 1) while the grid would be over 2048 px on its longer side.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        scale: Option<u64>,
     },
     /// Train what the recipe describes, run its downstream tasks, and write a run
     /// directory (resolved recipe, metrics, checkpoints, pictures, results, report).
@@ -175,7 +180,8 @@ fn main() -> ExitCode {
             sets,
             output,
             n,
-        } => commands::preview::preview(&file, &sets, &output, n),
+            scale,
+        } => commands::preview::preview(&file, &sets, &output, n, scale),
         Command::Run {
             file,
             sets,
