@@ -126,6 +126,24 @@ enum Command {
         #[arg(long = "set", value_name = "PATH=VALUE")]
         sets: Vec<String>,
     },
+    /// Write a starting recipe for a dataset: an image folder (one subfolder per class,
+    /// or flat and unlabelled), MNIST-style IDX files or CIFAR binary batches. Detects
+    /// size, channels, classes and the test split, measures the normalisation, sizes
+    /// the augmentations and model to the images, and validates what it writes.
+    Init {
+        /// The dataset folder.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// The contrastive method (`supcon` needs labels).
+        #[arg(long, value_enum, default_value_t = commands::init::MethodArg::Simclr)]
+        method: commands::init::MethodArg,
+        /// The recipe file to write.
+        #[arg(short, long, value_name = "FILE", default_value = "recipe.yaml")]
+        output: PathBuf,
+        /// Overwrite the recipe file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the recipe JSON Schema (Draft 7).
     Schema,
     /// Print the fully resolved recipe: `extends` merged, overrides applied, every default filled.
@@ -204,6 +222,12 @@ fn main() -> ExitCode {
             tasks,
             sets,
         } => commands::run::eval(&target, &tasks, &sets),
+        Command::Init {
+            data,
+            method,
+            output,
+            force,
+        } => commands::init::init(&data, method, &output, force),
         Command::Schema => {
             print!("{}", schema::generate_pretty());
             ExitCode::SUCCESS
