@@ -994,6 +994,12 @@ pub fn render(
             listed.join(", ")
         ));
         line("\u{1}# (bilinear, aspect not kept); `error` would refuse them");
+    } else if matches!(d.source, DetectedSource::Folder { .. }) {
+        // A file added later in another size is then a located error, not a silent
+        // resize that changes what the model sees.
+        line(
+            "  mixed_sizes: error\u{1}# all one size: a file of another size is refused, not resized",
+        );
     }
     line("  normalize:");
     line("    # per channel, on the [0, 1] scale the loader uses, measured over the");

@@ -131,7 +131,8 @@ enum Command {
     /// size, channels, classes and the test split, measures the normalisation, sizes
     /// the augmentations and model to the images, and validates what it writes.
     Init {
-        /// The dataset folder.
+        /// The dataset folder: class subfolders, a flat folder, `train/` beside `test/`
+        /// (or `val/`), IDX files or CIFAR batches (an IDX or CIFAR file names its folder).
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
         /// The contrastive method (`supcon` needs labels).

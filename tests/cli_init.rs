@@ -144,6 +144,7 @@ fn gray_class_folder() {
     let r = load(&file);
     assert_eq!(r.data.image_size, 8);
     assert_eq!(r.data.channels, 1);
+    assert_eq!(r.data.mixed_sizes, recipe::spec::data::MixedSizes::Error);
     assert!(r.data.labels);
     // 30 images and no test folder: 20% held out, stratified (2 per class).
     assert_eq!(r.data.test_fraction, 0.2);
