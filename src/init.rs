@@ -700,6 +700,24 @@ pub fn relative_path(target: &Path, base: &Path) -> PathBuf {
     out
 }
 
+/// How a recipe in `base` names the data at `target`: relative when they share a
+/// folder below the root (the recipe and its data move together), absolute otherwise
+/// (`../../../data` climbing to the root says nothing a reader can check at a glance).
+fn data_path(target: &Path, base: &Path) -> PathBuf {
+    let (t, b) = (absolute(target), absolute(base));
+    let shared = t
+        .components()
+        .zip(b.components())
+        .take_while(|(x, y)| x == y)
+        .filter(|(c, _)| matches!(c, Component::Normal(_)))
+        .count();
+    if shared == 0 {
+        t
+    } else {
+        relative_path(&t, &b)
+    }
+}
+
 /// The project schema the modeline of a recipe in `out_dir` should name: the first
 /// `schemas/recipe.schema.json` in `out_dir` or a folder above it, else the one in
 /// `project_dir`; `None` when neither exists.
@@ -831,6 +849,7 @@ fn pow2_at_most(n: usize) -> usize {
 /// The recipe text for `d` and `method`, to be saved as a file in `out_dir`, whose
 /// modeline names `schema` (a path relative to `out_dir`).
 ///
+/// Data paths are relative to `out_dir` (absolute when the two share only the root).
 /// Sizing, from the detected side `S`, channels and training images `N`:
 /// - backbone: `small_cnn` below 32 px (fewer stages below 4 px), `resnet18` with the
 ///   CIFAR stem up to 64 px, with the ImageNet stem above;
@@ -903,10 +922,10 @@ pub fn render(
         DetectedSource::Folder { train, test } => {
             let mut src = format!(
                 "  source: {{format: image_folder, train: {}",
-                quoted(&relative_path(train, out_dir))
+                quoted(&data_path(train, out_dir))
             );
             if let Some(t) = test {
-                src += &format!(", test: {}", quoted(&relative_path(t, out_dir)));
+                src += &format!(", test: {}", quoted(&data_path(t, out_dir)));
             }
             line(&(src + "}"));
         }
@@ -919,20 +938,20 @@ pub fn render(
             line("    format: idx");
             line(&format!(
                 "    train_images: {}",
-                quoted(&relative_path(train_images, out_dir))
+                quoted(&data_path(train_images, out_dir))
             ));
             line(&format!(
                 "    train_labels: {}",
-                quoted(&relative_path(train_labels, out_dir))
+                quoted(&data_path(train_labels, out_dir))
             ));
             if let Some((ti, tl)) = test {
                 line(&format!(
                     "    test_images: {}",
-                    quoted(&relative_path(ti, out_dir))
+                    quoted(&data_path(ti, out_dir))
                 ));
                 line(&format!(
                     "    test_labels: {}",
-                    quoted(&relative_path(tl, out_dir))
+                    quoted(&data_path(tl, out_dir))
                 ));
             }
         }
@@ -943,7 +962,7 @@ pub fn render(
             };
             line(&format!(
                 "  source: {{format: cifar, variant: {v}, dir: {}}}",
-                quoted(&relative_path(dir, out_dir))
+                quoted(&data_path(dir, out_dir))
             ));
         }
     }

@@ -638,3 +638,38 @@ fn unreadable_files_are_skipped_and_said() {
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(text.contains("e.g. broken.png"), "{text}");
 }
+
+/// Data that shares no folder with the recipe but the root is named by its absolute
+/// path; otherwise the path is relative to the recipe.
+#[test]
+fn data_paths_are_relative_unless_only_the_root_is_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    class_folder(&data, &["a", "b"], 5, 8, 1);
+    let out_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let file = out_dir.path().join("r.yaml");
+    ok(&init(&[
+        "--data",
+        data.to_str().unwrap(),
+        "-o",
+        file.to_str().unwrap(),
+    ]));
+    let text = std::fs::read_to_string(&file).unwrap();
+    fn first(p: &Path) -> Option<std::path::Component<'_>> {
+        p.components().nth(1)
+    }
+    let written = if first(&data) == first(out_dir.path()) {
+        "train: \"../".to_string()
+    } else {
+        format!("train: \"{}\"", data.display())
+    };
+    assert!(text.contains(&written), "{written}\n{text}");
+    let r = load(&file);
+    let recipe::spec::data::Source::ImageFolder { train, .. } = &r.data.source else {
+        panic!()
+    };
+    assert_eq!(
+        std::fs::canonicalize(train).unwrap(),
+        std::fs::canonicalize(&data).unwrap()
+    );
+}
