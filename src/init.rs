@@ -862,10 +862,11 @@ fn pow2_at_most(n: usize) -> usize {
 ///   kernel of about 10% of the side (odd) from 64 px, where it no longer wipes out
 ///   the image;
 /// - per method: MoCo's queue a multiple of the keys enqueued per step (2 × batch,
-///   symmetric) up to 4096 and at most `N`; the memory bank one view and up to 4096
-///   negatives, below `N`; SwAV multi-crop (2 global + 4 local crops) where a local
-///   crop of about half the side still fits the backbone, 10 prototypes per class
-///   (or `N / 10`), the prototypes frozen for the first epoch; SupCon only with labels;
+///   symmetric) up to 4096 and at most `N / 2`; the memory bank one view and up to
+///   4096 negatives, at most `N / 2`; SwAV multi-crop (2 global + 4 local crops) where
+///   a local crop of about half the side still fits the backbone, 10 prototypes per
+///   class (or `N / 10`, at most `N / 2`), the prototypes frozen for the first epoch;
+///   SupCon only with labels;
 /// - downstream: kNN, a linear probe and all pictures with labels; pictures that need
 ///   no labels without them.
 pub fn render(
@@ -1192,11 +1193,13 @@ pub fn render(
         Method::Simclr => line("  temperature: 0.2"),
         Method::Moco => {
             let per_step = 2 * batch;
-            let queue = (4096.min(n) / per_step).max(1) * per_step;
+            // Half the dataset at most: a queue that holds an image's own key from an
+            // earlier step makes it its own negative.
+            let queue = (4096.min(n / 2) / per_step).max(1) * per_step;
             line("  temperature: 0.2");
             line("  momentum: 0.99\u{1}# of the key encoder's EMA");
             line(&format!(
-                "  queue_size: {queue}\u{1}# {} × 2 × batch {batch} (symmetric: both views' keys each step), at most the dataset",
+                "  queue_size: {queue}\u{1}# {} × 2 × batch {batch} (symmetric: both views' keys each step), at most half the dataset",
                 queue / per_step
             ));
             line("  symmetric: true");
@@ -1219,7 +1222,9 @@ pub fn render(
             } else {
                 n / 10
             };
-            let k = k.clamp(2, 3000).min(n.max(2));
+            // Sinkhorn spreads the images evenly over the prototypes, so more than
+            // half as many prototypes as images would leave most of them empty.
+            let k = k.min(n / 2).clamp(2, 3000);
             line("  temperature: 0.1");
             line(&format!(
                 "  prototypes: {k}\u{1}# {}",

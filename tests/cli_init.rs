@@ -69,15 +69,27 @@ fn save(path: &Path, idx: usize, w: u32, h: u32, channels: usize) {
     }
 }
 
-/// Loads a recipe file and requires it to be valid without warnings.
+/// Loads a recipe file, checks its data as `recipe validate` does, and requires it to
+/// be valid without warnings.
 fn load(path: &Path) -> Recipe {
-    let loaded = Loader::new().load_file(path, &[]).unwrap();
+    load_warned(path, &[])
+}
+
+/// [`load`], where the recipe's data has exactly the warnings that contain `expected`
+/// (conversions the recipe says it makes).
+fn load_warned(path: &Path, expected: &[&str]) -> Recipe {
+    let mut loaded = Loader::new().load_file(path, &[]).unwrap();
+    recipe::build::check_data_paths(&mut loaded);
     let text = std::fs::read_to_string(path).unwrap();
-    assert!(
-        loaded.diagnostics.is_empty(),
-        "{:#?}\n{text}",
-        loaded.diagnostics
-    );
+    let messages: Vec<&str> = loaded
+        .diagnostics
+        .iter()
+        .map(|d| d.message.as_str())
+        .collect();
+    assert_eq!(messages.len(), expected.len(), "{messages:#?}\n{text}");
+    for (m, e) in messages.iter().zip(expected) {
+        assert!(m.contains(e), "{messages:#?}\n{text}");
+    }
     loaded.valid_recipe().cloned().unwrap()
 }
 
@@ -333,7 +345,7 @@ fn mixed_sizes_use_the_most_common() {
         file.to_str().unwrap(),
     ]));
     assert!(stdout.contains("mixed sizes: 2 image(s)"), "{stdout}");
-    let r = load(&file);
+    let r = load_warned(&file, &["loading resizes 2 of 12 images to 16×16"]);
     assert_eq!(r.data.image_size, 16);
     assert_eq!(r.data.mixed_sizes, recipe::spec::data::MixedSizes::Resize);
     let text = std::fs::read_to_string(&file).unwrap();
@@ -361,7 +373,8 @@ fn rgb_files_of_gray_pictures_are_one_channel() {
         file.to_str().unwrap(),
     ]));
     assert!(stdout.contains("every pixel is gray"), "{stdout}");
-    assert_eq!(load(&file).data.channels, 1);
+    let r = load_warned(&file, &["loading converts 10 RGB images to 1 channel"]);
+    assert_eq!(r.data.channels, 1);
 }
 
 fn idx_images(n: usize, rows: usize, cols: usize) -> Vec<u8> {
