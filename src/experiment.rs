@@ -1167,6 +1167,7 @@ impl Downstream<'_> {
                         &chain,
                         &imgs,
                         self.r.seed,
+                        augment::Scale::Auto,
                         &self.dir.join("augmentation_views.png"),
                     )
                     .map_err(setup_err)?;

@@ -24,6 +24,7 @@ pub mod dist;
 /// Downstream evaluation of an encoder: features, kNN, linear probe, fine-tuning, PCA.
 pub mod eval;
 pub mod experiment;
+pub mod init;
 pub mod nn;
 pub mod objective;
 pub mod optim;

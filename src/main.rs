@@ -84,6 +84,11 @@ enum Command {
         /// Number of images (rows).
         #[arg(long, default_value_t = 8)]
         n: usize,
+        /// Enlarge every cell N times, nearest neighbour (1 = native size). Default:
+        /// the smallest N that makes a cell at least 96 px on its longer side, lowered
+        /// (not below 1) while the grid would be over 2048 px on its longer side.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        scale: Option<u64>,
     },
     /// Train what the recipe describes, run its downstream tasks, and write a run
     /// directory (resolved recipe, metrics, checkpoints, pictures, results, report).
@@ -120,6 +125,25 @@ enum Command {
         /// (only `downstream` keys; value is YAML).
         #[arg(long = "set", value_name = "PATH=VALUE")]
         sets: Vec<String>,
+    },
+    /// Write a starting recipe for a dataset: an image folder (one subfolder per class,
+    /// or flat and unlabelled), MNIST-style IDX files or CIFAR binary batches. Detects
+    /// size, channels, classes and the test split, measures the normalisation, sizes
+    /// the augmentations and model to the images, and validates what it writes.
+    Init {
+        /// The dataset folder: class subfolders, a flat folder, `train/` beside `test/`
+        /// (or `val/`), IDX files or CIFAR batches (an IDX or CIFAR file names its folder).
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// The contrastive method (`supcon` needs labels).
+        #[arg(long, value_enum, default_value_t = commands::init::MethodArg::Simclr)]
+        method: commands::init::MethodArg,
+        /// The recipe file to write.
+        #[arg(short, long, value_name = "FILE", default_value = "recipe.yaml")]
+        output: PathBuf,
+        /// Overwrite the recipe file if it exists.
+        #[arg(long)]
+        force: bool,
     },
     /// Print the recipe JSON Schema (Draft 7).
     Schema,
@@ -175,7 +199,8 @@ fn main() -> ExitCode {
             sets,
             output,
             n,
-        } => commands::preview::preview(&file, &sets, &output, n),
+            scale,
+        } => commands::preview::preview(&file, &sets, &output, n, scale),
         Command::Run {
             file,
             sets,
@@ -198,6 +223,12 @@ fn main() -> ExitCode {
             tasks,
             sets,
         } => commands::run::eval(&target, &tasks, &sets),
+        Command::Init {
+            data,
+            method,
+            output,
+            force,
+        } => commands::init::init(&data, method, &output, force),
         Command::Schema => {
             print!("{}", schema::generate_pretty());
             ExitCode::SUCCESS

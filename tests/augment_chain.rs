@@ -5,8 +5,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use recipe::augment::{
     AugmentError, Chain, ChainConfig, ColorJitter, CropGroup, GaussianBlur, HorizontalFlip,
-    Normalize, Op, RandomGrayscale, RandomResizedCrop, Solarize, ViewMaker, ViewPlan,
-    preview::SEPARATOR, preview_grid, write_preview,
+    Normalize, Op, RandomGrayscale, RandomResizedCrop, Scale, Solarize, ViewMaker, ViewPlan,
+    preview::SEPARATOR, preview_grid, preview_grid_scaled, write_preview,
 };
 use recipe::data::Image;
 
@@ -218,7 +218,10 @@ fn preview_writes_a_png_of_the_expected_size() {
     let images: Vec<Image> = (0..3).map(|i| noise(3, 20, 30, i)).collect();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("views.png");
-    write_preview(&chain, &images, 1, &path).unwrap();
+    assert_eq!(
+        write_preview(&chain, &images, 1, Scale::Times(1), &path).unwrap(),
+        1
+    );
     let png = image::open(&path).unwrap().to_rgb8();
     let (cell, cols, rows) = (16u32, 3u32, 3u32);
     let s = SEPARATOR as u32;
@@ -246,4 +249,101 @@ fn preview_writes_a_png_of_the_expected_size() {
     let out = preview_grid(&gray, &[noise(1, 40, 40, 3)], 0).unwrap();
     assert_eq!(out.channels, 3);
     assert!(preview_grid(&gray, &[], 0).is_err());
+}
+
+/// A two-view chain whose crops keep the whole side of `c`-channel `size`² images.
+fn native_chain(c: usize, size: usize) -> Chain {
+    let crop = RandomResizedCrop::new((size, size), (0.2, 1.0), (3.0 / 4.0, 4.0 / 3.0)).unwrap();
+    Chain::new(
+        ChainConfig {
+            plan: ViewPlan::Shared {
+                views: 2,
+                pipeline: vec![Op::RandomResizedCrop(crop)],
+            },
+            normalize: None,
+        },
+        (c, size, size),
+    )
+    .unwrap()
+}
+
+/// The outer size of a preview of `rows` images and 2 views in cells of `cell` pixels.
+fn preview_size(rows: u32, cell: u32) -> (u32, u32) {
+    let s = SEPARATOR as u32;
+    (3 * cell + 4 * s, rows * cell + (rows + 1) * s)
+}
+
+#[test]
+fn preview_is_enlarged_to_a_legible_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("views.png");
+    // 8×8 digits: 12× makes 96-pixel cells.
+    let digits: Vec<Image> = (0..8).map(|i| noise(1, 8, 8, i)).collect();
+    let chain = native_chain(1, 8);
+    assert_eq!(
+        write_preview(&chain, &digits, 0, Scale::Auto, &path).unwrap(),
+        12
+    );
+    let png = image::open(&path).unwrap().to_rgb8();
+    assert_eq!(png.dimensions(), preview_size(8, 96));
+    // 28×28 Fashion-MNIST: 4× makes 112-pixel cells.
+    let fashion: Vec<Image> = (0..8).map(|i| noise(1, 28, 28, i)).collect();
+    let chain28 = native_chain(1, 28);
+    assert_eq!(
+        write_preview(&chain28, &fashion, 0, Scale::Auto, &path).unwrap(),
+        4
+    );
+    assert_eq!(
+        image::open(&path).unwrap().to_rgb8().dimensions(),
+        preview_size(8, 112)
+    );
+    // 32×32 RGB: 3× (96 pixels).
+    let cifar: Vec<Image> = (0..2).map(|i| noise(3, 32, 32, i)).collect();
+    assert_eq!(
+        write_preview(&native_chain(3, 32), &cifar, 0, Scale::Auto, &path).unwrap(),
+        3
+    );
+    // A given factor is used as it is.
+    assert_eq!(
+        write_preview(&chain, &digits[..2], 0, Scale::Times(5), &path).unwrap(),
+        5
+    );
+    assert_eq!(
+        image::open(&path).unwrap().to_rgb8().dimensions(),
+        preview_size(2, 40)
+    );
+
+    // Each view pixel becomes a block of scale × scale equal pixels: the enlarged grid
+    // is the native one sampled by nearest neighbour, separators excepted.
+    let native = preview_grid(&chain, &digits[..1], 3).unwrap();
+    let big = preview_grid_scaled(&chain, &digits[..1], 3, 12).unwrap();
+    let x1 = SEPARATOR + 8 + SEPARATOR;
+    let bx1 = SEPARATOR + 96 + SEPARATOR;
+    for y in 0..96 {
+        for x in 0..96 {
+            assert_eq!(
+                big.get(0, SEPARATOR + y, bx1 + x),
+                native.get(0, SEPARATOR + y / 12, x1 + x / 12)
+            );
+        }
+    }
+    assert!(preview_grid_scaled(&chain, &digits, 0, 0).is_err());
+    // A factor that would need gigabytes is an error, not an allocation.
+    assert!(preview_grid_scaled(&chain, &digits, 0, 100_000).is_err());
+}
+
+#[test]
+fn auto_scale_keeps_large_grids_in_bounds() {
+    use recipe::augment::preview::{MAX_AUTO_SIDE, auto_scale};
+    assert_eq!(auto_scale((8, 8), 8, 3), 12);
+    assert_eq!(auto_scale((28, 28), 8, 3), 4);
+    assert_eq!(auto_scale((96, 96), 8, 3), 1);
+    // 64 rows of 28 px at 4× would be 7,000 px high: the cap brings it to 1×.
+    assert_eq!(auto_scale((28, 28), 64, 3), 1);
+    // SwAV's 2 + 4 crops of 8 px next to the original (7 columns) at 12×: 700 px wide.
+    assert_eq!(auto_scale((8, 8), 8, 7), 12);
+    // 16 rows of 8 px: 12× would be 1,570 px high, still within the cap.
+    let s = auto_scale((8, 8), 16, 3);
+    assert_eq!(s, 12);
+    assert!(16 * 8 * s + 17 * SEPARATOR <= MAX_AUTO_SIDE);
 }

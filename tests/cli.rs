@@ -185,17 +185,34 @@ fn preview_writes_a_grid() {
         "3",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let img = image::open(&png).unwrap();
-    // 3 rows of 28 px and 3 columns (original + 2 views) of 28 px, with separators.
     assert!(
-        img.height() >= 3 * 28 && img.height() < 3 * 28 + 20,
+        text(&out.stdout).contains("pixels enlarged 4×"),
         "{}",
-        img.height()
+        text(&out.stdout)
     );
+    let img = image::open(&png).unwrap();
+    // 3 rows and 3 columns (original + 2 views) of 28 px cells enlarged 4× (the smallest
+    // factor that reaches 96 px), with 2 px separators.
+    assert_eq!((img.width(), img.height()), (3 * 112 + 8, 3 * 112 + 8));
+    let native = recipe(&[
+        "preview",
+        "recipes/moco.yaml",
+        "-o",
+        png.to_str().unwrap(),
+        "--n",
+        "3",
+        "--scale",
+        "1",
+    ]);
+    assert_eq!(native.status.code(), Some(0), "{}", text(&native.stderr));
+    let img = image::open(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (3 * 28 + 8, 3 * 28 + 8));
+    let zero = recipe(&["preview", "recipes/moco.yaml", "--scale", "0"]);
+    assert_eq!(zero.status.code(), Some(2));
     assert!(
-        img.width() >= 3 * 28 && img.width() < 3 * 28 + 20,
+        text(&zero.stderr).contains("--scale"),
         "{}",
-        img.width()
+        text(&zero.stderr)
     );
     let unwritable = recipe(&[
         "preview",
@@ -396,4 +413,55 @@ fn damage_past_an_image_header_is_found_by_plan_with_exit_2() {
         err.contains("cannot decode image") && err.contains("0.png"),
         "{err}"
     );
+}
+
+#[test]
+fn preview_enlarges_8x8_digits() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("digits");
+    for class in 0..2u8 {
+        std::fs::create_dir_all(data.join(class.to_string())).unwrap();
+        for i in 0..4u8 {
+            let img = image::GrayImage::from_fn(8, 8, |x, y| {
+                image::Luma([(x * 30 + y * 3) as u8 ^ (i * 40 + class * 90)])
+            });
+            img.save(data.join(format!("{class}/{i}.png"))).unwrap();
+        }
+    }
+    let file = dir.path().join("digits.yaml");
+    std::fs::write(
+        &file,
+        "version: 1\nname: digits\ndata:\n  source: {format: image_folder, train: digits}\n  \
+         image_size: 8\n  channels: 1\naugment:\n  views: 2\n  pipeline:\n    - \
+         random_resized_crop: {size: 8, scale: [0.4, 1.0]}\nmodel:\n  backbone: {arch: \
+         small_cnn}\nloss: {method: simclr}\noptimizer: {name: sgd, lr: 0.1}\ntrain: \
+         {epochs: 20, batch_size: 4}\n",
+    )
+    .unwrap();
+    let png = dir.path().join("views.png");
+    let out = recipe(&[
+        "preview",
+        file.to_str().unwrap(),
+        "-o",
+        png.to_str().unwrap(),
+        "--n",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // 8 px cells enlarged 12× to 96 px: 3 columns and 2 rows with 2 px separators.
+    let img = image::open(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (3 * 96 + 8, 2 * 96 + 6));
+    let out = recipe(&[
+        "preview",
+        file.to_str().unwrap(),
+        "-o",
+        png.to_str().unwrap(),
+        "--n",
+        "2",
+        "--scale",
+        "3",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let img = image::open(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (3 * 24 + 8, 2 * 24 + 6));
 }

@@ -62,7 +62,7 @@ pub use chain::{Chain, ChainConfig, CropGroup, Op, ViewPlan};
 pub use color::{ColorJitter, JitterParams, Normalize, RandomGrayscale, Solarize};
 pub use error::AugmentError;
 pub use geometric::{CropParams, HorizontalFlip, RandomResizedCrop, Resampler};
-pub use preview::{preview_grid, write_preview};
+pub use preview::{Scale, preview_grid, preview_grid_scaled, write_preview};
 
 /// A uniform sample in `[lo, hi)` (or exactly `lo` when the range is empty), drawn as one
 /// `f64` so that degenerate ranges such as `[1, 1]` never panic.

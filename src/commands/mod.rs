@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod device_check;
+pub mod init;
 pub mod plan;
 pub mod preview;
 pub mod render;

@@ -7,7 +7,15 @@ use recipe::{augment, data};
 
 use super::{load_valid, set_threads};
 
-pub fn preview(file: &Path, sets: &[String], output: &Path, n: usize) -> ExitCode {
+/// Writes `n` training images and their views to `output`, enlarged `scale` times
+/// (`None`: the automatic [`augment::Scale`]).
+pub fn preview(
+    file: &Path,
+    sets: &[String],
+    output: &Path,
+    n: usize,
+    scale: Option<u64>,
+) -> ExitCode {
     let r = match load_valid(file, sets, true) {
         Ok((r, _)) => r,
         Err(code) => return code,
@@ -31,10 +39,15 @@ pub fn preview(file: &Path, sets: &[String], output: &Path, n: usize) -> ExitCod
     // Spread the rows over the dataset rather than showing its first few images.
     let step = (loaded.train.len() / count).max(1);
     let images: Vec<_> = (0..count).map(|i| loaded.train.image(i * step)).collect();
-    match augment::write_preview(&chain, &images, r.seed, output) {
-        Ok(()) => {
+    let scale = match scale {
+        // Clap keeps N at 1 or more; a factor beyond usize could not be drawn anyway.
+        Some(s) => augment::Scale::Times(usize::try_from(s).unwrap_or(usize::MAX)),
+        None => augment::Scale::Auto,
+    };
+    match augment::write_preview(&chain, &images, r.seed, scale, output) {
+        Ok(factor) => {
             println!(
-                "wrote {} ({count} images × {} views)",
+                "wrote {} ({count} images × {} views, pixels enlarged {factor}×)",
                 output.display(),
                 augment::ViewMaker::view_shapes(&chain).len()
             );
