@@ -6,7 +6,6 @@
 //! [`report`](crate::report) and is the only one that knows all three; the CLI is a
 //! thin adapter over [`run`] and [`evaluate`].
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,20 +18,17 @@ use crate::build::Engine;
 use crate::checkpoint;
 use crate::data::{self, Dataset, Loader, LoaderConfig};
 use crate::dist::{self, Dist};
-use crate::eval::features::{FeatureMatrix, Which, extract, raw_pixels};
-use crate::eval::fine_tune::{FineTuneConfig, fine_tune};
-use crate::eval::knn::{KnnConfig, Metric, knn, nearest};
-use crate::eval::linear_probe::{ProbeConfig, linear_probe_select};
-use crate::eval::pca::pca_2d;
+use crate::eval::downstream::{DownstreamError, Encoders, Task as DTask, run_all};
+use crate::eval::features::extract;
+use crate::eval::knn::{KnnTask, knn};
 use crate::nn::EngineDevice;
 use crate::nn::model::Model;
 use crate::nn::params::ParamStore;
-use crate::report::markdown::{MetricsTable, ReportInput, write_report};
-use crate::report::metrics::{Kind, MetricsWriter, Record, read_jsonl};
-use crate::report::{grid, plots};
+use crate::report::markdown::{ReportInput, write_report};
+use crate::report::metrics::MetricsWriter;
 use crate::runtime;
 use crate::spec::Recipe;
-use crate::spec::downstream::{Features, Metric as SpecMetric, Plot, Task};
+use crate::spec::downstream::Task;
 use crate::train::TrainError;
 use crate::train::resume::{self, Change, Invocation};
 use crate::train::run::{LoopConfig, Progress, train_loop};
@@ -84,6 +80,18 @@ impl From<TrainError> for ExperimentError {
             TrainError::Data(d) => ExperimentError::Setup(d.to_string()),
             TrainError::Checkpoint(c) => ExperimentError::Setup(c.to_string()),
             other => ExperimentError::Run(other.to_string()),
+        }
+    }
+}
+
+impl From<DownstreamError> for ExperimentError {
+    fn from(e: DownstreamError) -> Self {
+        match e {
+            // The data or the run directory cannot serve the task: exit code 2.
+            DownstreamError::NoTestSplit(_)
+            | DownstreamError::Report(_)
+            | DownstreamError::Views(_) => ExperimentError::Setup(e.to_string()),
+            DownstreamError::Eval(_) => ExperimentError::Run(e.to_string()),
         }
     }
 }
@@ -393,53 +401,43 @@ fn run_on<D: EngineDevice + 'static>(
     };
     let norm = normalization(r);
     // kNN during training, every `every_epochs` epochs, on the test split.
-    let periodic: Vec<(usize, KnnConfig, Which)> = r
-        .downstream
+    let tasks = crate::build::downstream(r).map_err(run_err)?;
+    // kNN during training, every `every_epochs` epochs, on the test split.
+    let periodic: Vec<&KnnTask> = tasks
         .iter()
         .filter_map(|t| match t {
-            Task::Knn {
-                k,
-                temperature,
-                metric,
-                features,
-                every_epochs,
-                ..
-            } if *every_epochs > 0 => Some((
-                *every_epochs,
-                KnnConfig {
-                    k: *k,
-                    temperature: *temperature,
-                    metric: metric_of(*metric),
-                },
-                which(*features),
-            )),
-            _ => None,
+            DTask::Knn(k) if k.every_epochs > 0 => Some(k),
+            DTask::Knn(_) | DTask::LinearProbe(_) | DTask::FineTune(_) | DTask::Visualize(_) => {
+                None
+            }
         })
         .collect();
     let eval_batch = r.train.batch_size.max(64);
     let test_ref = test.as_ref();
     let train_ref: &Dataset = &train;
-    let mut on_epoch = |t: &mut Trainer<D>,
-                        epoch: usize|
-     -> Result<Vec<(String, f64)>, TrainError> {
-        let mut out = Vec::new();
-        // Evaluation runs once, on rank 0.
-        let (true, Some(test)) = (writer, test_ref) else {
-            return Ok(out);
-        };
-        for (every, cfg, w) in &periodic {
-            if !epoch.is_multiple_of(*every) {
-                continue;
+    let mut on_epoch =
+        |t: &mut Trainer<D>, epoch: usize| -> Result<Vec<(String, f64)>, TrainError> {
+            let mut out = Vec::new();
+            // Evaluation runs once, on rank 0.
+            let (true, Some(test)) = (writer, test_ref) else {
+                return Ok(out);
+            };
+            for task in &periodic {
+                if !epoch.is_multiple_of(task.every_epochs) {
+                    continue;
+                }
+                let model = t.encoder.model().clone();
+                let other = |e: crate::eval::EvalError| TrainError::Other(e.to_string());
+                let w = task.features;
+                let a = extract(&model, &mut t.store, train_ref, &norm, w, eval_batch)
+                    .map_err(other)?;
+                let b = extract(&model, &mut t.store, test, &norm, w, eval_batch).map_err(other)?;
+                let res = knn(&a, &b, &task.cfg).map_err(other)?;
+                out.push(("knn_top1".to_string(), res.top1));
+                out.push(("knn_top5".to_string(), res.top5));
             }
-            let model = t.encoder.model().clone();
-            let (a, b) = features_of(&model, &mut t.store, train_ref, test, &norm, *w, eval_batch)
-                .map_err(|e| TrainError::Other(e.to_string()))?;
-            let res = knn(&a, &b, cfg).map_err(|e| TrainError::Other(e.to_string()))?;
-            out.push(("knn_top1".to_string(), res.top1));
-            out.push(("knn_top5".to_string(), res.top5));
-        }
-        Ok(out)
-    };
+            Ok(out)
+        };
     let mut cfg = LoopConfig {
         epochs: r.train.epochs,
         log_every: r.train.log_every,
@@ -501,18 +499,31 @@ fn run_on<D: EngineDevice + 'static>(
     checkpoint::export_named(&dir.join("backbone.safetensors"), &trainer.store, &names)
         .map_err(setup_err)?;
     let eval_started = Instant::now();
-    let downstream = Downstream {
-        r,
-        train: &train,
-        test: test.as_ref(),
-        norm: &norm,
-        dir: &dir,
-        batch: eval_batch,
-    };
-    let results =
-        downstream.run_all(&model, &mut trainer.store, None, &mut metrics, trainer.step)?;
+    let untrained = crate::build::model(r, model.input.1).map_err(run_err)?;
+    let mut enc = Encoders::new(
+        &model,
+        &mut trainer.store,
+        &untrained,
+        r.seed,
+        &train,
+        test.as_ref(),
+        &norm,
+        &dir,
+        eval_batch,
+    )?;
+    let results = run_all(
+        &tasks,
+        &mut enc,
+        &mut metrics,
+        r.train.epochs as u64,
+        trainer.step,
+    )?;
     let eval_secs = eval_started.elapsed().as_secs_f64();
-    let curves = training_curves(&dir, r)?;
+    let curves = if crate::build::wants_curves(r) {
+        crate::report::curves::training_curves(&dir).map_err(setup_err)?
+    } else {
+        Vec::new()
+    };
     let mut figures = results.figures.clone();
     figures.extend(curves);
     let total = started.elapsed().as_secs_f64();
@@ -696,559 +707,6 @@ fn lr_at(r: &Recipe, dataset_len: usize, steps_per_epoch: u64, step: u64) -> Opt
     Some(s.lr(step))
 }
 
-fn metric_of(m: SpecMetric) -> Metric {
-    match m {
-        SpecMetric::Cosine => Metric::Cosine,
-        SpecMetric::Euclidean => Metric::Euclidean,
-    }
-}
-
-fn which(f: Features) -> Which {
-    match f {
-        Features::Backbone => Which::Backbone,
-        Features::Head => Which::Head,
-    }
-}
-
-fn features_of<D: EngineDevice>(
-    model: &Model,
-    store: &mut ParamStore<D>,
-    train: &Dataset,
-    test: &Dataset,
-    norm: &Normalize,
-    w: Which,
-    batch: usize,
-) -> Result<(FeatureMatrix, FeatureMatrix), ExperimentError> {
-    let a = extract(model, store, train, norm, w, batch).map_err(run_err)?;
-    let b = extract(model, store, test, norm, w, batch).map_err(run_err)?;
-    Ok((a, b))
-}
-
-/// What the downstream tasks produced.
-#[derive(Clone, Debug, Default)]
-pub struct DownstreamResults {
-    /// One entry per task (results.json's `downstream`).
-    pub json: Vec<Value>,
-    /// The report's table.
-    pub table: MetricsTable,
-    /// The report's remarks.
-    pub notes: Vec<String>,
-    /// `(title, file name)` of the pictures written.
-    pub figures: Vec<(String, String)>,
-}
-
-/// The downstream tasks of a recipe over its data.
-pub struct Downstream<'a> {
-    /// The recipe.
-    pub r: &'a Recipe,
-    /// Training split (kNN memory, probe training set).
-    pub train: &'a Dataset,
-    /// Test split.
-    pub test: Option<&'a Dataset>,
-    /// Normalisation for every image.
-    pub norm: &'a Normalize,
-    /// Where pictures go.
-    pub dir: &'a Path,
-    /// Images per forward pass.
-    pub batch: usize,
-}
-
-const ROWS: [&str; 3] = ["trained", "untrained network", "raw pixels"];
-
-impl Downstream<'_> {
-    /// Runs the recipe's tasks (or only those named in `only`) on `model` in `store`,
-    /// with the baselines the tasks ask for, writing eval records to `metrics`.
-    pub fn run_all<D: EngineDevice + 'static>(
-        &self,
-        model: &Model,
-        store: &mut ParamStore<D>,
-        only: Option<&[String]>,
-        metrics: &mut MetricsWriter,
-        step: u64,
-    ) -> Result<DownstreamResults, ExperimentError> {
-        let mut out = DownstreamResults {
-            table: MetricsTable {
-                columns: Vec::new(),
-                rows: ROWS.iter().map(|r| (r.to_string(), Vec::new())).collect(),
-            },
-            ..Default::default()
-        };
-        // The untrained network: the same config and seed, before any step.
-        let mut untrained = ParamStore::new(store.device().clone());
-        let plain = Model::new(
-            &mut untrained,
-            &crate::build::model(self.r, model.input.1).map_err(run_err)?,
-            self.r.seed,
-        )
-        .map_err(run_err)?;
-        let mut cache: BTreeMap<(usize, u8), (FeatureMatrix, FeatureMatrix)> = BTreeMap::new();
-        let mut raw: Option<(FeatureMatrix, FeatureMatrix)> = None;
-        for task in &self.r.downstream {
-            if let Some(names) = only
-                && !names.iter().any(|n| n == task.name())
-            {
-                continue;
-            }
-            if task.needs_labels() && self.test.is_none() {
-                return Err(setup_err(format!(
-                    "the `{}` task needs a labelled test split; set data.test_fraction",
-                    task.name()
-                )));
-            }
-            let t0 = Instant::now();
-            match task {
-                Task::Knn {
-                    k,
-                    temperature,
-                    metric,
-                    features,
-                    baselines,
-                    ..
-                } => {
-                    let cfg = KnnConfig {
-                        k: *k,
-                        temperature: *temperature,
-                        metric: metric_of(*metric),
-                    };
-                    let w = which(*features);
-                    let mut entry = json!({"task": "knn", "k": k, "temperature": temperature,
-                        "features": format!("{features:?}").to_lowercase()});
-                    let mut vals = [None, None, None];
-                    let mut vals5 = [None, None, None];
-                    for (row, name) in ROWS.iter().enumerate() {
-                        if row > 0 && !baselines {
-                            continue;
-                        }
-                        let (a, b) = self.features(
-                            row,
-                            w,
-                            model,
-                            store,
-                            &plain,
-                            &mut untrained,
-                            &mut cache,
-                            &mut raw,
-                        )?;
-                        let res = knn(a, b, &cfg).map_err(run_err)?;
-                        entry[key(name)] = json!({"top1": res.top1, "top5": res.top5});
-                        vals[row] = Some(res.top1);
-                        vals5[row] = Some(res.top5);
-                    }
-                    self.add_column(&mut out.table, &format!("kNN top-1 (k={k})"), vals);
-                    self.add_column(&mut out.table, &format!("kNN top-5 (k={k})"), vals5);
-                    metrics
-                        .write(
-                            &Record::new(Kind::Eval, self.r.train.epochs as u64, step)
-                                .with("knn_top1", vals[0].unwrap_or(f64::NAN))
-                                .with("knn_top5", vals5[0].unwrap_or(f64::NAN)),
-                        )
-                        .map_err(setup_err)?;
-                    entry["seconds"] = json!(t0.elapsed().as_secs_f64());
-                    out.json.push(entry);
-                }
-                Task::LinearProbe {
-                    epochs,
-                    batch_size,
-                    lr,
-                    weight_decay,
-                    features,
-                    standardize,
-                    baselines,
-                } => {
-                    let cfg = ProbeConfig {
-                        epochs: *epochs,
-                        batch_size: *batch_size,
-                        lr: *lr,
-                        weight_decay: 0.0,
-                        standardize: *standardize,
-                        seed: self.r.seed,
-                    };
-                    let wds = weight_decay.candidates();
-                    let w = which(*features);
-                    let mut entry = json!({"task": "linear_probe", "epochs": epochs, "lr": lr,
-                        "weight_decay": wds,
-                        "standardize": standardize,
-                        "features": format!("{features:?}").to_lowercase()});
-                    let mut vals = [None, None, None];
-                    let mut vals5 = [None, None, None];
-                    for (row, name) in ROWS.iter().enumerate() {
-                        if row > 0 && !baselines {
-                            continue;
-                        }
-                        let (a, b) = self.features(
-                            row,
-                            w,
-                            model,
-                            store,
-                            &plain,
-                            &mut untrained,
-                            &mut cache,
-                            &mut raw,
-                        )?;
-                        let (res, wd, held_out) =
-                            linear_probe_select(a, b, &cfg, &wds).map_err(run_err)?;
-                        entry[key(name)] = json!({"top1": res.top1, "top5": res.top5,
-                            "train_top1": res.train_top1, "weight_decay": wd,
-                            "held_out_top1": held_out});
-                        vals[row] = Some(res.top1);
-                        vals5[row] = Some(res.top5);
-                    }
-                    if wds.len() > 1 {
-                        let chosen: Vec<String> = ROWS
-                            .iter()
-                            .filter_map(|name| {
-                                entry[key(name)]["weight_decay"]
-                                    .as_f64()
-                                    .map(|wd| format!("{name} {wd}"))
-                            })
-                            .collect();
-                        out.notes.push(format!(
-                            "Linear probe: weight decay chosen from {wds:?} on a held-out 10% \
-                             of the training split, per feature set: {}.",
-                            chosen.join(", ")
-                        ));
-                    }
-                    self.add_column(&mut out.table, "linear top-1", vals);
-                    self.add_column(&mut out.table, "linear top-5", vals5);
-                    metrics
-                        .write(
-                            &Record::new(Kind::Eval, self.r.train.epochs as u64, step)
-                                .with("linear_top1", vals[0].unwrap_or(f64::NAN))
-                                .with("linear_top5", vals5[0].unwrap_or(f64::NAN)),
-                        )
-                        .map_err(setup_err)?;
-                    entry["seconds"] = json!(t0.elapsed().as_secs_f64());
-                    out.json.push(entry);
-                }
-                Task::FineTune {
-                    epochs,
-                    batch_size,
-                    lr,
-                    backbone_lr_scale,
-                    weight_decay,
-                } => {
-                    let test = self.test.expect("checked above");
-                    let cfg = FineTuneConfig {
-                        epochs: *epochs,
-                        batch_size: *batch_size,
-                        lr: *lr,
-                        backbone_lr_scale: *backbone_lr_scale,
-                        weight_decay: *weight_decay,
-                        seed: self.r.seed,
-                    };
-                    let m = model.with_input(test_hw(test)).map_err(run_err)?;
-                    let res =
-                        fine_tune(&m, store, self.train, test, self.norm, &cfg).map_err(run_err)?;
-                    let m0 = plain.with_input(test_hw(test)).map_err(run_err)?;
-                    let base = fine_tune(&m0, &untrained, self.train, test, self.norm, &cfg)
-                        .map_err(run_err)?;
-                    self.add_column(
-                        &mut out.table,
-                        "fine-tune top-1",
-                        [Some(res.top1), Some(base.top1), None],
-                    );
-                    metrics
-                        .write(
-                            &Record::new(Kind::Eval, self.r.train.epochs as u64, step)
-                                .with("fine_tune_top1", res.top1)
-                                .with("fine_tune_top5", res.top5),
-                        )
-                        .map_err(setup_err)?;
-                    out.json.push(json!({"task": "fine_tune", "epochs": epochs,
-                        "trained": {"top1": res.top1, "top5": res.top5},
-                        "untrained_network": {"top1": base.top1, "top5": base.top5},
-                        "seconds": t0.elapsed().as_secs_f64()}));
-                }
-                Task::Visualize {
-                    plots,
-                    samples,
-                    queries,
-                    neighbors,
-                } => {
-                    let figs = self.visualize(
-                        plots, *samples, *queries, *neighbors, model, store, &mut cache,
-                    )?;
-                    out.json.push(json!({"task": "visualize",
-                        "files": figs.iter().map(|f| f.1.clone()).collect::<Vec<_>>(),
-                        "seconds": t0.elapsed().as_secs_f64()}));
-                    out.figures.extend(figs);
-                }
-            }
-        }
-        out.notes.push(
-            "Baselines: *untrained network* is the same architecture with the recipe's seed \
-             before any training step; *raw pixels* classifies the normalised pixels directly. \
-             Linear probes standardise every feature with training-set statistics unless the \
-             recipe turns that off."
-                .into(),
-        );
-        out.table
-            .rows
-            .retain(|(_, v)| v.iter().any(Option::is_some));
-        Ok(out)
-    }
-
-    fn add_column(&self, t: &mut MetricsTable, name: &str, vals: [Option<f64>; 3]) {
-        t.columns.push(name.to_string());
-        for (row, v) in t.rows.iter_mut().zip(vals) {
-            row.1.push(v);
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn features<'c, D: EngineDevice + 'static>(
-        &self,
-        row: usize,
-        w: Which,
-        model: &Model,
-        store: &mut ParamStore<D>,
-        plain: &Model,
-        untrained: &mut ParamStore<D>,
-        cache: &'c mut BTreeMap<(usize, u8), (FeatureMatrix, FeatureMatrix)>,
-        raw: &'c mut Option<(FeatureMatrix, FeatureMatrix)>,
-    ) -> Result<(&'c FeatureMatrix, &'c FeatureMatrix), ExperimentError> {
-        let test = self.test.expect("labelled tasks checked the test split");
-        if row == 2 {
-            if raw.is_none() {
-                *raw = Some((
-                    raw_pixels(self.train, self.norm).map_err(run_err)?,
-                    raw_pixels(test, self.norm).map_err(run_err)?,
-                ));
-            }
-            let (a, b) = raw.as_ref().expect("just filled");
-            return Ok((a, b));
-        }
-        let k = (row, w as u8);
-        if let std::collections::btree_map::Entry::Vacant(slot) = cache.entry(k) {
-            let (m, s) = if row == 0 {
-                (model, store)
-            } else {
-                (plain, untrained)
-            };
-            slot.insert(features_of(
-                m, s, self.train, test, self.norm, w, self.batch,
-            )?);
-        }
-        let (a, b) = &cache[&k];
-        Ok((a, b))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn visualize<D: EngineDevice + 'static>(
-        &self,
-        plots: &[Plot],
-        samples: usize,
-        queries: usize,
-        neighbors: usize,
-        model: &Model,
-        store: &mut ParamStore<D>,
-        cache: &mut BTreeMap<(usize, u8), (FeatureMatrix, FeatureMatrix)>,
-    ) -> Result<Vec<(String, String)>, ExperimentError> {
-        let mut figs = Vec::new();
-        let eval_set = self.test.unwrap_or(self.train);
-        for plot in plots {
-            match plot {
-                Plot::Filters => {
-                    let name = model.backbone.first_conv_weight_name();
-                    let id = store
-                        .id(&name)
-                        .ok_or_else(|| run_err(format!("no `{name}` in the model")))?;
-                    let shape = &store.get(id).shape;
-                    let shape = [shape[0], shape[1], shape[2], shape[3]];
-                    grid::filters_png(&self.dir.join("filters.png"), &store.data(id), shape)
-                        .map_err(setup_err)?;
-                    figs.push(("First-layer filters".into(), "filters.png".into()));
-                }
-                Plot::FeatureMaps => {
-                    let n = queries.min(eval_set.len()).max(1);
-                    let idx = spread(eval_set.len(), n);
-                    let imgs: Vec<_> = idx.iter().map(|&i| eval_set.image(i)).collect();
-                    let (c, h, w) = eval_set.shape();
-                    let mut x = Vec::with_capacity(n * c * h * w);
-                    for im in &imgs {
-                        let im = self.norm.apply(im.clone()).map_err(run_err)?;
-                        x.extend_from_slice(&im.data);
-                    }
-                    let dev = store.device().clone();
-                    let t = dfdx::prelude::TensorFromVec::tensor_from_vec(&dev, x, (n, c, h, w));
-                    let stages = model.backbone.stage_outputs(store, t).map_err(run_err)?;
-                    let stages: Vec<(String, Vec<f32>, [usize; 4])> = stages
-                        .into_iter()
-                        .map(|(name, t)| {
-                            let s = *dfdx::prelude::HasShape::shape(&t);
-                            (name, t.as_vec(), [s.0, s.1, s.2, s.3])
-                        })
-                        .collect();
-                    grid::feature_maps_png(&self.dir.join("feature_maps.png"), &imgs, &stages, 8)
-                        .map_err(setup_err)?;
-                    figs.push((
-                        "Activation maps per stage".into(),
-                        "feature_maps.png".into(),
-                    ));
-                }
-                Plot::NearestNeighbors => {
-                    let Some(test) = self.test else { continue };
-                    let k = (0, Which::Backbone as u8);
-                    if let std::collections::btree_map::Entry::Vacant(slot) = cache.entry(k) {
-                        let v = features_of(
-                            model,
-                            store,
-                            self.train,
-                            test,
-                            self.norm,
-                            Which::Backbone,
-                            self.batch,
-                        )?;
-                        slot.insert(v);
-                    }
-                    let (a, b) = &cache[&k];
-                    let q = spread(b.n, queries.min(b.n).max(1));
-                    let qm = b.select(&q);
-                    let nn = nearest(a, &qm, neighbors, Metric::Cosine).map_err(run_err)?;
-                    let qimgs: Vec<_> = q.iter().map(|&i| test.image(i)).collect();
-                    let nimgs: Vec<Vec<_>> = nn
-                        .iter()
-                        .map(|row| row.iter().map(|(j, _)| self.train.image(*j)).collect())
-                        .collect();
-                    let correct: Vec<Vec<bool>> = nn
-                        .iter()
-                        .zip(&q)
-                        .map(|(row, &qi)| {
-                            row.iter()
-                                .map(|(j, _)| self.train.label(*j) == test.label(qi))
-                                .collect()
-                        })
-                        .collect();
-                    grid::neighbors_png(
-                        &self.dir.join("nearest_neighbors.png"),
-                        &qimgs,
-                        &nimgs,
-                        &correct,
-                    )
-                    .map_err(setup_err)?;
-                    figs.push((
-                        "Test images and their nearest training images (green: same class)".into(),
-                        "nearest_neighbors.png".into(),
-                    ));
-                }
-                Plot::EmbeddingPca => {
-                    let n = samples.min(eval_set.len()).max(2);
-                    let idx = spread(eval_set.len(), n);
-                    let sub = eval_set.select(&idx);
-                    let f = extract(model, store, &sub, self.norm, Which::Backbone, self.batch)
-                        .map_err(run_err)?;
-                    let p = pca_2d(&f).map_err(run_err)?;
-                    let classes: Vec<u32> =
-                        (0..sub.len()).map(|i| sub.label(i).unwrap_or(0)).collect();
-                    plots::scatter(
-                        &self.dir.join("embedding_pca.png"),
-                        &format!(
-                            "PCA of {} test embeddings ({:.0}% + {:.0}% of the variance)",
-                            n,
-                            100.0 * p.variance_ratio[0],
-                            100.0 * p.variance_ratio[1]
-                        ),
-                        &p.coords,
-                        &classes,
-                        sub.classes(),
-                    )
-                    .map_err(setup_err)?;
-                    figs.push(("Embedding PCA".into(), "embedding_pca.png".into()));
-                }
-                Plot::TrainingCurves => {
-                    // Drawn after the run from metrics.jsonl (see `training_curves`).
-                }
-                Plot::AugmentationViews => {
-                    let chain = augment::Chain::from_spec(&self.r.augment, &self.r.data)
-                        .map_err(run_err)?;
-                    let idx = spread(self.train.len(), queries.min(self.train.len()).max(1));
-                    let imgs: Vec<_> = idx.iter().map(|&i| self.train.image(i)).collect();
-                    augment::write_preview(
-                        &chain,
-                        &imgs,
-                        self.r.seed,
-                        augment::Scale::Auto,
-                        &self.dir.join("augmentation_views.png"),
-                    )
-                    .map_err(setup_err)?;
-                    figs.push((
-                        "Training images and their augmented views".into(),
-                        "augmentation_views.png".into(),
-                    ));
-                }
-            }
-        }
-        Ok(figs)
-    }
-}
-
-fn key(row: &str) -> String {
-    row.replace(' ', "_")
-}
-
-fn test_hw(d: &Dataset) -> (usize, usize) {
-    let (_, h, w) = d.shape();
-    (h, w)
-}
-
-/// `n` indices spread evenly over `0..len`.
-fn spread(len: usize, n: usize) -> Vec<usize> {
-    let n = n.min(len);
-    (0..n).map(|i| i * len / n.max(1)).collect()
-}
-
-/// Loss, learning rate and kNN accuracy over training, from `metrics.jsonl`, when the
-/// recipe asks for `training_curves`.
-fn training_curves(dir: &Path, r: &Recipe) -> Result<Vec<(String, String)>, ExperimentError> {
-    let wanted = r.downstream.iter().any(
-        |t| matches!(t, Task::Visualize { plots, .. } if plots.contains(&Plot::TrainingCurves)),
-    );
-    if !wanted {
-        return Ok(Vec::new());
-    }
-    let recs = read_jsonl(&dir.join("metrics.jsonl")).map_err(setup_err)?;
-    let series = |kind: Kind, field: &str, name: &str| plots::Series {
-        name: name.to_string(),
-        points: recs
-            .iter()
-            .filter(|r| r.kind == kind)
-            .filter_map(|r| r.get(field).map(|v| (r.step as f64, v)))
-            .collect(),
-    };
-    let mut figs = Vec::new();
-    plots::line_chart(
-        &dir.join("loss.png"),
-        "Training loss",
-        "step",
-        &[
-            series(Kind::Step, "loss", "loss (logged steps)"),
-            series(Kind::Epoch, "loss", "epoch mean"),
-        ],
-    )
-    .map_err(setup_err)?;
-    figs.push(("Training loss".into(), "loss.png".into()));
-    plots::line_chart(
-        &dir.join("lr.png"),
-        "Learning rate",
-        "step",
-        &[series(Kind::Step, "lr", "learning rate")],
-    )
-    .map_err(setup_err)?;
-    figs.push(("Learning rate".into(), "lr.png".into()));
-    let knn_pts = series(Kind::Epoch, "knn_top1", "kNN top-1 (%)");
-    if !knn_pts.points.is_empty() {
-        plots::line_chart(
-            &dir.join("knn.png"),
-            "kNN accuracy during training",
-            "step",
-            &[knn_pts],
-        )
-        .map_err(setup_err)?;
-        figs.push(("kNN top-1 over training".into(), "knn.png".into()));
-    }
-    Ok(figs)
-}
-
 /// `recipe eval`: the downstream tasks (all, or those in `only`) on a saved model —
 /// a run directory (its `checkpoints/last.safetensors`) or a checkpoint file inside
 /// one — writing pictures and `eval.json` into the run directory.
@@ -1380,24 +838,36 @@ fn evaluate_on<D: EngineDevice + 'static>(
     let mut metrics = MetricsWriter::resume(dir, &[], u64::MAX)
         .map_err(setup_err)?
         .0;
-    let ds = Downstream {
-        r,
-        train: &data.train,
-        test: data.test.as_ref(),
-        norm: &norm,
-        dir,
-        batch: r.train.batch_size.max(64),
-    };
     let meta = checkpoint::read_meta(ckpt).map_err(setup_err)?;
-    let res = ds.run_all(&model, &mut store, only, &mut metrics, meta.step)?;
-    // The entries of this evaluation, each with the task's recipe form (the merge key),
-    // the checkpoint, its step, the time and the overrides.
-    let when = rundir::timestamp(std::time::SystemTime::now());
-    let ran: Vec<&Task> = r
-        .downstream
-        .iter()
-        .filter(|t| only.is_none_or(|names| names.iter().any(|n| n == t.name())))
+    // The recipe's tasks (or the named ones), with the recipe form of each for the
+    // merge key of `eval.json`.
+    let keep = |name: &str| only.is_none_or(|names| names.iter().any(|n| n == name));
+    let ran: Vec<&Task> = r.downstream.iter().filter(|t| keep(t.name())).collect();
+    let tasks: Vec<DTask> = crate::build::downstream(r)
+        .map_err(run_err)?
+        .into_iter()
+        .filter(|t| keep(t.name()))
         .collect();
+    let untrained = crate::build::model(r, model.input.1).map_err(run_err)?;
+    let mut enc = Encoders::new(
+        &model,
+        &mut store,
+        &untrained,
+        r.seed,
+        &data.train,
+        data.test.as_ref(),
+        &norm,
+        dir,
+        r.train.batch_size.max(64),
+    )?;
+    let res = run_all(
+        &tasks,
+        &mut enc,
+        &mut metrics,
+        r.train.epochs as u64,
+        meta.step,
+    )?;
+    let when = rundir::timestamp(std::time::SystemTime::now());
     let fresh: Vec<Value> = res
         .json
         .iter()
