@@ -228,7 +228,8 @@ fn run_on<D: EngineDevice + 'static>(
                 )));
             }
             if writer {
-                dist_note(dir, world, true, r.train.sync_batch_norm)?;
+                resume::world_size_note(dir, world, true, r.train.sync_batch_norm)
+                    .map_err(ExperimentError::Setup)?;
             }
             dir.clone()
         }
@@ -240,7 +241,8 @@ fn run_on<D: EngineDevice + 'static>(
                 .unwrap_or_else(|| PathBuf::from(&r.output.dir));
             let dir = rundir::create(&parent, &r.name, &text).map_err(ExperimentError::Setup)?;
             if world > 1 {
-                dist_note(&dir, world, false, r.train.sync_batch_norm)?;
+                resume::world_size_note(&dir, world, false, r.train.sync_batch_norm)
+                    .map_err(ExperimentError::Setup)?;
             }
             dir
         }
@@ -528,7 +530,7 @@ fn run_on<D: EngineDevice + 'static>(
     figures.extend(curves);
     let total = started.elapsed().as_secs_f64();
     let invocations = resume::read(&dir);
-    let made = provenance(&invocations);
+    let made = resume::provenance(&invocations);
     let doc = json!({
         "name": r.name,
         "method": r.loss.method(),
@@ -597,90 +599,6 @@ fn run_on<D: EngineDevice + 'static>(
     .map_err(setup_err)?;
     dist.wait_for_all();
     Ok(RunOutcome::Finished { dir, results: doc })
-}
-
-/// How a run was made, from its `invocations.jsonl`.
-struct Provenance {
-    /// The recipe file the run started from.
-    recipe_file: Option<String>,
-    /// Every `--set` of every invocation, in order.
-    overrides: Vec<String>,
-    /// One line per invocation (its step and command) and per forced change.
-    lines: Vec<String>,
-}
-
-fn provenance(invocations: &[Value]) -> Provenance {
-    let mut p = Provenance {
-        recipe_file: None,
-        overrides: Vec::new(),
-        lines: Vec::new(),
-    };
-    for (i, inv) in invocations.iter().enumerate() {
-        if i == 0 {
-            p.recipe_file = inv["recipe_file"].as_str().map(str::to_string);
-        }
-        // A later `--set` of the same key replaces the earlier one (the recipe in force
-        // holds the later value).
-        for set in inv["overrides"].as_array().into_iter().flatten() {
-            let Some(set) = set.as_str() else { continue };
-            let key = |s: &str| s.split_once('=').map_or(s, |(k, _)| k).trim().to_string();
-            p.overrides.retain(|o| key(o) != key(set));
-            p.overrides.push(set.to_string());
-        }
-        let step = inv["start_step"].as_u64().unwrap_or(0);
-        p.lines.push(format!(
-            "{} at step {step}: `{}`",
-            inv["time"].as_str().unwrap_or("?"),
-            inv["command"].as_str().unwrap_or("?").replace('`', "'")
-        ));
-        for c in inv["changes"].as_array().into_iter().flatten() {
-            let v = |k: &str| match &c[k] {
-                Value::Null => "(absent)".to_string(),
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            p.lines.push(format!(
-                "  changed from step {step}: `{}`: {} → {}",
-                c["key"].as_str().unwrap_or("?"),
-                v("old").replace('`', "'"),
-                v("new").replace('`', "'")
-            ));
-        }
-    }
-    p
-}
-
-/// Name of the file in a data-parallel run directory that records the world size.
-pub const DIST_FILE: &str = "world_size.txt";
-
-/// Records the world size in `dir`; on a resume with another, says what changes.
-fn dist_note(dir: &Path, world: usize, resume: bool, sync_bn: bool) -> Result<(), ExperimentError> {
-    let path = dir.join(DIST_FILE);
-    let before = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|t| t.trim().parse::<usize>().ok())
-        .unwrap_or(1);
-    if resume && before != world {
-        let bn = if sync_bn {
-            "batch norm is synchronised, so nothing changes but float rounding".to_string()
-        } else {
-            format!(
-                "only batch norm changes: it normalises over per-rank batches of {} images \
-                 instead of {} (set train.sync_batch_norm: true to make K irrelevant)",
-                "B/".to_string() + &world.to_string(),
-                "B/".to_string() + &before.to_string()
-            )
-        };
-        eprintln!(
-            "note: this run was trained on {before} rank(s) and resumes on {world}: the global \
-             batch, the data order, the augmentations, the optimiser and the method state carry \
-             over unchanged; {bn}"
-        );
-    }
-    if world > 1 || path.exists() {
-        rundir::write_text(&path, &format!("{world}\n")).map_err(ExperimentError::Setup)?;
-    }
-    Ok(())
 }
 
 /// The changes between `dir`'s recipe in force and `r`: refused unless `force`.
