@@ -15,8 +15,8 @@ use sha2::{Digest, Sha256};
 
 use crate::augment::{self, Normalize};
 use crate::build::Engine;
-use crate::checkpoint;
-use crate::data::{self, Dataset, Loader, LoaderConfig};
+use crate::checkpoint::{self, CheckpointError};
+use crate::data::{self, DataError, Dataset, Loader, LoaderConfig};
 use crate::dist::{self, Dist};
 use crate::eval::downstream::{DownstreamError, Encoders, Task as DTask, run_all};
 use crate::eval::features::extract;
@@ -24,6 +24,7 @@ use crate::eval::knn::{KnnTask, knn};
 use crate::nn::EngineDevice;
 use crate::nn::model::Model;
 use crate::nn::params::ParamStore;
+use crate::report::ReportError;
 use crate::report::markdown::{ReportInput, write_report};
 use crate::report::metrics::MetricsWriter;
 use crate::runtime;
@@ -35,15 +36,35 @@ use crate::train::run::{LoopConfig, Progress, train_loop};
 use crate::train::rundir;
 use crate::train::step::Trainer;
 
-/// What went wrong, sorted by who can fix it.
+/// What went wrong, by layer and cause; [`ExperimentError::exit_code`] derives the
+/// CLI's exit code from the variant (2: usage, files, data, device; 1: the recipe or
+/// the run).
 #[derive(Debug)]
 pub enum ExperimentError {
-    /// Files, folders, data: exit code 2.
-    Setup(String),
-    /// The recipe cannot run as written (shapes, sizes, a diverging loss): exit code 1.
-    Run(String),
-    /// `--resume` with a recipe that differs from the run's, without `--force`:
-    /// exit code 1.
+    /// The data cannot be read or batched.
+    Data {
+        /// What was being done (`"cannot read the data: "`, or empty).
+        context: &'static str,
+        /// The data layer's error.
+        source: DataError,
+    },
+    /// A file or folder of the run directory cannot be read or written.
+    Files(String),
+    /// The metrics files, a picture or the report cannot be written.
+    Report(ReportError),
+    /// A checkpoint cannot be read, written or applied.
+    Checkpoint(CheckpointError),
+    /// The device or the thread pool cannot be set up.
+    Environment(String),
+    /// The command does not apply as given (a finished run, an unknown task, …).
+    Usage(String),
+    /// The recipe cannot run as written: shapes, sizes, a model that does not build.
+    Recipe(String),
+    /// Training stopped: a diverging loss, a step that failed.
+    Train(TrainError),
+    /// A downstream task failed.
+    Downstream(DownstreamError),
+    /// `--resume` with a recipe that differs from the run's, without `--force`.
     Changed {
         /// The run directory.
         dir: PathBuf,
@@ -52,10 +73,42 @@ pub enum ExperimentError {
     },
 }
 
+impl ExperimentError {
+    /// The exit code the README promises: 2 for usage, I/O, data and device problems,
+    /// 1 for a recipe that cannot run or a run that failed.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ExperimentError::Data { .. }
+            | ExperimentError::Files(_)
+            | ExperimentError::Report(_)
+            | ExperimentError::Checkpoint(_)
+            | ExperimentError::Environment(_)
+            | ExperimentError::Usage(_) => 2,
+            ExperimentError::Recipe(_)
+            | ExperimentError::Train(_)
+            | ExperimentError::Changed { .. } => 1,
+            ExperimentError::Downstream(d) => match d {
+                DownstreamError::NoTestSplit(_)
+                | DownstreamError::Report(_)
+                | DownstreamError::Views(_) => 2,
+                DownstreamError::Eval(_) => 1,
+            },
+        }
+    }
+}
+
 impl std::fmt::Display for ExperimentError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ExperimentError::Setup(m) | ExperimentError::Run(m) => f.write_str(m),
+            ExperimentError::Data { context, source } => write!(f, "{context}{source}"),
+            ExperimentError::Files(m)
+            | ExperimentError::Environment(m)
+            | ExperimentError::Usage(m)
+            | ExperimentError::Recipe(m) => f.write_str(m),
+            ExperimentError::Report(e) => write!(f, "{e}"),
+            ExperimentError::Checkpoint(e) => write!(f, "{e}"),
+            ExperimentError::Train(e) => write!(f, "{e}"),
+            ExperimentError::Downstream(e) => write!(f, "{e}"),
             ExperimentError::Changed { dir, changes } => {
                 write!(
                     f,
@@ -77,31 +130,62 @@ impl std::error::Error for ExperimentError {}
 impl From<TrainError> for ExperimentError {
     fn from(e: TrainError) -> Self {
         match e {
-            TrainError::Data(d) => ExperimentError::Setup(d.to_string()),
-            TrainError::Checkpoint(c) => ExperimentError::Setup(c.to_string()),
-            other => ExperimentError::Run(other.to_string()),
+            TrainError::Data(source) => ExperimentError::Data {
+                context: "",
+                source,
+            },
+            TrainError::Checkpoint(c) => ExperimentError::Checkpoint(c),
+            other => ExperimentError::Train(other),
         }
     }
 }
 
 impl From<DownstreamError> for ExperimentError {
     fn from(e: DownstreamError) -> Self {
-        match e {
-            // The data or the run directory cannot serve the task: exit code 2.
-            DownstreamError::NoTestSplit(_)
-            | DownstreamError::Report(_)
-            | DownstreamError::Views(_) => ExperimentError::Setup(e.to_string()),
-            DownstreamError::Eval(_) => ExperimentError::Run(e.to_string()),
-        }
+        ExperimentError::Downstream(e)
     }
 }
 
-fn run_err(e: impl std::fmt::Display) -> ExperimentError {
-    ExperimentError::Run(e.to_string())
+impl From<ReportError> for ExperimentError {
+    fn from(e: ReportError) -> Self {
+        ExperimentError::Report(e)
+    }
 }
 
-fn setup_err(e: impl std::fmt::Display) -> ExperimentError {
-    ExperimentError::Setup(e.to_string())
+impl From<CheckpointError> for ExperimentError {
+    fn from(e: CheckpointError) -> Self {
+        ExperimentError::Checkpoint(e)
+    }
+}
+
+fn recipe_err(e: impl std::fmt::Display) -> ExperimentError {
+    ExperimentError::Recipe(e.to_string())
+}
+
+fn files_err(e: impl std::fmt::Display) -> ExperimentError {
+    ExperimentError::Files(e.to_string())
+}
+
+fn usage_err(e: impl std::fmt::Display) -> ExperimentError {
+    ExperimentError::Usage(e.to_string())
+}
+
+fn env_err(e: impl std::fmt::Display) -> ExperimentError {
+    ExperimentError::Environment(e.to_string())
+}
+
+fn plain_data(source: DataError) -> ExperimentError {
+    ExperimentError::Data {
+        context: "",
+        source,
+    }
+}
+
+fn data_err(source: DataError) -> ExperimentError {
+    ExperimentError::Data {
+        context: "cannot read the data: ",
+        source,
+    }
 }
 
 /// A `recipe run` request.
@@ -185,7 +269,7 @@ pub fn normalization(r: &Recipe) -> Normalize {
 /// Runs the experiment `req` describes, on the device its `train.device` resolves to.
 pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
     let (engine, note) =
-        crate::build::device(req.recipe.train.device, req.recipe.seed).map_err(setup_err)?;
+        crate::build::device(req.recipe.train.device, req.recipe.seed).map_err(env_err)?;
     if let Some(note) = note {
         eprintln!("note: {note}");
     }
@@ -207,10 +291,10 @@ fn run_on<D: EngineDevice + 'static>(
     let (rank, world) = (dist.rank(), dist.world());
     let writer = rank == 0;
     if world > 1 {
-        dist::shard_range(r.train.batch_size, rank, world).map_err(run_err)?;
+        dist::shard_range(r.train.batch_size, rank, world).map_err(recipe_err)?;
     }
     let threads =
-        runtime::configure_threads(runtime::threads(r.train.threads, world)).map_err(setup_err)?;
+        runtime::configure_threads(runtime::threads(r.train.threads, world)).map_err(env_err)?;
     let text = resolved_text(r);
     let hash = recipe_hash(r);
     // Changes `--force` lets through; applied once the checkpoint has loaded.
@@ -219,7 +303,7 @@ fn run_on<D: EngineDevice + 'static>(
         Some(dir) => {
             forced = check_resume(dir, r, req.force)?;
             if forced.is_empty() && dir.join("results.json").is_file() {
-                return Err(setup_err(format!(
+                return Err(usage_err(format!(
                     "`{d}` has finished ({} epochs) and its results are written. To train \
                      longer: `recipe run --resume {d} --set train.epochs=N --force`; to rerun \
                      its downstream tasks: `recipe eval {d}`",
@@ -229,7 +313,7 @@ fn run_on<D: EngineDevice + 'static>(
             }
             if writer {
                 resume::world_size_note(dir, world, true, r.train.sync_batch_norm)
-                    .map_err(ExperimentError::Setup)?;
+                    .map_err(ExperimentError::Files)?;
             }
             dir.clone()
         }
@@ -239,27 +323,26 @@ fn run_on<D: EngineDevice + 'static>(
                 .out
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(&r.output.dir));
-            let dir = rundir::create(&parent, &r.name, &text).map_err(ExperimentError::Setup)?;
+            let dir = rundir::create(&parent, &r.name, &text).map_err(ExperimentError::Files)?;
             if world > 1 {
                 resume::world_size_note(&dir, world, false, r.train.sync_batch_norm)
-                    .map_err(ExperimentError::Setup)?;
+                    .map_err(ExperimentError::Files)?;
             }
             dir
         }
         None => PathBuf::new(),
     };
-    let loaded = data::load(&data::DataConfig::from_spec(&r.data, r.seed))
-        .map_err(|e| setup_err(format!("cannot read the data: {e}")))?;
+    let loaded = data::load(&data::DataConfig::from_spec(&r.data, r.seed)).map_err(data_err)?;
     let train = Arc::new(loaded.train);
     let test = loaded.test;
     if train.len() < r.train.batch_size {
-        return Err(run_err(format!(
+        return Err(recipe_err(format!(
             "the training set has {} images, fewer than one batch of {} (train.batch_size)",
             train.len(),
             r.train.batch_size
         )));
     }
-    let chain = augment::Chain::from_spec(&r.augment, &r.data).map_err(run_err)?;
+    let chain = augment::Chain::from_spec(&r.augment, &r.data).map_err(recipe_err)?;
     let loader = Loader::new(
         train.clone(),
         Arc::new(chain),
@@ -273,9 +356,9 @@ fn run_on<D: EngineDevice + 'static>(
             prefetch: r.train.prefetch,
         },
     )
-    .map_err(setup_err)?
+    .map_err(plain_data)?
     .sharded(rank, world)
-    .map_err(setup_err)?;
+    .map_err(plain_data)?;
     let mut trainer = Trainer::new(r, dev, train.len(), loader.batches_per_epoch() as u64)?;
     trainer.set_collective(dist.clone(), r.train.sync_batch_norm)?;
     if world > 1 && writer && req.progress != Progress::Quiet {
@@ -299,7 +382,7 @@ fn run_on<D: EngineDevice + 'static>(
             let meta = trainer.load(&ckpt)?;
             trainer.check_ranks_agree()?;
             if meta.recipe_hash != hash && forced.is_empty() && !req.force {
-                return Err(setup_err(format!(
+                return Err(usage_err(format!(
                     "`{}` was written by a recipe other than the run's {} (an earlier \
                      change may have been cut short); pass --force to continue with {} as \
                      it is",
@@ -333,9 +416,9 @@ fn run_on<D: EngineDevice + 'static>(
                         start_step.checked_sub(1)?,
                     )
                 });
-            let rel = resume::archive(&dir, start_step).map_err(setup_err)?;
+            let rel = resume::archive(&dir, start_step).map_err(files_err)?;
             rundir::write_text(&dir.join(rundir::RECIPE_FILE), &text)
-                .map_err(ExperimentError::Setup)?;
+                .map_err(ExperimentError::Files)?;
             if let Some(m) = &resumed {
                 // Stamped with the recipe now in force, so a plain `--resume` works.
                 trainer.save(
@@ -390,20 +473,16 @@ fn run_on<D: EngineDevice + 'static>(
                 archived,
             },
         )
-        .map_err(ExperimentError::Setup)?;
+        .map_err(ExperimentError::Files)?;
     }
     let mut metrics = match &resumed {
         _ if !writer => None,
-        Some(m) => Some(
-            MetricsWriter::resume(&dir, &[], m.step)
-                .map_err(setup_err)?
-                .0,
-        ),
-        None => Some(MetricsWriter::create(&dir, &[]).map_err(setup_err)?),
+        Some(m) => Some(MetricsWriter::resume(&dir, &[], m.step)?.0),
+        None => Some(MetricsWriter::create(&dir, &[])?),
     };
     let norm = normalization(r);
     // kNN during training, every `every_epochs` epochs, on the test split.
-    let tasks = crate::build::downstream(r).map_err(run_err)?;
+    let tasks = crate::build::downstream(r).map_err(recipe_err)?;
     // kNN during training, every `every_epochs` epochs, on the test split.
     let periodic: Vec<&KnnTask> = tasks
         .iter()
@@ -468,7 +547,7 @@ fn run_on<D: EngineDevice + 'static>(
                 .as_ref()
                 .map(|p| p.join(rundir::RECIPE_FILE))
                 .unwrap_or_default();
-            return Err(run_err(format!(
+            return Err(recipe_err(format!(
                 "{e}\nhelp: the run's recipe.yaml is the changed recipe now; to continue with \
                  the previous one: recipe run {} --resume {} --force",
                 resume::shell_line(&[prev.display().to_string()]),
@@ -492,16 +571,15 @@ fn run_on<D: EngineDevice + 'static>(
         });
     }
     let Some(mut metrics) = metrics else {
-        return Err(run_err("rank 0 has no metrics writer"));
+        return Err(recipe_err("rank 0 has no metrics writer"));
     };
     let model = trainer.encoder.model().clone();
     // torchvision's names and shapes minus `fc` (for ResNets; the small CNN's follow
     // an `nn.Sequential` named `features`).
     let names = model.backbone_entry_names(&trainer.store);
-    checkpoint::export_named(&dir.join("backbone.safetensors"), &trainer.store, &names)
-        .map_err(setup_err)?;
+    checkpoint::export_named(&dir.join("backbone.safetensors"), &trainer.store, &names)?;
     let eval_started = Instant::now();
-    let untrained = crate::build::model(r, model.input.1).map_err(run_err)?;
+    let untrained = crate::build::model(r, model.input.1).map_err(recipe_err)?;
     let mut enc = Encoders::new(
         &model,
         &mut trainer.store,
@@ -522,7 +600,7 @@ fn run_on<D: EngineDevice + 'static>(
     )?;
     let eval_secs = eval_started.elapsed().as_secs_f64();
     let curves = if crate::build::wants_curves(r) {
-        crate::report::curves::training_curves(&dir).map_err(setup_err)?
+        crate::report::curves::training_curves(&dir)?
     } else {
         Vec::new()
     };
@@ -563,7 +641,7 @@ fn run_on<D: EngineDevice + 'static>(
         &dir.join("results.json"),
         &(serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"),
     )
-    .map_err(ExperimentError::Setup)?;
+    .map_err(ExperimentError::Files)?;
     write_report(
         &dir.join("report.md"),
         &ReportInput {
@@ -595,16 +673,15 @@ fn run_on<D: EngineDevice + 'static>(
             notes: results.notes.clone(),
             figures,
         },
-    )
-    .map_err(setup_err)?;
+    )?;
     dist.wait_for_all();
     Ok(RunOutcome::Finished { dir, results: doc })
 }
 
 /// The changes between `dir`'s recipe in force and `r`: refused unless `force`.
 fn check_resume(dir: &Path, r: &Recipe, force: bool) -> Result<Vec<Change>, ExperimentError> {
-    let old = resume::read_recipe_value(dir).map_err(setup_err)?;
-    let new = serde_json::to_value(r).map_err(run_err)?;
+    let old = resume::read_recipe_value(dir).map_err(files_err)?;
+    let new = serde_json::to_value(r).map_err(recipe_err)?;
     let changes = resume::changes(&old, &new);
     if !changes.is_empty() && !force {
         return Err(ExperimentError::Changed {
@@ -644,7 +721,7 @@ pub fn evaluate(
             let hint = crate::diag::did_you_mean(name, Task::NAMES)
                 .map(|m| format!("did you mean `{m}`? "))
                 .unwrap_or_default();
-            return Err(setup_err(format!(
+            return Err(usage_err(format!(
                 "unknown task `{name}`\nhelp: {hint}the tasks are {}",
                 Task::NAMES.join(", ")
             )));
@@ -653,7 +730,7 @@ pub fn evaluate(
     for set in sets {
         let path = set.split_once('=').map_or(set.as_str(), |(p, _)| p).trim();
         if path != "downstream" && !path.starts_with("downstream.") {
-            return Err(setup_err(format!(
+            return Err(usage_err(format!(
                 "`--set {set}`: `recipe eval` can change only `downstream` (the model is \
                  trained); to change training, continue the run with `recipe run --resume`"
             )));
@@ -666,7 +743,7 @@ pub fn evaluate(
         )
     } else {
         let dir = target.parent().and_then(Path::parent).ok_or_else(|| {
-            setup_err(format!(
+            usage_err(format!(
                 "`{}` is not inside a run directory",
                 target.display()
             ))
@@ -674,7 +751,7 @@ pub fn evaluate(
         (dir.to_path_buf(), target.to_path_buf())
     };
     if !dir.join(rundir::RECIPE_FILE).is_file() {
-        return Err(setup_err(format!(
+        return Err(usage_err(format!(
             "`{}` is not a run directory (it has no {})",
             dir.display(),
             rundir::RECIPE_FILE
@@ -682,9 +759,9 @@ pub fn evaluate(
     }
     let loaded = crate::spec::Loader::new()
         .load_file(&dir.join(rundir::RECIPE_FILE), sets)
-        .map_err(setup_err)?;
+        .map_err(files_err)?;
     let Some(r) = loaded.valid_recipe().cloned() else {
-        return Err(run_err(format!(
+        return Err(recipe_err(format!(
             "the run's recipe{} is not valid:\n{}",
             if sets.is_empty() {
                 ""
@@ -698,7 +775,7 @@ pub fn evaluate(
     for name in only.unwrap_or_default() {
         if !present.contains(&name.as_str()) {
             let d = resume::shell_line(&[dir.display().to_string()]);
-            return Err(setup_err(format!(
+            return Err(usage_err(format!(
                 "this run's recipe has no `{name}` task (it has: {})\nhelp: to evaluate it \
                  with the task's defaults (`recipe render` shows them): recipe eval {d} --task \
                  {name} --set 'downstream=[{{task: {name}}}]'",
@@ -711,18 +788,18 @@ pub fn evaluate(
         }
     }
     if r.downstream.is_empty() {
-        return Err(setup_err(format!(
+        return Err(usage_err(format!(
             "this run's recipe has no downstream tasks; add some with --set, e.g. \
              recipe eval {} --set 'downstream=[{{task: knn}}]'",
             resume::shell_line(&[dir.display().to_string()])
         )));
     }
     runtime::configure_threads(runtime::threads(r.train.threads, runtime::launcher_ranks()))
-        .map_err(setup_err)?;
+        .map_err(env_err)?;
     let size = crate::build::view_sizes(&r)
         .first()
         .map_or(r.data.image_size, |(s, _)| *s);
-    let (engine, note) = crate::build::device(r.train.device, r.seed).map_err(setup_err)?;
+    let (engine, note) = crate::build::device(r.train.device, r.seed).map_err(env_err)?;
     if let Some(note) = note {
         eprintln!("note: {note}");
     }
@@ -742,31 +819,28 @@ fn evaluate_on<D: EngineDevice + 'static>(
     only: Option<&[String]>,
     sets: &[String],
 ) -> Result<Value, ExperimentError> {
-    let data = data::load(&data::DataConfig::from_spec(&r.data, r.seed))
-        .map_err(|e| setup_err(format!("cannot read the data: {e}")))?;
+    let data = data::load(&data::DataConfig::from_spec(&r.data, r.seed)).map_err(data_err)?;
     let mut store = ParamStore::new(dev);
     let model = Model::new(
         &mut store,
-        &crate::build::model(r, size).map_err(run_err)?,
+        &crate::build::model(r, size).map_err(recipe_err)?,
         r.seed,
     )
-    .map_err(run_err)?;
-    checkpoint::load_training(ckpt, &mut store, None, None, None).map_err(setup_err)?;
+    .map_err(recipe_err)?;
+    checkpoint::load_training(ckpt, &mut store, None, None, None)?;
     let norm = normalization(r);
-    let mut metrics = MetricsWriter::resume(dir, &[], u64::MAX)
-        .map_err(setup_err)?
-        .0;
-    let meta = checkpoint::read_meta(ckpt).map_err(setup_err)?;
+    let mut metrics = MetricsWriter::resume(dir, &[], u64::MAX)?.0;
+    let meta = checkpoint::read_meta(ckpt)?;
     // The recipe's tasks (or the named ones), with the recipe form of each for the
     // merge key of `eval.json`.
     let keep = |name: &str| only.is_none_or(|names| names.iter().any(|n| n == name));
     let ran: Vec<&Task> = r.downstream.iter().filter(|t| keep(t.name())).collect();
     let tasks: Vec<DTask> = crate::build::downstream(r)
-        .map_err(run_err)?
+        .map_err(recipe_err)?
         .into_iter()
         .filter(|t| keep(t.name()))
         .collect();
-    let untrained = crate::build::model(r, model.input.1).map_err(run_err)?;
+    let untrained = crate::build::model(r, model.input.1).map_err(recipe_err)?;
     let mut enc = Encoders::new(
         &model,
         &mut store,
@@ -814,7 +888,7 @@ fn evaluate_on<D: EngineDevice + 'static>(
         &path,
         &(serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"),
     )
-    .map_err(ExperimentError::Setup)?;
+    .map_err(ExperimentError::Files)?;
     Ok(
         json!({"checkpoint": ckpt.display().to_string(), "step": meta.step,
         "downstream": fresh}),
