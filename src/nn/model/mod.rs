@@ -20,7 +20,7 @@ use dfdx::prelude::*;
 
 use super::error::ModelError;
 use super::init::Init;
-use super::layers::Chw;
+use super::layers::{Chw, Conv2d};
 use super::ops::{EngineDevice, T2, T4};
 use super::params::ParamStore;
 use super::summary::{LayerSummary, ModelSummary};
@@ -106,7 +106,7 @@ pub trait BackboneNet: Clone + std::fmt::Debug {
     fn out_channels(&self) -> usize;
 
     /// The first convolution (its weight is the filters picture).
-    fn first_conv(&self) -> &super::layers::Conv2d;
+    fn first_conv(&self) -> &Conv2d;
 
     /// Summary rows of every layer for one `input` sample, up to the last stage (the
     /// global average pool is [`Backbone`]'s); the last stage's `(c, h, w)`, or an
@@ -124,10 +124,12 @@ pub trait BackboneNet: Clone + std::fmt::Debug {
     ) -> T4<D, T>;
 }
 
-/// The registered families' built networks.
+/// The registered families' built networks. An enum rather than a trait object:
+/// [`BackboneNet::walk`] is generic over the device and the tape, so the trait is not
+/// object-safe; `with_net!` is the one place that matches on it.
 #[derive(Clone, Debug)]
 enum Net {
-    // Boxed: a ResNet is much larger than the other variants.
+    // Boxed: the ResNet's stem layers make it much larger than the other variants.
     ResNet(Box<ResNet>),
     SmallCnn(SmallCnn),
 }

@@ -16,6 +16,8 @@ use crate::nn::summary::LayerSummary;
 #[derive(Clone, Debug)]
 pub struct SmallCnn {
     layers: Vec<(Conv2d, BatchNorm)>,
+    /// Stage names for the hook, one per layer: `layer1`, `layer2`, ….
+    stages: Vec<String>,
 }
 
 impl SmallCnn {
@@ -50,7 +52,8 @@ impl SmallCnn {
             layers.push((conv, bn));
             c = w;
         }
-        Ok(SmallCnn { layers })
+        let stages = (1..=layers.len()).map(|i| format!("layer{i}")).collect();
+        Ok(SmallCnn { layers, stages })
     }
 }
 
@@ -82,9 +85,9 @@ impl BackboneNet for SmallCnn {
         hook: &mut StageHook<'_, D, T>,
     ) -> T4<D, T> {
         let mut x = x;
-        for (i, (c, b)) in self.layers.iter().enumerate() {
+        for ((c, b), stage) in self.layers.iter().zip(&self.stages) {
             x = b.forward2d_relu(store, c.forward(store, x), train);
-            hook.stage(&format!("layer{}", i + 1), &x);
+            hook.stage(stage, &x);
         }
         x
     }
