@@ -7,8 +7,9 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 use super::{
-    Encoder, Loss, Objective, ObjectiveError, StateTensor, StepBatch, check_finite, check_rows,
-    check_state, check_temperature, moco::normalize_rows,
+    Encoder, Loss, Objective, ObjectiveError, StateTensor, StepBatch, check_finite, check_state,
+    check_temperature,
+    rows::{normalize_rows, rows_loss, shared_rows_loss},
 };
 use crate::nn::ops::{EngineDevice, T2};
 use crate::nn::params::ParamStore;
@@ -187,61 +188,6 @@ pub fn shared_loss<D: EngineDevice, T: Tape<f32, D>>(
         table.extend_from_slice(&bank.data[i * d..(i + 1) * d]);
     }
     shared_rows_loss(f, &table, negatives.len(), d, temperature)
-}
-
-/// The InfoNCE of rows that share their negatives: `table` holds the `k` shared
-/// negatives, then one positive per row of `f` (row `r`'s at `k + r`), `dim` values
-/// each. Row `r`'s indices are `[k + r, 0, 1, …, k − 1]` for [`rows_loss`], whose
-/// dense path makes the logits one product with the table (MoCo's queue and keys,
-/// the memory bank's shared negatives).
-pub(crate) fn shared_rows_loss<D: EngineDevice, T: Tape<f32, D>>(
-    f: T2<D, T>,
-    table: &[f32],
-    k: usize,
-    dim: usize,
-    temperature: f32,
-) -> Result<Tensor<(), f32, D, T>, ObjectiveError> {
-    let n = f.shape().0;
-    debug_assert_eq!(table.len(), (k + n) * dim);
-    let mut idx = Vec::with_capacity(n * (k + 1));
-    for r in 0..n {
-        idx.push(k + r);
-        idx.extend(0..k);
-    }
-    rows_loss(f, &idx, k + 1, table, dim, temperature)
-}
-
-/// [`loss`] with each row's bank indices in one run of `m`: the positive, then the
-/// `m − 1` negatives (`idx` is `n × m`, every index checked against the bank),
-/// through the fused [`EngineDevice::bank_log_softmax`].
-fn rows_loss<D: EngineDevice, T: Tape<f32, D>>(
-    f: T2<D, T>,
-    idx: &[usize],
-    m: usize,
-    table: &[f32],
-    dim: usize,
-    temperature: f32,
-) -> Result<Tensor<(), f32, D, T>, ObjectiveError> {
-    check_temperature(temperature, "memory-bank temperature")?;
-    let (n, d) = *f.shape();
-    if n == 0 {
-        return Err(ObjectiveError::Shape(
-            "memory bank: no embeddings in the batch".into(),
-        ));
-    }
-    if d != dim {
-        return Err(ObjectiveError::Shape(format!(
-            "memory bank: embeddings have {d} features, the bank {dim}"
-        )));
-    }
-    check_rows(&f, "memory-bank embeddings", n)?;
-    debug_assert_eq!(idx.len(), n * m);
-    let dev = f.device().clone();
-    let fnorm = D::l2_normalize(f, 1e-12);
-    let lsm = D::bank_log_softmax(fnorm, table, idx, 1.0 / temperature);
-    let zeros = dev.tensor_from_vec(vec![0usize; n], (n,));
-    let picked: Tensor<(usize,), f32, D, T> = lsm.select(zeros);
-    Ok(picked.mean::<(), _>().negate())
 }
 
 /// Words (`u64`) per block of [`Draws`]: the unit of parallel generation and counting.

@@ -5,7 +5,7 @@ use dfdx::prelude::*;
 
 use super::{
     Encoder, Loss, Objective, ObjectiveError, StateTensor, StepBatch, check_finite, check_rows,
-    check_state, check_temperature,
+    check_state, check_temperature, rows::normalize_rows,
 };
 use crate::nn::ops::{EngineDevice, T2};
 use crate::nn::params::ParamStore;
@@ -18,14 +18,6 @@ pub struct KeyQueue {
     dim: usize,
     keys: Vec<f32>,
     ptr: usize,
-}
-
-/// Rows of `v` (`rows × dim`) divided by their L2 norms (at least `1e-12`).
-pub(crate) fn normalize_rows(v: &mut [f32], dim: usize) {
-    for row in v.chunks_mut(dim) {
-        let n = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-        row.iter_mut().for_each(|x| *x /= n);
-    }
 }
 
 impl KeyQueue {
@@ -149,7 +141,7 @@ pub fn loss<D: EngineDevice, T: Tape<f32, D>>(
     let mut table = Vec::with_capacity((queue.len + n) * d);
     table.extend_from_slice(&queue.keys);
     table.extend_from_slice(&D::l2_normalize(k, 1e-12).as_vec());
-    super::memory_bank::shared_rows_loss(q, &table, queue.len, d, temperature)
+    super::rows::shared_rows_loss(q, &table, queue.len, d, temperature)
 }
 
 /// The key encoder's EMA step: every trainable entry of `query` (parameters, not

@@ -25,6 +25,7 @@
 pub mod memory_bank;
 pub mod moco;
 pub mod nt_xent;
+mod rows;
 pub mod supcon;
 pub mod swav;
 
