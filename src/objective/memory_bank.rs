@@ -404,99 +404,100 @@ impl<D: EngineDevice> Objective<D> for Bank {
                 z.shape().0
             )));
         }
-        let timer = super::BackwardTimer::default();
-        let z = timer.begin(z);
-        let feats = z.as_vec();
-        for &i in batch.indices {
-            self.bank.check_index(i)?;
-        }
-        // Data-parallel: the global batch's indices, in global image order.
-        let dist = batch.dist;
-        let global: Vec<usize> = if dist.world() > 1 {
-            let bits: Vec<f32> = batch
-                .indices
-                .iter()
-                .map(|&i| f32::from_bits(i as u32))
-                .collect();
-            let all = crate::dist::timed("comm.gather", || dist.all_gather(&bits));
-            all.into_iter().map(|b| b.to_bits() as usize).collect()
-        } else {
-            Vec::new()
-        };
-        let out = super::timed("objective.loss.fwd", || {
-            // Anchor `a` (view `a / n` of image `a % n`): its positive, then its K
-            // draws; the draws come in anchor order from one stream per step.
-            let k = self.negatives;
-            let seed = self.seed ^ batch.step.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            if self.shared {
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-                let negatives: Vec<usize> = (0..k).map(|_| rng.gen_range(0..self.bank.n)).collect();
-                let positives: Vec<usize> = if dist.world() > 1 {
-                    let b = global.len();
-                    crate::dist::layout::local_rows(dist.rank(), dist.world(), v, n)
-                        .iter()
-                        .map(|&g| global[g % b])
-                        .collect()
-                } else {
-                    (0..v * n).map(|a| batch.indices[a % n]).collect()
-                };
-                return shared_loss(z, &positives, &negatives, &self.bank, self.temperature);
+        super::timed_loss(z, |z| {
+            let feats = z.as_vec();
+            for &i in batch.indices {
+                self.bank.check_index(i)?;
             }
-            if dist.world() > 1 {
-                // Every rank draws the global batch's rows and keeps its own anchors',
-                // so the negatives are the single process's.
-                let b = global.len();
-                self.idx.resize(v * b * (k + 1), 0);
-                self.draws
-                    .fill(seed, self.bank.n, k, |a| global[a % b], &mut self.idx);
-                let rows = crate::dist::layout::local_rows(dist.rank(), dist.world(), v, n);
-                let mine: Vec<usize> = rows
+            // Data-parallel: the global batch's indices, in global image order.
+            let dist = batch.dist;
+            let global: Vec<usize> = if dist.world() > 1 {
+                let bits: Vec<f32> = batch
+                    .indices
                     .iter()
-                    .flat_map(|&g| self.idx[g * (k + 1)..(g + 1) * (k + 1)].iter().copied())
+                    .map(|&i| f32::from_bits(i as u32))
                     .collect();
-                return rows_loss(
+                let all = crate::dist::timed("comm.gather", || dist.all_gather(&bits));
+                all.into_iter().map(|b| b.to_bits() as usize).collect()
+            } else {
+                Vec::new()
+            };
+            let out = super::timed("objective.loss.fwd", || {
+                // Anchor `a` (view `a / n` of image `a % n`): its positive, then its K
+                // draws; the draws come in anchor order from one stream per step.
+                let k = self.negatives;
+                let seed = self.seed ^ batch.step.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                if self.shared {
+                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                    let negatives: Vec<usize> =
+                        (0..k).map(|_| rng.gen_range(0..self.bank.n)).collect();
+                    let positives: Vec<usize> = if dist.world() > 1 {
+                        let b = global.len();
+                        crate::dist::layout::local_rows(dist.rank(), dist.world(), v, n)
+                            .iter()
+                            .map(|&g| global[g % b])
+                            .collect()
+                    } else {
+                        (0..v * n).map(|a| batch.indices[a % n]).collect()
+                    };
+                    return shared_loss(z, &positives, &negatives, &self.bank, self.temperature);
+                }
+                if dist.world() > 1 {
+                    // Every rank draws the global batch's rows and keeps its own anchors',
+                    // so the negatives are the single process's.
+                    let b = global.len();
+                    self.idx.resize(v * b * (k + 1), 0);
+                    self.draws
+                        .fill(seed, self.bank.n, k, |a| global[a % b], &mut self.idx);
+                    let rows = crate::dist::layout::local_rows(dist.rank(), dist.world(), v, n);
+                    let mine: Vec<usize> = rows
+                        .iter()
+                        .flat_map(|&g| self.idx[g * (k + 1)..(g + 1) * (k + 1)].iter().copied())
+                        .collect();
+                    return rows_loss(
+                        z,
+                        &mine,
+                        k + 1,
+                        &self.bank.data,
+                        self.bank.dim,
+                        self.temperature,
+                    );
+                }
+                self.idx.resize(v * n * (k + 1), 0);
+                self.draws.fill(
+                    seed,
+                    self.bank.n,
+                    k,
+                    |a| batch.indices[a % n],
+                    &mut self.idx,
+                );
+                rows_loss(
                     z,
-                    &mine,
+                    &self.idx,
                     k + 1,
                     &self.bank.data,
                     self.bank.dim,
                     self.temperature,
-                );
-            }
-            self.idx.resize(v * n * (k + 1), 0);
-            self.draws.fill(
-                seed,
-                self.bank.n,
-                k,
-                |a| batch.indices[a % n],
-                &mut self.idx,
-            );
-            rows_loss(
-                z,
-                &self.idx,
-                k + 1,
-                &self.bank.data,
-                self.bank.dim,
-                self.temperature,
-            )
-        })?;
-        let d = self.bank.dim;
-        super::timed("objective.state", || {
-            let mut mean = vec![0.0f32; n * d];
-            for (r, row) in feats.chunks(d).enumerate() {
-                let nrm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-                for (m, x) in mean[(r % n) * d..(r % n + 1) * d].iter_mut().zip(row) {
-                    *m += x / nrm / v as f32;
+                )
+            })?;
+            let d = self.bank.dim;
+            super::timed("objective.state", || {
+                let mut mean = vec![0.0f32; n * d];
+                for (r, row) in feats.chunks(d).enumerate() {
+                    let nrm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                    for (m, x) in mean[(r % n) * d..(r % n + 1) * d].iter_mut().zip(row) {
+                        *m += x / nrm / v as f32;
+                    }
                 }
-            }
-            if dist.world() > 1 {
-                // Every rank applies the updates of all ranks: identical banks.
-                let all = crate::dist::timed("comm.gather", || dist.all_gather(&mean));
-                return self.bank.update(&global, &all, self.momentum);
-            }
-            self.bank.update(batch.indices, &mean, self.momentum)
-        })?;
-        Ok(timer.end(out))
+                if dist.world() > 1 {
+                    // Every rank applies the updates of all ranks: identical banks.
+                    let all = crate::dist::timed("comm.gather", || dist.all_gather(&mean));
+                    return self.bank.update(&global, &all, self.momentum);
+                }
+                self.bank.update(batch.indices, &mean, self.momentum)
+            })?;
+            Ok(out)
+        })
     }
 
     fn state(&self) -> Vec<StateTensor> {

@@ -278,40 +278,40 @@ impl<D: EngineDevice> Objective<D> for Moco<D> {
             None
         };
         // After both query passes, before the loss: the loss's backward is timed alone.
-        let timer = super::BackwardTimer::default();
-        let q0 = timer.begin(q0);
-        super::timed("objective.state", || {
-            ema_update(&mut self.key, store, self.cfg.momentum)
-        })?;
-        let k1 = encoder.embed_no_grad(&mut self.key, &batch.views[1..], true)?;
-        let k0 = match q1 {
-            Some(_) => Some(encoder.embed_no_grad(&mut self.key, &batch.views[..1], true)?),
-            None => None,
-        };
-        let t = self.cfg.temperature;
-        let queue = &self.queue;
-        let total = super::timed("objective.loss.fwd", || -> Result<_, ObjectiveError> {
-            let a = loss(q0, k1.clone(), queue, t)?;
-            Ok(match (q1, &k0) {
-                (Some(q1), Some(k0)) => (a + loss(q1, k0.clone(), queue, t)?) * 0.5,
-                _ => a,
-            })
-        })?;
-        let d = self.queue.dim;
-        super::timed("objective.state", || {
-            let mut all = Vec::new();
-            for k in std::iter::once(k1).chain(k0) {
-                let mut v = k.as_vec();
-                normalize_rows(&mut v, d);
-                // Data-parallel: every rank enqueues the keys of the whole global batch.
-                if batch.dist.world() > 1 {
-                    v = crate::dist::timed("comm.gather", || batch.dist.all_gather(&v));
+        super::timed_loss(q0, |q0| {
+            super::timed("objective.state", || {
+                ema_update(&mut self.key, store, self.cfg.momentum)
+            })?;
+            let k1 = encoder.embed_no_grad(&mut self.key, &batch.views[1..], true)?;
+            let k0 = match q1 {
+                Some(_) => Some(encoder.embed_no_grad(&mut self.key, &batch.views[..1], true)?),
+                None => None,
+            };
+            let t = self.cfg.temperature;
+            let queue = &self.queue;
+            let total = super::timed("objective.loss.fwd", || -> Result<_, ObjectiveError> {
+                let a = loss(q0, k1.clone(), queue, t)?;
+                Ok(match (q1, &k0) {
+                    (Some(q1), Some(k0)) => (a + loss(q1, k0.clone(), queue, t)?) * 0.5,
+                    _ => a,
+                })
+            })?;
+            let d = self.queue.dim;
+            super::timed("objective.state", || {
+                let mut all = Vec::new();
+                for k in std::iter::once(k1).chain(k0) {
+                    let mut v = k.as_vec();
+                    normalize_rows(&mut v, d);
+                    // Data-parallel: every rank enqueues the keys of the whole global batch.
+                    if batch.dist.world() > 1 {
+                        v = crate::dist::timed("comm.gather", || batch.dist.all_gather(&v));
+                    }
+                    all.extend(v);
                 }
-                all.extend(v);
-            }
-            self.queue.enqueue(&all)
-        })?;
-        Ok(timer.end(total))
+                self.queue.enqueue(&all)
+            })?;
+            Ok(total)
+        })
     }
 
     fn state(&self) -> Vec<StateTensor> {

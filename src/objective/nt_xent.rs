@@ -109,20 +109,14 @@ impl<D: EngineDevice> Objective<D> for NtXent {
     ) -> Result<Loss<D>, ObjectiveError> {
         super::check_views("SimCLR", self.views, batch)?;
         let z = encoder.embed(store, batch.views, true)?;
-        if batch.dist.world() > 1 {
-            let (views, t, world) = (self.views, self.temperature, batch.dist.world());
-            return super::gathered_loss(z, batch.dist, views, |zg, anchors| {
-                super::timed("objective.loss.fwd", || {
-                    distributed_loss(zg, anchors, views, t, world)
-                })
-            });
-        }
-        let timer = super::BackwardTimer::default();
-        let z = timer.begin(z);
-        let l = super::timed("objective.loss.fwd", || {
-            loss(z, self.views, self.temperature)
-        })?;
-        Ok(timer.end(l))
+        let (views, t, world) = (self.views, self.temperature, batch.dist.world());
+        super::batch_loss(
+            z,
+            batch.dist,
+            views,
+            |z| loss(z, views, t),
+            |zg, anchors| distributed_loss(zg, anchors, views, t, world),
+        )
     }
 
     fn state(&self) -> Vec<StateTensor> {

@@ -136,32 +136,25 @@ impl<D: EngineDevice> Objective<D> for SupCon {
             ));
         };
         let z = encoder.embed(store, batch.views, true)?;
-        if batch.dist.world() > 1 {
-            let all = super::gather_labels(batch.dist, labels);
-            let (views, t, bt, world) = (
-                self.views,
-                self.temperature,
-                self.base_temperature,
-                batch.dist.world(),
-            );
-            return super::gathered_loss(z, batch.dist, views, |zg, anchors| {
-                super::timed("objective.loss.fwd", || {
-                    distributed_loss(zg, anchors, views, &all, t, bt, world)
-                })
-            });
-        }
-        let timer = super::BackwardTimer::default();
-        let z = timer.begin(z);
-        let l = super::timed("objective.loss.fwd", || {
-            loss(
-                z,
-                self.views,
-                Some(labels),
-                self.temperature,
-                self.base_temperature,
-            )
-        })?;
-        Ok(timer.end(l))
+        let (views, t, bt, world) = (
+            self.views,
+            self.temperature,
+            self.base_temperature,
+            batch.dist.world(),
+        );
+        // Every rank's labels, in global image order (none needed on one process).
+        let all = if world > 1 {
+            super::gather_labels(batch.dist, labels)
+        } else {
+            Vec::new()
+        };
+        super::batch_loss(
+            z,
+            batch.dist,
+            views,
+            |z| loss(z, views, Some(labels), t, bt),
+            |zg, anchors| distributed_loss(zg, anchors, views, &all, t, bt, world),
+        )
     }
 
     fn state(&self) -> Vec<StateTensor> {

@@ -498,64 +498,64 @@ impl<D: EngineDevice> Objective<D> for Swav {
                 self.dim
             )));
         }
-        let timer = super::BackwardTimer::default();
-        let z = timer.begin(z);
-        let started = std::time::Instant::now();
-        let emb = D::l2_normalize(z, 1e-12);
-        let emb_host = emb.as_vec();
-        let scores = self.prototypes.scores(store, emb)?;
-        let k = scores.shape().1;
-        let scores_host = scores.as_vec();
-        let d = self.dim;
-        let dev = store.device().clone();
-        if let Some(q) = &mut self.queue
-            && batch.epoch >= q.start_epoch
-            && q.filled >= q.size
-        {
-            // Once full the queue stays in use, as SwAV's `use_the_queue`.
-            q.filled = q.size;
-        }
-        if batch.dist.world() > 1 {
-            let codes = self.distributed_codes(store, batch, &emb_host, &scores_host, n, k)?;
-            let out = loss(scores, n, &codes, self.cfg.temperature)?;
-            crate::nn::ops::timing::record("objective.loss.fwd", started.elapsed());
-            return Ok(timer.end(out));
-        }
-        let mut codes = Vec::with_capacity(self.cfg.assign_views);
-        for a in 0..self.cfg.assign_views {
-            let own = &scores_host[a * n * k..(a + 1) * n * k];
-            let mut out = Vec::new();
-            let mut rows = n;
+        super::timed_loss(z, |z| {
+            let started = std::time::Instant::now();
+            let emb = D::l2_normalize(z, 1e-12);
+            let emb_host = emb.as_vec();
+            let scores = self.prototypes.scores(store, emb)?;
+            let k = scores.shape().1;
+            let scores_host = scores.as_vec();
+            let d = self.dim;
+            let dev = store.device().clone();
+            if let Some(q) = &mut self.queue
+                && batch.epoch >= q.start_epoch
+                && q.filled >= q.size
+            {
+                // Once full the queue stays in use, as SwAV's `use_the_queue`.
+                q.filled = q.size;
+            }
+            if batch.dist.world() > 1 {
+                let codes = self.distributed_codes(store, batch, &emb_host, &scores_host, n, k)?;
+                let out = loss(scores, n, &codes, self.cfg.temperature)?;
+                crate::nn::ops::timing::record("objective.loss.fwd", started.elapsed());
+                return Ok(out);
+            }
+            let mut codes = Vec::with_capacity(self.cfg.assign_views);
+            for a in 0..self.cfg.assign_views {
+                let own = &scores_host[a * n * k..(a + 1) * n * k];
+                let mut out = Vec::new();
+                let mut rows = n;
+                if let Some(q) = &mut self.queue
+                    && batch.epoch >= q.start_epoch
+                {
+                    let qa = &mut q.data[a * q.size * d..(a + 1) * q.size * d];
+                    if q.filled >= q.size {
+                        let w = store
+                            .get(self.prototypes.weight_id())
+                            .tensor
+                            .clone()
+                            .reshape_like(&(k, d));
+                        let qt = dev.tensor_from_vec(qa.to_vec(), (q.size, d));
+                        out = qt.matmul(w.permute::<_, Axes2<1, 0>>()).as_vec();
+                        rows += q.size;
+                    }
+                    // Shift: the batch's embeddings become the newest rows.
+                    qa.copy_within(0..(q.size - n) * d, n * d);
+                    qa[..n * d].copy_from_slice(&emb_host[a * n * d..(a + 1) * n * d]);
+                }
+                out.extend_from_slice(own);
+                let c = sinkhorn(&out, rows, k, self.cfg.epsilon, self.cfg.iterations);
+                codes.push(c[(rows - n) * k..].to_vec());
+            }
             if let Some(q) = &mut self.queue
                 && batch.epoch >= q.start_epoch
             {
-                let qa = &mut q.data[a * q.size * d..(a + 1) * q.size * d];
-                if q.filled >= q.size {
-                    let w = store
-                        .get(self.prototypes.weight_id())
-                        .tensor
-                        .clone()
-                        .reshape_like(&(k, d));
-                    let qt = dev.tensor_from_vec(qa.to_vec(), (q.size, d));
-                    out = qt.matmul(w.permute::<_, Axes2<1, 0>>()).as_vec();
-                    rows += q.size;
-                }
-                // Shift: the batch's embeddings become the newest rows.
-                qa.copy_within(0..(q.size - n) * d, n * d);
-                qa[..n * d].copy_from_slice(&emb_host[a * n * d..(a + 1) * n * d]);
+                q.filled = (q.filled + n).min(q.size);
             }
-            out.extend_from_slice(own);
-            let c = sinkhorn(&out, rows, k, self.cfg.epsilon, self.cfg.iterations);
-            codes.push(c[(rows - n) * k..].to_vec());
-        }
-        if let Some(q) = &mut self.queue
-            && batch.epoch >= q.start_epoch
-        {
-            q.filled = (q.filled + n).min(q.size);
-        }
-        let out = loss(scores, n, &codes, self.cfg.temperature)?;
-        crate::nn::ops::timing::record("objective.loss.fwd", started.elapsed());
-        Ok(timer.end(out))
+            let out = loss(scores, n, &codes, self.cfg.temperature)?;
+            crate::nn::ops::timing::record("objective.loss.fwd", started.elapsed());
+            Ok(out)
+        })
     }
 
     fn state(&self) -> Vec<StateTensor> {
