@@ -7,9 +7,10 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 use super::{
-    Encoder, Loss, Objective, ObjectiveError, StateTensor, StepBatch, check_finite, check_state,
-    check_temperature,
+    BuildArgs, CommFacts, Encoder, Loss, Method, MethodPlan, ModelFacts, Objective, ObjectiveError,
+    StateTensor, StepBatch, check_finite, check_state, check_temperature,
     rows::{normalize_rows, rows_loss, shared_rows_loss},
+    state_tensors,
 };
 use crate::nn::ops::{EngineDevice, T2};
 use crate::nn::params::ParamStore;
@@ -501,23 +502,82 @@ impl<D: EngineDevice> Objective<D> for Bank {
     }
 
     fn state(&self) -> Vec<StateTensor> {
-        vec![StateTensor {
-            name: "memory".into(),
-            shape: vec![self.bank.n, self.bank.dim],
-            data: self.bank.data.clone(),
-        }]
+        state_tensors(
+            Objective::<D>::state_layout(self),
+            vec![self.bank.data.clone()],
+        )
     }
 
     fn load_state(&mut self, tensors: &[StateTensor]) -> Result<(), ObjectiveError> {
-        check_state(
-            &[("memory".into(), vec![self.bank.n, self.bank.dim])],
-            tensors,
-        )?;
+        check_state(&Objective::<D>::state_layout(self), tensors)?;
         self.bank = MemoryBank::from_data(self.bank.n, self.bank.dim, tensors[0].data.clone())?;
         Ok(())
     }
 
     fn state_layout(&self) -> Vec<(String, Vec<usize>)> {
-        vec![("memory".into(), vec![self.bank.n, self.bank.dim])]
+        layout(self.bank.n, self.bank.dim)
+    }
+}
+
+/// The memory bank's state: one row of `dim` features per training image.
+fn layout(rows: usize, dim: usize) -> Vec<(String, Vec<usize>)> {
+    vec![("memory".into(), vec![rows, dim])]
+}
+
+/// The memory bank's hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MemoryBankConfig {
+    /// Temperature τ.
+    pub temperature: f32,
+    /// Bank update momentum.
+    pub momentum: f32,
+    /// Negatives sampled per anchor.
+    pub negatives: usize,
+    /// One draw of negatives per step, shared by every anchor.
+    pub shared_negatives: bool,
+    /// Training images (rows of the bank).
+    pub dataset_len: usize,
+}
+
+impl Method for MemoryBankConfig {
+    fn name(&self) -> &'static str {
+        "memory_bank"
+    }
+
+    fn state_layout(&self, dim: usize) -> Vec<(String, Vec<usize>)> {
+        layout(self.dataset_len, dim)
+    }
+
+    fn plan(&self, model: &ModelFacts) -> MethodPlan {
+        let mut p = MethodPlan::from_layout(&self.state_layout(model.dim));
+        let negatives = self.negatives;
+        p.parts.push(if self.shared_negatives {
+            format!("{negatives} negatives per step, shared by the batch")
+        } else {
+            format!("{negatives} negatives per image")
+        });
+        p
+    }
+
+    fn comm(&self, step: &CommFacts) -> (f64, usize) {
+        // The global batch's indices, and every rank's bank updates.
+        (step.embedding_bytes + (step.images * 4) as f64, 2)
+    }
+
+    fn build<D: EngineDevice>(
+        &self,
+        on: &BuildArgs<'_, D>,
+    ) -> Result<Box<dyn Objective<D>>, ObjectiveError> {
+        Ok(Box::new(Bank::new(
+            self.temperature,
+            self.momentum,
+            Negatives {
+                count: self.negatives,
+                shared: self.shared_negatives,
+            },
+            self.dataset_len,
+            on.dim,
+            on.seed,
+        )?))
     }
 }

@@ -4,8 +4,9 @@
 use dfdx::prelude::*;
 
 use super::{
-    Encoder, Loss, Objective, ObjectiveError, StateTensor, StepBatch, check_finite, check_rows,
-    check_state, check_temperature, rows::normalize_rows,
+    BuildArgs, CommFacts, Encoder, Loss, Method, MethodPlan, ModelFacts, Objective, ObjectiveError,
+    StateTensor, StepBatch, check_finite, check_rows, check_state, check_temperature,
+    rows::normalize_rows, state_tensors,
 };
 use crate::nn::ops::{EngineDevice, T2};
 use crate::nn::params::ParamStore;
@@ -192,6 +193,47 @@ pub struct MocoConfig {
     pub symmetric: bool,
 }
 
+impl Method for MocoConfig {
+    fn name(&self) -> &'static str {
+        "moco"
+    }
+
+    fn state_layout(&self, dim: usize) -> Vec<(String, Vec<usize>)> {
+        vec![
+            ("queue".into(), vec![self.queue_size, dim]),
+            ("queue_ptr".into(), vec![1]),
+        ]
+    }
+
+    fn plan(&self, model: &ModelFacts) -> MethodPlan {
+        let mut p = MethodPlan::from_layout(&self.state_layout(model.dim));
+        // The key encoder runs forward only, on one view (two when symmetric).
+        let keys = if self.symmetric { 2.0 } else { 1.0 };
+        p.extra_step_flops = model.view_forward_flops * keys;
+        p.parts.insert(
+            0,
+            format!("momentum encoder of {} values", model.encoder_floats),
+        );
+        p.state_bytes += 4 * model.encoder_floats;
+        p
+    }
+
+    fn comm(&self, step: &CommFacts) -> (f64, usize) {
+        // The keys of the whole global batch are gathered for the queue.
+        let keys = if self.symmetric { 2.0 } else { 1.0 };
+        (keys * step.embedding_bytes, keys as usize)
+    }
+
+    fn build<D: EngineDevice>(
+        &self,
+        on: &BuildArgs<'_, D>,
+    ) -> Result<Box<dyn Objective<D>>, ObjectiveError> {
+        Ok(Box::new(Moco::new(
+            on.store, *self, on.dim, on.views, on.batch, on.seed,
+        )?))
+    }
+}
+
 /// MoCo v2 as an [`Objective`]: a key encoder (a copy of the query encoder's store,
 /// never trained), its EMA, and the queue.
 ///
@@ -315,18 +357,10 @@ impl<D: EngineDevice> Objective<D> for Moco<D> {
     }
 
     fn state(&self) -> Vec<StateTensor> {
-        vec![
-            StateTensor {
-                name: "queue".into(),
-                shape: vec![self.queue.len, self.queue.dim],
-                data: self.queue.keys.clone(),
-            },
-            StateTensor {
-                name: "queue_ptr".into(),
-                shape: vec![1],
-                data: vec![self.queue.ptr as f32],
-            },
-        ]
+        state_tensors(
+            Objective::<D>::state_layout(self),
+            vec![self.queue.keys.clone(), vec![self.queue.ptr as f32]],
+        )
     }
 
     fn load_state(&mut self, tensors: &[StateTensor]) -> Result<(), ObjectiveError> {
@@ -346,10 +380,7 @@ impl<D: EngineDevice> Objective<D> for Moco<D> {
     }
 
     fn state_layout(&self) -> Vec<(String, Vec<usize>)> {
-        vec![
-            ("queue".into(), vec![self.queue.len, self.queue.dim]),
-            ("queue_ptr".into(), vec![1]),
-        ]
+        self.cfg.state_layout(self.queue.dim)
     }
 
     fn key_encoder(&self) -> Option<&ParamStore<D>> {

@@ -12,6 +12,13 @@
 //!   key encoder and queue, the memory bank, SwAV's prototypes and queue) exactly when
 //!   the reference code does. [`build`] makes one from a [`MethodConfig`].
 //!
+//! A method is described once, in its own file: its config (`nt_xent::SimclrConfig`,
+//! `moco::MocoConfig`, …) implements [`Method`] — its name, its state layout, its costs
+//! for `recipe plan`, its communication, and the objective it builds. [`MethodConfig`]
+//! has one variant per method and dispatches through one exhaustive match (`method.rs`).
+//! Shared pieces: `scaffold.rs` (the timing and the gather over ranks around every
+//! loss), `rows.rs` (the row helpers of the methods that score against stored rows).
+//!
 //! Invariants:
 //! - Embeddings are L2-normalised inside every loss; callers pass raw head outputs.
 //! - State that is not a parameter (queues, banks, the key encoder) never receives a
@@ -23,6 +30,7 @@
 //!   keeps, so a resumed run continues bit-identically.
 
 pub mod memory_bank;
+mod method;
 pub mod moco;
 pub mod nt_xent;
 mod rows;
@@ -41,6 +49,7 @@ use crate::nn::model::Model;
 use crate::nn::ops::{EngineDevice, T2};
 use crate::nn::params::ParamStore;
 pub use crate::optim::StateTensor;
+pub use method::{BuildArgs, CommFacts, Method, MethodConfig, MethodPlan, ModelFacts, build};
 pub use scaffold::BackwardTimer;
 pub(crate) use scaffold::{batch_loss, gather_labels, timed, timed_loss};
 
@@ -339,113 +348,6 @@ fn stack<D: Device<f32>>(
     Ok(dev.tensor_from_vec(data, (group.len() * b0, c, h, w)))
 }
 
-/// What a method needs to know to be built, free of recipe types.
-#[derive(Clone, Debug, PartialEq)]
-pub enum MethodConfig {
-    /// SimCLR's NT-Xent.
-    Simclr {
-        /// Temperature τ.
-        temperature: f32,
-    },
-    /// MoCo v2 with a momentum key encoder and a queue.
-    Moco {
-        /// Temperature τ.
-        temperature: f32,
-        /// EMA momentum of the key encoder.
-        momentum: f64,
-        /// Keys in the queue.
-        queue_size: usize,
-        /// Both views act as query and key; the losses are averaged.
-        symmetric: bool,
-    },
-    /// InstDisc's memory bank.
-    MemoryBank {
-        /// Temperature τ.
-        temperature: f32,
-        /// Bank update momentum.
-        momentum: f32,
-        /// Negatives sampled per anchor.
-        negatives: usize,
-        /// One draw of negatives per step, shared by every anchor.
-        shared_negatives: bool,
-        /// Training images (rows of the bank).
-        dataset_len: usize,
-    },
-    /// SwAV.
-    Swav {
-        /// Temperature of the prototype scores.
-        temperature: f32,
-        /// Sinkhorn ε.
-        epsilon: f64,
-        /// Sinkhorn iterations.
-        iterations: usize,
-        /// Optimiser steps with frozen prototypes.
-        freeze_prototypes_steps: u64,
-        /// Feature queue: `(size, start_epoch)`.
-        queue: Option<(usize, usize)>,
-        /// Views whose codes are computed (the global crops, which come first).
-        assign_views: usize,
-    },
-    /// Supervised contrastive loss.
-    Supcon {
-        /// Temperature τ.
-        temperature: f32,
-        /// Base temperature.
-        base_temperature: f32,
-    },
-}
-
-impl MethodConfig {
-    /// The method's name as a recipe writes it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            MethodConfig::Simclr { .. } => "simclr",
-            MethodConfig::Moco { .. } => "moco",
-            MethodConfig::MemoryBank { .. } => "memory_bank",
-            MethodConfig::Swav { .. } => "swav",
-            MethodConfig::Supcon { .. } => "supcon",
-        }
-    }
-
-    /// Names and shapes of the method's state tensors (not the key encoder) for an
-    /// embedding of `dim` features.
-    pub fn state_layout(&self, dim: usize) -> Vec<(String, Vec<usize>)> {
-        match self {
-            MethodConfig::Moco { queue_size, .. } => vec![
-                ("queue".into(), vec![*queue_size, dim]),
-                ("queue_ptr".into(), vec![1]),
-            ],
-            MethodConfig::MemoryBank { dataset_len, .. } => {
-                vec![("memory".into(), vec![*dataset_len, dim])]
-            }
-            MethodConfig::Swav {
-                queue: Some((size, _)),
-                assign_views,
-                ..
-            } => vec![
-                ("queue".into(), vec![*assign_views, *size, dim]),
-                ("queue_filled".into(), vec![1]),
-            ],
-            _ => Vec::new(),
-        }
-    }
-
-    /// Bytes of method state: the tensors of [`state_layout`](Self::state_layout) plus,
-    /// for MoCo, a key encoder of `encoder_floats` values.
-    pub fn state_bytes(&self, dim: usize, encoder_floats: usize) -> usize {
-        let tensors: usize = self
-            .state_layout(dim)
-            .iter()
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum();
-        let key = match self {
-            MethodConfig::Moco { .. } => encoder_floats,
-            _ => 0,
-        };
-        4 * (tensors + key)
-    }
-}
-
 /// A contrastive method with its state, driven by the training step.
 ///
 /// Per step the caller runs [`prepare`](Self::prepare), then [`loss`](Self::loss),
@@ -482,19 +384,22 @@ pub trait Objective<D: EngineDevice> {
         batch: &StepBatch<'_>,
     ) -> Result<Loss<D>, ObjectiveError>;
 
-    /// The method's state tensors (queue, pointer, bank, …), host side.
-    fn state(&self) -> Vec<StateTensor>;
+    /// Names and shapes of [`state`](Self::state): the method config's
+    /// [`Method::state_layout`] for this objective's embeddings (none by default).
+    fn state_layout(&self) -> Vec<(String, Vec<usize>)> {
+        Vec::new()
+    }
+
+    /// The method's state tensors (queue, pointer, bank, …), host side, in the order
+    /// of [`state_layout`](Self::state_layout) (none by default).
+    fn state(&self) -> Vec<StateTensor> {
+        Vec::new()
+    }
 
     /// Restores [`state`](Self::state); checks every name and shape first and changes
-    /// nothing on a mismatch.
-    fn load_state(&mut self, tensors: &[StateTensor]) -> Result<(), ObjectiveError>;
-
-    /// Names and shapes of [`state`](Self::state).
-    fn state_layout(&self) -> Vec<(String, Vec<usize>)> {
-        self.state()
-            .into_iter()
-            .map(|t| (t.name, t.shape))
-            .collect()
+    /// nothing on a mismatch. By default only the check (a method without state).
+    fn load_state(&mut self, tensors: &[StateTensor]) -> Result<(), ObjectiveError> {
+        check_state(&self.state_layout(), tensors)
     }
 
     /// MoCo's key encoder (parameters and its own batch-norm statistics).
@@ -506,6 +411,19 @@ pub trait Objective<D: EngineDevice> {
     fn key_encoder_mut(&mut self) -> Option<&mut ParamStore<D>> {
         None
     }
+}
+
+/// The state tensors of `layout` holding `data`, one vector per tensor in order.
+pub(crate) fn state_tensors(
+    layout: Vec<(String, Vec<usize>)>,
+    data: Vec<Vec<f32>>,
+) -> Vec<StateTensor> {
+    assert_eq!(layout.len(), data.len(), "one vector per state tensor");
+    layout
+        .into_iter()
+        .zip(data)
+        .map(|((name, shape), data)| StateTensor { name, shape, data })
+        .collect()
 }
 
 /// Checks `tensors` against `layout` (every name once, same shapes).
@@ -536,103 +454,4 @@ pub(crate) fn check_state(
     } else {
         Err(ObjectiveError::State(problems.join("; ")))
     }
-}
-
-/// Builds the objective `cfg` describes for `encoder`'s model in `store`.
-///
-/// `views` is the number of views per image, `batch` the images per step (MoCo's queue
-/// must be a multiple of the keys it enqueues per step), `seed` seeds the initial queue
-/// and bank and the negatives sampled each step.
-pub fn build<D: EngineDevice>(
-    cfg: &MethodConfig,
-    encoder: &Encoder,
-    store: &ParamStore<D>,
-    views: usize,
-    batch: usize,
-    seed: u64,
-) -> Result<Box<dyn Objective<D>>, ObjectiveError> {
-    let model = encoder.model();
-    let dim = model
-        .head
-        .as_ref()
-        .map_or(model.backbone.out_dim, |h| h.out_dim);
-    Ok(match *cfg {
-        MethodConfig::Simclr { temperature } => {
-            check_temperature(temperature, "temperature")?;
-            if views < 2 {
-                return Err(ObjectiveError::Config(
-                    "SimCLR needs at least 2 views per image".into(),
-                ));
-            }
-            Box::new(nt_xent::NtXent { temperature, views })
-        }
-        MethodConfig::Supcon {
-            temperature,
-            base_temperature,
-        } => {
-            check_temperature(temperature, "temperature")?;
-            check_temperature(base_temperature, "base temperature")?;
-            Box::new(supcon::SupCon {
-                temperature,
-                base_temperature,
-                views,
-            })
-        }
-        MethodConfig::Moco {
-            temperature,
-            momentum,
-            queue_size,
-            symmetric,
-        } => Box::new(moco::Moco::new(
-            store,
-            moco::MocoConfig {
-                temperature,
-                momentum,
-                queue_size,
-                symmetric,
-            },
-            dim,
-            views,
-            batch,
-            seed,
-        )?),
-        MethodConfig::MemoryBank {
-            temperature,
-            momentum,
-            negatives,
-            shared_negatives,
-            dataset_len,
-        } => Box::new(memory_bank::Bank::new(
-            temperature,
-            momentum,
-            memory_bank::Negatives {
-                count: negatives,
-                shared: shared_negatives,
-            },
-            dataset_len,
-            dim,
-            seed,
-        )?),
-        MethodConfig::Swav {
-            temperature,
-            epsilon,
-            iterations,
-            freeze_prototypes_steps,
-            queue,
-            assign_views,
-        } => Box::new(swav::Swav::new(
-            model,
-            swav::SwavConfig {
-                temperature,
-                epsilon,
-                iterations,
-                freeze_prototypes_steps,
-                queue,
-                assign_views,
-            },
-            dim,
-            views,
-            batch,
-        )?),
-    })
 }

@@ -4,7 +4,7 @@
 use dfdx::prelude::*;
 
 use super::{
-    Encoder, Loss, Objective, ObjectiveError, StateTensor, StepBatch, check_rows,
+    BuildArgs, CommFacts, Encoder, Loss, Method, Objective, ObjectiveError, StepBatch, check_rows,
     check_temperature, per_view, weighted_info_nce,
 };
 use crate::nn::ops::{EngineDevice, T2};
@@ -118,12 +118,38 @@ impl<D: EngineDevice> Objective<D> for NtXent {
             |zg, anchors| distributed_loss(zg, anchors, views, t, world),
         )
     }
+}
 
-    fn state(&self) -> Vec<StateTensor> {
-        Vec::new()
+/// SimCLR's hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SimclrConfig {
+    /// Temperature τ.
+    pub temperature: f32,
+}
+
+impl Method for SimclrConfig {
+    fn name(&self) -> &'static str {
+        "simclr"
     }
 
-    fn load_state(&mut self, tensors: &[StateTensor]) -> Result<(), ObjectiveError> {
-        super::check_state(&[], tensors)
+    fn comm(&self, step: &CommFacts) -> (f64, usize) {
+        // Every view's embeddings are gathered; their gradient is reduce-scattered.
+        (step.views as f64 * step.embedding_bytes * 2.0, 2)
+    }
+
+    fn build<D: EngineDevice>(
+        &self,
+        on: &BuildArgs<'_, D>,
+    ) -> Result<Box<dyn Objective<D>>, ObjectiveError> {
+        check_temperature(self.temperature, "temperature")?;
+        if on.views < 2 {
+            return Err(ObjectiveError::Config(
+                "SimCLR needs at least 2 views per image".into(),
+            ));
+        }
+        Ok(Box::new(NtXent {
+            temperature: self.temperature,
+            views: on.views,
+        }))
     }
 }

@@ -4,7 +4,7 @@
 use dfdx::prelude::*;
 
 use super::{
-    Encoder, Loss, Objective, ObjectiveError, StateTensor, StepBatch, check_rows,
+    BuildArgs, CommFacts, Encoder, Loss, Method, Objective, ObjectiveError, StepBatch, check_rows,
     check_temperature, per_view, weighted_info_nce,
 };
 use crate::nn::ops::{EngineDevice, T2};
@@ -156,12 +156,40 @@ impl<D: EngineDevice> Objective<D> for SupCon {
             |zg, anchors| distributed_loss(zg, anchors, views, &all, t, bt, world),
         )
     }
+}
 
-    fn state(&self) -> Vec<StateTensor> {
-        Vec::new()
+/// SupCon's hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SupconConfig {
+    /// Temperature τ.
+    pub temperature: f32,
+    /// Base temperature.
+    pub base_temperature: f32,
+}
+
+impl Method for SupconConfig {
+    fn name(&self) -> &'static str {
+        "supcon"
     }
 
-    fn load_state(&mut self, tensors: &[StateTensor]) -> Result<(), ObjectiveError> {
-        super::check_state(&[], tensors)
+    fn comm(&self, step: &CommFacts) -> (f64, usize) {
+        // SimCLR's gather and reduce-scatter, plus the labels.
+        (
+            step.views as f64 * step.embedding_bytes * 2.0 + (step.images * 4) as f64,
+            3,
+        )
+    }
+
+    fn build<D: EngineDevice>(
+        &self,
+        on: &BuildArgs<'_, D>,
+    ) -> Result<Box<dyn Objective<D>>, ObjectiveError> {
+        check_temperature(self.temperature, "temperature")?;
+        check_temperature(self.base_temperature, "base temperature")?;
+        Ok(Box::new(SupCon {
+            temperature: self.temperature,
+            base_temperature: self.base_temperature,
+            views: on.views,
+        }))
     }
 }

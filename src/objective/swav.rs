@@ -4,8 +4,8 @@
 use dfdx::prelude::*;
 
 use super::{
-    Encoder, Loss, Objective, ObjectiveError, StateTensor, StepBatch, check_rows, check_state,
-    check_temperature, per_view,
+    BuildArgs, CommFacts, Encoder, Loss, Method, MethodPlan, ModelFacts, Objective, ObjectiveError,
+    StateTensor, StepBatch, check_rows, check_state, check_temperature, per_view, state_tensors,
 };
 use crate::nn::model::{Model, Prototypes};
 use crate::nn::ops::{EngineDevice, T2};
@@ -196,6 +196,55 @@ pub struct SwavConfig {
     pub assign_views: usize,
 }
 
+impl Method for SwavConfig {
+    fn name(&self) -> &'static str {
+        "swav"
+    }
+
+    fn state_layout(&self, dim: usize) -> Vec<(String, Vec<usize>)> {
+        match self.queue {
+            None => Vec::new(),
+            Some((size, _)) => vec![
+                ("queue".into(), vec![self.assign_views, size, dim]),
+                ("queue_filled".into(), vec![1]),
+            ],
+        }
+    }
+
+    fn plan(&self, model: &ModelFacts) -> MethodPlan {
+        let mut p = MethodPlan::from_layout(&self.state_layout(model.dim));
+        if let Some(prototypes) = model.prototypes {
+            p.parts
+                .insert(0, format!("{prototypes} prototypes (parameters)"));
+        }
+        p
+    }
+
+    fn comm(&self, step: &CommFacts) -> (f64, usize) {
+        // Per assigned view: the embeddings for the queue, and Sinkhorn's sums.
+        let assign = 2.0;
+        let prototypes = step.prototypes.unwrap_or(0);
+        let sums = (self.iterations as f64 + 2.0) * prototypes as f64 * 8.0 * step.ring;
+        (
+            assign * (step.embedding_bytes + sums),
+            2 * (self.iterations + 3),
+        )
+    }
+
+    fn build<D: EngineDevice>(
+        &self,
+        on: &BuildArgs<'_, D>,
+    ) -> Result<Box<dyn Objective<D>>, ObjectiveError> {
+        Ok(Box::new(Swav::new(
+            on.encoder.model(),
+            *self,
+            on.dim,
+            on.views,
+            on.batch,
+        )?))
+    }
+}
+
 #[derive(Clone, Debug)]
 struct FeatureQueue {
     size: usize,
@@ -275,19 +324,6 @@ impl Swav {
             dim,
             queue,
         })
-    }
-
-    fn queue_layout(&self) -> Vec<(String, Vec<usize>)> {
-        match &self.queue {
-            None => Vec::new(),
-            Some(q) => vec![
-                (
-                    "queue".into(),
-                    vec![self.cfg.assign_views, q.size, self.dim],
-                ),
-                ("queue_filled".into(), vec![1]),
-            ],
-        }
     }
 }
 
@@ -559,25 +595,15 @@ impl<D: EngineDevice> Objective<D> for Swav {
     }
 
     fn state(&self) -> Vec<StateTensor> {
-        match &self.queue {
+        let data = match &self.queue {
             None => Vec::new(),
-            Some(q) => vec![
-                StateTensor {
-                    name: "queue".into(),
-                    shape: vec![self.cfg.assign_views, q.size, self.dim],
-                    data: q.data.clone(),
-                },
-                StateTensor {
-                    name: "queue_filled".into(),
-                    shape: vec![1],
-                    data: vec![q.filled as f32],
-                },
-            ],
-        }
+            Some(q) => vec![q.data.clone(), vec![q.filled as f32]],
+        };
+        state_tensors(Objective::<D>::state_layout(self), data)
     }
 
     fn load_state(&mut self, tensors: &[StateTensor]) -> Result<(), ObjectiveError> {
-        check_state(&self.queue_layout(), tensors)?;
+        check_state(&Objective::<D>::state_layout(self), tensors)?;
         if let Some(q) = &mut self.queue {
             let get = |n: &str| &tensors.iter().find(|t| t.name == n).expect("checked").data;
             let filled = get("queue_filled")[0];
@@ -592,6 +618,6 @@ impl<D: EngineDevice> Objective<D> for Swav {
     }
 
     fn state_layout(&self) -> Vec<(String, Vec<usize>)> {
-        self.queue_layout()
+        self.cfg.state_layout(self.dim)
     }
 }
