@@ -386,10 +386,6 @@ impl Bank {
 }
 
 impl<D: EngineDevice> Objective<D> for Bank {
-    fn method(&self) -> &'static str {
-        "memory_bank"
-    }
-
     fn loss(
         &mut self,
         encoder: &mut Encoder,

@@ -297,10 +297,6 @@ impl<D: EngineDevice> Moco<D> {
 }
 
 impl<D: EngineDevice> Objective<D> for Moco<D> {
-    fn method(&self) -> &'static str {
-        "moco"
-    }
-
     fn loss(
         &mut self,
         encoder: &mut Encoder,

@@ -353,11 +353,9 @@ fn stack<D: Device<f32>>(
 /// Per step the caller runs [`prepare`](Self::prepare), then [`loss`](Self::loss),
 /// backward and the optimiser step. State updates that the reference code makes inside
 /// its forward pass (MoCo's EMA and enqueue, the bank update, SwAV's queue) happen
-/// inside `loss`, in the reference's order.
+/// inside `loss`, in the reference's order. Made by the method config's
+/// [`Method::build`], which also holds the method's name and state layout.
 pub trait Objective<D: EngineDevice> {
-    /// The method's name.
-    fn method(&self) -> &'static str;
-
     /// Work before the forward pass of step `step` (0-based, in epoch `epoch`): SwAV
     /// normalises its prototypes and freezes or unfreezes them. Also called before an
     /// optimiser state is restored, so trainable flags match the saved step.

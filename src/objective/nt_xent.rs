@@ -97,10 +97,6 @@ pub struct NtXent {
 }
 
 impl<D: EngineDevice> Objective<D> for NtXent {
-    fn method(&self) -> &'static str {
-        "simclr"
-    }
-
     fn loss(
         &mut self,
         encoder: &mut Encoder,

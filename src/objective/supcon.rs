@@ -119,10 +119,6 @@ pub struct SupCon {
 }
 
 impl<D: EngineDevice> Objective<D> for SupCon {
-    fn method(&self) -> &'static str {
-        "supcon"
-    }
-
     fn loss(
         &mut self,
         encoder: &mut Encoder,

@@ -493,10 +493,6 @@ pub fn sinkhorn_distributed(
 }
 
 impl<D: EngineDevice> Objective<D> for Swav {
-    fn method(&self) -> &'static str {
-        "swav"
-    }
-
     fn prepare(
         &mut self,
         _encoder: &Encoder,
