@@ -159,12 +159,14 @@ pub fn plan_with(r: &Recipe, world: Option<usize>, gbit: f64) -> Result<String, 
         )]
     })?;
     let n_train = data.train.len();
+    // The method, described by its objective config: name, state, extra passes, traffic.
+    let method = build::method(r, n_train);
     let n_test = data.test.as_ref().map_or(0, |t| t.len());
     let _ = writeln!(
         out,
         "recipe `{}`: {} on {} training / {} test images, {}×{}×{}",
         r.name,
-        r.loss.method(),
+        method.name(),
         n_train,
         n_test,
         r.data.channels,
@@ -263,9 +265,7 @@ pub fn plan_with(r: &Recipe, world: Option<usize>, gbit: f64) -> Result<String, 
         .iter()
         .map(|(_, n, s)| s.peak_activation_bytes as f64 * *n as f64)
         .sum();
-    // The method's state and extra passes, from the objective's own description (its
-    // state layout is what a checkpoint holds).
-    let method = build::method(r, n_train);
+    // The method's state and extra passes (its state layout is what a checkpoint holds).
     let facts = ModelFacts {
         dim: r.model.head.out_dim,
         encoder_floats: params + buffers,
@@ -316,7 +316,7 @@ pub fn plan_with(r: &Recipe, world: Option<usize>, gbit: f64) -> Result<String, 
             mib(cp.sent()),
             mib(cp.gradient_sent),
             mib(cp.gradient_bytes),
-            r.loss.method(),
+            method.name(),
             mib(cp.method_sent),
             mib(cp.sync_bn_sent),
             secs * 1e3,
