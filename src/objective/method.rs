@@ -5,7 +5,7 @@
 //! section and `recipe plan`'s memory all use), its extra costs for `recipe plan`, and
 //! its communication for `recipe plan --world-size`.
 //!
-//! Every match over methods is [`for_each_method!`]'s, with no catch-all arm: a new
+//! Every match over methods is `for_each_method!`'s, with no catch-all arm: a new
 //! variant of [`MethodConfig`] is a compile error until it has its line there.
 
 use super::{Encoder, Objective, ObjectiveError, memory_bank, moco, nt_xent, supcon, swav};
