@@ -10,7 +10,7 @@ use crate::nn::model::{
     BackboneConfig, BackboneKind, HeadConfig, ModelConfig, PrototypesConfig, ResNetSpec, Stem,
 };
 use crate::nn::params::DecayPolicy;
-use crate::objective::MethodConfig;
+use crate::objective::{MethodConfig, memory_bank, moco, nt_xent, supcon, swav};
 use crate::optim::schedule::{
     Decay, LrScaling, ScaledLr, ScheduleConfig, ScheduleError, Warmup, WarmupLength,
 };
@@ -144,7 +144,9 @@ pub fn model(r: &Recipe, size: usize) -> Result<ModelConfig, ModelError> {
             count: prototypes,
             dim: None,
         }),
-        _ => None,
+        Loss::Simclr { .. } | Loss::Moco { .. } | Loss::MemoryBank { .. } | Loss::Supcon { .. } => {
+            None
+        }
     };
     Ok(ModelConfig {
         backbone: BackboneConfig {
@@ -170,32 +172,32 @@ pub fn model(r: &Recipe, size: usize) -> Result<ModelConfig, ModelError> {
 /// `crops_for_assign`); without multi-crop every view is a global crop.
 pub fn method(r: &Recipe, dataset_len: usize) -> MethodConfig {
     match &r.loss {
-        Loss::Simclr { temperature } => MethodConfig::Simclr {
+        Loss::Simclr { temperature } => MethodConfig::Simclr(nt_xent::SimclrConfig {
             temperature: *temperature as f32,
-        },
+        }),
         Loss::Moco {
             temperature,
             momentum,
             queue_size,
             symmetric,
-        } => MethodConfig::Moco {
+        } => MethodConfig::Moco(moco::MocoConfig {
             temperature: *temperature as f32,
             momentum: *momentum,
             queue_size: *queue_size,
             symmetric: *symmetric,
-        },
+        }),
         Loss::MemoryBank {
             temperature,
             bank_momentum,
             negatives,
             shared_negatives,
-        } => MethodConfig::MemoryBank {
+        } => MethodConfig::MemoryBank(memory_bank::MemoryBankConfig {
             temperature: *temperature as f32,
             momentum: *bank_momentum as f32,
             negatives: *negatives,
             shared_negatives: *shared_negatives,
             dataset_len,
-        },
+        }),
         Loss::Swav {
             temperature,
             epsilon,
@@ -203,7 +205,7 @@ pub fn method(r: &Recipe, dataset_len: usize) -> MethodConfig {
             freeze_prototypes_steps,
             queue,
             ..
-        } => MethodConfig::Swav {
+        } => MethodConfig::Swav(swav::SwavConfig {
             temperature: *temperature as f32,
             epsilon: *epsilon,
             iterations: *sinkhorn_iterations,
@@ -214,14 +216,14 @@ pub fn method(r: &Recipe, dataset_len: usize) -> MethodConfig {
                 .multi_crop
                 .as_ref()
                 .map_or(r.augment.total_views(), |mc| mc.global.count),
-        },
+        }),
         Loss::Supcon {
             temperature,
             base_temperature,
-        } => MethodConfig::Supcon {
+        } => MethodConfig::Supcon(supcon::SupconConfig {
             temperature: *temperature as f32,
             base_temperature: *base_temperature as f32,
-        },
+        }),
     }
 }
 
@@ -476,7 +478,8 @@ fn state_warnings(r: &Recipe, n: usize) -> Vec<crate::diag::Diagnostic> {
                 out.push(d);
             }
         }
-        _ => {}
+        Loss::Moco { .. } | Loss::MemoryBank { .. } | Loss::Simclr { .. } | Loss::Supcon { .. } => {
+        }
     }
     out
 }
