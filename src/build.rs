@@ -4,6 +4,9 @@
 //! this module is the one place that knows both. Every recipe key an engine part reads
 //! is mapped here, so a key that is not mapped is visibly unused.
 
+pub mod augment;
+pub mod data;
+
 use crate::eval;
 use crate::nn::ModelError;
 use crate::nn::model::{
@@ -301,7 +304,7 @@ pub fn check_data_paths(loaded: &mut crate::spec::Loaded) -> usize {
         }
     };
     let mut out = Vec::new();
-    let problems = crate::data::check_spec_paths(&r.data);
+    let problems = crate::build::data::path_problems(&r.data);
     for p in &problems {
         out.push(
             Diagnostic::error(
@@ -313,9 +316,9 @@ pub fn check_data_paths(loaded: &mut crate::spec::Loaded) -> usize {
         );
     }
     if problems.is_empty() {
-        let survey = crate::data::survey(&crate::data::DataConfig::from_spec(&r.data, r.seed));
+        let survey = crate::data::survey(&crate::build::data::config(&r.data, r.seed));
         for (field, e) in &survey.errors {
-            let field = crate::data::spec_field(&r.data, field);
+            let field = crate::build::data::recipe_field(&r.data, field);
             out.push(Diagnostic::error(field.clone(), e.to_string()).with_span(span(&field)));
         }
         out.extend(conversion_warnings(r, &survey.conversions));
@@ -666,7 +669,7 @@ pub fn downstream(r: &Recipe) -> Result<Vec<eval::downstream::Task>, String> {
                     })
                     .collect();
                 let views = if figures.contains(&Figure::AugmentationViews) {
-                    let chain = crate::augment::Chain::from_spec(&r.augment, &r.data)
+                    let chain = crate::build::augment::chain(&r.augment, &r.data)
                         .map_err(|e| e.to_string())?;
                     Some((std::sync::Arc::new(chain), r.seed))
                 } else {

@@ -13,7 +13,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::augment::{self, Normalize};
+use crate::augment::Normalize;
 use crate::build::Engine;
 use crate::checkpoint::{self, CheckpointError};
 use crate::data::{self, DataError, Dataset, Loader, LoaderConfig};
@@ -332,7 +332,7 @@ fn run_on<D: EngineDevice + 'static>(
         }
         None => PathBuf::new(),
     };
-    let loaded = data::load(&data::DataConfig::from_spec(&r.data, r.seed)).map_err(data_err)?;
+    let loaded = data::load(&crate::build::data::config(&r.data, r.seed)).map_err(data_err)?;
     let train = Arc::new(loaded.train);
     let test = loaded.test;
     if train.len() < r.train.batch_size {
@@ -342,7 +342,7 @@ fn run_on<D: EngineDevice + 'static>(
             r.train.batch_size
         )));
     }
-    let chain = augment::Chain::from_spec(&r.augment, &r.data).map_err(recipe_err)?;
+    let chain = crate::build::augment::chain(&r.augment, &r.data).map_err(recipe_err)?;
     let loader = Loader::new(
         train.clone(),
         Arc::new(chain),
@@ -359,7 +359,8 @@ fn run_on<D: EngineDevice + 'static>(
     .map_err(plain_data)?
     .sharded(rank, world)
     .map_err(plain_data)?;
-    let mut trainer = Trainer::new(r, dev, train.len(), loader.batches_per_epoch() as u64)?;
+    let parts = crate::build::trainer_parts(r, train.len(), loader.batches_per_epoch() as u64)?;
+    let mut trainer = Trainer::from_parts(dev, &parts)?;
     trainer.set_collective(dist.clone(), r.train.sync_batch_norm)?;
     if world > 1 && writer && req.progress != Progress::Quiet {
         eprintln!(
@@ -819,7 +820,7 @@ fn evaluate_on<D: EngineDevice + 'static>(
     only: Option<&[String]>,
     sets: &[String],
 ) -> Result<Value, ExperimentError> {
-    let data = data::load(&data::DataConfig::from_spec(&r.data, r.seed)).map_err(data_err)?;
+    let data = data::load(&crate::build::data::config(&r.data, r.seed)).map_err(data_err)?;
     let mut store = ParamStore::new(dev);
     let model = Model::new(
         &mut store,

@@ -27,7 +27,7 @@ use std::path::{Component, Path, PathBuf};
 use rayon::prelude::*;
 
 use crate::data::folder::list_folder;
-use crate::data::{DataConfig, DataError, Dataset};
+use crate::data::{DataError, Dataset};
 use crate::diag::render_human;
 use crate::spec::data as spec;
 use crate::spec::{Loader, schema};
@@ -595,7 +595,7 @@ pub fn detect(data: &Path) -> Result<Detected, InitError> {
             // something was skipped, and then the run skips the same files.
             matches!(source, DetectedSource::Folder { .. }),
         );
-        crate::data::load(&DataConfig::from_spec(&d, 0))
+        crate::data::load(&crate::build::data::config(&d, 0))
     };
     let (mut channels, mut channels_note) = (f.channels, f.channels_note);
     let mut loaded = load(channels)?;

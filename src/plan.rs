@@ -12,7 +12,7 @@ use std::fmt::Write;
 use dfdx::prelude::Cpu;
 
 use crate::build;
-use crate::data::{DataConfig, load};
+use crate::data::load;
 use crate::diag::Diagnostic;
 use crate::nn::model::Model;
 use crate::nn::params::ParamStore;
@@ -152,7 +152,7 @@ pub fn comm_plan(
 /// communication time at `gbit` Gbit/s.
 pub fn plan_with(r: &Recipe, world: Option<usize>, gbit: f64) -> Result<String, Vec<Diagnostic>> {
     let mut out = String::new();
-    let data = load(&DataConfig::from_spec(&r.data, r.seed)).map_err(|e| {
+    let data = load(&crate::build::data::config(&r.data, r.seed)).map_err(|e| {
         vec![Diagnostic::error(
             DATA_READ_PATH,
             format!("cannot read the data: {e}"),

@@ -1,11 +1,11 @@
-//! `Chain::from_spec`: every shipped recipe maps to a chain whose view shapes match the
+//! `build::augment::chain`: every shipped recipe maps to a chain whose view shapes match the
 //! spec's own view count and sizes, and bad sections are errors naming their path.
 
 use std::path::Path;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use recipe::augment::{Chain, Op, ViewMaker};
+use recipe::augment::{Op, ViewMaker};
 use recipe::data::Image;
 use recipe::spec::augment::Augment;
 use recipe::spec::data::Data;
@@ -50,7 +50,7 @@ fn shipped_recipes_map_to_chains() {
         let Some(r) = loaded.recipe else {
             panic!("{} does not load", path.display());
         };
-        let chain = Chain::from_spec(&r.augment, &r.data)
+        let chain = recipe::build::augment::chain(&r.augment, &r.data)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let shapes = chain.view_shapes();
         assert_eq!(shapes.len(), r.augment.total_views(), "{}", path.display());
@@ -67,7 +67,7 @@ fn shipped_recipes_map_to_chains() {
 
 #[test]
 fn defaults_give_two_simclr_views_at_image_size() {
-    let chain = Chain::from_spec(&augment("{}"), &data(RGB32)).unwrap();
+    let chain = recipe::build::augment::chain(&augment("{}"), &data(RGB32)).unwrap();
     assert_eq!(chain.view_shapes(), vec![(3, 32, 32); 2]);
     assert_eq!(chain.normalize().unwrap().mean, vec![0.5; 3]);
     let names: Vec<_> = chain.pipelines()[0].iter().map(Op::name).collect();
@@ -95,7 +95,7 @@ multi_crop:
   local: {count: 3, size: 8, scale: [0.05, 0.3]}
 ",
     );
-    let chain = Chain::from_spec(&a, &data(RGB32)).unwrap();
+    let chain = recipe::build::augment::chain(&a, &data(RGB32)).unwrap();
     let mut expected = vec![(3, 24, 24); 2];
     expected.extend([(3, 8, 8); 3]);
     assert_eq!(chain.view_shapes(), expected);
@@ -125,7 +125,7 @@ per_view:
 ",
     );
     let gray = data("{source: {format: builtin}, image_size: 28, channels: 1}");
-    let chain = Chain::from_spec(&a, &gray).unwrap();
+    let chain = recipe::build::augment::chain(&a, &gray).unwrap();
     assert_eq!(chain.view_shapes(), vec![(1, 16, 16), (1, 12, 12)]);
     assert!(chain.normalize().is_none());
 }
@@ -134,7 +134,7 @@ per_view:
 fn bad_sections_name_their_path() {
     let even =
         augment("pipeline: [{horizontal_flip: {p: 0.5}}, {gaussian_blur: {kernel_size: 4}}]");
-    let msg = Chain::from_spec(&even, &data(RGB32))
+    let msg = recipe::build::augment::chain(&even, &data(RGB32))
         .unwrap_err()
         .to_string();
     assert!(
@@ -143,7 +143,7 @@ fn bad_sections_name_their_path() {
     );
 
     let count = augment("{views: 3, per_view: [[], []]}");
-    let msg = Chain::from_spec(&count, &data(RGB32))
+    let msg = recipe::build::augment::chain(&count, &data(RGB32))
         .unwrap_err()
         .to_string();
     assert!(msg.starts_with("augment.per_view: "), "{msg}");
@@ -151,7 +151,7 @@ fn bad_sections_name_their_path() {
     let wrong_len = data(
         "{source: {format: builtin}, image_size: 32, channels: 3, normalize: {mean: [0.5], std: [0.5]}}",
     );
-    let msg = Chain::from_spec(&augment("{}"), &wrong_len)
+    let msg = recipe::build::augment::chain(&augment("{}"), &wrong_len)
         .unwrap_err()
         .to_string();
     assert!(msg.contains("normalisation"), "{msg}");
@@ -164,5 +164,5 @@ multi_crop:
   local: {count: 0, size: 8, scale: [0.05, 0.3]}
 ",
     );
-    assert!(Chain::from_spec(&both, &data(RGB32)).is_err());
+    assert!(recipe::build::augment::chain(&both, &data(RGB32)).is_err());
 }

@@ -683,7 +683,7 @@ fn recipe_data_section_maps_onto_the_config() {
         "source: {format: builtin}\nimage_size: 28\nchannels: 1\nmixed_sizes: error\n\
          labels: false\nsubset: 0.1\n",
     );
-    let cfg = DataConfig::from_spec(&d, 5);
+    let cfg = recipe::build::data::config(&d, 5);
     assert_eq!(cfg.source, Source::Builtin);
     assert_eq!(
         (cfg.channels, cfg.image_size, cfg.resize),
@@ -701,7 +701,7 @@ fn recipe_data_section_maps_onto_the_config() {
         2000,
         "test labels kept for evaluation"
     );
-    assert!(recipe::data::check_spec_paths(&d).is_empty());
+    assert!(recipe::build::data::path_problems(&d).is_empty());
 
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("cifar");
@@ -709,7 +709,7 @@ fn recipe_data_section_maps_onto_the_config() {
         "source: {{format: cifar, variant: cifar100, dir: '{}'}}\nimage_size: 32\n",
         missing.display()
     ));
-    let cfg = DataConfig::from_spec(&d, 0);
+    let cfg = recipe::build::data::config(&d, 0);
     match &cfg.source {
         Source::Cifar(f) => {
             assert_eq!(f.kind, CifarKind::Cifar100Fine);
@@ -718,7 +718,7 @@ fn recipe_data_section_maps_onto_the_config() {
         other => panic!("{other:?}"),
     }
     assert_eq!((cfg.channels, cfg.resize), (Some(3), Resize::Bilinear));
-    let problems = recipe::data::check_spec_paths(&d);
+    let problems = recipe::build::data::path_problems(&d);
     assert_eq!(problems.len(), 1);
     assert_eq!(
         (problems[0].field.as_str(), problems[0].problem.as_str()),
@@ -726,7 +726,7 @@ fn recipe_data_section_maps_onto_the_config() {
     );
     std::fs::create_dir_all(&missing).unwrap();
     write(&missing.join("train.bin"), &cifar_record(&[0, 1], 0));
-    let problems = recipe::data::check_spec_paths(&d);
+    let problems = recipe::build::data::path_problems(&d);
     assert_eq!(problems.len(), 1);
     assert_eq!(problems[0].path, missing.join("test.bin"));
 
@@ -734,9 +734,9 @@ fn recipe_data_section_maps_onto_the_config() {
         "source: {{format: image_folder, train: '{}'}}\nimage_size: 8\ntest_fraction: 0.25\n",
         tmp.path().join("nope").display()
     ));
-    let cfg = DataConfig::from_spec(&d, 0);
+    let cfg = recipe::build::data::config(&d, 0);
     assert_eq!(cfg.holdout, Some(0.25));
-    let problems = recipe::data::check_spec_paths(&d);
+    let problems = recipe::build::data::path_problems(&d);
     assert_eq!(problems[0].field, "data.source.train");
 }
 

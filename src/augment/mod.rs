@@ -11,9 +11,10 @@
 //! - [`chain`]: [`Chain`], the [`ViewMaker`] that runs one shared pipeline N times, one
 //!   pipeline per view (BYOL-style asymmetric views) or SwAV's multi-crop, followed by a
 //!   final normalisation.
-//! - `from_spec`: [`Chain::from_spec`], the adapter from the recipe's `augment` and
-//!   `data.normalize` sections.
 //! - [`preview`]: a PNG grid of original images and their views (`recipe preview`).
+//!
+//! The recipe's `augment` section becomes a [`Chain`] in `build::augment`; this module
+//! knows no recipe types.
 //!
 //! # Semantics
 //!
@@ -50,7 +51,6 @@ pub mod blur;
 pub mod chain;
 pub mod color;
 mod error;
-mod from_spec;
 pub mod geometric;
 pub mod preview;
 

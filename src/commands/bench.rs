@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use recipe::spec::Recipe;
-use recipe::{augment, build, data};
+use recipe::{build, data};
 
 use super::{load_valid, set_threads};
 
@@ -26,7 +26,7 @@ pub fn bench(
     }
     let batch = r.train.batch_size;
     // The memory bank needs the real training-set size; synthetic labels use its classes.
-    let (dataset_len, classes) = match data::load(&data::DataConfig::from_spec(&r.data, r.seed)) {
+    let (dataset_len, classes) = match data::load(&recipe::build::data::config(&r.data, r.seed)) {
         Ok(d) => (d.train.len(), d.train.num_classes().max(2) as u32),
         Err(e) => {
             eprintln!(
@@ -68,7 +68,8 @@ fn bench_on<D: recipe::nn::EngineDevice + 'static>(
     use recipe::train::step::Trainer;
     let batch = r.train.batch_size;
     let steps_per_epoch = dataset_len.div_ceil(batch.max(1)) as u64;
-    let mut trainer = match Trainer::new(r, dev, dataset_len, steps_per_epoch) {
+    let parts = build::trainer_parts(r, dataset_len, steps_per_epoch);
+    let mut trainer = match parts.and_then(|p| Trainer::from_parts(dev, &p)) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
@@ -234,8 +235,8 @@ fn bench_on<D: recipe::nn::EngineDevice + 'static>(
 
 /// Images/s the recipe's augmentation chain produces on its own data, when both load.
 fn augmentation_rate(r: &Recipe) -> Option<f64> {
-    let loaded = data::load(&data::DataConfig::from_spec(&r.data, r.seed)).ok()?;
-    let chain = augment::Chain::from_spec(&r.augment, &r.data).ok()?;
+    let loaded = data::load(&recipe::build::data::config(&r.data, r.seed)).ok()?;
+    let chain = recipe::build::augment::chain(&r.augment, &r.data).ok()?;
     let images: Vec<_> = (0..loaded.train.len().min(512))
         .map(|i| loaded.train.image(i))
         .collect();

@@ -21,14 +21,14 @@ pub fn preview(
         Err(code) => return code,
     };
     set_threads(r.train.threads);
-    let loaded = match data::load(&data::DataConfig::from_spec(&r.data, r.seed)) {
+    let loaded = match data::load(&recipe::build::data::config(&r.data, r.seed)) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("error: cannot read the data: {e}");
             return ExitCode::from(2);
         }
     };
-    let chain = match augment::Chain::from_spec(&r.augment, &r.data) {
+    let chain = match recipe::build::augment::chain(&r.augment, &r.data) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

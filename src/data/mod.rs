@@ -40,7 +40,6 @@ pub mod idx;
 pub mod image;
 pub mod loader;
 pub mod source;
-pub mod spec;
 pub mod views;
 
 pub use check::{Conversion, ConversionKind, PathProblem, Survey, check_paths, survey};
@@ -51,5 +50,4 @@ pub use folder::Skipped;
 pub use image::Image;
 pub use loader::{Batch, Epoch, Loader, LoaderConfig, ViewBatch};
 pub use source::{CifarFiles, DataConfig, IdxFiles, LoadedData, Resize, Source, load};
-pub use spec::{check_spec_paths, spec_field};
 pub use views::ViewMaker;

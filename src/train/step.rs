@@ -8,7 +8,6 @@ use std::time::Instant;
 use dfdx::prelude::*;
 
 use super::TrainError;
-use crate::build;
 use crate::checkpoint::{self, CheckpointMeta, Sections};
 use crate::data::Batch;
 use crate::dist::{self, Dist};
@@ -18,7 +17,6 @@ use crate::nn::params::ParamStore;
 use crate::objective::{self, Encoder, MethodConfig, Objective, StepBatch};
 use crate::optim::Optimizer;
 use crate::optim::schedule::Schedule;
-use crate::spec::Recipe;
 
 /// What one step measured.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -53,7 +51,7 @@ pub struct Trainer<D: EngineDevice> {
 }
 
 /// The engine-level description of a training run, free of recipe types (what
-/// [`build::trainer_parts`](crate::build::trainer_parts) makes of a recipe, and what
+/// `build::trainer_parts` makes of a recipe, and what
 /// the engine benchmark's presets write directly).
 #[derive(Clone, Debug)]
 pub struct TrainerParts {
@@ -82,17 +80,6 @@ pub struct TrainerParts {
 }
 
 impl<D: EngineDevice + 'static> Trainer<D> {
-    /// Builds what `r` describes on `dev` (see [`build::trainer_parts`]) for a training
-    /// set of `dataset_len` images and `steps_per_epoch` steps per epoch.
-    pub fn new(
-        r: &Recipe,
-        dev: D,
-        dataset_len: usize,
-        steps_per_epoch: u64,
-    ) -> Result<Self, TrainError> {
-        Self::from_parts(dev, &build::trainer_parts(r, dataset_len, steps_per_epoch)?)
-    }
-
     /// Builds a trainer: the model from the seed, the weight-decay policy, the
     /// optimiser, the schedule and the objective.
     pub fn from_parts(dev: D, p: &TrainerParts) -> Result<Self, TrainError> {
