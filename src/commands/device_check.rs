@@ -9,7 +9,7 @@ use recipe::spec::train::Device;
 
 /// The device to check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Which {
+pub enum CheckedDevice {
     /// The composed forms on the CPU against the fast CPU kernels.
     Cpu,
     /// The composed forms on GPU 0 (a binary built with `--features cuda`).
@@ -19,10 +19,10 @@ pub enum Which {
 /// The largest relative error accepted (issue: 1e-4 on random inputs).
 const TOLERANCE: f64 = 1e-4;
 
-pub fn device_check(which: Which) -> ExitCode {
+pub fn device_check(which: CheckedDevice) -> ExitCode {
     let want = match which {
-        Which::Cpu => Device::Cpu,
-        Which::Cuda => Device::Cuda,
+        CheckedDevice::Cpu => Device::Cpu,
+        CheckedDevice::Cuda => Device::Cuda,
     };
     let engine = match build::device(want, 0) {
         Ok((e, _)) => e,
