@@ -55,7 +55,7 @@ pub fn bench(
 }
 
 /// The benchmark proper, on the device the recipe resolved to.
-fn bench_on<D: recipe::nn::EngineDevice + 'static>(
+fn bench_on<D: recipe::nn::EngineDevice>(
     dev: D,
     device: &str,
     r: &Recipe,

@@ -117,7 +117,7 @@ fn mix(seed: u64, purpose: u64, epoch: u64) -> u64 {
 
 /// Fine-tunes a copy of `store`'s backbone with a new classifier on `train` and reports
 /// the accuracy on `test`; both need labels. `norm` is the training normalisation.
-pub fn fine_tune<D: EngineDevice + 'static>(
+pub fn fine_tune<D: EngineDevice>(
     model: &Model,
     store: &ParamStore<D>,
     train: &Dataset,

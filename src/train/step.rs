@@ -81,7 +81,7 @@ pub struct TrainerParts {
     pub batch: usize,
 }
 
-impl<D: EngineDevice + 'static> Trainer<D> {
+impl<D: EngineDevice> Trainer<D> {
     /// Builds what `r` describes on `dev` (see [`build::trainer_parts`]) for a training
     /// set of `dataset_len` images and `steps_per_epoch` steps per epoch.
     pub fn new(
