@@ -15,7 +15,6 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::augment::{self, Normalize};
-use crate::build::Engine;
 use crate::checkpoint;
 use crate::data::{self, Dataset, Loader, LoaderConfig};
 use crate::dist::{self, Dist};
@@ -25,6 +24,7 @@ use crate::eval::knn::{KnnConfig, Metric, knn, nearest};
 use crate::eval::linear_probe::{ProbeConfig, linear_probe_select};
 use crate::eval::pca::pca_2d;
 use crate::nn::EngineDevice;
+use crate::nn::device::OnDevice;
 use crate::nn::model::Model;
 use crate::nn::params::ParamStore;
 use crate::report::markdown::{MetricsTable, ReportInput, write_report};
@@ -176,19 +176,23 @@ pub fn normalization(r: &Recipe) -> Normalize {
 
 /// Runs the experiment `req` describes, on the device its `train.device` resolves to.
 pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
-    let (engine, note) =
+    let (device, note) =
         crate::build::device(req.recipe.train.device, req.recipe.seed).map_err(setup_err)?;
     if let Some(note) = note {
         eprintln!("note: {note}");
     }
-    match engine {
-        Engine::Cpu(dev) => run_on(req, dev, "cpu"),
-        #[cfg(feature = "cuda")]
-        Engine::Cuda(dev) => run_on(req, *dev, "cuda"),
+    struct Run<'a>(&'a RunRequest, &'static str);
+    impl OnDevice for Run<'_> {
+        type Output = Result<RunOutcome, ExperimentError>;
+        fn run<D: EngineDevice>(self, dev: D) -> Self::Output {
+            run_on(self.0, dev, self.1)
+        }
     }
+    let name = device.name();
+    device.dispatch(Run(req, name))
 }
 
-fn run_on<D: EngineDevice + 'static>(
+fn run_on<D: EngineDevice>(
     req: &RunRequest,
     dev: D,
     device_name: &str,
@@ -758,7 +762,7 @@ const ROWS: [&str; 3] = ["trained", "untrained network", "raw pixels"];
 impl Downstream<'_> {
     /// Runs the recipe's tasks (or only those named in `only`) on `model` in `store`,
     /// with the baselines the tasks ask for, writing eval records to `metrics`.
-    pub fn run_all<D: EngineDevice + 'static>(
+    pub fn run_all<D: EngineDevice>(
         &self,
         model: &Model,
         store: &mut ParamStore<D>,
@@ -996,7 +1000,7 @@ impl Downstream<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn features<'c, D: EngineDevice + 'static>(
+    fn features<'c, D: EngineDevice>(
         &self,
         row: usize,
         w: Which,
@@ -1034,7 +1038,7 @@ impl Downstream<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn visualize<D: EngineDevice + 'static>(
+    fn visualize<D: EngineDevice>(
         &self,
         plots: &[Plot],
         samples: usize,
@@ -1346,18 +1350,29 @@ pub fn evaluate(
     let size = crate::build::view_sizes(&r)
         .first()
         .map_or(r.data.image_size, |(s, _)| *s);
-    let (engine, note) = crate::build::device(r.train.device, r.seed).map_err(setup_err)?;
+    let (device, note) = crate::build::device(r.train.device, r.seed).map_err(setup_err)?;
     if let Some(note) = note {
         eprintln!("note: {note}");
     }
-    match engine {
-        Engine::Cpu(dev) => evaluate_on(dev, &r, size, &dir, &ckpt, only, sets),
-        #[cfg(feature = "cuda")]
-        Engine::Cuda(dev) => evaluate_on(*dev, &r, size, &dir, &ckpt, only, sets),
+    struct Evaluate<'a>(
+        &'a Recipe,
+        usize,
+        &'a Path,
+        &'a Path,
+        Option<&'a [String]>,
+        &'a [String],
+    );
+    impl OnDevice for Evaluate<'_> {
+        type Output = Result<Value, ExperimentError>;
+        fn run<D: EngineDevice>(self, dev: D) -> Self::Output {
+            let Evaluate(r, size, dir, ckpt, only, sets) = self;
+            evaluate_on(dev, r, size, dir, ckpt, only, sets)
+        }
     }
+    device.dispatch(Evaluate(&r, size, &dir, &ckpt, only, sets))
 }
 
-fn evaluate_on<D: EngineDevice + 'static>(
+fn evaluate_on<D: EngineDevice>(
     dev: D,
     r: &Recipe,
     size: usize,

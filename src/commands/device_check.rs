@@ -3,8 +3,10 @@
 use std::process::ExitCode;
 
 use clap::ValueEnum;
-use recipe::build::{self, Engine};
+use recipe::build;
 use recipe::device_check::{OpParity, op_parity};
+use recipe::nn::EngineDevice;
+use recipe::nn::device::OnDevice;
 use recipe::spec::train::Device;
 
 /// The device to check.
@@ -24,19 +26,24 @@ pub fn device_check(which: CheckedDevice) -> ExitCode {
         CheckedDevice::Cpu => Device::Cpu,
         CheckedDevice::Cuda => Device::Cuda,
     };
-    let engine = match build::device(want, 0) {
+    let device = match build::device(want, 0) {
         Ok((e, _)) => e,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    let rows = match engine {
-        Engine::Cpu(dev) => op_parity(&dev),
-        #[cfg(feature = "cuda")]
-        Engine::Cuda(dev) => op_parity(&*dev),
-    };
-    print(&rows)
+    print(&device.dispatch(Parity))
+}
+
+/// [`op_parity`] on the device checked.
+struct Parity;
+
+impl OnDevice for Parity {
+    type Output = Vec<OpParity>;
+    fn run<D: EngineDevice>(self, dev: D) -> Vec<OpParity> {
+        op_parity(&dev)
+    }
 }
 
 fn print(rows: &[OpParity]) -> ExitCode {

@@ -130,7 +130,8 @@ pub struct BnRunning<D: Device<f32>> {
 /// per-entry optimiser update and gradient transfer of [`update`]. A method with a
 /// default is the composed form (`composed.rs`); `Cpu` overrides it with its kernel,
 /// `Cuda` keeps it. Code generic over `D: EngineDevice` therefore picks a device's
-/// path by the type alone.
+/// path by the type alone; a process's device is chosen once, by
+/// [`DeviceChoice::dispatch`](crate::nn::device::DeviceChoice::dispatch).
 pub trait EngineDevice: Device<f32> {
     /// 2-D convolution: `x` is `(n, c, h, w)`, `w` is `(o, c, k, k)`, `b` is `(o,)`.
     fn conv2d<T: Tape<f32, Self>>(
