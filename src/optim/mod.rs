@@ -381,7 +381,8 @@ pub struct Optimizer<D: Device<f32>> {
     step: u64,
     /// `<param>.<slot>` -> state tensor (flat, like the store's entries).
     state: BTreeMap<String, Flat<D>>,
-    /// Use the fused multithreaded kernel when the device is `Cpu`.
+    /// Move entries by the device's update ([`EngineDevice::update_entry`]: the fused
+    /// kernel on `Cpu`) rather than always by the tensor-op form.
     fused: bool,
 }
 
@@ -414,9 +415,10 @@ impl<D: Device<f32>> Optimizer<D> {
         &self.cfg
     }
 
-    /// Chooses between the fused multithreaded CPU kernel (the default, used only when
-    /// the device is `Cpu`) and the device-generic tensor-op form, which is what runs on
-    /// every other device and serves as the reference in tests.
+    /// Chooses between the device's update (the default: on `Cpu` the fused
+    /// multithreaded kernel) and the device-generic tensor-op form
+    /// ([`composed::update_entry`]), which is what every other device runs and serves
+    /// as the reference in tests.
     pub fn set_fused(&mut self, fused: bool) {
         self.fused = fused;
     }
@@ -564,10 +566,9 @@ impl<D: EngineDevice> Optimizer<D> {
     ///
     /// `grads` is taken mutably only so that an entry without a gradient can be given a
     /// zero one (see the module invariants). Each entry moves by
-    /// [`EngineDevice::update_entry`] (on `Cpu`, the fused kernel unless
-    /// [`set_fused`](Self::set_fused) turned it off), or by the tensor-op form
-    /// ([`composed::update_entry`]) when `fused` is off. A device error (allocation
-    /// failure) can leave the step half-applied.
+    /// [`EngineDevice::update_entry`] (on `Cpu`, the fused kernel), or by the tensor-op
+    /// form ([`composed::update_entry`]) when [`set_fused`](Self::set_fused) turned
+    /// that off. A device error (allocation failure) can leave the step half-applied.
     pub fn step(
         &mut self,
         store: &mut ParamStore<D>,
