@@ -224,8 +224,7 @@ pub fn update_entry<D: Device<f32>>(
     grads: &mut Gradients<f32, D>,
     slots: &mut [T1<D, NoneTape>],
 ) -> Result<(), String> {
-    let lens: Vec<usize> = slots.iter().map(|s| s.shape().0).collect();
-    u.check(p.shape().0, &lens)?;
+    u.check(p.shape().0, slots)?;
     grads.try_alloc_for(p).map_err(|err| format!("{err:?}"))?;
     let g = grads.get(p);
     match *u {

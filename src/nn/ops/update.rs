@@ -25,6 +25,10 @@
 //! differ only in where reductions (LARS's norms) sum first, and
 //! `tests/optim_numeric.rs` checks both against hand-computed values.
 
+use dfdx::prelude::*;
+
+use super::T1;
+
 /// One trainable entry's update in one optimiser step, with the optimiser's
 /// hyper-parameters resolved for that entry: its weight-decay flag applied (a
 /// weight decay of 0, or no [`Trust`], where the flag is clear), the step's
@@ -105,9 +109,14 @@ impl EntryUpdate {
         }
     }
 
-    /// Errors unless `slots` state tensors of `lens` values fit a parameter of `n`
-    /// (a zip over mismatched buffers would silently truncate).
-    pub(crate) fn check(&self, n: usize, slots: &[usize]) -> Result<(), String> {
+    /// Errors unless `slots` are as many state tensors as the update keeps, each as
+    /// long as the parameter (`n` values): a zip over mismatched buffers would
+    /// silently truncate.
+    pub(crate) fn check<D: Device<f32>>(
+        &self,
+        n: usize,
+        slots: &[T1<D, NoneTape>],
+    ) -> Result<(), String> {
         if slots.len() != self.slots() {
             return Err(format!(
                 "{} state tensors for an update that keeps {}",
@@ -115,7 +124,7 @@ impl EntryUpdate {
                 self.slots()
             ));
         }
-        match slots.iter().find(|&&l| l != n) {
+        match slots.iter().map(|s| s.shape().0).find(|&l| l != n) {
             Some(l) => Err(format!("a state tensor has {l} values, the parameter {n}")),
             None => Ok(()),
         }

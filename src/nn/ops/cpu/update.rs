@@ -68,8 +68,7 @@ pub(crate) fn update_entry(
     slots: &mut [T1<Cpu, NoneTape>],
 ) -> Result<(), String> {
     let n = p.shape().0;
-    let lens: Vec<usize> = slots.iter().map(|s| s.shape().0).collect();
-    u.check(n, &lens)?;
+    u.check(n, slots)?;
     let g: &[f32] = grads
         .get_or_alloc_mut(p)
         .map_err(|err| format!("{err:?}"))?;
