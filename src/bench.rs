@@ -131,7 +131,7 @@ pub fn preset(name: &str, batch: usize) -> Option<TrainerParts> {
         peak_lr: 0.05,
         epochs: 1,
         steps_per_epoch: 1_000_000,
-        method: MethodConfig::Simclr { temperature: 0.5 },
+        method: MethodConfig::Simclr(crate::objective::nt_xent::SimclrConfig { temperature: 0.5 }),
         views: 2,
         batch,
     })

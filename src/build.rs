@@ -4,13 +4,14 @@
 //! this module is the one place that knows both. Every recipe key an engine part reads
 //! is mapped here, so a key that is not mapped is visibly unused.
 
+use crate::eval;
 use crate::nn::ModelError;
 use crate::nn::device::{DeviceChoice, NoCuda};
 use crate::nn::model::{
     BackboneConfig, BackboneKind, HeadConfig, ModelConfig, PrototypesConfig, ResNetSpec, Stem,
 };
 use crate::nn::params::DecayPolicy;
-use crate::objective::MethodConfig;
+use crate::objective::{MethodConfig, memory_bank, moco, nt_xent, supcon, swav};
 use crate::optim::schedule::{
     Decay, LrScaling, ScaledLr, ScheduleConfig, ScheduleError, Warmup, WarmupLength,
 };
@@ -144,7 +145,9 @@ pub fn model(r: &Recipe, size: usize) -> Result<ModelConfig, ModelError> {
             count: prototypes,
             dim: None,
         }),
-        _ => None,
+        Loss::Simclr { .. } | Loss::Moco { .. } | Loss::MemoryBank { .. } | Loss::Supcon { .. } => {
+            None
+        }
     };
     Ok(ModelConfig {
         backbone: BackboneConfig {
@@ -170,32 +173,32 @@ pub fn model(r: &Recipe, size: usize) -> Result<ModelConfig, ModelError> {
 /// `crops_for_assign`); without multi-crop every view is a global crop.
 pub fn method(r: &Recipe, dataset_len: usize) -> MethodConfig {
     match &r.loss {
-        Loss::Simclr { temperature } => MethodConfig::Simclr {
+        Loss::Simclr { temperature } => MethodConfig::Simclr(nt_xent::SimclrConfig {
             temperature: *temperature as f32,
-        },
+        }),
         Loss::Moco {
             temperature,
             momentum,
             queue_size,
             symmetric,
-        } => MethodConfig::Moco {
+        } => MethodConfig::Moco(moco::MocoConfig {
             temperature: *temperature as f32,
             momentum: *momentum,
             queue_size: *queue_size,
             symmetric: *symmetric,
-        },
+        }),
         Loss::MemoryBank {
             temperature,
             bank_momentum,
             negatives,
             shared_negatives,
-        } => MethodConfig::MemoryBank {
+        } => MethodConfig::MemoryBank(memory_bank::MemoryBankConfig {
             temperature: *temperature as f32,
             momentum: *bank_momentum as f32,
             negatives: *negatives,
             shared_negatives: *shared_negatives,
             dataset_len,
-        },
+        }),
         Loss::Swav {
             temperature,
             epsilon,
@@ -203,7 +206,7 @@ pub fn method(r: &Recipe, dataset_len: usize) -> MethodConfig {
             freeze_prototypes_steps,
             queue,
             ..
-        } => MethodConfig::Swav {
+        } => MethodConfig::Swav(swav::SwavConfig {
             temperature: *temperature as f32,
             epsilon: *epsilon,
             iterations: *sinkhorn_iterations,
@@ -214,14 +217,14 @@ pub fn method(r: &Recipe, dataset_len: usize) -> MethodConfig {
                 .multi_crop
                 .as_ref()
                 .map_or(r.augment.total_views(), |mc| mc.global.count),
-        },
+        }),
         Loss::Supcon {
             temperature,
             base_temperature,
-        } => MethodConfig::Supcon {
+        } => MethodConfig::Supcon(supcon::SupconConfig {
             temperature: *temperature as f32,
             base_temperature: *base_temperature as f32,
-        },
+        }),
     }
 }
 
@@ -476,7 +479,8 @@ fn state_warnings(r: &Recipe, n: usize) -> Vec<crate::diag::Diagnostic> {
                 out.push(d);
             }
         }
-        _ => {}
+        Loss::Moco { .. } | Loss::MemoryBank { .. } | Loss::Simclr { .. } | Loss::Supcon { .. } => {
+        }
     }
     out
 }
@@ -515,6 +519,124 @@ pub fn device(
             ),
         }),
     }
+}
+
+/// The recipe's downstream tasks as engine-side [`eval::downstream::Task`]s (in recipe
+/// order). `augment`'s chain is built only when a `visualize` task draws the views.
+pub fn downstream(r: &Recipe) -> Result<Vec<eval::downstream::Task>, String> {
+    use crate::spec::downstream::{Features, Metric as SpecMetric, Plot, Task as SpecTask};
+    use eval::downstream::Task;
+    let which = |f: Features| match f {
+        Features::Backbone => eval::Which::Backbone,
+        Features::Head => eval::Which::Head,
+    };
+    let mut out = Vec::with_capacity(r.downstream.len());
+    for t in &r.downstream {
+        out.push(match t {
+            SpecTask::Knn {
+                k,
+                temperature,
+                metric,
+                features,
+                baselines,
+                every_epochs,
+            } => Task::Knn(eval::knn::KnnTask {
+                cfg: eval::KnnConfig {
+                    k: *k,
+                    temperature: *temperature,
+                    metric: match metric {
+                        SpecMetric::Cosine => eval::Metric::Cosine,
+                        SpecMetric::Euclidean => eval::Metric::Euclidean,
+                    },
+                },
+                features: which(*features),
+                baselines: *baselines,
+                every_epochs: *every_epochs,
+            }),
+            SpecTask::LinearProbe {
+                epochs,
+                batch_size,
+                lr,
+                weight_decay,
+                features,
+                standardize,
+                baselines,
+            } => Task::LinearProbe(eval::linear_probe::ProbeTask {
+                cfg: eval::ProbeConfig {
+                    epochs: *epochs,
+                    batch_size: *batch_size,
+                    lr: *lr,
+                    weight_decay: 0.0,
+                    standardize: *standardize,
+                    seed: r.seed,
+                },
+                weight_decays: weight_decay.candidates(),
+                features: which(*features),
+                baselines: *baselines,
+            }),
+            SpecTask::FineTune {
+                epochs,
+                batch_size,
+                lr,
+                backbone_lr_scale,
+                weight_decay,
+            } => Task::FineTune(eval::fine_tune::FineTuneTask {
+                cfg: eval::FineTuneConfig {
+                    epochs: *epochs,
+                    batch_size: *batch_size,
+                    lr: *lr,
+                    backbone_lr_scale: *backbone_lr_scale,
+                    weight_decay: *weight_decay,
+                    seed: r.seed,
+                },
+            }),
+            SpecTask::Visualize {
+                plots,
+                samples,
+                queries,
+                neighbors,
+            } => {
+                use eval::visualize::Figure;
+                let figures: Vec<Figure> = plots
+                    .iter()
+                    .filter_map(|p| match p {
+                        Plot::Filters => Some(Figure::Filters),
+                        Plot::FeatureMaps => Some(Figure::FeatureMaps),
+                        Plot::NearestNeighbors => Some(Figure::NearestNeighbors),
+                        Plot::EmbeddingPca => Some(Figure::EmbeddingPca),
+                        Plot::AugmentationViews => Some(Figure::AugmentationViews),
+                        // Drawn from the metrics file after the run (`wants_curves`).
+                        Plot::TrainingCurves => None,
+                    })
+                    .collect();
+                let views = if figures.contains(&Figure::AugmentationViews) {
+                    let chain = crate::augment::Chain::from_spec(&r.augment, &r.data)
+                        .map_err(|e| e.to_string())?;
+                    Some((std::sync::Arc::new(chain), r.seed))
+                } else {
+                    None
+                };
+                Task::Visualize(eval::visualize::VisualizeTask {
+                    figures,
+                    samples: *samples,
+                    queries: *queries,
+                    neighbors: *neighbors,
+                    views,
+                })
+            }
+        });
+    }
+    Ok(out)
+}
+
+/// Whether a `visualize` task asks for the training curves (`loss.png`, `lr.png`,
+/// `knn.png`), which are drawn from the metrics file once training is over.
+pub fn wants_curves(r: &Recipe) -> bool {
+    use crate::spec::downstream::{Plot, Task as SpecTask};
+    r.downstream.iter().any(|t| match t {
+        SpecTask::Visualize { plots, .. } => plots.contains(&Plot::TrainingCurves),
+        SpecTask::Knn { .. } | SpecTask::LinearProbe { .. } | SpecTask::FineTune { .. } => false,
+    })
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@
 //! [`report`](crate::report) and is the only one that knows all three; the CLI is a
 //! thin adapter over [`run`] and [`evaluate`].
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,39 +14,57 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::augment::{self, Normalize};
-use crate::checkpoint;
-use crate::data::{self, Dataset, Loader, LoaderConfig};
+use crate::checkpoint::{self, CheckpointError};
+use crate::data::{self, DataError, Dataset, Loader, LoaderConfig};
 use crate::dist::{self, Dist};
-use crate::eval::features::{FeatureMatrix, Which, extract, raw_pixels};
-use crate::eval::fine_tune::{FineTuneConfig, fine_tune};
-use crate::eval::knn::{KnnConfig, Metric, knn, nearest};
-use crate::eval::linear_probe::{ProbeConfig, linear_probe_select};
-use crate::eval::pca::pca_2d;
+use crate::eval::downstream::{DownstreamError, Encoders, Task as DTask, run_all};
+use crate::eval::features::extract;
+use crate::eval::knn::{KnnTask, knn};
 use crate::nn::EngineDevice;
 use crate::nn::device::OnDevice;
 use crate::nn::model::Model;
 use crate::nn::params::ParamStore;
-use crate::report::markdown::{MetricsTable, ReportInput, write_report};
-use crate::report::metrics::{Kind, MetricsWriter, Record, read_jsonl};
-use crate::report::{grid, plots};
+use crate::report::ReportError;
+use crate::report::markdown::{ReportInput, write_report};
+use crate::report::metrics::MetricsWriter;
 use crate::runtime;
 use crate::spec::Recipe;
-use crate::spec::downstream::{Features, Metric as SpecMetric, Plot, Task};
+use crate::spec::downstream::Task;
 use crate::train::TrainError;
 use crate::train::resume::{self, Change, Invocation};
 use crate::train::run::{LoopConfig, Progress, train_loop};
 use crate::train::rundir;
 use crate::train::step::Trainer;
 
-/// What went wrong, sorted by who can fix it.
+/// What went wrong, by layer and cause; [`ExperimentError::exit_code`] derives the
+/// CLI's exit code from the variant (2: usage, files, data, device; 1: the recipe or
+/// the run).
 #[derive(Debug)]
 pub enum ExperimentError {
-    /// Files, folders, data: exit code 2.
-    Setup(String),
-    /// The recipe cannot run as written (shapes, sizes, a diverging loss): exit code 1.
-    Run(String),
-    /// `--resume` with a recipe that differs from the run's, without `--force`:
-    /// exit code 1.
+    /// The data cannot be read or batched.
+    Data {
+        /// What was being done (`"cannot read the data: "`, or empty).
+        context: &'static str,
+        /// The data layer's error.
+        source: DataError,
+    },
+    /// A file or folder of the run directory cannot be read or written.
+    Files(String),
+    /// The metrics files, a picture or the report cannot be written.
+    Report(ReportError),
+    /// A checkpoint cannot be read, written or applied.
+    Checkpoint(CheckpointError),
+    /// The device or the thread pool cannot be set up.
+    Environment(String),
+    /// The command does not apply as given (a finished run, an unknown task, …).
+    Usage(String),
+    /// The recipe cannot run as written: shapes, sizes, a model that does not build.
+    Recipe(String),
+    /// Training stopped: a diverging loss, a step that failed.
+    Train(TrainError),
+    /// A downstream task failed.
+    Downstream(DownstreamError),
+    /// `--resume` with a recipe that differs from the run's, without `--force`.
     Changed {
         /// The run directory.
         dir: PathBuf,
@@ -56,10 +73,42 @@ pub enum ExperimentError {
     },
 }
 
+impl ExperimentError {
+    /// The exit code the README promises: 2 for usage, I/O, data and device problems,
+    /// 1 for a recipe that cannot run or a run that failed.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ExperimentError::Data { .. }
+            | ExperimentError::Files(_)
+            | ExperimentError::Report(_)
+            | ExperimentError::Checkpoint(_)
+            | ExperimentError::Environment(_)
+            | ExperimentError::Usage(_) => 2,
+            ExperimentError::Recipe(_)
+            | ExperimentError::Train(_)
+            | ExperimentError::Changed { .. } => 1,
+            ExperimentError::Downstream(d) => match d {
+                DownstreamError::NoTestSplit(_)
+                | DownstreamError::Report(_)
+                | DownstreamError::Views(_) => 2,
+                DownstreamError::Eval(_) => 1,
+            },
+        }
+    }
+}
+
 impl std::fmt::Display for ExperimentError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ExperimentError::Setup(m) | ExperimentError::Run(m) => f.write_str(m),
+            ExperimentError::Data { context, source } => write!(f, "{context}{source}"),
+            ExperimentError::Files(m)
+            | ExperimentError::Environment(m)
+            | ExperimentError::Usage(m)
+            | ExperimentError::Recipe(m) => f.write_str(m),
+            ExperimentError::Report(e) => write!(f, "{e}"),
+            ExperimentError::Checkpoint(e) => write!(f, "{e}"),
+            ExperimentError::Train(e) => write!(f, "{e}"),
+            ExperimentError::Downstream(e) => write!(f, "{e}"),
             ExperimentError::Changed { dir, changes } => {
                 write!(
                     f,
@@ -81,19 +130,62 @@ impl std::error::Error for ExperimentError {}
 impl From<TrainError> for ExperimentError {
     fn from(e: TrainError) -> Self {
         match e {
-            TrainError::Data(d) => ExperimentError::Setup(d.to_string()),
-            TrainError::Checkpoint(c) => ExperimentError::Setup(c.to_string()),
-            other => ExperimentError::Run(other.to_string()),
+            TrainError::Data(source) => ExperimentError::Data {
+                context: "",
+                source,
+            },
+            TrainError::Checkpoint(c) => ExperimentError::Checkpoint(c),
+            other => ExperimentError::Train(other),
         }
     }
 }
 
-fn run_err(e: impl std::fmt::Display) -> ExperimentError {
-    ExperimentError::Run(e.to_string())
+impl From<DownstreamError> for ExperimentError {
+    fn from(e: DownstreamError) -> Self {
+        ExperimentError::Downstream(e)
+    }
 }
 
-fn setup_err(e: impl std::fmt::Display) -> ExperimentError {
-    ExperimentError::Setup(e.to_string())
+impl From<ReportError> for ExperimentError {
+    fn from(e: ReportError) -> Self {
+        ExperimentError::Report(e)
+    }
+}
+
+impl From<CheckpointError> for ExperimentError {
+    fn from(e: CheckpointError) -> Self {
+        ExperimentError::Checkpoint(e)
+    }
+}
+
+fn recipe_err(e: impl std::fmt::Display) -> ExperimentError {
+    ExperimentError::Recipe(e.to_string())
+}
+
+fn files_err(e: impl std::fmt::Display) -> ExperimentError {
+    ExperimentError::Files(e.to_string())
+}
+
+fn usage_err(e: impl std::fmt::Display) -> ExperimentError {
+    ExperimentError::Usage(e.to_string())
+}
+
+fn env_err(e: impl std::fmt::Display) -> ExperimentError {
+    ExperimentError::Environment(e.to_string())
+}
+
+fn plain_data(source: DataError) -> ExperimentError {
+    ExperimentError::Data {
+        context: "",
+        source,
+    }
+}
+
+fn data_err(source: DataError) -> ExperimentError {
+    ExperimentError::Data {
+        context: "cannot read the data: ",
+        source,
+    }
 }
 
 /// A `recipe run` request.
@@ -177,7 +269,7 @@ pub fn normalization(r: &Recipe) -> Normalize {
 /// Runs the experiment `req` describes, on the device its `train.device` resolves to.
 pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
     let (device, note) =
-        crate::build::device(req.recipe.train.device, req.recipe.seed).map_err(setup_err)?;
+        crate::build::device(req.recipe.train.device, req.recipe.seed).map_err(env_err)?;
     if let Some(note) = note {
         eprintln!("note: {note}");
     }
@@ -203,10 +295,10 @@ fn run_on<D: EngineDevice>(
     let (rank, world) = (dist.rank(), dist.world());
     let writer = rank == 0;
     if world > 1 {
-        dist::shard_range(r.train.batch_size, rank, world).map_err(run_err)?;
+        dist::shard_range(r.train.batch_size, rank, world).map_err(recipe_err)?;
     }
     let threads =
-        runtime::configure_threads(runtime::threads(r.train.threads, world)).map_err(setup_err)?;
+        runtime::configure_threads(runtime::threads(r.train.threads, world)).map_err(env_err)?;
     let text = resolved_text(r);
     let hash = recipe_hash(r);
     // Changes `--force` lets through; applied once the checkpoint has loaded.
@@ -215,7 +307,7 @@ fn run_on<D: EngineDevice>(
         Some(dir) => {
             forced = check_resume(dir, r, req.force)?;
             if forced.is_empty() && dir.join("results.json").is_file() {
-                return Err(setup_err(format!(
+                return Err(usage_err(format!(
                     "`{d}` has finished ({} epochs) and its results are written. To train \
                      longer: `recipe run --resume {d} --set train.epochs=N --force`; to rerun \
                      its downstream tasks: `recipe eval {d}`",
@@ -224,7 +316,8 @@ fn run_on<D: EngineDevice>(
                 )));
             }
             if writer {
-                dist_note(dir, world, true, r.train.sync_batch_norm)?;
+                resume::world_size_note(dir, world, true, r.train.sync_batch_norm)
+                    .map_err(ExperimentError::Files)?;
             }
             dir.clone()
         }
@@ -234,26 +327,26 @@ fn run_on<D: EngineDevice>(
                 .out
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(&r.output.dir));
-            let dir = rundir::create(&parent, &r.name, &text).map_err(ExperimentError::Setup)?;
+            let dir = rundir::create(&parent, &r.name, &text).map_err(ExperimentError::Files)?;
             if world > 1 {
-                dist_note(&dir, world, false, r.train.sync_batch_norm)?;
+                resume::world_size_note(&dir, world, false, r.train.sync_batch_norm)
+                    .map_err(ExperimentError::Files)?;
             }
             dir
         }
         None => PathBuf::new(),
     };
-    let loaded = data::load(&data::DataConfig::from_spec(&r.data, r.seed))
-        .map_err(|e| setup_err(format!("cannot read the data: {e}")))?;
+    let loaded = data::load(&data::DataConfig::from_spec(&r.data, r.seed)).map_err(data_err)?;
     let train = Arc::new(loaded.train);
     let test = loaded.test;
     if train.len() < r.train.batch_size {
-        return Err(run_err(format!(
+        return Err(recipe_err(format!(
             "the training set has {} images, fewer than one batch of {} (train.batch_size)",
             train.len(),
             r.train.batch_size
         )));
     }
-    let chain = augment::Chain::from_spec(&r.augment, &r.data).map_err(run_err)?;
+    let chain = augment::Chain::from_spec(&r.augment, &r.data).map_err(recipe_err)?;
     let loader = Loader::new(
         train.clone(),
         Arc::new(chain),
@@ -267,9 +360,9 @@ fn run_on<D: EngineDevice>(
             prefetch: r.train.prefetch,
         },
     )
-    .map_err(setup_err)?
+    .map_err(plain_data)?
     .sharded(rank, world)
-    .map_err(setup_err)?;
+    .map_err(plain_data)?;
     let mut trainer = Trainer::new(r, dev, train.len(), loader.batches_per_epoch() as u64)?;
     trainer.set_collective(dist.clone(), r.train.sync_batch_norm)?;
     if world > 1 && writer && req.progress != Progress::Quiet {
@@ -293,7 +386,7 @@ fn run_on<D: EngineDevice>(
             let meta = trainer.load(&ckpt)?;
             trainer.check_ranks_agree()?;
             if meta.recipe_hash != hash && forced.is_empty() && !req.force {
-                return Err(setup_err(format!(
+                return Err(usage_err(format!(
                     "`{}` was written by a recipe other than the run's {} (an earlier \
                      change may have been cut short); pass --force to continue with {} as \
                      it is",
@@ -327,9 +420,9 @@ fn run_on<D: EngineDevice>(
                         start_step.checked_sub(1)?,
                     )
                 });
-            let rel = resume::archive(&dir, start_step).map_err(setup_err)?;
+            let rel = resume::archive(&dir, start_step).map_err(files_err)?;
             rundir::write_text(&dir.join(rundir::RECIPE_FILE), &text)
-                .map_err(ExperimentError::Setup)?;
+                .map_err(ExperimentError::Files)?;
             if let Some(m) = &resumed {
                 // Stamped with the recipe now in force, so a plain `--resume` works.
                 trainer.save(
@@ -384,66 +477,52 @@ fn run_on<D: EngineDevice>(
                 archived,
             },
         )
-        .map_err(ExperimentError::Setup)?;
+        .map_err(ExperimentError::Files)?;
     }
     let mut metrics = match &resumed {
         _ if !writer => None,
-        Some(m) => Some(
-            MetricsWriter::resume(&dir, &[], m.step)
-                .map_err(setup_err)?
-                .0,
-        ),
-        None => Some(MetricsWriter::create(&dir, &[]).map_err(setup_err)?),
+        Some(m) => Some(MetricsWriter::resume(&dir, &[], m.step)?.0),
+        None => Some(MetricsWriter::create(&dir, &[])?),
     };
     let norm = normalization(r);
     // kNN during training, every `every_epochs` epochs, on the test split.
-    let periodic: Vec<(usize, KnnConfig, Which)> = r
-        .downstream
+    let tasks = crate::build::downstream(r).map_err(recipe_err)?;
+    // kNN during training, every `every_epochs` epochs, on the test split.
+    let periodic: Vec<&KnnTask> = tasks
         .iter()
         .filter_map(|t| match t {
-            Task::Knn {
-                k,
-                temperature,
-                metric,
-                features,
-                every_epochs,
-                ..
-            } if *every_epochs > 0 => Some((
-                *every_epochs,
-                KnnConfig {
-                    k: *k,
-                    temperature: *temperature,
-                    metric: metric_of(*metric),
-                },
-                which(*features),
-            )),
-            _ => None,
+            DTask::Knn(k) if k.every_epochs > 0 => Some(k),
+            DTask::Knn(_) | DTask::LinearProbe(_) | DTask::FineTune(_) | DTask::Visualize(_) => {
+                None
+            }
         })
         .collect();
     let eval_batch = r.train.batch_size.max(64);
     let test_ref = test.as_ref();
     let train_ref: &Dataset = &train;
-    let mut on_epoch = |t: &mut Trainer<D>,
-                        epoch: usize|
-     -> Result<Vec<(String, f64)>, TrainError> {
-        let mut out = Vec::new();
-        // Evaluation runs once, on rank 0.
-        let (true, Some(test)) = (writer, test_ref) else {
-            return Ok(out);
-        };
-        for (every, cfg, w) in &periodic {
-            if !epoch.is_multiple_of(*every) {
-                continue;
+    let mut on_epoch =
+        |t: &mut Trainer<D>, epoch: usize| -> Result<Vec<(String, f64)>, TrainError> {
+            let mut out = Vec::new();
+            // Evaluation runs once, on rank 0.
+            let (true, Some(test)) = (writer, test_ref) else {
+                return Ok(out);
+            };
+            for task in &periodic {
+                if !epoch.is_multiple_of(task.every_epochs) {
+                    continue;
+                }
+                let model = t.encoder.model().clone();
+                let other = |e: crate::eval::EvalError| TrainError::Other(e.to_string());
+                let w = task.features;
+                let a = extract(&model, &mut t.store, train_ref, &norm, w, eval_batch)
+                    .map_err(other)?;
+                let b = extract(&model, &mut t.store, test, &norm, w, eval_batch).map_err(other)?;
+                let res = knn(&a, &b, &task.cfg).map_err(other)?;
+                out.push(("knn_top1".to_string(), res.top1));
+                out.push(("knn_top5".to_string(), res.top5));
             }
-            let model = t.encoder.model().clone();
-            let (a, b) = features_of(&model, &mut t.store, train_ref, test, &norm, *w, eval_batch)
-                .map_err(|e| TrainError::Other(e.to_string()))?;
-            let res = knn(&a, &b, cfg).map_err(|e| TrainError::Other(e.to_string()))?;
-            out.push(("knn_top1".to_string(), res.top1));
-            out.push(("knn_top5".to_string(), res.top5));
-        }
-        Ok(out)
-    };
+            Ok(out)
+        };
     let mut cfg = LoopConfig {
         epochs: r.train.epochs,
         log_every: r.train.log_every,
@@ -472,7 +551,7 @@ fn run_on<D: EngineDevice>(
                 .as_ref()
                 .map(|p| p.join(rundir::RECIPE_FILE))
                 .unwrap_or_default();
-            return Err(run_err(format!(
+            return Err(recipe_err(format!(
                 "{e}\nhelp: the run's recipe.yaml is the changed recipe now; to continue with \
                  the previous one: recipe run {} --resume {} --force",
                 resume::shell_line(&[prev.display().to_string()]),
@@ -496,32 +575,44 @@ fn run_on<D: EngineDevice>(
         });
     }
     let Some(mut metrics) = metrics else {
-        return Err(run_err("rank 0 has no metrics writer"));
+        return Err(recipe_err("rank 0 has no metrics writer"));
     };
     let model = trainer.encoder.model().clone();
     // torchvision's names and shapes minus `fc` (for ResNets; the small CNN's follow
     // an `nn.Sequential` named `features`).
     let names = model.backbone_entry_names(&trainer.store);
-    checkpoint::export_named(&dir.join("backbone.safetensors"), &trainer.store, &names)
-        .map_err(setup_err)?;
+    checkpoint::export_named(&dir.join("backbone.safetensors"), &trainer.store, &names)?;
     let eval_started = Instant::now();
-    let downstream = Downstream {
-        r,
-        train: &train,
-        test: test.as_ref(),
-        norm: &norm,
-        dir: &dir,
-        batch: eval_batch,
-    };
-    let results =
-        downstream.run_all(&model, &mut trainer.store, None, &mut metrics, trainer.step)?;
+    let untrained = crate::build::model(r, model.input.1).map_err(recipe_err)?;
+    let mut enc = Encoders::new(
+        &model,
+        &mut trainer.store,
+        &untrained,
+        r.seed,
+        &train,
+        test.as_ref(),
+        &norm,
+        &dir,
+        eval_batch,
+    )?;
+    let results = run_all(
+        &tasks,
+        &mut enc,
+        &mut metrics,
+        r.train.epochs as u64,
+        trainer.step,
+    )?;
     let eval_secs = eval_started.elapsed().as_secs_f64();
-    let curves = training_curves(&dir, r)?;
+    let curves = if crate::build::wants_curves(r) {
+        crate::report::curves::training_curves(&dir)?
+    } else {
+        Vec::new()
+    };
     let mut figures = results.figures.clone();
     figures.extend(curves);
     let total = started.elapsed().as_secs_f64();
     let invocations = resume::read(&dir);
-    let made = provenance(&invocations);
+    let made = resume::provenance(&invocations);
     let doc = json!({
         "name": r.name,
         "method": r.loss.method(),
@@ -554,7 +645,7 @@ fn run_on<D: EngineDevice>(
         &dir.join("results.json"),
         &(serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"),
     )
-    .map_err(ExperimentError::Setup)?;
+    .map_err(ExperimentError::Files)?;
     write_report(
         &dir.join("report.md"),
         &ReportInput {
@@ -586,100 +677,15 @@ fn run_on<D: EngineDevice>(
             notes: results.notes.clone(),
             figures,
         },
-    )
-    .map_err(setup_err)?;
+    )?;
     dist.wait_for_all();
     Ok(RunOutcome::Finished { dir, results: doc })
 }
 
-/// How a run was made, from its `invocations.jsonl`.
-struct Provenance {
-    /// The recipe file the run started from.
-    recipe_file: Option<String>,
-    /// Every `--set` of every invocation, in order.
-    overrides: Vec<String>,
-    /// One line per invocation (its step and command) and per forced change.
-    lines: Vec<String>,
-}
-
-fn provenance(invocations: &[Value]) -> Provenance {
-    let mut p = Provenance {
-        recipe_file: None,
-        overrides: Vec::new(),
-        lines: Vec::new(),
-    };
-    for (i, inv) in invocations.iter().enumerate() {
-        if i == 0 {
-            p.recipe_file = inv["recipe_file"].as_str().map(str::to_string);
-        }
-        // A later `--set` of the same key replaces the earlier one (the recipe in force
-        // holds the later value).
-        for set in inv["overrides"].as_array().into_iter().flatten() {
-            let Some(set) = set.as_str() else { continue };
-            let key = |s: &str| s.split_once('=').map_or(s, |(k, _)| k).trim().to_string();
-            p.overrides.retain(|o| key(o) != key(set));
-            p.overrides.push(set.to_string());
-        }
-        let step = inv["start_step"].as_u64().unwrap_or(0);
-        p.lines.push(format!(
-            "{} at step {step}: `{}`",
-            inv["time"].as_str().unwrap_or("?"),
-            inv["command"].as_str().unwrap_or("?").replace('`', "'")
-        ));
-        for c in inv["changes"].as_array().into_iter().flatten() {
-            let v = |k: &str| match &c[k] {
-                Value::Null => "(absent)".to_string(),
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            p.lines.push(format!(
-                "  changed from step {step}: `{}`: {} → {}",
-                c["key"].as_str().unwrap_or("?"),
-                v("old").replace('`', "'"),
-                v("new").replace('`', "'")
-            ));
-        }
-    }
-    p
-}
-
-/// Name of the file in a data-parallel run directory that records the world size.
-pub const DIST_FILE: &str = "world_size.txt";
-
-/// Records the world size in `dir`; on a resume with another, says what changes.
-fn dist_note(dir: &Path, world: usize, resume: bool, sync_bn: bool) -> Result<(), ExperimentError> {
-    let path = dir.join(DIST_FILE);
-    let before = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|t| t.trim().parse::<usize>().ok())
-        .unwrap_or(1);
-    if resume && before != world {
-        let bn = if sync_bn {
-            "batch norm is synchronised, so nothing changes but float rounding".to_string()
-        } else {
-            format!(
-                "only batch norm changes: it normalises over per-rank batches of {} images \
-                 instead of {} (set train.sync_batch_norm: true to make K irrelevant)",
-                "B/".to_string() + &world.to_string(),
-                "B/".to_string() + &before.to_string()
-            )
-        };
-        eprintln!(
-            "note: this run was trained on {before} rank(s) and resumes on {world}: the global \
-             batch, the data order, the augmentations, the optimiser and the method state carry \
-             over unchanged; {bn}"
-        );
-    }
-    if world > 1 || path.exists() {
-        rundir::write_text(&path, &format!("{world}\n")).map_err(ExperimentError::Setup)?;
-    }
-    Ok(())
-}
-
 /// The changes between `dir`'s recipe in force and `r`: refused unless `force`.
 fn check_resume(dir: &Path, r: &Recipe, force: bool) -> Result<Vec<Change>, ExperimentError> {
-    let old = resume::read_recipe_value(dir).map_err(setup_err)?;
-    let new = serde_json::to_value(r).map_err(run_err)?;
+    let old = resume::read_recipe_value(dir).map_err(files_err)?;
+    let new = serde_json::to_value(r).map_err(recipe_err)?;
     let changes = resume::changes(&old, &new);
     if !changes.is_empty() && !force {
         return Err(ExperimentError::Changed {
@@ -698,559 +704,6 @@ fn lr_at(r: &Recipe, dataset_len: usize, steps_per_epoch: u64, step: u64) -> Opt
         crate::optim::schedule::Schedule::new(&p.schedule, p.peak_lr, p.epochs, steps_per_epoch)
             .ok()?;
     Some(s.lr(step))
-}
-
-fn metric_of(m: SpecMetric) -> Metric {
-    match m {
-        SpecMetric::Cosine => Metric::Cosine,
-        SpecMetric::Euclidean => Metric::Euclidean,
-    }
-}
-
-fn which(f: Features) -> Which {
-    match f {
-        Features::Backbone => Which::Backbone,
-        Features::Head => Which::Head,
-    }
-}
-
-fn features_of<D: EngineDevice>(
-    model: &Model,
-    store: &mut ParamStore<D>,
-    train: &Dataset,
-    test: &Dataset,
-    norm: &Normalize,
-    w: Which,
-    batch: usize,
-) -> Result<(FeatureMatrix, FeatureMatrix), ExperimentError> {
-    let a = extract(model, store, train, norm, w, batch).map_err(run_err)?;
-    let b = extract(model, store, test, norm, w, batch).map_err(run_err)?;
-    Ok((a, b))
-}
-
-/// What the downstream tasks produced.
-#[derive(Clone, Debug, Default)]
-pub struct DownstreamResults {
-    /// One entry per task (results.json's `downstream`).
-    pub json: Vec<Value>,
-    /// The report's table.
-    pub table: MetricsTable,
-    /// The report's remarks.
-    pub notes: Vec<String>,
-    /// `(title, file name)` of the pictures written.
-    pub figures: Vec<(String, String)>,
-}
-
-/// The downstream tasks of a recipe over its data.
-pub struct Downstream<'a> {
-    /// The recipe.
-    pub r: &'a Recipe,
-    /// Training split (kNN memory, probe training set).
-    pub train: &'a Dataset,
-    /// Test split.
-    pub test: Option<&'a Dataset>,
-    /// Normalisation for every image.
-    pub norm: &'a Normalize,
-    /// Where pictures go.
-    pub dir: &'a Path,
-    /// Images per forward pass.
-    pub batch: usize,
-}
-
-const ROWS: [&str; 3] = ["trained", "untrained network", "raw pixels"];
-
-impl Downstream<'_> {
-    /// Runs the recipe's tasks (or only those named in `only`) on `model` in `store`,
-    /// with the baselines the tasks ask for, writing eval records to `metrics`.
-    pub fn run_all<D: EngineDevice>(
-        &self,
-        model: &Model,
-        store: &mut ParamStore<D>,
-        only: Option<&[String]>,
-        metrics: &mut MetricsWriter,
-        step: u64,
-    ) -> Result<DownstreamResults, ExperimentError> {
-        let mut out = DownstreamResults {
-            table: MetricsTable {
-                columns: Vec::new(),
-                rows: ROWS.iter().map(|r| (r.to_string(), Vec::new())).collect(),
-            },
-            ..Default::default()
-        };
-        // The untrained network: the same config and seed, before any step.
-        let mut untrained = ParamStore::new(store.device().clone());
-        let plain = Model::new(
-            &mut untrained,
-            &crate::build::model(self.r, model.input.1).map_err(run_err)?,
-            self.r.seed,
-        )
-        .map_err(run_err)?;
-        let mut cache: BTreeMap<(usize, u8), (FeatureMatrix, FeatureMatrix)> = BTreeMap::new();
-        let mut raw: Option<(FeatureMatrix, FeatureMatrix)> = None;
-        for task in &self.r.downstream {
-            if let Some(names) = only
-                && !names.iter().any(|n| n == task.name())
-            {
-                continue;
-            }
-            if task.needs_labels() && self.test.is_none() {
-                return Err(setup_err(format!(
-                    "the `{}` task needs a labelled test split; set data.test_fraction",
-                    task.name()
-                )));
-            }
-            let t0 = Instant::now();
-            match task {
-                Task::Knn {
-                    k,
-                    temperature,
-                    metric,
-                    features,
-                    baselines,
-                    ..
-                } => {
-                    let cfg = KnnConfig {
-                        k: *k,
-                        temperature: *temperature,
-                        metric: metric_of(*metric),
-                    };
-                    let w = which(*features);
-                    let mut entry = json!({"task": "knn", "k": k, "temperature": temperature,
-                        "features": format!("{features:?}").to_lowercase()});
-                    let mut vals = [None, None, None];
-                    let mut vals5 = [None, None, None];
-                    for (row, name) in ROWS.iter().enumerate() {
-                        if row > 0 && !baselines {
-                            continue;
-                        }
-                        let (a, b) = self.features(
-                            row,
-                            w,
-                            model,
-                            store,
-                            &plain,
-                            &mut untrained,
-                            &mut cache,
-                            &mut raw,
-                        )?;
-                        let res = knn(a, b, &cfg).map_err(run_err)?;
-                        entry[key(name)] = json!({"top1": res.top1, "top5": res.top5});
-                        vals[row] = Some(res.top1);
-                        vals5[row] = Some(res.top5);
-                    }
-                    self.add_column(&mut out.table, &format!("kNN top-1 (k={k})"), vals);
-                    self.add_column(&mut out.table, &format!("kNN top-5 (k={k})"), vals5);
-                    metrics
-                        .write(
-                            &Record::new(Kind::Eval, self.r.train.epochs as u64, step)
-                                .with("knn_top1", vals[0].unwrap_or(f64::NAN))
-                                .with("knn_top5", vals5[0].unwrap_or(f64::NAN)),
-                        )
-                        .map_err(setup_err)?;
-                    entry["seconds"] = json!(t0.elapsed().as_secs_f64());
-                    out.json.push(entry);
-                }
-                Task::LinearProbe {
-                    epochs,
-                    batch_size,
-                    lr,
-                    weight_decay,
-                    features,
-                    standardize,
-                    baselines,
-                } => {
-                    let cfg = ProbeConfig {
-                        epochs: *epochs,
-                        batch_size: *batch_size,
-                        lr: *lr,
-                        weight_decay: 0.0,
-                        standardize: *standardize,
-                        seed: self.r.seed,
-                    };
-                    let wds = weight_decay.candidates();
-                    let w = which(*features);
-                    let mut entry = json!({"task": "linear_probe", "epochs": epochs, "lr": lr,
-                        "weight_decay": wds,
-                        "standardize": standardize,
-                        "features": format!("{features:?}").to_lowercase()});
-                    let mut vals = [None, None, None];
-                    let mut vals5 = [None, None, None];
-                    for (row, name) in ROWS.iter().enumerate() {
-                        if row > 0 && !baselines {
-                            continue;
-                        }
-                        let (a, b) = self.features(
-                            row,
-                            w,
-                            model,
-                            store,
-                            &plain,
-                            &mut untrained,
-                            &mut cache,
-                            &mut raw,
-                        )?;
-                        let (res, wd, held_out) =
-                            linear_probe_select(a, b, &cfg, &wds).map_err(run_err)?;
-                        entry[key(name)] = json!({"top1": res.top1, "top5": res.top5,
-                            "train_top1": res.train_top1, "weight_decay": wd,
-                            "held_out_top1": held_out});
-                        vals[row] = Some(res.top1);
-                        vals5[row] = Some(res.top5);
-                    }
-                    if wds.len() > 1 {
-                        let chosen: Vec<String> = ROWS
-                            .iter()
-                            .filter_map(|name| {
-                                entry[key(name)]["weight_decay"]
-                                    .as_f64()
-                                    .map(|wd| format!("{name} {wd}"))
-                            })
-                            .collect();
-                        out.notes.push(format!(
-                            "Linear probe: weight decay chosen from {wds:?} on a held-out 10% \
-                             of the training split, per feature set: {}.",
-                            chosen.join(", ")
-                        ));
-                    }
-                    self.add_column(&mut out.table, "linear top-1", vals);
-                    self.add_column(&mut out.table, "linear top-5", vals5);
-                    metrics
-                        .write(
-                            &Record::new(Kind::Eval, self.r.train.epochs as u64, step)
-                                .with("linear_top1", vals[0].unwrap_or(f64::NAN))
-                                .with("linear_top5", vals5[0].unwrap_or(f64::NAN)),
-                        )
-                        .map_err(setup_err)?;
-                    entry["seconds"] = json!(t0.elapsed().as_secs_f64());
-                    out.json.push(entry);
-                }
-                Task::FineTune {
-                    epochs,
-                    batch_size,
-                    lr,
-                    backbone_lr_scale,
-                    weight_decay,
-                } => {
-                    let test = self.test.expect("checked above");
-                    let cfg = FineTuneConfig {
-                        epochs: *epochs,
-                        batch_size: *batch_size,
-                        lr: *lr,
-                        backbone_lr_scale: *backbone_lr_scale,
-                        weight_decay: *weight_decay,
-                        seed: self.r.seed,
-                    };
-                    let m = model.with_input(test_hw(test)).map_err(run_err)?;
-                    let res =
-                        fine_tune(&m, store, self.train, test, self.norm, &cfg).map_err(run_err)?;
-                    let m0 = plain.with_input(test_hw(test)).map_err(run_err)?;
-                    let base = fine_tune(&m0, &untrained, self.train, test, self.norm, &cfg)
-                        .map_err(run_err)?;
-                    self.add_column(
-                        &mut out.table,
-                        "fine-tune top-1",
-                        [Some(res.top1), Some(base.top1), None],
-                    );
-                    metrics
-                        .write(
-                            &Record::new(Kind::Eval, self.r.train.epochs as u64, step)
-                                .with("fine_tune_top1", res.top1)
-                                .with("fine_tune_top5", res.top5),
-                        )
-                        .map_err(setup_err)?;
-                    out.json.push(json!({"task": "fine_tune", "epochs": epochs,
-                        "trained": {"top1": res.top1, "top5": res.top5},
-                        "untrained_network": {"top1": base.top1, "top5": base.top5},
-                        "seconds": t0.elapsed().as_secs_f64()}));
-                }
-                Task::Visualize {
-                    plots,
-                    samples,
-                    queries,
-                    neighbors,
-                } => {
-                    let figs = self.visualize(
-                        plots, *samples, *queries, *neighbors, model, store, &mut cache,
-                    )?;
-                    out.json.push(json!({"task": "visualize",
-                        "files": figs.iter().map(|f| f.1.clone()).collect::<Vec<_>>(),
-                        "seconds": t0.elapsed().as_secs_f64()}));
-                    out.figures.extend(figs);
-                }
-            }
-        }
-        out.notes.push(
-            "Baselines: *untrained network* is the same architecture with the recipe's seed \
-             before any training step; *raw pixels* classifies the normalised pixels directly. \
-             Linear probes standardise every feature with training-set statistics unless the \
-             recipe turns that off."
-                .into(),
-        );
-        out.table
-            .rows
-            .retain(|(_, v)| v.iter().any(Option::is_some));
-        Ok(out)
-    }
-
-    fn add_column(&self, t: &mut MetricsTable, name: &str, vals: [Option<f64>; 3]) {
-        t.columns.push(name.to_string());
-        for (row, v) in t.rows.iter_mut().zip(vals) {
-            row.1.push(v);
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn features<'c, D: EngineDevice>(
-        &self,
-        row: usize,
-        w: Which,
-        model: &Model,
-        store: &mut ParamStore<D>,
-        plain: &Model,
-        untrained: &mut ParamStore<D>,
-        cache: &'c mut BTreeMap<(usize, u8), (FeatureMatrix, FeatureMatrix)>,
-        raw: &'c mut Option<(FeatureMatrix, FeatureMatrix)>,
-    ) -> Result<(&'c FeatureMatrix, &'c FeatureMatrix), ExperimentError> {
-        let test = self.test.expect("labelled tasks checked the test split");
-        if row == 2 {
-            if raw.is_none() {
-                *raw = Some((
-                    raw_pixels(self.train, self.norm).map_err(run_err)?,
-                    raw_pixels(test, self.norm).map_err(run_err)?,
-                ));
-            }
-            let (a, b) = raw.as_ref().expect("just filled");
-            return Ok((a, b));
-        }
-        let k = (row, w as u8);
-        if let std::collections::btree_map::Entry::Vacant(slot) = cache.entry(k) {
-            let (m, s) = if row == 0 {
-                (model, store)
-            } else {
-                (plain, untrained)
-            };
-            slot.insert(features_of(
-                m, s, self.train, test, self.norm, w, self.batch,
-            )?);
-        }
-        let (a, b) = &cache[&k];
-        Ok((a, b))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn visualize<D: EngineDevice>(
-        &self,
-        plots: &[Plot],
-        samples: usize,
-        queries: usize,
-        neighbors: usize,
-        model: &Model,
-        store: &mut ParamStore<D>,
-        cache: &mut BTreeMap<(usize, u8), (FeatureMatrix, FeatureMatrix)>,
-    ) -> Result<Vec<(String, String)>, ExperimentError> {
-        let mut figs = Vec::new();
-        let eval_set = self.test.unwrap_or(self.train);
-        for plot in plots {
-            match plot {
-                Plot::Filters => {
-                    let name = model.backbone.first_conv_weight_name();
-                    let id = store
-                        .id(&name)
-                        .ok_or_else(|| run_err(format!("no `{name}` in the model")))?;
-                    let shape = &store.get(id).shape;
-                    let shape = [shape[0], shape[1], shape[2], shape[3]];
-                    grid::filters_png(&self.dir.join("filters.png"), &store.data(id), shape)
-                        .map_err(setup_err)?;
-                    figs.push(("First-layer filters".into(), "filters.png".into()));
-                }
-                Plot::FeatureMaps => {
-                    let n = queries.min(eval_set.len()).max(1);
-                    let idx = spread(eval_set.len(), n);
-                    let imgs: Vec<_> = idx.iter().map(|&i| eval_set.image(i)).collect();
-                    let (c, h, w) = eval_set.shape();
-                    let mut x = Vec::with_capacity(n * c * h * w);
-                    for im in &imgs {
-                        let im = self.norm.apply(im.clone()).map_err(run_err)?;
-                        x.extend_from_slice(&im.data);
-                    }
-                    let dev = store.device().clone();
-                    let t = dfdx::prelude::TensorFromVec::tensor_from_vec(&dev, x, (n, c, h, w));
-                    let stages = model.backbone.stage_outputs(store, t).map_err(run_err)?;
-                    let stages: Vec<(String, Vec<f32>, [usize; 4])> = stages
-                        .into_iter()
-                        .map(|(name, t)| {
-                            let s = *dfdx::prelude::HasShape::shape(&t);
-                            (name, t.as_vec(), [s.0, s.1, s.2, s.3])
-                        })
-                        .collect();
-                    grid::feature_maps_png(&self.dir.join("feature_maps.png"), &imgs, &stages, 8)
-                        .map_err(setup_err)?;
-                    figs.push((
-                        "Activation maps per stage".into(),
-                        "feature_maps.png".into(),
-                    ));
-                }
-                Plot::NearestNeighbors => {
-                    let Some(test) = self.test else { continue };
-                    let k = (0, Which::Backbone as u8);
-                    if let std::collections::btree_map::Entry::Vacant(slot) = cache.entry(k) {
-                        let v = features_of(
-                            model,
-                            store,
-                            self.train,
-                            test,
-                            self.norm,
-                            Which::Backbone,
-                            self.batch,
-                        )?;
-                        slot.insert(v);
-                    }
-                    let (a, b) = &cache[&k];
-                    let q = spread(b.n, queries.min(b.n).max(1));
-                    let qm = b.select(&q);
-                    let nn = nearest(a, &qm, neighbors, Metric::Cosine).map_err(run_err)?;
-                    let qimgs: Vec<_> = q.iter().map(|&i| test.image(i)).collect();
-                    let nimgs: Vec<Vec<_>> = nn
-                        .iter()
-                        .map(|row| row.iter().map(|(j, _)| self.train.image(*j)).collect())
-                        .collect();
-                    let correct: Vec<Vec<bool>> = nn
-                        .iter()
-                        .zip(&q)
-                        .map(|(row, &qi)| {
-                            row.iter()
-                                .map(|(j, _)| self.train.label(*j) == test.label(qi))
-                                .collect()
-                        })
-                        .collect();
-                    grid::neighbors_png(
-                        &self.dir.join("nearest_neighbors.png"),
-                        &qimgs,
-                        &nimgs,
-                        &correct,
-                    )
-                    .map_err(setup_err)?;
-                    figs.push((
-                        "Test images and their nearest training images (green: same class)".into(),
-                        "nearest_neighbors.png".into(),
-                    ));
-                }
-                Plot::EmbeddingPca => {
-                    let n = samples.min(eval_set.len()).max(2);
-                    let idx = spread(eval_set.len(), n);
-                    let sub = eval_set.select(&idx);
-                    let f = extract(model, store, &sub, self.norm, Which::Backbone, self.batch)
-                        .map_err(run_err)?;
-                    let p = pca_2d(&f).map_err(run_err)?;
-                    let classes: Vec<u32> =
-                        (0..sub.len()).map(|i| sub.label(i).unwrap_or(0)).collect();
-                    plots::scatter(
-                        &self.dir.join("embedding_pca.png"),
-                        &format!(
-                            "PCA of {} test embeddings ({:.0}% + {:.0}% of the variance)",
-                            n,
-                            100.0 * p.variance_ratio[0],
-                            100.0 * p.variance_ratio[1]
-                        ),
-                        &p.coords,
-                        &classes,
-                        sub.classes(),
-                    )
-                    .map_err(setup_err)?;
-                    figs.push(("Embedding PCA".into(), "embedding_pca.png".into()));
-                }
-                Plot::TrainingCurves => {
-                    // Drawn after the run from metrics.jsonl (see `training_curves`).
-                }
-                Plot::AugmentationViews => {
-                    let chain = augment::Chain::from_spec(&self.r.augment, &self.r.data)
-                        .map_err(run_err)?;
-                    let idx = spread(self.train.len(), queries.min(self.train.len()).max(1));
-                    let imgs: Vec<_> = idx.iter().map(|&i| self.train.image(i)).collect();
-                    augment::write_preview(
-                        &chain,
-                        &imgs,
-                        self.r.seed,
-                        augment::Scale::Auto,
-                        &self.dir.join("augmentation_views.png"),
-                    )
-                    .map_err(setup_err)?;
-                    figs.push((
-                        "Training images and their augmented views".into(),
-                        "augmentation_views.png".into(),
-                    ));
-                }
-            }
-        }
-        Ok(figs)
-    }
-}
-
-fn key(row: &str) -> String {
-    row.replace(' ', "_")
-}
-
-fn test_hw(d: &Dataset) -> (usize, usize) {
-    let (_, h, w) = d.shape();
-    (h, w)
-}
-
-/// `n` indices spread evenly over `0..len`.
-fn spread(len: usize, n: usize) -> Vec<usize> {
-    let n = n.min(len);
-    (0..n).map(|i| i * len / n.max(1)).collect()
-}
-
-/// Loss, learning rate and kNN accuracy over training, from `metrics.jsonl`, when the
-/// recipe asks for `training_curves`.
-fn training_curves(dir: &Path, r: &Recipe) -> Result<Vec<(String, String)>, ExperimentError> {
-    let wanted = r.downstream.iter().any(
-        |t| matches!(t, Task::Visualize { plots, .. } if plots.contains(&Plot::TrainingCurves)),
-    );
-    if !wanted {
-        return Ok(Vec::new());
-    }
-    let recs = read_jsonl(&dir.join("metrics.jsonl")).map_err(setup_err)?;
-    let series = |kind: Kind, field: &str, name: &str| plots::Series {
-        name: name.to_string(),
-        points: recs
-            .iter()
-            .filter(|r| r.kind == kind)
-            .filter_map(|r| r.get(field).map(|v| (r.step as f64, v)))
-            .collect(),
-    };
-    let mut figs = Vec::new();
-    plots::line_chart(
-        &dir.join("loss.png"),
-        "Training loss",
-        "step",
-        &[
-            series(Kind::Step, "loss", "loss (logged steps)"),
-            series(Kind::Epoch, "loss", "epoch mean"),
-        ],
-    )
-    .map_err(setup_err)?;
-    figs.push(("Training loss".into(), "loss.png".into()));
-    plots::line_chart(
-        &dir.join("lr.png"),
-        "Learning rate",
-        "step",
-        &[series(Kind::Step, "lr", "learning rate")],
-    )
-    .map_err(setup_err)?;
-    figs.push(("Learning rate".into(), "lr.png".into()));
-    let knn_pts = series(Kind::Epoch, "knn_top1", "kNN top-1 (%)");
-    if !knn_pts.points.is_empty() {
-        plots::line_chart(
-            &dir.join("knn.png"),
-            "kNN accuracy during training",
-            "step",
-            &[knn_pts],
-        )
-        .map_err(setup_err)?;
-        figs.push(("kNN top-1 over training".into(), "knn.png".into()));
-    }
-    Ok(figs)
 }
 
 /// `recipe eval`: the downstream tasks (all, or those in `only`) on a saved model —
@@ -1272,7 +725,7 @@ pub fn evaluate(
             let hint = crate::diag::did_you_mean(name, Task::NAMES)
                 .map(|m| format!("did you mean `{m}`? "))
                 .unwrap_or_default();
-            return Err(setup_err(format!(
+            return Err(usage_err(format!(
                 "unknown task `{name}`\nhelp: {hint}the tasks are {}",
                 Task::NAMES.join(", ")
             )));
@@ -1281,7 +734,7 @@ pub fn evaluate(
     for set in sets {
         let path = set.split_once('=').map_or(set.as_str(), |(p, _)| p).trim();
         if path != "downstream" && !path.starts_with("downstream.") {
-            return Err(setup_err(format!(
+            return Err(usage_err(format!(
                 "`--set {set}`: `recipe eval` can change only `downstream` (the model is \
                  trained); to change training, continue the run with `recipe run --resume`"
             )));
@@ -1294,7 +747,7 @@ pub fn evaluate(
         )
     } else {
         let dir = target.parent().and_then(Path::parent).ok_or_else(|| {
-            setup_err(format!(
+            usage_err(format!(
                 "`{}` is not inside a run directory",
                 target.display()
             ))
@@ -1302,7 +755,7 @@ pub fn evaluate(
         (dir.to_path_buf(), target.to_path_buf())
     };
     if !dir.join(rundir::RECIPE_FILE).is_file() {
-        return Err(setup_err(format!(
+        return Err(usage_err(format!(
             "`{}` is not a run directory (it has no {})",
             dir.display(),
             rundir::RECIPE_FILE
@@ -1310,9 +763,9 @@ pub fn evaluate(
     }
     let loaded = crate::spec::Loader::new()
         .load_file(&dir.join(rundir::RECIPE_FILE), sets)
-        .map_err(setup_err)?;
+        .map_err(files_err)?;
     let Some(r) = loaded.valid_recipe().cloned() else {
-        return Err(run_err(format!(
+        return Err(recipe_err(format!(
             "the run's recipe{} is not valid:\n{}",
             if sets.is_empty() {
                 ""
@@ -1326,7 +779,7 @@ pub fn evaluate(
     for name in only.unwrap_or_default() {
         if !present.contains(&name.as_str()) {
             let d = resume::shell_line(&[dir.display().to_string()]);
-            return Err(setup_err(format!(
+            return Err(usage_err(format!(
                 "this run's recipe has no `{name}` task (it has: {})\nhelp: to evaluate it \
                  with the task's defaults (`recipe render` shows them): recipe eval {d} --task \
                  {name} --set 'downstream=[{{task: {name}}}]'",
@@ -1339,18 +792,18 @@ pub fn evaluate(
         }
     }
     if r.downstream.is_empty() {
-        return Err(setup_err(format!(
+        return Err(usage_err(format!(
             "this run's recipe has no downstream tasks; add some with --set, e.g. \
              recipe eval {} --set 'downstream=[{{task: knn}}]'",
             resume::shell_line(&[dir.display().to_string()])
         )));
     }
     runtime::configure_threads(runtime::threads(r.train.threads, runtime::launcher_ranks()))
-        .map_err(setup_err)?;
+        .map_err(env_err)?;
     let size = crate::build::view_sizes(&r)
         .first()
         .map_or(r.data.image_size, |(s, _)| *s);
-    let (device, note) = crate::build::device(r.train.device, r.seed).map_err(setup_err)?;
+    let (device, note) = crate::build::device(r.train.device, r.seed).map_err(env_err)?;
     if let Some(note) = note {
         eprintln!("note: {note}");
     }
@@ -1381,38 +834,47 @@ fn evaluate_on<D: EngineDevice>(
     only: Option<&[String]>,
     sets: &[String],
 ) -> Result<Value, ExperimentError> {
-    let data = data::load(&data::DataConfig::from_spec(&r.data, r.seed))
-        .map_err(|e| setup_err(format!("cannot read the data: {e}")))?;
+    let data = data::load(&data::DataConfig::from_spec(&r.data, r.seed)).map_err(data_err)?;
     let mut store = ParamStore::new(dev);
     let model = Model::new(
         &mut store,
-        &crate::build::model(r, size).map_err(run_err)?,
+        &crate::build::model(r, size).map_err(recipe_err)?,
         r.seed,
     )
-    .map_err(run_err)?;
-    checkpoint::load_training(ckpt, &mut store, None, None, None).map_err(setup_err)?;
+    .map_err(recipe_err)?;
+    checkpoint::load_training(ckpt, &mut store, None, None, None)?;
     let norm = normalization(r);
-    let mut metrics = MetricsWriter::resume(dir, &[], u64::MAX)
-        .map_err(setup_err)?
-        .0;
-    let ds = Downstream {
-        r,
-        train: &data.train,
-        test: data.test.as_ref(),
-        norm: &norm,
-        dir,
-        batch: r.train.batch_size.max(64),
-    };
-    let meta = checkpoint::read_meta(ckpt).map_err(setup_err)?;
-    let res = ds.run_all(&model, &mut store, only, &mut metrics, meta.step)?;
-    // The entries of this evaluation, each with the task's recipe form (the merge key),
-    // the checkpoint, its step, the time and the overrides.
-    let when = rundir::timestamp(std::time::SystemTime::now());
-    let ran: Vec<&Task> = r
-        .downstream
-        .iter()
-        .filter(|t| only.is_none_or(|names| names.iter().any(|n| n == t.name())))
+    let mut metrics = MetricsWriter::resume(dir, &[], u64::MAX)?.0;
+    let meta = checkpoint::read_meta(ckpt)?;
+    // The recipe's tasks (or the named ones), with the recipe form of each for the
+    // merge key of `eval.json`.
+    let keep = |name: &str| only.is_none_or(|names| names.iter().any(|n| n == name));
+    let ran: Vec<&Task> = r.downstream.iter().filter(|t| keep(t.name())).collect();
+    let tasks: Vec<DTask> = crate::build::downstream(r)
+        .map_err(recipe_err)?
+        .into_iter()
+        .filter(|t| keep(t.name()))
         .collect();
+    let untrained = crate::build::model(r, model.input.1).map_err(recipe_err)?;
+    let mut enc = Encoders::new(
+        &model,
+        &mut store,
+        &untrained,
+        r.seed,
+        &data.train,
+        data.test.as_ref(),
+        &norm,
+        dir,
+        r.train.batch_size.max(64),
+    )?;
+    let res = run_all(
+        &tasks,
+        &mut enc,
+        &mut metrics,
+        r.train.epochs as u64,
+        meta.step,
+    )?;
+    let when = rundir::timestamp(std::time::SystemTime::now());
     let fresh: Vec<Value> = res
         .json
         .iter()
@@ -1441,7 +903,7 @@ fn evaluate_on<D: EngineDevice>(
         &path,
         &(serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"),
     )
-    .map_err(ExperimentError::Setup)?;
+    .map_err(ExperimentError::Files)?;
     Ok(
         json!({"checkpoint": ckpt.display().to_string(), "step": meta.step,
         "downstream": fresh}),

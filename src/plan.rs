@@ -17,9 +17,9 @@ use crate::diag::Diagnostic;
 use crate::nn::model::Model;
 use crate::nn::params::ParamStore;
 use crate::nn::{ModelError, ModelSummary};
+use crate::objective::{CommFacts, MethodConfig, ModelFacts};
 use crate::optim::schedule::Schedule;
 use crate::spec::Recipe;
-use crate::spec::loss::Loss;
 
 /// The recipe path a model-building error is about.
 fn model_error_path(e: &ModelError) -> &'static str {
@@ -94,18 +94,20 @@ impl CommPlan {
     }
 }
 
-/// The communication of one step of `r` over `world` ranks, for a model of `params`
-/// trainable values with `bn_layers` batch-norm layers of `bn_channels` channels in
-/// all, and embeddings of `dim` features.
+/// The communication of one step of `r` (training `method`) over `world` ranks, for a
+/// model of `params` trainable values with batch-norm layers of `norms` channels and
+/// embeddings of `model.dim` features, `views` views per image.
 pub fn comm_plan(
     r: &Recipe,
+    method: &MethodConfig,
     world: usize,
     params: usize,
-    bn_layers: usize,
-    bn_channels: usize,
-    dim: usize,
+    norms: &[usize],
+    model: &ModelFacts,
     views: usize,
 ) -> Result<CommPlan, String> {
+    let (bn_layers, bn_channels) = (norms.len(), norms.iter().sum::<usize>());
+    let dim = model.dim;
     let (lo, hi) = crate::dist::shard_range(r.train.batch_size, 0, world).map_err(|e| e.0)?;
     let n = hi - lo;
     let k = world as f64;
@@ -114,24 +116,13 @@ pub fn comm_plan(
     let emb = (n * dim * 4) as f64;
     // Gathers send the rank's block once; reduce-scatter (the gather's backward) sends
     // the full buffer's (K−1)/K in a ring.
-    let (method_sent, calls) = match &r.loss {
-        Loss::Simclr { .. } => (views as f64 * emb * 2.0, 2),
-        Loss::Supcon { .. } => (views as f64 * emb * 2.0 + (n * 4) as f64, 3),
-        Loss::Moco { symmetric, .. } => {
-            let keys = if *symmetric { 2.0 } else { 1.0 };
-            (keys * emb, keys as usize)
-        }
-        Loss::MemoryBank { .. } => (emb + (n * 4) as f64, 2),
-        Loss::Swav {
-            prototypes,
-            sinkhorn_iterations,
-            ..
-        } => {
-            let assign = 2.0;
-            let sums = (*sinkhorn_iterations as f64 + 2.0) * *prototypes as f64 * 8.0 * ring;
-            (assign * (emb + sums), 2 * (*sinkhorn_iterations + 3))
-        }
-    };
+    let (method_sent, calls) = method.comm(&CommFacts {
+        images: n,
+        views,
+        embedding_bytes: emb,
+        ring,
+        prototypes: model.prototypes,
+    });
     let sync_bn_sent = if r.train.sync_batch_norm {
         // Forward: every rank's (mean, var, count) per layer; backward: two sums.
         bn_channels as f64 * 4.0 * (2.0 + 2.0 * ring)
@@ -168,12 +159,14 @@ pub fn plan_with(r: &Recipe, world: Option<usize>, gbit: f64) -> Result<String, 
         )]
     })?;
     let n_train = data.train.len();
+    // The method, described by its objective config: name, state, extra passes, traffic.
+    let method = build::method(r, n_train);
     let n_test = data.test.as_ref().map_or(0, |t| t.len());
     let _ = writeln!(
         out,
         "recipe `{}`: {} on {} training / {} test images, {}×{}×{}",
         r.name,
-        r.loss.method(),
+        method.name(),
         n_train,
         n_test,
         r.data.channels,
@@ -228,9 +221,11 @@ pub fn plan_with(r: &Recipe, world: Option<usize>, gbit: f64) -> Result<String, 
     let mut summaries: Vec<(usize, usize, ModelSummary)> = Vec::new();
     let mut params = 0usize;
     let mut buffers = 0usize;
+    let mut prototypes = None;
     for &(size, count) in &sizes {
         let cfg = build::model(r, size)
             .map_err(|e| vec![Diagnostic::error(model_error_path(&e), e.to_string())])?;
+        prototypes = cfg.prototypes.as_ref().map(|p| p.count);
         let mut store = ParamStore::new(Cpu::default());
         let model = Model::new(&mut store, &cfg, r.seed).map_err(|e| {
             vec![Diagnostic::error(
@@ -270,43 +265,22 @@ pub fn plan_with(r: &Recipe, world: Option<usize>, gbit: f64) -> Result<String, 
         .iter()
         .map(|(_, n, s)| s.peak_activation_bytes as f64 * *n as f64)
         .sum();
-    // The method's state, from the objective's own layout (what a checkpoint holds).
-    let method = build::method(r, n_train);
-    let dim = r.model.head.out_dim;
-    let mut parts: Vec<String> = method
-        .state_layout(dim)
-        .iter()
-        .filter(|(_, shape)| shape.iter().product::<usize>() > 1)
-        .map(|(name, shape)| {
-            let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
-            format!("{name} {}", dims.join("×"))
-        })
-        .collect();
-    let encoder_floats = params + buffers;
-    if let Loss::Moco { symmetric, .. } = &r.loss {
-        // The key encoder runs forward only, on one view (two when symmetric).
-        let keys = if *symmetric { 2.0 } else { 1.0 };
-        step_flops += first.forward_flops as f64 * keys;
-        parts.insert(0, format!("momentum encoder of {encoder_floats} values"));
-    }
-    if let Loss::MemoryBank {
-        negatives,
-        shared_negatives,
-        ..
-    } = &r.loss
-    {
-        parts.push(if *shared_negatives {
-            format!("{negatives} negatives per step, shared by the batch")
-        } else {
-            format!("{negatives} negatives per image")
-        });
-    }
-    if let Loss::Swav { prototypes, .. } = &r.loss {
-        parts.insert(0, format!("{prototypes} prototypes (parameters)"));
-    }
-    let state_bytes = method.state_bytes(dim, encoder_floats);
-    let state =
-        (!parts.is_empty()).then(|| format!("{} ({})", parts.join(", "), mib(state_bytes as f64)));
+    // The method's state and extra passes (its state layout is what a checkpoint holds).
+    let facts = ModelFacts {
+        dim: r.model.head.out_dim,
+        encoder_floats: params + buffers,
+        view_forward_flops: first.forward_flops as f64,
+        prototypes,
+    };
+    let costs = method.plan(&facts);
+    step_flops += costs.extra_step_flops;
+    let state = (!costs.parts.is_empty()).then(|| {
+        format!(
+            "{} ({})",
+            costs.parts.join(", "),
+            mib(costs.state_bytes as f64)
+        )
+    });
     let images = batch * views;
     let _ = writeln!(
         out,
@@ -329,7 +303,7 @@ pub fn plan_with(r: &Recipe, world: Option<usize>, gbit: f64) -> Result<String, 
     );
     if let Some(k) = world {
         let norms: Vec<usize> = first_store_norms(r, first_size)?;
-        let cp = comm_plan(r, k, params, norms.len(), norms.iter().sum(), dim, views)
+        let cp = comm_plan(r, &method, k, params, &norms, &facts, views)
             .map_err(|e| vec![Diagnostic::error("train.batch_size", e)])?;
         let latency = 5e-6;
         let secs = cp.seconds(k, gbit, latency);
@@ -342,7 +316,7 @@ pub fn plan_with(r: &Recipe, world: Option<usize>, gbit: f64) -> Result<String, 
             mib(cp.sent()),
             mib(cp.gradient_sent),
             mib(cp.gradient_bytes),
-            r.loss.method(),
+            method.name(),
             mib(cp.method_sent),
             mib(cp.sync_bn_sent),
             secs * 1e3,

@@ -5,8 +5,8 @@ use dfdx::prelude::*;
 use recipe::nn::init::Init;
 use recipe::nn::params::{ParamStore, Role};
 use recipe::nn::{
-    BackboneConfig, BackboneKind, HeadConfig, Model, ModelConfig, ModelError, PrototypesConfig,
-    ResNetSpec, Stem,
+    BackboneConfig, BackboneKind, EngineDevice, HeadConfig, Model, ModelConfig, ModelError,
+    PrototypesConfig, ResNetSpec, Stem,
 };
 
 /// `torchvision.models.resnet18().state_dict()` without `fc.*`: names and shapes in
@@ -437,4 +437,73 @@ fn summary_names_head_layers_by_their_sequential_slot() {
     );
     // The parameters use the same slots.
     assert!(store.id("projector.3.weight").is_some());
+}
+
+/// The feature-map picture and the features come from the same walk: each family
+/// names its stages, and the last stage's maps averaged are exactly the features.
+#[test]
+fn stage_outputs_are_the_walk_that_gives_the_features() {
+    type Stages = &'static [(&'static str, [usize; 3])];
+    let cases: [(BackboneKind, usize, Stages, &str); 3] = [
+        (
+            BackboneKind::ResNet(ResNetSpec::standard(18, Stem::ImageNet, 0.125).unwrap()),
+            32,
+            &[
+                ("stem", [8, 8, 8]),
+                ("layer1", [8, 8, 8]),
+                ("layer2", [16, 4, 4]),
+                ("layer3", [32, 2, 2]),
+                ("layer4", [64, 1, 1]),
+            ],
+            "conv1.weight",
+        ),
+        (
+            BackboneKind::ResNet(ResNetSpec::small(4)),
+            8,
+            &[
+                ("stem", [4, 8, 8]),
+                ("layer1", [4, 8, 8]),
+                ("layer2", [8, 4, 4]),
+            ],
+            "conv1.weight",
+        ),
+        (
+            BackboneKind::SmallCnn {
+                channels: vec![4, 6],
+            },
+            8,
+            &[("layer1", [4, 8, 8]), ("layer2", [6, 4, 4])],
+            "features.0.weight",
+        ),
+    ];
+    let dev = Cpu::default();
+    for (kind, hw, stages, first) in cases {
+        let cfg = ModelConfig {
+            backbone: BackboneConfig {
+                kind,
+                in_channels: 3,
+            },
+            head: None,
+            prototypes: None,
+            input_hw: (hw, hw),
+        };
+        let mut store = ParamStore::new(dev.clone());
+        let model = Model::new(&mut store, &cfg, 2).unwrap();
+        assert_eq!(model.backbone.first_conv_weight_name(), first);
+        let x = dev.tensor_from_vec(Init::new(6).normal(2 * 3 * hw * hw, 1.0), (2, 3, hw, hw));
+        let out = model.backbone.stage_outputs(&mut store, x.clone()).unwrap();
+        let got: Vec<(&str, [usize; 3])> = out
+            .iter()
+            .map(|(n, t)| {
+                let s = *t.shape();
+                assert_eq!(s.0, 2);
+                (n.as_str(), [s.1, s.2, s.3])
+            })
+            .collect();
+        assert_eq!(got, stages);
+        let last = out.last().unwrap().1.clone();
+        let pooled = <Cpu as EngineDevice>::global_avg_pool(last).as_vec();
+        let features = model.features(&mut store, x, false).unwrap().as_vec();
+        assert_eq!(pooled, features);
+    }
 }

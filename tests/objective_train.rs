@@ -6,7 +6,7 @@ use dfdx::prelude::Cpu;
 use recipe::bench::{BenchConfig, synthetic_batch};
 use recipe::nn::model::{BackboneConfig, BackboneKind, HeadConfig, ModelConfig, PrototypesConfig};
 use recipe::nn::params::DecayPolicy;
-use recipe::objective::MethodConfig;
+use recipe::objective::{MethodConfig, memory_bank, moco, nt_xent, supcon, swav};
 use recipe::optim::schedule::{Decay, ScheduleConfig};
 use recipe::optim::{OptimizerConfig, SgdConfig};
 use recipe::train::step::{Trainer, TrainerParts};
@@ -68,42 +68,45 @@ fn bench_cfg(views: usize) -> BenchConfig {
 
 fn methods() -> Vec<(MethodConfig, usize)> {
     vec![
-        (MethodConfig::Simclr { temperature: 0.5 }, 2),
         (
-            MethodConfig::Supcon {
-                temperature: 0.5,
-                base_temperature: 0.5,
-            },
+            MethodConfig::Simclr(nt_xent::SimclrConfig { temperature: 0.5 }),
             2,
         ),
         (
-            MethodConfig::Moco {
+            MethodConfig::Supcon(supcon::SupconConfig {
+                temperature: 0.5,
+                base_temperature: 0.5,
+            }),
+            2,
+        ),
+        (
+            MethodConfig::Moco(moco::MocoConfig {
                 temperature: 0.5,
                 momentum: 0.9,
                 queue_size: 32,
                 symmetric: false,
-            },
+            }),
             2,
         ),
         (
-            MethodConfig::MemoryBank {
+            MethodConfig::MemoryBank(memory_bank::MemoryBankConfig {
                 temperature: 0.5,
                 momentum: 0.5,
                 negatives: 16,
                 shared_negatives: false,
                 dataset_len: 40,
-            },
+            }),
             1,
         ),
         (
-            MethodConfig::Swav {
+            MethodConfig::Swav(swav::SwavConfig {
                 temperature: 0.5,
                 epsilon: 0.05,
                 iterations: 3,
                 freeze_prototypes_steps: 0,
                 queue: None,
                 assign_views: 2,
-            },
+            }),
             3,
         ),
     ]
@@ -154,14 +157,14 @@ fn moco_key_encoder_moves_only_by_its_ema() {
 
 #[test]
 fn frozen_swav_prototypes_are_untouched_then_train() {
-    let m = MethodConfig::Swav {
+    let m = MethodConfig::Swav(swav::SwavConfig {
         temperature: 0.5,
         epsilon: 0.05,
         iterations: 3,
         freeze_prototypes_steps: 2,
         queue: Some((16, 0)),
         assign_views: 2,
-    };
+    });
     let mut t = Trainer::from_parts(Cpu::default(), &parts(m, 2, 0.5)).unwrap();
     let batch = synthetic_batch(&bench_cfg(2), 0);
     let id = t.store.id("prototypes.weight").unwrap();

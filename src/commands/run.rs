@@ -10,10 +10,7 @@ use recipe::train::{rundir, signal};
 use super::load_valid;
 
 fn exit_for(e: &ExperimentError) -> ExitCode {
-    match e {
-        ExperimentError::Setup(_) => ExitCode::from(2),
-        ExperimentError::Run(_) | ExperimentError::Changed { .. } => ExitCode::from(1),
-    }
+    ExitCode::from(e.exit_code())
 }
 
 /// `recipe run [FILE] [--set …] [--out DIR] [--resume RUN_DIR] [--force]`.
@@ -122,11 +119,7 @@ pub fn run(
             if dist.world() > 1 {
                 // The other ranks may be waiting in a collective: stop the whole job.
                 eprintln!("error (rank {}): {e}", dist.rank());
-                let code = match exit_for(&e) {
-                    c if c == ExitCode::from(1) => 1,
-                    _ => 2,
-                };
-                dist.abort(code);
+                dist.abort(i32::from(e.exit_code()));
             }
             eprintln!("error: {e}");
             if let ExperimentError::Changed { dir, .. } = &e {

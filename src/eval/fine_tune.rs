@@ -228,3 +228,43 @@ pub fn fine_tune<D: EngineDevice>(
         train_loss,
     })
 }
+
+/// The `fine_tune` downstream task: [`fine_tune`] from the trained encoder and from the
+/// untrained network (raw pixels have no network to fine-tune).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FineTuneTask {
+    /// The fine-tuning settings.
+    pub cfg: FineTuneConfig,
+}
+
+impl FineTuneTask {
+    /// Top-1 and top-5 of both networks: one `results.json` entry, one report column,
+    /// the trained network's `fine_tune_top1`/`fine_tune_top5` record.
+    pub fn run<D: EngineDevice>(
+        &self,
+        enc: &mut super::downstream::Encoders<'_, D>,
+    ) -> Result<super::downstream::TaskOutput, super::downstream::DownstreamError> {
+        use super::downstream::{Column, TaskOutput};
+        let test = enc.test()?;
+        let (_, h, w) = test.shape();
+        let m = enc.model.with_input((h, w))?;
+        let res = fine_tune(&m, enc.store, enc.train, test, enc.norm, &self.cfg)?;
+        let (plain, untrained) = enc.untrained();
+        let m0 = plain.with_input((h, w))?;
+        let base = fine_tune(&m0, untrained, enc.train, test, enc.norm, &self.cfg)?;
+        Ok(TaskOutput {
+            json: serde_json::json!({"task": "fine_tune", "epochs": self.cfg.epochs,
+                "trained": {"top1": res.top1, "top5": res.top5},
+                "untrained_network": {"top1": base.top1, "top5": base.top5}}),
+            columns: vec![Column {
+                name: "fine-tune top-1".into(),
+                values: [Some(res.top1), Some(base.top1), None],
+            }],
+            record: vec![
+                ("fine_tune_top1".into(), res.top1),
+                ("fine_tune_top5".into(), res.top5),
+            ],
+            ..Default::default()
+        })
+    }
+}

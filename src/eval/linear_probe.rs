@@ -311,3 +311,77 @@ pub fn linear_probe_select(
         }
     }
 }
+
+/// The `linear_probe` downstream task: [`linear_probe_select`] on one kind of features
+/// of every row, the weight decay chosen per row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbeTask {
+    /// The probe's settings (its `weight_decay` is ignored: see `weight_decays`).
+    pub cfg: ProbeConfig,
+    /// The weight decays to choose from (one: used as is).
+    pub weight_decays: Vec<f64>,
+    /// Backbone or head features.
+    pub features: super::features::Which,
+    /// Also measure the untrained network and the raw pixels.
+    pub baselines: bool,
+}
+
+impl ProbeTask {
+    /// Top-1 and top-5 of every row with the chosen weight decays: one `results.json`
+    /// entry, two report columns, the trained row's `linear_top1`/`linear_top5` record,
+    /// and a remark naming the chosen weight decays when there was a choice.
+    pub fn run<D: crate::nn::EngineDevice>(
+        &self,
+        enc: &mut super::downstream::Encoders<'_, D>,
+    ) -> Result<super::downstream::TaskOutput, super::downstream::DownstreamError> {
+        use super::downstream::{Column, Row, TaskOutput};
+        let wds = &self.weight_decays;
+        let mut json = serde_json::json!({"task": "linear_probe", "epochs": self.cfg.epochs,
+            "lr": self.cfg.lr,
+            "weight_decay": wds,
+            "standardize": self.cfg.standardize,
+            "features": format!("{:?}", self.features).to_lowercase()});
+        let res = enc.each_row(self.baselines, self.features, |a, b| {
+            linear_probe_select(a, b, &self.cfg, wds)
+        })?;
+        let mut chosen = Vec::new();
+        for row in Row::ALL {
+            if let Some((r, wd, held_out)) = &res[row as usize] {
+                json[row.key()] = serde_json::json!({"top1": r.top1, "top5": r.top5,
+                    "train_top1": r.train_top1, "weight_decay": wd,
+                    "held_out_top1": held_out});
+                chosen.push(format!("{} {wd}", row.title()));
+            }
+        }
+        let notes = if wds.len() > 1 {
+            vec![format!(
+                "Linear probe: weight decay chosen from {wds:?} on a held-out 10% of the \
+                 training split, per feature set: {}.",
+                chosen.join(", ")
+            )]
+        } else {
+            Vec::new()
+        };
+        let top1 = res.map(|r| r.map(|r| r.0.top1));
+        let top5 = res.map(|r| r.map(|r| r.0.top5));
+        Ok(TaskOutput {
+            json,
+            columns: vec![
+                Column {
+                    name: "linear top-1".into(),
+                    values: top1,
+                },
+                Column {
+                    name: "linear top-5".into(),
+                    values: top5,
+                },
+            ],
+            record: vec![
+                ("linear_top1".into(), top1[0].unwrap_or(f64::NAN)),
+                ("linear_top5".into(), top5[0].unwrap_or(f64::NAN)),
+            ],
+            notes,
+            ..Default::default()
+        })
+    }
+}

@@ -17,6 +17,10 @@
 //! - [`fine_tune`](mod@crate::eval::fine_tune): backbone and a fresh classifier trained end
 //!   to end on labels.
 //! - [`pca`](mod@crate::eval::pca): the 2-D principal-component projection of features.
+//! - [`downstream`](mod@crate::eval::downstream): the downstream tasks of a run — one
+//!   `Task` variant per task, each run by its own file (`knn`, `linear_probe`,
+//!   `fine_tune`, [`visualize`](mod@crate::eval::visualize)) against the trained encoder
+//!   and its baselines, returning its JSON, table columns, metrics record and figures.
 //!
 //! Configs are plain structs (no recipe types: `build` maps the recipe's `downstream`
 //! section onto them). Invariants:
@@ -38,12 +42,14 @@ use crate::nn::ModelError;
 use crate::optim::OptimError;
 use crate::optim::schedule::ScheduleError;
 
+pub mod downstream;
 pub mod features;
 pub mod fine_tune;
 pub mod knn;
 mod linalg;
 pub mod linear_probe;
 pub mod pca;
+pub mod visualize;
 
 pub use features::{FeatureMatrix, Normalize, Which, extract, raw_pixels};
 pub use fine_tune::{FineTuneConfig, FineTuneResult, fine_tune};

@@ -20,8 +20,10 @@
 //!   ones/zeros for norms).
 //! - [`layers`]: `Conv2d`, `BatchNorm`, `Linear`: sizes as `usize`, entries in a store.
 //! - [`model`]: config structs (`BackboneConfig`, `HeadConfig`, `PrototypesConfig`,
-//!   `ModelConfig`) and the runtime-built `Backbone` (ResNet-18/34/50, any stage list,
-//!   small CNN), `Head` (MLP, optional BN), `Prototypes` (SwAV) and `Model`.
+//!   `ModelConfig`) and the runtime-built `Backbone`, `Head` (MLP, optional BN),
+//!   `Prototypes` (SwAV) and `Model`. One file per backbone family behind the
+//!   `BackboneNet` trait (`model/resnet.rs`: ResNet-18/34/50 or any stage list;
+//!   `model/small_cnn.rs`); features and per-stage maps come from one walk.
 //! - [`summary`]: per-layer output shape, parameters and FLOPs from shapes alone
 //!   (`recipe plan`).
 //!
@@ -54,8 +56,8 @@ pub mod summary;
 
 pub use error::ModelError;
 pub use model::{
-    Backbone, BackboneConfig, BackboneKind, Head, HeadConfig, Model, ModelConfig, Prototypes,
-    PrototypesConfig, ResNetSpec, Stage, Stem,
+    Backbone, BackboneConfig, BackboneKind, BackboneNet, Head, HeadConfig, Model, ModelConfig,
+    Prototypes, PrototypesConfig, ResNetSpec, Stage, StageHook, Stem,
 };
 pub use ops::EngineDevice;
 pub use summary::{LayerSummary, ModelSummary};

@@ -7,8 +7,10 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 use super::{
-    Encoder, Loss, Objective, ObjectiveError, StateTensor, StepBatch, check_finite, check_rows,
-    check_state, check_temperature, moco::normalize_rows,
+    BuildArgs, CommFacts, Encoder, Loss, Method, MethodPlan, ModelFacts, Objective, ObjectiveError,
+    StateTensor, StepBatch, check_finite, check_state, check_temperature,
+    rows::{normalize_rows, rows_loss, shared_rows_loss},
+    state_tensors,
 };
 use crate::nn::ops::{EngineDevice, T2};
 use crate::nn::params::ParamStore;
@@ -187,61 +189,6 @@ pub fn shared_loss<D: EngineDevice, T: Tape<f32, D>>(
         table.extend_from_slice(&bank.data[i * d..(i + 1) * d]);
     }
     shared_rows_loss(f, &table, negatives.len(), d, temperature)
-}
-
-/// The InfoNCE of rows that share their negatives: `table` holds the `k` shared
-/// negatives, then one positive per row of `f` (row `r`'s at `k + r`), `dim` values
-/// each. Row `r`'s indices are `[k + r, 0, 1, …, k − 1]` for [`rows_loss`], whose
-/// dense path makes the logits one product with the table (MoCo's queue and keys,
-/// the memory bank's shared negatives).
-pub(crate) fn shared_rows_loss<D: EngineDevice, T: Tape<f32, D>>(
-    f: T2<D, T>,
-    table: &[f32],
-    k: usize,
-    dim: usize,
-    temperature: f32,
-) -> Result<Tensor<(), f32, D, T>, ObjectiveError> {
-    let n = f.shape().0;
-    debug_assert_eq!(table.len(), (k + n) * dim);
-    let mut idx = Vec::with_capacity(n * (k + 1));
-    for r in 0..n {
-        idx.push(k + r);
-        idx.extend(0..k);
-    }
-    rows_loss(f, &idx, k + 1, table, dim, temperature)
-}
-
-/// [`loss`] with each row's bank indices in one run of `m`: the positive, then the
-/// `m − 1` negatives (`idx` is `n × m`, every index checked against the bank),
-/// through the fused [`EngineDevice::bank_log_softmax`].
-fn rows_loss<D: EngineDevice, T: Tape<f32, D>>(
-    f: T2<D, T>,
-    idx: &[usize],
-    m: usize,
-    table: &[f32],
-    dim: usize,
-    temperature: f32,
-) -> Result<Tensor<(), f32, D, T>, ObjectiveError> {
-    check_temperature(temperature, "memory-bank temperature")?;
-    let (n, d) = *f.shape();
-    if n == 0 {
-        return Err(ObjectiveError::Shape(
-            "memory bank: no embeddings in the batch".into(),
-        ));
-    }
-    if d != dim {
-        return Err(ObjectiveError::Shape(format!(
-            "memory bank: embeddings have {d} features, the bank {dim}"
-        )));
-    }
-    check_rows(&f, "memory-bank embeddings", n)?;
-    debug_assert_eq!(idx.len(), n * m);
-    let dev = f.device().clone();
-    let fnorm = D::l2_normalize(f, 1e-12);
-    let lsm = D::bank_log_softmax(fnorm, table, idx, 1.0 / temperature);
-    let zeros = dev.tensor_from_vec(vec![0usize; n], (n,));
-    let picked: Tensor<(usize,), f32, D, T> = lsm.select(zeros);
-    Ok(picked.mean::<(), _>().negate())
 }
 
 /// Words (`u64`) per block of [`Draws`]: the unit of parallel generation and counting.
@@ -439,10 +386,6 @@ impl Bank {
 }
 
 impl<D: EngineDevice> Objective<D> for Bank {
-    fn method(&self) -> &'static str {
-        "memory_bank"
-    }
-
     fn loss(
         &mut self,
         encoder: &mut Encoder,
@@ -458,119 +401,179 @@ impl<D: EngineDevice> Objective<D> for Bank {
                 z.shape().0
             )));
         }
-        let timer = super::BackwardTimer::default();
-        let z = timer.begin(z);
-        let feats = z.as_vec();
-        for &i in batch.indices {
-            self.bank.check_index(i)?;
-        }
-        // Data-parallel: the global batch's indices, in global image order.
-        let dist = batch.dist;
-        let global: Vec<usize> = if dist.world() > 1 {
-            let bits: Vec<f32> = batch
-                .indices
-                .iter()
-                .map(|&i| f32::from_bits(i as u32))
-                .collect();
-            let all = crate::dist::timed("comm.gather", || dist.all_gather(&bits));
-            all.into_iter().map(|b| b.to_bits() as usize).collect()
-        } else {
-            Vec::new()
-        };
-        let out = super::timed("objective.loss.fwd", || {
-            // Anchor `a` (view `a / n` of image `a % n`): its positive, then its K
-            // draws; the draws come in anchor order from one stream per step.
-            let k = self.negatives;
-            let seed = self.seed ^ batch.step.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            if self.shared {
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-                let negatives: Vec<usize> = (0..k).map(|_| rng.gen_range(0..self.bank.n)).collect();
-                let positives: Vec<usize> = if dist.world() > 1 {
-                    let b = global.len();
-                    crate::dist::layout::local_rows(dist.rank(), dist.world(), v, n)
-                        .iter()
-                        .map(|&g| global[g % b])
-                        .collect()
-                } else {
-                    (0..v * n).map(|a| batch.indices[a % n]).collect()
-                };
-                return shared_loss(z, &positives, &negatives, &self.bank, self.temperature);
+        super::timed_loss(z, |z| {
+            let feats = z.as_vec();
+            for &i in batch.indices {
+                self.bank.check_index(i)?;
             }
-            if dist.world() > 1 {
-                // Every rank draws the global batch's rows and keeps its own anchors',
-                // so the negatives are the single process's.
-                let b = global.len();
-                self.idx.resize(v * b * (k + 1), 0);
-                self.draws
-                    .fill(seed, self.bank.n, k, |a| global[a % b], &mut self.idx);
-                let rows = crate::dist::layout::local_rows(dist.rank(), dist.world(), v, n);
-                let mine: Vec<usize> = rows
+            // Data-parallel: the global batch's indices, in global image order.
+            let dist = batch.dist;
+            let global: Vec<usize> = if dist.world() > 1 {
+                let bits: Vec<f32> = batch
+                    .indices
                     .iter()
-                    .flat_map(|&g| self.idx[g * (k + 1)..(g + 1) * (k + 1)].iter().copied())
+                    .map(|&i| f32::from_bits(i as u32))
                     .collect();
-                return rows_loss(
+                let all = crate::dist::timed("comm.gather", || dist.all_gather(&bits));
+                all.into_iter().map(|b| b.to_bits() as usize).collect()
+            } else {
+                Vec::new()
+            };
+            let out = super::timed("objective.loss.fwd", || {
+                // Anchor `a` (view `a / n` of image `a % n`): its positive, then its K
+                // draws; the draws come in anchor order from one stream per step.
+                let k = self.negatives;
+                let seed = self.seed ^ batch.step.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                if self.shared {
+                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                    let negatives: Vec<usize> =
+                        (0..k).map(|_| rng.gen_range(0..self.bank.n)).collect();
+                    let positives: Vec<usize> = if dist.world() > 1 {
+                        let b = global.len();
+                        crate::dist::layout::local_rows(dist.rank(), dist.world(), v, n)
+                            .iter()
+                            .map(|&g| global[g % b])
+                            .collect()
+                    } else {
+                        (0..v * n).map(|a| batch.indices[a % n]).collect()
+                    };
+                    return shared_loss(z, &positives, &negatives, &self.bank, self.temperature);
+                }
+                if dist.world() > 1 {
+                    // Every rank draws the global batch's rows and keeps its own anchors',
+                    // so the negatives are the single process's.
+                    let b = global.len();
+                    self.idx.resize(v * b * (k + 1), 0);
+                    self.draws
+                        .fill(seed, self.bank.n, k, |a| global[a % b], &mut self.idx);
+                    let rows = crate::dist::layout::local_rows(dist.rank(), dist.world(), v, n);
+                    let mine: Vec<usize> = rows
+                        .iter()
+                        .flat_map(|&g| self.idx[g * (k + 1)..(g + 1) * (k + 1)].iter().copied())
+                        .collect();
+                    return rows_loss(
+                        z,
+                        &mine,
+                        k + 1,
+                        &self.bank.data,
+                        self.bank.dim,
+                        self.temperature,
+                    );
+                }
+                self.idx.resize(v * n * (k + 1), 0);
+                self.draws.fill(
+                    seed,
+                    self.bank.n,
+                    k,
+                    |a| batch.indices[a % n],
+                    &mut self.idx,
+                );
+                rows_loss(
                     z,
-                    &mine,
+                    &self.idx,
                     k + 1,
                     &self.bank.data,
                     self.bank.dim,
                     self.temperature,
-                );
-            }
-            self.idx.resize(v * n * (k + 1), 0);
-            self.draws.fill(
-                seed,
-                self.bank.n,
-                k,
-                |a| batch.indices[a % n],
-                &mut self.idx,
-            );
-            rows_loss(
-                z,
-                &self.idx,
-                k + 1,
-                &self.bank.data,
-                self.bank.dim,
-                self.temperature,
-            )
-        })?;
-        let d = self.bank.dim;
-        super::timed("objective.state", || {
-            let mut mean = vec![0.0f32; n * d];
-            for (r, row) in feats.chunks(d).enumerate() {
-                let nrm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-                for (m, x) in mean[(r % n) * d..(r % n + 1) * d].iter_mut().zip(row) {
-                    *m += x / nrm / v as f32;
+                )
+            })?;
+            let d = self.bank.dim;
+            super::timed("objective.state", || {
+                let mut mean = vec![0.0f32; n * d];
+                for (r, row) in feats.chunks(d).enumerate() {
+                    let nrm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                    for (m, x) in mean[(r % n) * d..(r % n + 1) * d].iter_mut().zip(row) {
+                        *m += x / nrm / v as f32;
+                    }
                 }
-            }
-            if dist.world() > 1 {
-                // Every rank applies the updates of all ranks: identical banks.
-                let all = crate::dist::timed("comm.gather", || dist.all_gather(&mean));
-                return self.bank.update(&global, &all, self.momentum);
-            }
-            self.bank.update(batch.indices, &mean, self.momentum)
-        })?;
-        Ok(timer.end(out))
+                if dist.world() > 1 {
+                    // Every rank applies the updates of all ranks: identical banks.
+                    let all = crate::dist::timed("comm.gather", || dist.all_gather(&mean));
+                    return self.bank.update(&global, &all, self.momentum);
+                }
+                self.bank.update(batch.indices, &mean, self.momentum)
+            })?;
+            Ok(out)
+        })
     }
 
     fn state(&self) -> Vec<StateTensor> {
-        vec![StateTensor {
-            name: "memory".into(),
-            shape: vec![self.bank.n, self.bank.dim],
-            data: self.bank.data.clone(),
-        }]
+        state_tensors(
+            Objective::<D>::state_layout(self),
+            vec![self.bank.data.clone()],
+        )
     }
 
     fn load_state(&mut self, tensors: &[StateTensor]) -> Result<(), ObjectiveError> {
-        check_state(
-            &[("memory".into(), vec![self.bank.n, self.bank.dim])],
-            tensors,
-        )?;
+        check_state(&Objective::<D>::state_layout(self), tensors)?;
         self.bank = MemoryBank::from_data(self.bank.n, self.bank.dim, tensors[0].data.clone())?;
         Ok(())
     }
 
     fn state_layout(&self) -> Vec<(String, Vec<usize>)> {
-        vec![("memory".into(), vec![self.bank.n, self.bank.dim])]
+        layout(self.bank.n, self.bank.dim)
+    }
+}
+
+/// The memory bank's state: one row of `dim` features per training image.
+fn layout(rows: usize, dim: usize) -> Vec<(String, Vec<usize>)> {
+    vec![("memory".into(), vec![rows, dim])]
+}
+
+/// The memory bank's hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MemoryBankConfig {
+    /// Temperature τ.
+    pub temperature: f32,
+    /// Bank update momentum.
+    pub momentum: f32,
+    /// Negatives sampled per anchor.
+    pub negatives: usize,
+    /// One draw of negatives per step, shared by every anchor.
+    pub shared_negatives: bool,
+    /// Training images (rows of the bank).
+    pub dataset_len: usize,
+}
+
+impl Method for MemoryBankConfig {
+    fn name(&self) -> &'static str {
+        "memory_bank"
+    }
+
+    fn state_layout(&self, dim: usize) -> Vec<(String, Vec<usize>)> {
+        layout(self.dataset_len, dim)
+    }
+
+    fn plan(&self, model: &ModelFacts) -> MethodPlan {
+        let mut p = MethodPlan::from_layout(&self.state_layout(model.dim));
+        let negatives = self.negatives;
+        p.parts.push(if self.shared_negatives {
+            format!("{negatives} negatives per step, shared by the batch")
+        } else {
+            format!("{negatives} negatives per image")
+        });
+        p
+    }
+
+    fn comm(&self, step: &CommFacts) -> (f64, usize) {
+        // The global batch's indices, and every rank's bank updates.
+        (step.embedding_bytes + (step.images * 4) as f64, 2)
+    }
+
+    fn build<D: EngineDevice>(
+        &self,
+        on: &BuildArgs<'_, D>,
+    ) -> Result<Box<dyn Objective<D>>, ObjectiveError> {
+        Ok(Box::new(Bank::new(
+            self.temperature,
+            self.momentum,
+            Negatives {
+                count: self.negatives,
+                shared: self.shared_negatives,
+            },
+            self.dataset_len,
+            on.dim,
+            on.seed,
+        )?))
     }
 }

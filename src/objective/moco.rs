@@ -4,8 +4,9 @@
 use dfdx::prelude::*;
 
 use super::{
-    Encoder, Loss, Objective, ObjectiveError, StateTensor, StepBatch, check_finite, check_rows,
-    check_state, check_temperature,
+    BuildArgs, CommFacts, Encoder, Loss, Method, MethodPlan, ModelFacts, Objective, ObjectiveError,
+    StateTensor, StepBatch, check_finite, check_rows, check_state, check_temperature,
+    rows::normalize_rows, state_tensors,
 };
 use crate::nn::ops::{EngineDevice, T2};
 use crate::nn::params::ParamStore;
@@ -18,14 +19,6 @@ pub struct KeyQueue {
     dim: usize,
     keys: Vec<f32>,
     ptr: usize,
-}
-
-/// Rows of `v` (`rows × dim`) divided by their L2 norms (at least `1e-12`).
-pub(crate) fn normalize_rows(v: &mut [f32], dim: usize) {
-    for row in v.chunks_mut(dim) {
-        let n = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-        row.iter_mut().for_each(|x| *x /= n);
-    }
 }
 
 impl KeyQueue {
@@ -149,7 +142,7 @@ pub fn loss<D: EngineDevice, T: Tape<f32, D>>(
     let mut table = Vec::with_capacity((queue.len + n) * d);
     table.extend_from_slice(&queue.keys);
     table.extend_from_slice(&D::l2_normalize(k, 1e-12).as_vec());
-    super::memory_bank::shared_rows_loss(q, &table, queue.len, d, temperature)
+    super::rows::shared_rows_loss(q, &table, queue.len, d, temperature)
 }
 
 /// The key encoder's EMA step: every trainable entry of `query` (parameters, not
@@ -198,6 +191,47 @@ pub struct MocoConfig {
     pub queue_size: usize,
     /// Swap the views too and average the two losses.
     pub symmetric: bool,
+}
+
+impl Method for MocoConfig {
+    fn name(&self) -> &'static str {
+        "moco"
+    }
+
+    fn state_layout(&self, dim: usize) -> Vec<(String, Vec<usize>)> {
+        vec![
+            ("queue".into(), vec![self.queue_size, dim]),
+            ("queue_ptr".into(), vec![1]),
+        ]
+    }
+
+    fn plan(&self, model: &ModelFacts) -> MethodPlan {
+        let mut p = MethodPlan::from_layout(&self.state_layout(model.dim));
+        // The key encoder runs forward only, on one view (two when symmetric).
+        let keys = if self.symmetric { 2.0 } else { 1.0 };
+        p.extra_step_flops = model.view_forward_flops * keys;
+        p.parts.insert(
+            0,
+            format!("momentum encoder of {} values", model.encoder_floats),
+        );
+        p.state_bytes += 4 * model.encoder_floats;
+        p
+    }
+
+    fn comm(&self, step: &CommFacts) -> (f64, usize) {
+        // The keys of the whole global batch are gathered for the queue.
+        let keys = if self.symmetric { 2.0 } else { 1.0 };
+        (keys * step.embedding_bytes, keys as usize)
+    }
+
+    fn build<D: EngineDevice>(
+        &self,
+        on: &BuildArgs<'_, D>,
+    ) -> Result<Box<dyn Objective<D>>, ObjectiveError> {
+        Ok(Box::new(Moco::new(
+            on.store, *self, on.dim, on.views, on.batch, on.seed,
+        )?))
+    }
 }
 
 /// MoCo v2 as an [`Objective`]: a key encoder (a copy of the query encoder's store,
@@ -263,10 +297,6 @@ impl<D: EngineDevice> Moco<D> {
 }
 
 impl<D: EngineDevice> Objective<D> for Moco<D> {
-    fn method(&self) -> &'static str {
-        "moco"
-    }
-
     fn loss(
         &mut self,
         encoder: &mut Encoder,
@@ -286,55 +316,47 @@ impl<D: EngineDevice> Objective<D> for Moco<D> {
             None
         };
         // After both query passes, before the loss: the loss's backward is timed alone.
-        let timer = super::BackwardTimer::default();
-        let q0 = timer.begin(q0);
-        super::timed("objective.state", || {
-            ema_update(&mut self.key, store, self.cfg.momentum)
-        })?;
-        let k1 = encoder.embed_no_grad(&mut self.key, &batch.views[1..], true)?;
-        let k0 = match q1 {
-            Some(_) => Some(encoder.embed_no_grad(&mut self.key, &batch.views[..1], true)?),
-            None => None,
-        };
-        let t = self.cfg.temperature;
-        let queue = &self.queue;
-        let total = super::timed("objective.loss.fwd", || -> Result<_, ObjectiveError> {
-            let a = loss(q0, k1.clone(), queue, t)?;
-            Ok(match (q1, &k0) {
-                (Some(q1), Some(k0)) => (a + loss(q1, k0.clone(), queue, t)?) * 0.5,
-                _ => a,
-            })
-        })?;
-        let d = self.queue.dim;
-        super::timed("objective.state", || {
-            let mut all = Vec::new();
-            for k in std::iter::once(k1).chain(k0) {
-                let mut v = k.as_vec();
-                normalize_rows(&mut v, d);
-                // Data-parallel: every rank enqueues the keys of the whole global batch.
-                if batch.dist.world() > 1 {
-                    v = crate::dist::timed("comm.gather", || batch.dist.all_gather(&v));
+        super::timed_loss(q0, |q0| {
+            super::timed("objective.state", || {
+                ema_update(&mut self.key, store, self.cfg.momentum)
+            })?;
+            let k1 = encoder.embed_no_grad(&mut self.key, &batch.views[1..], true)?;
+            let k0 = match q1 {
+                Some(_) => Some(encoder.embed_no_grad(&mut self.key, &batch.views[..1], true)?),
+                None => None,
+            };
+            let t = self.cfg.temperature;
+            let queue = &self.queue;
+            let total = super::timed("objective.loss.fwd", || -> Result<_, ObjectiveError> {
+                let a = loss(q0, k1.clone(), queue, t)?;
+                Ok(match (q1, &k0) {
+                    (Some(q1), Some(k0)) => (a + loss(q1, k0.clone(), queue, t)?) * 0.5,
+                    _ => a,
+                })
+            })?;
+            let d = self.queue.dim;
+            super::timed("objective.state", || {
+                let mut all = Vec::new();
+                for k in std::iter::once(k1).chain(k0) {
+                    let mut v = k.as_vec();
+                    normalize_rows(&mut v, d);
+                    // Data-parallel: every rank enqueues the keys of the whole global batch.
+                    if batch.dist.world() > 1 {
+                        v = crate::dist::timed("comm.gather", || batch.dist.all_gather(&v));
+                    }
+                    all.extend(v);
                 }
-                all.extend(v);
-            }
-            self.queue.enqueue(&all)
-        })?;
-        Ok(timer.end(total))
+                self.queue.enqueue(&all)
+            })?;
+            Ok(total)
+        })
     }
 
     fn state(&self) -> Vec<StateTensor> {
-        vec![
-            StateTensor {
-                name: "queue".into(),
-                shape: vec![self.queue.len, self.queue.dim],
-                data: self.queue.keys.clone(),
-            },
-            StateTensor {
-                name: "queue_ptr".into(),
-                shape: vec![1],
-                data: vec![self.queue.ptr as f32],
-            },
-        ]
+        state_tensors(
+            Objective::<D>::state_layout(self),
+            vec![self.queue.keys.clone(), vec![self.queue.ptr as f32]],
+        )
     }
 
     fn load_state(&mut self, tensors: &[StateTensor]) -> Result<(), ObjectiveError> {
@@ -354,10 +376,7 @@ impl<D: EngineDevice> Objective<D> for Moco<D> {
     }
 
     fn state_layout(&self) -> Vec<(String, Vec<usize>)> {
-        vec![
-            ("queue".into(), vec![self.queue.len, self.queue.dim]),
-            ("queue_ptr".into(), vec![1]),
-        ]
+        self.cfg.state_layout(self.queue.dim)
     }
 
     fn key_encoder(&self) -> Option<&ParamStore<D>> {

@@ -12,6 +12,13 @@
 //!   key encoder and queue, the memory bank, SwAV's prototypes and queue) exactly when
 //!   the reference code does. [`build`] makes one from a [`MethodConfig`].
 //!
+//! A method is described once, in its own file: its config (`nt_xent::SimclrConfig`,
+//! `moco::MocoConfig`, …) implements [`Method`] — its name, its state layout, its costs
+//! for `recipe plan`, its communication, and the objective it builds. [`MethodConfig`]
+//! has one variant per method and dispatches through one exhaustive match (`method.rs`).
+//! Shared pieces: `scaffold.rs` (the timing and the gather over ranks around every
+//! loss), `rows.rs` (the row helpers of the methods that score against stored rows).
+//!
 //! Invariants:
 //! - Embeddings are L2-normalised inside every loss; callers pass raw head outputs.
 //! - State that is not a parameter (queues, banks, the key encoder) never receives a
@@ -23,8 +30,11 @@
 //!   keeps, so a resumed run continues bit-identically.
 
 pub mod memory_bank;
+mod method;
 pub mod moco;
 pub mod nt_xent;
+mod rows;
+mod scaffold;
 pub mod supcon;
 pub mod swav;
 
@@ -33,12 +43,15 @@ use std::fmt;
 use dfdx::prelude::*;
 
 use crate::data::ViewBatch;
-use crate::dist::{Collective, layout};
+use crate::dist::Collective;
 use crate::nn::ModelError;
 use crate::nn::model::Model;
 use crate::nn::ops::{EngineDevice, T2};
 use crate::nn::params::ParamStore;
 pub use crate::optim::StateTensor;
+pub use method::{BuildArgs, CommFacts, Method, MethodConfig, MethodPlan, ModelFacts, build};
+pub use scaffold::BackwardTimer;
+pub(crate) use scaffold::{batch_loss, gather_labels, timed, timed_loss};
 
 /// The scalar loss of a step, on the tape.
 pub type Loss<D> = Tensor<(), f32, D, OwnedTape<f32, D>>;
@@ -197,112 +210,6 @@ pub(crate) fn weighted_info_nce_rows<D: EngineDevice, T: Tape<f32, D>>(
         .negate()
 }
 
-/// The loss of this rank's embeddings `z` (`views × n` rows, view-major) when every
-/// anchor must see the whole global batch: the embeddings of all ranks are gathered
-/// into the single-process row order, `head` computes this rank's share of the loss on
-/// them (it gets the gathered rows, traced, and the global rows of this rank's
-/// anchors), and the gradient of the gathered rows is summed over the ranks and handed
-/// back to this rank's rows — the backward of solo-learn's and lightly's `GatherLayer`
-/// (a reduce-scatter with SUM). Without that sum the cross-rank terms of the gradient
-/// would be lost.
-///
-/// The head's own backward runs here; the returned scalar carries the head's value and,
-/// on the tape, `Σ z·G` with `G` the summed gradient, so the caller's backward reaches
-/// the encoder exactly as a single process would.
-pub(crate) fn gathered_loss<D: EngineDevice>(
-    z: T2<D, OwnedTape<f32, D>>,
-    dist: &dyn Collective,
-    views: usize,
-    head: impl FnOnce(
-        T2<D, OwnedTape<f32, D>>,
-        &[usize],
-    ) -> Result<Tensor<(), f32, D, OwnedTape<f32, D>>, ObjectiveError>,
-) -> Result<Loss<D>, ObjectiveError> {
-    let (rows, d) = *z.shape();
-    let world = dist.world();
-    let n = per_view(rows, views, "embeddings to gather")?;
-    let dev = z.device().clone();
-    let local = z.as_vec();
-    let gathered = crate::dist::timed("comm.gather", || dist.all_gather(&local));
-    let global = layout::to_view_major(&gathered, world, views, d);
-    let zg = dev.tensor_from_vec(global, (rows * world, d));
-    let anchors = layout::local_rows(dist.rank(), world, views, n);
-    let l = head(zg.trace(Gradients::leaky()), &anchors)?;
-    let value = l.as_vec()[0];
-    let g = timed("objective.loss.bwd", || l.backward());
-    let gz = layout::to_rank_major(&g.get(&zg).as_vec(), world, views, d);
-    let mine = crate::dist::timed("comm.gather", || dist.reduce_scatter_sum(&gz));
-    let surrogate = (z * dev.tensor_from_vec(mine, (rows, d))).sum::<(), _>();
-    let s = surrogate.as_vec()[0];
-    Ok(surrogate + (value - s))
-}
-
-/// Every rank's `n` labels, in global image order.
-pub(crate) fn gather_labels(dist: &dyn Collective, labels: &[u32]) -> Vec<u32> {
-    let bits: Vec<f32> = labels.iter().map(|&l| f32::from_bits(l)).collect();
-    crate::dist::timed("comm.gather", || dist.all_gather(&bits))
-        .into_iter()
-        .map(f32::to_bits)
-        .collect()
-}
-
-/// Brackets the backward pass of a loss for `recipe bench`'s breakdown: call
-/// [`begin`](BackwardTimer::begin) on the embeddings before the loss ops are recorded and
-/// [`end`](BackwardTimer::end) on the scalar after. dfdx runs backward ops in reverse
-/// order, so the op added by `end` runs first (starts the clock) and the one added by
-/// `begin` runs once the loss's own backward ops are done (records
-/// `objective.loss.bwd`). Both leave the gradients untouched; nothing is added while
-/// timing is off.
-#[derive(Clone, Debug, Default)]
-pub struct BackwardTimer {
-    started: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
-}
-
-impl BackwardTimer {
-    /// Marks the loss's input; returns it unchanged.
-    pub fn begin<D: Device<f32>, T: Tape<f32, D>>(&self, z: T2<D, T>) -> T2<D, T> {
-        if !crate::nn::ops::timing::enabled() {
-            return z;
-        }
-        let started = self.started.clone();
-        let (z, mut tape) = z.split_tape();
-        tape.add_backward_op(move |_| {
-            if let Some(t) = started.lock().map(|mut s| s.take()).unwrap_or(None) {
-                crate::nn::ops::timing::record("objective.loss.bwd", t.elapsed());
-            }
-            Ok(())
-        });
-        z.put_tape(tape)
-    }
-
-    /// Marks the loss's output; returns it unchanged.
-    pub fn end<D: Device<f32>, T: Tape<f32, D>>(
-        &self,
-        loss: Tensor<(), f32, D, T>,
-    ) -> Tensor<(), f32, D, T> {
-        if !crate::nn::ops::timing::enabled() {
-            return loss;
-        }
-        let started = self.started.clone();
-        let (loss, mut tape) = loss.split_tape();
-        tape.add_backward_op(move |_| {
-            if let Ok(mut s) = started.lock() {
-                *s = Some(std::time::Instant::now());
-            }
-            Ok(())
-        });
-        loss.put_tape(tape)
-    }
-}
-
-/// Runs `f`, recording its time under `name` when timing is on.
-pub(crate) fn timed<R>(name: &'static str, f: impl FnOnce() -> R) -> R {
-    let t = std::time::Instant::now();
-    let r = f();
-    crate::nn::ops::timing::record(name, t.elapsed());
-    r
-}
-
 /// What the step hands an objective: the views of one batch and where they came from.
 ///
 /// In a data-parallel job the views, indices and labels are this rank's slice of the
@@ -441,123 +348,14 @@ fn stack<D: Device<f32>>(
     Ok(dev.tensor_from_vec(data, (group.len() * b0, c, h, w)))
 }
 
-/// What a method needs to know to be built, free of recipe types.
-#[derive(Clone, Debug, PartialEq)]
-pub enum MethodConfig {
-    /// SimCLR's NT-Xent.
-    Simclr {
-        /// Temperature τ.
-        temperature: f32,
-    },
-    /// MoCo v2 with a momentum key encoder and a queue.
-    Moco {
-        /// Temperature τ.
-        temperature: f32,
-        /// EMA momentum of the key encoder.
-        momentum: f64,
-        /// Keys in the queue.
-        queue_size: usize,
-        /// Both views act as query and key; the losses are averaged.
-        symmetric: bool,
-    },
-    /// InstDisc's memory bank.
-    MemoryBank {
-        /// Temperature τ.
-        temperature: f32,
-        /// Bank update momentum.
-        momentum: f32,
-        /// Negatives sampled per anchor.
-        negatives: usize,
-        /// One draw of negatives per step, shared by every anchor.
-        shared_negatives: bool,
-        /// Training images (rows of the bank).
-        dataset_len: usize,
-    },
-    /// SwAV.
-    Swav {
-        /// Temperature of the prototype scores.
-        temperature: f32,
-        /// Sinkhorn ε.
-        epsilon: f64,
-        /// Sinkhorn iterations.
-        iterations: usize,
-        /// Optimiser steps with frozen prototypes.
-        freeze_prototypes_steps: u64,
-        /// Feature queue: `(size, start_epoch)`.
-        queue: Option<(usize, usize)>,
-        /// Views whose codes are computed (the global crops, which come first).
-        assign_views: usize,
-    },
-    /// Supervised contrastive loss.
-    Supcon {
-        /// Temperature τ.
-        temperature: f32,
-        /// Base temperature.
-        base_temperature: f32,
-    },
-}
-
-impl MethodConfig {
-    /// The method's name as a recipe writes it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            MethodConfig::Simclr { .. } => "simclr",
-            MethodConfig::Moco { .. } => "moco",
-            MethodConfig::MemoryBank { .. } => "memory_bank",
-            MethodConfig::Swav { .. } => "swav",
-            MethodConfig::Supcon { .. } => "supcon",
-        }
-    }
-
-    /// Names and shapes of the method's state tensors (not the key encoder) for an
-    /// embedding of `dim` features.
-    pub fn state_layout(&self, dim: usize) -> Vec<(String, Vec<usize>)> {
-        match self {
-            MethodConfig::Moco { queue_size, .. } => vec![
-                ("queue".into(), vec![*queue_size, dim]),
-                ("queue_ptr".into(), vec![1]),
-            ],
-            MethodConfig::MemoryBank { dataset_len, .. } => {
-                vec![("memory".into(), vec![*dataset_len, dim])]
-            }
-            MethodConfig::Swav {
-                queue: Some((size, _)),
-                assign_views,
-                ..
-            } => vec![
-                ("queue".into(), vec![*assign_views, *size, dim]),
-                ("queue_filled".into(), vec![1]),
-            ],
-            _ => Vec::new(),
-        }
-    }
-
-    /// Bytes of method state: the tensors of [`state_layout`](Self::state_layout) plus,
-    /// for MoCo, a key encoder of `encoder_floats` values.
-    pub fn state_bytes(&self, dim: usize, encoder_floats: usize) -> usize {
-        let tensors: usize = self
-            .state_layout(dim)
-            .iter()
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum();
-        let key = match self {
-            MethodConfig::Moco { .. } => encoder_floats,
-            _ => 0,
-        };
-        4 * (tensors + key)
-    }
-}
-
 /// A contrastive method with its state, driven by the training step.
 ///
 /// Per step the caller runs [`prepare`](Self::prepare), then [`loss`](Self::loss),
 /// backward and the optimiser step. State updates that the reference code makes inside
 /// its forward pass (MoCo's EMA and enqueue, the bank update, SwAV's queue) happen
-/// inside `loss`, in the reference's order.
+/// inside `loss`, in the reference's order. Made by the method config's
+/// [`Method::build`], which also holds the method's name and state layout.
 pub trait Objective<D: EngineDevice> {
-    /// The method's name.
-    fn method(&self) -> &'static str;
-
     /// Work before the forward pass of step `step` (0-based, in epoch `epoch`): SwAV
     /// normalises its prototypes and freezes or unfreezes them. Also called before an
     /// optimiser state is restored, so trainable flags match the saved step.
@@ -584,19 +382,22 @@ pub trait Objective<D: EngineDevice> {
         batch: &StepBatch<'_>,
     ) -> Result<Loss<D>, ObjectiveError>;
 
-    /// The method's state tensors (queue, pointer, bank, …), host side.
-    fn state(&self) -> Vec<StateTensor>;
+    /// Names and shapes of [`state`](Self::state): the method config's
+    /// [`Method::state_layout`] for this objective's embeddings (none by default).
+    fn state_layout(&self) -> Vec<(String, Vec<usize>)> {
+        Vec::new()
+    }
+
+    /// The method's state tensors (queue, pointer, bank, …), host side, in the order
+    /// of [`state_layout`](Self::state_layout) (none by default).
+    fn state(&self) -> Vec<StateTensor> {
+        Vec::new()
+    }
 
     /// Restores [`state`](Self::state); checks every name and shape first and changes
-    /// nothing on a mismatch.
-    fn load_state(&mut self, tensors: &[StateTensor]) -> Result<(), ObjectiveError>;
-
-    /// Names and shapes of [`state`](Self::state).
-    fn state_layout(&self) -> Vec<(String, Vec<usize>)> {
-        self.state()
-            .into_iter()
-            .map(|t| (t.name, t.shape))
-            .collect()
+    /// nothing on a mismatch. By default only the check (a method without state).
+    fn load_state(&mut self, tensors: &[StateTensor]) -> Result<(), ObjectiveError> {
+        check_state(&self.state_layout(), tensors)
     }
 
     /// MoCo's key encoder (parameters and its own batch-norm statistics).
@@ -608,6 +409,19 @@ pub trait Objective<D: EngineDevice> {
     fn key_encoder_mut(&mut self) -> Option<&mut ParamStore<D>> {
         None
     }
+}
+
+/// The state tensors of `layout` holding `data`, one vector per tensor in order.
+pub(crate) fn state_tensors(
+    layout: Vec<(String, Vec<usize>)>,
+    data: Vec<Vec<f32>>,
+) -> Vec<StateTensor> {
+    assert_eq!(layout.len(), data.len(), "one vector per state tensor");
+    layout
+        .into_iter()
+        .zip(data)
+        .map(|((name, shape), data)| StateTensor { name, shape, data })
+        .collect()
 }
 
 /// Checks `tensors` against `layout` (every name once, same shapes).
@@ -638,103 +452,4 @@ pub(crate) fn check_state(
     } else {
         Err(ObjectiveError::State(problems.join("; ")))
     }
-}
-
-/// Builds the objective `cfg` describes for `encoder`'s model in `store`.
-///
-/// `views` is the number of views per image, `batch` the images per step (MoCo's queue
-/// must be a multiple of the keys it enqueues per step), `seed` seeds the initial queue
-/// and bank and the negatives sampled each step.
-pub fn build<D: EngineDevice>(
-    cfg: &MethodConfig,
-    encoder: &Encoder,
-    store: &ParamStore<D>,
-    views: usize,
-    batch: usize,
-    seed: u64,
-) -> Result<Box<dyn Objective<D>>, ObjectiveError> {
-    let model = encoder.model();
-    let dim = model
-        .head
-        .as_ref()
-        .map_or(model.backbone.out_dim, |h| h.out_dim);
-    Ok(match *cfg {
-        MethodConfig::Simclr { temperature } => {
-            check_temperature(temperature, "temperature")?;
-            if views < 2 {
-                return Err(ObjectiveError::Config(
-                    "SimCLR needs at least 2 views per image".into(),
-                ));
-            }
-            Box::new(nt_xent::NtXent { temperature, views })
-        }
-        MethodConfig::Supcon {
-            temperature,
-            base_temperature,
-        } => {
-            check_temperature(temperature, "temperature")?;
-            check_temperature(base_temperature, "base temperature")?;
-            Box::new(supcon::SupCon {
-                temperature,
-                base_temperature,
-                views,
-            })
-        }
-        MethodConfig::Moco {
-            temperature,
-            momentum,
-            queue_size,
-            symmetric,
-        } => Box::new(moco::Moco::new(
-            store,
-            moco::MocoConfig {
-                temperature,
-                momentum,
-                queue_size,
-                symmetric,
-            },
-            dim,
-            views,
-            batch,
-            seed,
-        )?),
-        MethodConfig::MemoryBank {
-            temperature,
-            momentum,
-            negatives,
-            shared_negatives,
-            dataset_len,
-        } => Box::new(memory_bank::Bank::new(
-            temperature,
-            momentum,
-            memory_bank::Negatives {
-                count: negatives,
-                shared: shared_negatives,
-            },
-            dataset_len,
-            dim,
-            seed,
-        )?),
-        MethodConfig::Swav {
-            temperature,
-            epsilon,
-            iterations,
-            freeze_prototypes_steps,
-            queue,
-            assign_views,
-        } => Box::new(swav::Swav::new(
-            model,
-            swav::SwavConfig {
-                temperature,
-                epsilon,
-                iterations,
-                freeze_prototypes_steps,
-                queue,
-                assign_views,
-            },
-            dim,
-            views,
-            batch,
-        )?),
-    })
 }

@@ -4,7 +4,7 @@
 use dfdx::prelude::*;
 
 use super::{
-    Encoder, Loss, Objective, ObjectiveError, StateTensor, StepBatch, check_rows,
+    BuildArgs, CommFacts, Encoder, Loss, Method, Objective, ObjectiveError, StepBatch, check_rows,
     check_temperature, per_view, weighted_info_nce,
 };
 use crate::nn::ops::{EngineDevice, T2};
@@ -97,10 +97,6 @@ pub struct NtXent {
 }
 
 impl<D: EngineDevice> Objective<D> for NtXent {
-    fn method(&self) -> &'static str {
-        "simclr"
-    }
-
     fn loss(
         &mut self,
         encoder: &mut Encoder,
@@ -109,27 +105,47 @@ impl<D: EngineDevice> Objective<D> for NtXent {
     ) -> Result<Loss<D>, ObjectiveError> {
         super::check_views("SimCLR", self.views, batch)?;
         let z = encoder.embed(store, batch.views, true)?;
-        if batch.dist.world() > 1 {
-            let (views, t, world) = (self.views, self.temperature, batch.dist.world());
-            return super::gathered_loss(z, batch.dist, views, |zg, anchors| {
-                super::timed("objective.loss.fwd", || {
-                    distributed_loss(zg, anchors, views, t, world)
-                })
-            });
+        let (views, t, world) = (self.views, self.temperature, batch.dist.world());
+        super::batch_loss(
+            z,
+            batch.dist,
+            views,
+            |z| loss(z, views, t),
+            |zg, anchors| distributed_loss(zg, anchors, views, t, world),
+        )
+    }
+}
+
+/// SimCLR's hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SimclrConfig {
+    /// Temperature τ.
+    pub temperature: f32,
+}
+
+impl Method for SimclrConfig {
+    fn name(&self) -> &'static str {
+        "simclr"
+    }
+
+    fn comm(&self, step: &CommFacts) -> (f64, usize) {
+        // Every view's embeddings are gathered; their gradient is reduce-scattered.
+        (step.views as f64 * step.embedding_bytes * 2.0, 2)
+    }
+
+    fn build<D: EngineDevice>(
+        &self,
+        on: &BuildArgs<'_, D>,
+    ) -> Result<Box<dyn Objective<D>>, ObjectiveError> {
+        check_temperature(self.temperature, "temperature")?;
+        if on.views < 2 {
+            return Err(ObjectiveError::Config(
+                "SimCLR needs at least 2 views per image".into(),
+            ));
         }
-        let timer = super::BackwardTimer::default();
-        let z = timer.begin(z);
-        let l = super::timed("objective.loss.fwd", || {
-            loss(z, self.views, self.temperature)
-        })?;
-        Ok(timer.end(l))
-    }
-
-    fn state(&self) -> Vec<StateTensor> {
-        Vec::new()
-    }
-
-    fn load_state(&mut self, tensors: &[StateTensor]) -> Result<(), ObjectiveError> {
-        super::check_state(&[], tensors)
+        Ok(Box::new(NtXent {
+            temperature: self.temperature,
+            views: on.views,
+        }))
     }
 }

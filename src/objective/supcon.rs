@@ -4,7 +4,7 @@
 use dfdx::prelude::*;
 
 use super::{
-    Encoder, Loss, Objective, ObjectiveError, StateTensor, StepBatch, check_rows,
+    BuildArgs, CommFacts, Encoder, Loss, Method, Objective, ObjectiveError, StepBatch, check_rows,
     check_temperature, per_view, weighted_info_nce,
 };
 use crate::nn::ops::{EngineDevice, T2};
@@ -119,10 +119,6 @@ pub struct SupCon {
 }
 
 impl<D: EngineDevice> Objective<D> for SupCon {
-    fn method(&self) -> &'static str {
-        "supcon"
-    }
-
     fn loss(
         &mut self,
         encoder: &mut Encoder,
@@ -136,39 +132,60 @@ impl<D: EngineDevice> Objective<D> for SupCon {
             ));
         };
         let z = encoder.embed(store, batch.views, true)?;
-        if batch.dist.world() > 1 {
-            let all = super::gather_labels(batch.dist, labels);
-            let (views, t, bt, world) = (
-                self.views,
-                self.temperature,
-                self.base_temperature,
-                batch.dist.world(),
-            );
-            return super::gathered_loss(z, batch.dist, views, |zg, anchors| {
-                super::timed("objective.loss.fwd", || {
-                    distributed_loss(zg, anchors, views, &all, t, bt, world)
-                })
-            });
-        }
-        let timer = super::BackwardTimer::default();
-        let z = timer.begin(z);
-        let l = super::timed("objective.loss.fwd", || {
-            loss(
-                z,
-                self.views,
-                Some(labels),
-                self.temperature,
-                self.base_temperature,
-            )
-        })?;
-        Ok(timer.end(l))
+        let (views, t, bt, world) = (
+            self.views,
+            self.temperature,
+            self.base_temperature,
+            batch.dist.world(),
+        );
+        // Every rank's labels, in global image order (none needed on one process).
+        let all = if world > 1 {
+            super::gather_labels(batch.dist, labels)
+        } else {
+            Vec::new()
+        };
+        super::batch_loss(
+            z,
+            batch.dist,
+            views,
+            |z| loss(z, views, Some(labels), t, bt),
+            |zg, anchors| distributed_loss(zg, anchors, views, &all, t, bt, world),
+        )
+    }
+}
+
+/// SupCon's hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SupconConfig {
+    /// Temperature τ.
+    pub temperature: f32,
+    /// Base temperature.
+    pub base_temperature: f32,
+}
+
+impl Method for SupconConfig {
+    fn name(&self) -> &'static str {
+        "supcon"
     }
 
-    fn state(&self) -> Vec<StateTensor> {
-        Vec::new()
+    fn comm(&self, step: &CommFacts) -> (f64, usize) {
+        // SimCLR's gather and reduce-scatter, plus the labels.
+        (
+            step.views as f64 * step.embedding_bytes * 2.0 + (step.images * 4) as f64,
+            3,
+        )
     }
 
-    fn load_state(&mut self, tensors: &[StateTensor]) -> Result<(), ObjectiveError> {
-        super::check_state(&[], tensors)
+    fn build<D: EngineDevice>(
+        &self,
+        on: &BuildArgs<'_, D>,
+    ) -> Result<Box<dyn Objective<D>>, ObjectiveError> {
+        check_temperature(self.temperature, "temperature")?;
+        check_temperature(self.base_temperature, "base temperature")?;
+        Ok(Box::new(SupCon {
+            temperature: self.temperature,
+            base_temperature: self.base_temperature,
+            views: on.views,
+        }))
     }
 }

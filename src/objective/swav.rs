@@ -4,8 +4,8 @@
 use dfdx::prelude::*;
 
 use super::{
-    Encoder, Loss, Objective, ObjectiveError, StateTensor, StepBatch, check_rows, check_state,
-    check_temperature, per_view,
+    BuildArgs, CommFacts, Encoder, Loss, Method, MethodPlan, ModelFacts, Objective, ObjectiveError,
+    StateTensor, StepBatch, check_rows, check_state, check_temperature, per_view, state_tensors,
 };
 use crate::nn::model::{Model, Prototypes};
 use crate::nn::ops::{EngineDevice, T2};
@@ -196,6 +196,55 @@ pub struct SwavConfig {
     pub assign_views: usize,
 }
 
+impl Method for SwavConfig {
+    fn name(&self) -> &'static str {
+        "swav"
+    }
+
+    fn state_layout(&self, dim: usize) -> Vec<(String, Vec<usize>)> {
+        match self.queue {
+            None => Vec::new(),
+            Some((size, _)) => vec![
+                ("queue".into(), vec![self.assign_views, size, dim]),
+                ("queue_filled".into(), vec![1]),
+            ],
+        }
+    }
+
+    fn plan(&self, model: &ModelFacts) -> MethodPlan {
+        let mut p = MethodPlan::from_layout(&self.state_layout(model.dim));
+        if let Some(prototypes) = model.prototypes {
+            p.parts
+                .insert(0, format!("{prototypes} prototypes (parameters)"));
+        }
+        p
+    }
+
+    fn comm(&self, step: &CommFacts) -> (f64, usize) {
+        // Per assigned view: the embeddings for the queue, and Sinkhorn's sums.
+        let assign = 2.0;
+        let prototypes = step.prototypes.unwrap_or(0);
+        let sums = (self.iterations as f64 + 2.0) * prototypes as f64 * 8.0 * step.ring;
+        (
+            assign * (step.embedding_bytes + sums),
+            2 * (self.iterations + 3),
+        )
+    }
+
+    fn build<D: EngineDevice>(
+        &self,
+        on: &BuildArgs<'_, D>,
+    ) -> Result<Box<dyn Objective<D>>, ObjectiveError> {
+        Ok(Box::new(Swav::new(
+            on.encoder.model(),
+            *self,
+            on.dim,
+            on.views,
+            on.batch,
+        )?))
+    }
+}
+
 #[derive(Clone, Debug)]
 struct FeatureQueue {
     size: usize,
@@ -275,19 +324,6 @@ impl Swav {
             dim,
             queue,
         })
-    }
-
-    fn queue_layout(&self) -> Vec<(String, Vec<usize>)> {
-        match &self.queue {
-            None => Vec::new(),
-            Some(q) => vec![
-                (
-                    "queue".into(),
-                    vec![self.cfg.assign_views, q.size, self.dim],
-                ),
-                ("queue_filled".into(), vec![1]),
-            ],
-        }
     }
 }
 
@@ -457,10 +493,6 @@ pub fn sinkhorn_distributed(
 }
 
 impl<D: EngineDevice> Objective<D> for Swav {
-    fn method(&self) -> &'static str {
-        "swav"
-    }
-
     fn prepare(
         &mut self,
         _encoder: &Encoder,
@@ -498,86 +530,76 @@ impl<D: EngineDevice> Objective<D> for Swav {
                 self.dim
             )));
         }
-        let timer = super::BackwardTimer::default();
-        let z = timer.begin(z);
-        let started = std::time::Instant::now();
-        let emb = D::l2_normalize(z, 1e-12);
-        let emb_host = emb.as_vec();
-        let scores = self.prototypes.scores(store, emb)?;
-        let k = scores.shape().1;
-        let scores_host = scores.as_vec();
-        let d = self.dim;
-        let dev = store.device().clone();
-        if let Some(q) = &mut self.queue
-            && batch.epoch >= q.start_epoch
-            && q.filled >= q.size
-        {
-            // Once full the queue stays in use, as SwAV's `use_the_queue`.
-            q.filled = q.size;
-        }
-        if batch.dist.world() > 1 {
-            let codes = self.distributed_codes(store, batch, &emb_host, &scores_host, n, k)?;
-            let out = loss(scores, n, &codes, self.cfg.temperature)?;
-            crate::nn::ops::timing::record("objective.loss.fwd", started.elapsed());
-            return Ok(timer.end(out));
-        }
-        let mut codes = Vec::with_capacity(self.cfg.assign_views);
-        for a in 0..self.cfg.assign_views {
-            let own = &scores_host[a * n * k..(a + 1) * n * k];
-            let mut out = Vec::new();
-            let mut rows = n;
+        super::timed_loss(z, |z| {
+            let started = std::time::Instant::now();
+            let emb = D::l2_normalize(z, 1e-12);
+            let emb_host = emb.as_vec();
+            let scores = self.prototypes.scores(store, emb)?;
+            let k = scores.shape().1;
+            let scores_host = scores.as_vec();
+            let d = self.dim;
+            let dev = store.device().clone();
+            if let Some(q) = &mut self.queue
+                && batch.epoch >= q.start_epoch
+                && q.filled >= q.size
+            {
+                // Once full the queue stays in use, as SwAV's `use_the_queue`.
+                q.filled = q.size;
+            }
+            if batch.dist.world() > 1 {
+                let codes = self.distributed_codes(store, batch, &emb_host, &scores_host, n, k)?;
+                let out = loss(scores, n, &codes, self.cfg.temperature)?;
+                crate::nn::ops::timing::record("objective.loss.fwd", started.elapsed());
+                return Ok(out);
+            }
+            let mut codes = Vec::with_capacity(self.cfg.assign_views);
+            for a in 0..self.cfg.assign_views {
+                let own = &scores_host[a * n * k..(a + 1) * n * k];
+                let mut out = Vec::new();
+                let mut rows = n;
+                if let Some(q) = &mut self.queue
+                    && batch.epoch >= q.start_epoch
+                {
+                    let qa = &mut q.data[a * q.size * d..(a + 1) * q.size * d];
+                    if q.filled >= q.size {
+                        let w = store
+                            .get(self.prototypes.weight_id())
+                            .tensor
+                            .clone()
+                            .reshape_like(&(k, d));
+                        let qt = dev.tensor_from_vec(qa.to_vec(), (q.size, d));
+                        out = qt.matmul(w.permute::<_, Axes2<1, 0>>()).as_vec();
+                        rows += q.size;
+                    }
+                    // Shift: the batch's embeddings become the newest rows.
+                    qa.copy_within(0..(q.size - n) * d, n * d);
+                    qa[..n * d].copy_from_slice(&emb_host[a * n * d..(a + 1) * n * d]);
+                }
+                out.extend_from_slice(own);
+                let c = sinkhorn(&out, rows, k, self.cfg.epsilon, self.cfg.iterations);
+                codes.push(c[(rows - n) * k..].to_vec());
+            }
             if let Some(q) = &mut self.queue
                 && batch.epoch >= q.start_epoch
             {
-                let qa = &mut q.data[a * q.size * d..(a + 1) * q.size * d];
-                if q.filled >= q.size {
-                    let w = store
-                        .get(self.prototypes.weight_id())
-                        .tensor
-                        .clone()
-                        .reshape_like(&(k, d));
-                    let qt = dev.tensor_from_vec(qa.to_vec(), (q.size, d));
-                    out = qt.matmul(w.permute::<_, Axes2<1, 0>>()).as_vec();
-                    rows += q.size;
-                }
-                // Shift: the batch's embeddings become the newest rows.
-                qa.copy_within(0..(q.size - n) * d, n * d);
-                qa[..n * d].copy_from_slice(&emb_host[a * n * d..(a + 1) * n * d]);
+                q.filled = (q.filled + n).min(q.size);
             }
-            out.extend_from_slice(own);
-            let c = sinkhorn(&out, rows, k, self.cfg.epsilon, self.cfg.iterations);
-            codes.push(c[(rows - n) * k..].to_vec());
-        }
-        if let Some(q) = &mut self.queue
-            && batch.epoch >= q.start_epoch
-        {
-            q.filled = (q.filled + n).min(q.size);
-        }
-        let out = loss(scores, n, &codes, self.cfg.temperature)?;
-        crate::nn::ops::timing::record("objective.loss.fwd", started.elapsed());
-        Ok(timer.end(out))
+            let out = loss(scores, n, &codes, self.cfg.temperature)?;
+            crate::nn::ops::timing::record("objective.loss.fwd", started.elapsed());
+            Ok(out)
+        })
     }
 
     fn state(&self) -> Vec<StateTensor> {
-        match &self.queue {
+        let data = match &self.queue {
             None => Vec::new(),
-            Some(q) => vec![
-                StateTensor {
-                    name: "queue".into(),
-                    shape: vec![self.cfg.assign_views, q.size, self.dim],
-                    data: q.data.clone(),
-                },
-                StateTensor {
-                    name: "queue_filled".into(),
-                    shape: vec![1],
-                    data: vec![q.filled as f32],
-                },
-            ],
-        }
+            Some(q) => vec![q.data.clone(), vec![q.filled as f32]],
+        };
+        state_tensors(Objective::<D>::state_layout(self), data)
     }
 
     fn load_state(&mut self, tensors: &[StateTensor]) -> Result<(), ObjectiveError> {
-        check_state(&self.queue_layout(), tensors)?;
+        check_state(&Objective::<D>::state_layout(self), tensors)?;
         if let Some(q) = &mut self.queue {
             let get = |n: &str| &tensors.iter().find(|t| t.name == n).expect("checked").data;
             let filled = get("queue_filled")[0];
@@ -592,6 +614,6 @@ impl<D: EngineDevice> Objective<D> for Swav {
     }
 
     fn state_layout(&self) -> Vec<(String, Vec<usize>)> {
-        self.queue_layout()
+        self.cfg.state_layout(self.dim)
     }
 }

@@ -7,6 +7,8 @@
 //! - [`plots`](mod@crate::report::plots): line charts (training curves) and class-coloured
 //!   scatter plots (the embedding PCA), drawn with `plotters`. Text uses DejaVu Sans
 //!   compiled into the binary, so charts render the same on machines without system fonts.
+//! - [`curves`](mod@crate::report::curves): `loss.png`, `lr.png` and `knn.png` from a
+//!   run's metrics file.
 //! - [`grid`](mod@crate::report::grid): PNG grids of images: first-layer filters,
 //!   activation maps, nearest neighbours with green/red frames, augmented views.
 //! - [`markdown`](mod@crate::report::markdown): `report.md`, with the run's facts, the
@@ -20,6 +22,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
+pub mod curves;
 pub mod grid;
 pub mod markdown;
 pub mod metrics;

@@ -14,6 +14,10 @@
 //!   its step. The schedule is a function of the global step and the run's length, so
 //!   a longer run continues as if the longer run had been planned from the start.
 //!
+//! It also derives a run's [`Provenance`] (recipe file, overrides, one line per
+//! invocation and change) for `results.json` and the report, and keeps the world-size
+//! note of data-parallel runs ([`world_size_note`]).
+//!
 //! Invariants: nothing here touches a file before the caller has decided to go on; an
 //! archived file is moved, never deleted; `invocations.jsonl` is only appended to.
 
@@ -218,6 +222,96 @@ pub fn shell_line(args: &[String]) -> String {
         .join(" ")
 }
 
+/// How a run was made, from its `invocations.jsonl`.
+pub struct Provenance {
+    /// The recipe file the run started from.
+    pub recipe_file: Option<String>,
+    /// Every `--set` of every invocation, in order.
+    pub overrides: Vec<String>,
+    /// One line per invocation (its step and command) and per forced change.
+    pub lines: Vec<String>,
+}
+
+/// The run's [`Provenance`] from the entries of its `invocations.jsonl` ([`read`]).
+pub fn provenance(invocations: &[Value]) -> Provenance {
+    let mut p = Provenance {
+        recipe_file: None,
+        overrides: Vec::new(),
+        lines: Vec::new(),
+    };
+    for (i, inv) in invocations.iter().enumerate() {
+        if i == 0 {
+            p.recipe_file = inv["recipe_file"].as_str().map(str::to_string);
+        }
+        // A later `--set` of the same key replaces the earlier one (the recipe in force
+        // holds the later value).
+        for set in inv["overrides"].as_array().into_iter().flatten() {
+            let Some(set) = set.as_str() else { continue };
+            let key = |s: &str| s.split_once('=').map_or(s, |(k, _)| k).trim().to_string();
+            p.overrides.retain(|o| key(o) != key(set));
+            p.overrides.push(set.to_string());
+        }
+        let step = inv["start_step"].as_u64().unwrap_or(0);
+        p.lines.push(format!(
+            "{} at step {step}: `{}`",
+            inv["time"].as_str().unwrap_or("?"),
+            inv["command"].as_str().unwrap_or("?").replace('`', "'")
+        ));
+        for c in inv["changes"].as_array().into_iter().flatten() {
+            let v = |k: &str| match &c[k] {
+                Value::Null => "(absent)".to_string(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            p.lines.push(format!(
+                "  changed from step {step}: `{}`: {} → {}",
+                c["key"].as_str().unwrap_or("?"),
+                v("old").replace('`', "'"),
+                v("new").replace('`', "'")
+            ));
+        }
+    }
+    p
+}
+
+/// Name of the file in a data-parallel run directory that records the world size.
+pub const DIST_FILE: &str = "world_size.txt";
+
+/// Records the world size in `dir`; on a resume with another, says what changes.
+pub fn world_size_note(
+    dir: &Path,
+    world: usize,
+    resume: bool,
+    sync_bn: bool,
+) -> Result<(), String> {
+    let path = dir.join(DIST_FILE);
+    let before = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| t.trim().parse::<usize>().ok())
+        .unwrap_or(1);
+    if resume && before != world {
+        let bn = if sync_bn {
+            "batch norm is synchronised, so nothing changes but float rounding".to_string()
+        } else {
+            format!(
+                "only batch norm changes: it normalises over per-rank batches of {} images \
+                 instead of {} (set train.sync_batch_norm: true to make K irrelevant)",
+                "B/".to_string() + &world.to_string(),
+                "B/".to_string() + &before.to_string()
+            )
+        };
+        eprintln!(
+            "note: this run was trained on {before} rank(s) and resumes on {world}: the global \
+             batch, the data order, the augmentations, the optimiser and the method state carry \
+             over unchanged; {bn}"
+        );
+    }
+    if world > 1 || path.exists() {
+        rundir::write_text(&path, &format!("{world}\n"))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,6 +354,29 @@ mod tests {
         assert!(d.join("metrics.jsonl").is_file(), "metrics stay");
         assert!(!d.join("results.json").exists());
         assert_eq!(archive(d, 660).unwrap(), Path::new("history/step-000660-2"));
+    }
+
+    #[test]
+    fn provenance_keeps_the_last_value_of_each_override_and_lists_changes() {
+        let inv = [
+            json!({"time": "t0", "command": "recipe run a.yaml --set train.epochs=3",
+                "recipe_file": "a.yaml", "overrides": ["train.epochs=3", "seed=1"],
+                "start_step": 0, "changes": []}),
+            json!({"time": "t1", "command": "recipe run --resume d --set train.epochs=5 --force",
+                "recipe_file": null, "overrides": ["train.epochs=5"], "start_step": 18,
+                "changes": [{"key": "train.epochs", "old": 3, "new": 5}]}),
+        ];
+        let p = provenance(&inv);
+        assert_eq!(p.recipe_file.as_deref(), Some("a.yaml"));
+        assert_eq!(p.overrides, ["seed=1", "train.epochs=5"]);
+        assert_eq!(
+            p.lines,
+            [
+                "t0 at step 0: `recipe run a.yaml --set train.epochs=3`",
+                "t1 at step 18: `recipe run --resume d --set train.epochs=5 --force`",
+                "  changed from step 18: `train.epochs`: 3 → 5",
+            ]
+        );
     }
 
     #[test]

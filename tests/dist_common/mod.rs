@@ -12,7 +12,7 @@ use recipe::bench::{BenchConfig, synthetic_batch};
 use recipe::dist::Dist;
 use recipe::nn::model::{BackboneConfig, BackboneKind, HeadConfig, ModelConfig, PrototypesConfig};
 use recipe::nn::params::DecayPolicy;
-use recipe::objective::MethodConfig;
+use recipe::objective::{MethodConfig, memory_bank, moco, nt_xent, supcon, swav};
 use recipe::optim::schedule::{Decay, ScheduleConfig};
 use recipe::optim::{OptimizerConfig, SgdConfig};
 use recipe::train::step::{Trainer, TrainerParts};
@@ -70,52 +70,55 @@ fn parts(method: MethodConfig, views: usize) -> TrainerParts {
 pub fn methods() -> Vec<(MethodConfig, Vec<Shape>)> {
     let two = vec![(1, 12, 12); 2];
     vec![
-        (MethodConfig::Simclr { temperature: 0.5 }, two.clone()),
         (
-            MethodConfig::Supcon {
-                temperature: 0.5,
-                base_temperature: 0.07,
-            },
+            MethodConfig::Simclr(nt_xent::SimclrConfig { temperature: 0.5 }),
             two.clone(),
         ),
         (
-            MethodConfig::Moco {
+            MethodConfig::Supcon(supcon::SupconConfig {
+                temperature: 0.5,
+                base_temperature: 0.07,
+            }),
+            two.clone(),
+        ),
+        (
+            MethodConfig::Moco(moco::MocoConfig {
                 temperature: 0.2,
                 momentum: 0.9,
                 queue_size: 32,
                 symmetric: true,
-            },
+            }),
             two.clone(),
         ),
         (
-            MethodConfig::MemoryBank {
+            MethodConfig::MemoryBank(memory_bank::MemoryBankConfig {
                 temperature: 0.5,
                 momentum: 0.5,
                 negatives: 16,
                 shared_negatives: false,
                 dataset_len: 40,
-            },
+            }),
             vec![(1, 12, 12)],
         ),
         (
-            MethodConfig::MemoryBank {
+            MethodConfig::MemoryBank(memory_bank::MemoryBankConfig {
                 temperature: 0.5,
                 momentum: 0.5,
                 negatives: 16,
                 shared_negatives: true,
                 dataset_len: 40,
-            },
+            }),
             vec![(1, 12, 12)],
         ),
         (
-            MethodConfig::Swav {
+            MethodConfig::Swav(swav::SwavConfig {
                 temperature: 0.1,
                 epsilon: 0.05,
                 iterations: 3,
                 freeze_prototypes_steps: 1,
                 queue: Some((16, 0)),
                 assign_views: 2,
-            },
+            }),
             vec![(1, 12, 12), (1, 12, 12), (1, 8, 8)],
         ),
     ]

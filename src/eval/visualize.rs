@@ -1,0 +1,194 @@
+//! The `visualize` downstream task: pictures of what the trained encoder learned —
+//! first-layer filters, activation maps per stage, nearest neighbours, a PCA of the
+//! embeddings — and of the augmentation chain's views, written into the run directory.
+//! (The training curves are drawn from the metrics file after the run, by
+//! `report::curves`.)
+
+use std::sync::Arc;
+
+use super::EvalError;
+use super::downstream::{DownstreamError, Encoders, Row, TaskOutput};
+use super::features::{Which, extract};
+use super::knn::{Metric, nearest};
+use super::pca::pca_2d;
+use crate::augment::{self, Chain};
+use crate::nn::EngineDevice;
+use crate::report::{grid, plots};
+
+/// One picture of the `visualize` task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Figure {
+    /// `filters.png`: the first convolution's kernels.
+    Filters,
+    /// `feature_maps.png`: each stage's activations for a few images.
+    FeatureMaps,
+    /// `nearest_neighbors.png`: test images and their nearest training images.
+    NearestNeighbors,
+    /// `embedding_pca.png`: a 2-D PCA of test embeddings coloured by class.
+    EmbeddingPca,
+    /// `augmentation_views.png`: training images and their augmented views.
+    AugmentationViews,
+}
+
+/// The `visualize` task's settings.
+#[derive(Clone, Debug)]
+pub struct VisualizeTask {
+    /// The pictures, in order.
+    pub figures: Vec<Figure>,
+    /// Images in the PCA plot.
+    pub samples: usize,
+    /// Images shown in the activation-map, neighbour and views pictures.
+    pub queries: usize,
+    /// Neighbours per query.
+    pub neighbors: usize,
+    /// The training views' chain and seed (for [`Figure::AugmentationViews`]).
+    pub views: Option<(Arc<Chain>, u64)>,
+}
+
+/// `n` indices spread evenly over `0..len`.
+fn spread(len: usize, n: usize) -> Vec<usize> {
+    let n = n.min(len);
+    (0..n).map(|i| i * len / n.max(1)).collect()
+}
+
+impl VisualizeTask {
+    /// Writes the pictures; one `results.json` entry listing the files, and the
+    /// figures for the report.
+    pub fn run<D: EngineDevice>(
+        &self,
+        enc: &mut Encoders<'_, D>,
+    ) -> Result<TaskOutput, DownstreamError> {
+        let mut figs: Vec<(String, String)> = Vec::new();
+        let eval_set = enc.test.unwrap_or(enc.train);
+        let dir = enc.dir;
+        let queries = self.queries;
+        for figure in &self.figures {
+            match figure {
+                Figure::Filters => {
+                    let name = enc.model.backbone.first_conv_weight_name();
+                    let id = enc
+                        .store
+                        .id(&name)
+                        .ok_or_else(|| EvalError::Data(format!("no `{name}` in the model")))?;
+                    let shape = &enc.store.get(id).shape;
+                    let shape = [shape[0], shape[1], shape[2], shape[3]];
+                    grid::filters_png(&dir.join("filters.png"), &enc.store.data(id), shape)?;
+                    figs.push(("First-layer filters".into(), "filters.png".into()));
+                }
+                Figure::FeatureMaps => {
+                    let n = queries.min(eval_set.len()).max(1);
+                    let idx = spread(eval_set.len(), n);
+                    let imgs: Vec<_> = idx.iter().map(|&i| eval_set.image(i)).collect();
+                    let (c, h, w) = eval_set.shape();
+                    let mut x = Vec::with_capacity(n * c * h * w);
+                    for im in &imgs {
+                        let im = enc.norm.apply(im.clone()).map_err(EvalError::from)?;
+                        x.extend_from_slice(&im.data);
+                    }
+                    let dev = enc.store.device().clone();
+                    let t = dfdx::prelude::TensorFromVec::tensor_from_vec(&dev, x, (n, c, h, w));
+                    let stages = enc.model.backbone.stage_outputs(enc.store, t)?;
+                    let stages: Vec<(String, Vec<f32>, [usize; 4])> = stages
+                        .into_iter()
+                        .map(|(name, t)| {
+                            let s = *dfdx::prelude::HasShape::shape(&t);
+                            (name, t.as_vec(), [s.0, s.1, s.2, s.3])
+                        })
+                        .collect();
+                    grid::feature_maps_png(&dir.join("feature_maps.png"), &imgs, &stages, 8)?;
+                    figs.push((
+                        "Activation maps per stage".into(),
+                        "feature_maps.png".into(),
+                    ));
+                }
+                Figure::NearestNeighbors => {
+                    let Some(test) = enc.test else { continue };
+                    let train = enc.train;
+                    let (a, b) = enc.features(Row::Trained, Which::Backbone)?;
+                    let q = spread(b.n, queries.min(b.n).max(1));
+                    let qm = b.select(&q);
+                    let nn = nearest(a, &qm, self.neighbors, Metric::Cosine)?;
+                    let qimgs: Vec<_> = q.iter().map(|&i| test.image(i)).collect();
+                    let nimgs: Vec<Vec<_>> = nn
+                        .iter()
+                        .map(|row| row.iter().map(|(j, _)| train.image(*j)).collect())
+                        .collect();
+                    let correct: Vec<Vec<bool>> = nn
+                        .iter()
+                        .zip(&q)
+                        .map(|(row, &qi)| {
+                            row.iter()
+                                .map(|(j, _)| train.label(*j) == test.label(qi))
+                                .collect()
+                        })
+                        .collect();
+                    grid::neighbors_png(
+                        &dir.join("nearest_neighbors.png"),
+                        &qimgs,
+                        &nimgs,
+                        &correct,
+                    )?;
+                    figs.push((
+                        "Test images and their nearest training images (green: same class)".into(),
+                        "nearest_neighbors.png".into(),
+                    ));
+                }
+                Figure::EmbeddingPca => {
+                    let n = self.samples.min(eval_set.len()).max(2);
+                    let idx = spread(eval_set.len(), n);
+                    let sub = eval_set.select(&idx);
+                    let f = extract(
+                        enc.model,
+                        enc.store,
+                        &sub,
+                        enc.norm,
+                        Which::Backbone,
+                        enc.batch,
+                    )?;
+                    let p = pca_2d(&f)?;
+                    let classes: Vec<u32> =
+                        (0..sub.len()).map(|i| sub.label(i).unwrap_or(0)).collect();
+                    plots::scatter(
+                        &dir.join("embedding_pca.png"),
+                        &format!(
+                            "PCA of {} test embeddings ({:.0}% + {:.0}% of the variance)",
+                            n,
+                            100.0 * p.variance_ratio[0],
+                            100.0 * p.variance_ratio[1]
+                        ),
+                        &p.coords,
+                        &classes,
+                        sub.classes(),
+                    )?;
+                    figs.push(("Embedding PCA".into(), "embedding_pca.png".into()));
+                }
+                Figure::AugmentationViews => {
+                    let Some((chain, seed)) = &self.views else {
+                        continue;
+                    };
+                    let train = enc.train;
+                    let idx = spread(train.len(), queries.min(train.len()).max(1));
+                    let imgs: Vec<_> = idx.iter().map(|&i| train.image(i)).collect();
+                    augment::write_preview(
+                        chain,
+                        &imgs,
+                        *seed,
+                        augment::Scale::Auto,
+                        &dir.join("augmentation_views.png"),
+                    )
+                    .map_err(DownstreamError::Views)?;
+                    figs.push((
+                        "Training images and their augmented views".into(),
+                        "augmentation_views.png".into(),
+                    ));
+                }
+            }
+        }
+        Ok(TaskOutput {
+            json: serde_json::json!({"task": "visualize",
+                "files": figs.iter().map(|f| f.1.clone()).collect::<Vec<_>>()}),
+            figures: figs,
+            ..Default::default()
+        })
+    }
+}
