@@ -178,7 +178,7 @@ pub fn synthetic_batch(cfg: &BenchConfig, step: u64) -> Batch {
 
 /// Times `cfg.steps` steps of `trainer` on synthetic batches after `cfg.warmup`
 /// untimed ones. The trainer's schedule advances as in a run.
-pub fn run<D: EngineDevice + 'static>(
+pub fn run<D: EngineDevice>(
     trainer: &mut Trainer<D>,
     cfg: &BenchConfig,
 ) -> Result<BenchReport, TrainError> {

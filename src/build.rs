@@ -9,6 +9,7 @@ pub mod data;
 
 use crate::eval;
 use crate::nn::ModelError;
+use crate::nn::device::{DeviceChoice, NoCuda};
 use crate::nn::model::{
     BackboneConfig, BackboneKind, HeadConfig, ModelConfig, PrototypesConfig, ResNetSpec, Stem,
 };
@@ -487,97 +488,40 @@ fn state_warnings(r: &Recipe, n: usize) -> Vec<crate::diag::Diagnostic> {
     out
 }
 
-/// The compute device a recipe's `train.device` resolves to, on this binary and machine.
-pub enum Engine {
-    /// dfdx's CPU device with the project's fast kernels.
-    Cpu(dfdx::prelude::Cpu),
-    /// dfdx's CUDA device (GPU 0); the project's ops run in their composed form.
-    #[cfg(feature = "cuda")]
-    Cuda(Box<dfdx::prelude::Cuda>),
-}
-
-impl Engine {
-    /// `cpu` or `cuda`, as results.json records it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Engine::Cpu(_) => "cpu",
-            #[cfg(feature = "cuda")]
-            Engine::Cuda(_) => "cuda",
-        }
-    }
-}
-
 /// Opens the device `train.device` asks for. `cuda` that cannot be opened is an error,
 /// never a silent fall-back; `auto` takes the GPU when this binary was built with CUDA
-/// and one opens, else the CPU, and then says why in the returned note.
+/// and one opens, else the CPU, and then says why in the returned note. The caller
+/// runs its work on the device with [`DeviceChoice::dispatch`].
 pub fn device(
     d: crate::spec::train::Device,
     seed: u64,
-) -> Result<(Engine, Option<String>), String> {
+) -> Result<(DeviceChoice, Option<String>), String> {
     use crate::spec::train::Device;
-    let _ = seed;
     match d {
-        Device::Cpu => Ok((Engine::Cpu(dfdx::prelude::Cpu::default()), None)),
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda => Err(
-            "train.device: cuda — this binary was built without CUDA; rebuild with \
-             `--features cuda` (see README, \"GPU\") or use `device: cpu`"
-                .into(),
-        ),
-        #[cfg(not(feature = "cuda"))]
-        Device::Auto => Ok((Engine::Cpu(dfdx::prelude::Cpu::default()), None)),
-        #[cfg(feature = "cuda")]
-        Device::Cuda => open_cuda(seed)
-            .map(|c| (Engine::Cuda(Box::new(c)), None))
-            .map_err(|e| {
-                format!(
-                    "train.device: cuda — no usable CUDA device: {e}; check the NVIDIA \
-                     driver (`nvidia-smi`) and CUDA_VISIBLE_DEVICES, or use `device: cpu`"
-                )
-            }),
-        #[cfg(feature = "cuda")]
-        Device::Auto => Ok(match open_cuda(seed) {
-            Ok(c) => (Engine::Cuda(Box::new(c)), None),
-            Err(e) => (
-                Engine::Cpu(dfdx::prelude::Cpu::default()),
+        Device::Cpu => Ok((DeviceChoice::cpu(), None)),
+        Device::Cuda => match DeviceChoice::cuda(seed) {
+            Ok(c) => Ok((c, None)),
+            Err(NoCuda::NotBuilt) => Err(
+                "train.device: cuda — this binary was built without CUDA; rebuild with \
+                 `--features cuda` (see README, \"GPU\") or use `device: cpu`"
+                    .into(),
+            ),
+            Err(NoCuda::Failed(e)) => Err(format!(
+                "train.device: cuda — no usable CUDA device: {e}; check the NVIDIA \
+                 driver (`nvidia-smi`) and CUDA_VISIBLE_DEVICES, or use `device: cpu`"
+            )),
+        },
+        Device::Auto => Ok(match DeviceChoice::cuda(seed) {
+            Ok(c) => (c, None),
+            Err(NoCuda::NotBuilt) => (DeviceChoice::cpu(), None),
+            Err(NoCuda::Failed(e)) => (
+                DeviceChoice::cpu(),
                 Some(format!(
                     "device: auto — no usable CUDA device ({e}); training on the CPU"
                 )),
             ),
         }),
     }
-}
-
-/// GPU 0, with dfdx's random stream seeded from the recipe.
-#[cfg(feature = "cuda")]
-fn open_cuda(seed: u64) -> Result<dfdx::prelude::Cuda, String> {
-    use cudarc::driver::sys::{CUresult, cuDeviceGetCount, cuInit};
-    use dfdx::tensor::CudaError;
-    // cudarc's `CudaDevice::new` unwraps `cuInit` and `cuDeviceGet`: ask first, so a
-    // machine without a working driver or GPU gets an error instead of a panic.
-    // SAFETY: plain driver calls with a valid out-pointer.
-    let count = unsafe {
-        let r = cuInit(0);
-        if r != CUresult::CUDA_SUCCESS {
-            return Err(format!("the CUDA driver did not start (cuInit: {r:?})"));
-        }
-        let mut n: std::ffi::c_int = 0;
-        let r = cuDeviceGetCount(&mut n);
-        if r != CUresult::CUDA_SUCCESS {
-            return Err(format!("cannot count CUDA devices ({r:?})"));
-        }
-        n
-    };
-    if count < 1 {
-        return Err("the CUDA driver sees no GPU".into());
-    }
-    // Not `{e:?}`: cudarc's Debug asks the driver for the error's text and panics
-    // when the driver cannot answer (a link-only or broken libcuda). The codes are enough.
-    dfdx::prelude::Cuda::try_build(0, seed).map_err(|e| match e {
-        CudaError::Driver(d) => format!("the CUDA driver answered {:?}", d.0),
-        CudaError::Blas(b) => format!("cuBLAS answered {:?}", b.0),
-        CudaError::Cpu(c) => format!("{c:?}"),
-    })
 }
 
 /// The recipe's downstream tasks as engine-side [`eval::downstream::Task`]s (in recipe

@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::augment::Normalize;
-use crate::build::Engine;
 use crate::checkpoint::{self, CheckpointError};
 use crate::data::{self, DataError, Dataset, Loader, LoaderConfig};
 use crate::dist::{self, Dist};
@@ -22,6 +21,7 @@ use crate::eval::downstream::{DownstreamError, Encoders, Task as DTask, run_all}
 use crate::eval::features::extract;
 use crate::eval::knn::{KnnTask, knn};
 use crate::nn::EngineDevice;
+use crate::nn::device::OnDevice;
 use crate::nn::model::Model;
 use crate::nn::params::ParamStore;
 use crate::report::ReportError;
@@ -268,19 +268,23 @@ pub fn normalization(r: &Recipe) -> Normalize {
 
 /// Runs the experiment `req` describes, on the device its `train.device` resolves to.
 pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
-    let (engine, note) =
+    let (device, note) =
         crate::build::device(req.recipe.train.device, req.recipe.seed).map_err(env_err)?;
     if let Some(note) = note {
         eprintln!("note: {note}");
     }
-    match engine {
-        Engine::Cpu(dev) => run_on(req, dev, "cpu"),
-        #[cfg(feature = "cuda")]
-        Engine::Cuda(dev) => run_on(req, *dev, "cuda"),
+    struct Run<'a>(&'a RunRequest, &'static str);
+    impl OnDevice for Run<'_> {
+        type Output = Result<RunOutcome, ExperimentError>;
+        fn run<D: EngineDevice>(self, dev: D) -> Self::Output {
+            run_on(self.0, dev, self.1)
+        }
     }
+    let name = device.name();
+    device.dispatch(Run(req, name))
 }
 
-fn run_on<D: EngineDevice + 'static>(
+fn run_on<D: EngineDevice>(
     req: &RunRequest,
     dev: D,
     device_name: &str,
@@ -800,18 +804,29 @@ pub fn evaluate(
     let size = crate::build::view_sizes(&r)
         .first()
         .map_or(r.data.image_size, |(s, _)| *s);
-    let (engine, note) = crate::build::device(r.train.device, r.seed).map_err(env_err)?;
+    let (device, note) = crate::build::device(r.train.device, r.seed).map_err(env_err)?;
     if let Some(note) = note {
         eprintln!("note: {note}");
     }
-    match engine {
-        Engine::Cpu(dev) => evaluate_on(dev, &r, size, &dir, &ckpt, only, sets),
-        #[cfg(feature = "cuda")]
-        Engine::Cuda(dev) => evaluate_on(*dev, &r, size, &dir, &ckpt, only, sets),
+    struct Evaluate<'a>(
+        &'a Recipe,
+        usize,
+        &'a Path,
+        &'a Path,
+        Option<&'a [String]>,
+        &'a [String],
+    );
+    impl OnDevice for Evaluate<'_> {
+        type Output = Result<Value, ExperimentError>;
+        fn run<D: EngineDevice>(self, dev: D) -> Self::Output {
+            let Evaluate(r, size, dir, ckpt, only, sets) = self;
+            evaluate_on(dev, r, size, dir, ckpt, only, sets)
+        }
     }
+    device.dispatch(Evaluate(&r, size, &dir, &ckpt, only, sets))
 }
 
-fn evaluate_on<D: EngineDevice + 'static>(
+fn evaluate_on<D: EngineDevice>(
     dev: D,
     r: &Recipe,
     size: usize,

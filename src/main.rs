@@ -162,8 +162,8 @@ enum Command {
     /// device uses, against the CPU kernels on random inputs; fails above 1e-4 relative.
     DeviceCheck {
         /// The device to check.
-        #[arg(long, value_enum, default_value_t = commands::device_check::Which::Cpu)]
-        device: commands::device_check::Which,
+        #[arg(long, value_enum, default_value_t = commands::device_check::CheckedDevice::Cpu)]
+        device: commands::device_check::CheckedDevice,
     },
 }
 

@@ -3,6 +3,8 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use recipe::nn::EngineDevice;
+use recipe::nn::device::OnDevice;
 use recipe::spec::Recipe;
 use recipe::{build, data};
 
@@ -36,7 +38,7 @@ pub fn bench(
             (10 * batch, 10)
         }
     };
-    let (engine, note) = match build::device(r.train.device, r.seed) {
+    let (device, note) = match build::device(r.train.device, r.seed) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e}");
@@ -46,16 +48,20 @@ pub fn bench(
     if let Some(note) = note {
         eprintln!("note: {note}");
     }
-    let name = engine.name();
-    match engine {
-        build::Engine::Cpu(dev) => bench_on(dev, name, &r, dataset_len, classes, steps, warmup),
-        #[cfg(feature = "cuda")]
-        build::Engine::Cuda(dev) => bench_on(*dev, name, &r, dataset_len, classes, steps, warmup),
+    struct Bench<'a>(&'static str, &'a Recipe, usize, u32, usize, usize);
+    impl OnDevice for Bench<'_> {
+        type Output = ExitCode;
+        fn run<D: EngineDevice>(self, dev: D) -> ExitCode {
+            let Bench(name, r, dataset_len, classes, steps, warmup) = self;
+            bench_on(dev, name, r, dataset_len, classes, steps, warmup)
+        }
     }
+    let name = device.name();
+    device.dispatch(Bench(name, &r, dataset_len, classes, steps, warmup))
 }
 
 /// The benchmark proper, on the device the recipe resolved to.
-fn bench_on<D: recipe::nn::EngineDevice + 'static>(
+fn bench_on<D: EngineDevice>(
     dev: D,
     device: &str,
     r: &Recipe,

@@ -3,13 +3,15 @@
 use std::process::ExitCode;
 
 use clap::ValueEnum;
-use recipe::build::{self, Engine};
+use recipe::build;
 use recipe::device_check::{OpParity, op_parity};
+use recipe::nn::EngineDevice;
+use recipe::nn::device::OnDevice;
 use recipe::spec::train::Device;
 
 /// The device to check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Which {
+pub enum CheckedDevice {
     /// The composed forms on the CPU against the fast CPU kernels.
     Cpu,
     /// The composed forms on GPU 0 (a binary built with `--features cuda`).
@@ -19,24 +21,29 @@ pub enum Which {
 /// The largest relative error accepted (issue: 1e-4 on random inputs).
 const TOLERANCE: f64 = 1e-4;
 
-pub fn device_check(which: Which) -> ExitCode {
+pub fn device_check(which: CheckedDevice) -> ExitCode {
     let want = match which {
-        Which::Cpu => Device::Cpu,
-        Which::Cuda => Device::Cuda,
+        CheckedDevice::Cpu => Device::Cpu,
+        CheckedDevice::Cuda => Device::Cuda,
     };
-    let engine = match build::device(want, 0) {
+    let device = match build::device(want, 0) {
         Ok((e, _)) => e,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    let rows = match engine {
-        Engine::Cpu(dev) => op_parity(&dev),
-        #[cfg(feature = "cuda")]
-        Engine::Cuda(dev) => op_parity(&*dev),
-    };
-    print(&rows)
+    print(&device.dispatch(Parity))
+}
+
+/// [`op_parity`] on the device checked.
+struct Parity;
+
+impl OnDevice for Parity {
+    type Output = Vec<OpParity>;
+    fn run<D: EngineDevice>(self, dev: D) -> Vec<OpParity> {
+        op_parity(&dev)
+    }
 }
 
 fn print(rows: &[OpParity]) -> ExitCode {

@@ -2,11 +2,10 @@
 //! buckets of at most [`BUCKET_FLOATS`] values, each bucket all-reduced, and the sums
 //! divided by the world size, so every rank's optimiser sees the same mean gradient.
 
-use std::any::Any;
-
 use dfdx::prelude::*;
 
 use super::Collective;
+use crate::nn::EngineDevice;
 use crate::nn::params::ParamStore;
 
 /// Values per all-reduce: large enough that latency does not matter (4 Mi floats,
@@ -17,9 +16,11 @@ pub const BUCKET_FLOATS: usize = 4 << 20;
 /// ranks of `dist`. Entries without a gradient get a zero one first (as the optimiser
 /// would). Returns the payload bytes this rank contributed.
 ///
-/// Runs on the CPU device only (an error message otherwise); with one rank it returns
-/// at once.
-pub fn average<D: Device<f32> + 'static>(
+/// The bucketing and the collective are here; moving each gradient into a bucket and
+/// the reduced sum back is the device's ([`EngineDevice::gradient_to_host`],
+/// [`EngineDevice::gradient_from_host`]: slices of the gradient's own buffer on `Cpu`,
+/// dfdx tensors elsewhere). With one rank it returns at once.
+pub fn average<D: EngineDevice>(
     dist: &dyn Collective,
     store: &ParamStore<D>,
     grads: &mut Gradients<f32, D>,
@@ -28,12 +29,6 @@ pub fn average<D: Device<f32> + 'static>(
     if world == 1 {
         return Ok(0);
     }
-    let (Some(store), Some(grads)) = (
-        (store as &dyn Any).downcast_ref::<ParamStore<Cpu>>(),
-        (grads as &mut dyn Any).downcast_mut::<Gradients<f32, Cpu>>(),
-    ) else {
-        return Err("distributed training runs on the CPU device only".into());
-    };
     let entries: Vec<_> = store.entries().iter().filter(|e| e.trainable).collect();
     let scale = 1.0 / world as f32;
     let mut bucket: Vec<f32> = Vec::with_capacity(BUCKET_FLOATS);
@@ -41,7 +36,7 @@ pub fn average<D: Device<f32> + 'static>(
     let mut sent = 0;
     let mut flush = |bucket: &mut Vec<f32>,
                      members: &mut Vec<usize>,
-                     grads: &mut Gradients<f32, Cpu>|
+                     grads: &mut Gradients<f32, D>|
      -> Result<(), String> {
         if members.is_empty() {
             return Ok(());
@@ -50,29 +45,19 @@ pub fn average<D: Device<f32> + 'static>(
         sent += bucket.len() * 4;
         let mut at = 0;
         for &i in members.iter() {
-            let g = grads
-                .get_or_alloc_mut(&entries[i].tensor)
-                .map_err(|e| format!("{e:?}"))?;
-            for (dst, src) in g.iter_mut().zip(&bucket[at..]) {
-                *dst = src * scale;
-            }
-            at += g.len();
+            let p = &entries[i].tensor;
+            D::gradient_from_host(p, grads, &bucket[at..], scale)?;
+            at += p.shape().0;
         }
         bucket.clear();
         members.clear();
         Ok(())
     };
     for (i, e) in entries.iter().enumerate() {
-        let g = grads
-            .get_or_alloc_mut(&e.tensor)
-            .map_err(|e| format!("{e:?}"))?;
-        if !bucket.is_empty() && bucket.len() + g.len() > BUCKET_FLOATS {
+        if !bucket.is_empty() && bucket.len() + e.tensor.shape().0 > BUCKET_FLOATS {
             flush(&mut bucket, &mut members, grads)?;
         }
-        let g = grads
-            .get_or_alloc_mut(&e.tensor)
-            .map_err(|e| format!("{e:?}"))?;
-        bucket.extend_from_slice(g);
+        D::gradient_to_host(&e.tensor, grads, &mut bucket)?;
         members.push(i);
     }
     flush(&mut bucket, &mut members, grads)?;
@@ -80,8 +65,8 @@ pub fn average<D: Device<f32> + 'static>(
 }
 
 /// Overwrites every entry (parameters and buffers) of `store` with rank `root`'s
-/// values, so all ranks start from the same point. CPU device only.
-pub fn broadcast_store<D: Device<f32> + 'static>(
+/// values, so all ranks start from the same point.
+pub fn broadcast_store<D: Device<f32>>(
     dist: &dyn Collective,
     store: &mut ParamStore<D>,
     root: usize,

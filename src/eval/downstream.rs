@@ -103,7 +103,7 @@ impl Task {
         }
     }
 
-    fn run<D: EngineDevice + 'static>(
+    fn run<D: EngineDevice>(
         &self,
         enc: &mut Encoders<'_, D>,
     ) -> Result<TaskOutput, DownstreamError> {
@@ -322,7 +322,7 @@ impl<'a, D: EngineDevice> Encoders<'a, D> {
 
 /// Runs `tasks` on `enc` in order, writing each task's metrics record (epoch `epoch`,
 /// step `step`) to `metrics`, and assembles the results.
-pub fn run_all<D: EngineDevice + 'static>(
+pub fn run_all<D: EngineDevice>(
     tasks: &[Task],
     enc: &mut Encoders<'_, D>,
     metrics: &mut MetricsWriter,

@@ -117,7 +117,7 @@ fn mix(seed: u64, purpose: u64, epoch: u64) -> u64 {
 
 /// Fine-tunes a copy of `store`'s backbone with a new classifier on `train` and reports
 /// the accuracy on `test`; both need labels. `norm` is the training normalisation.
-pub fn fine_tune<D: EngineDevice + 'static>(
+pub fn fine_tune<D: EngineDevice>(
     model: &Model,
     store: &ParamStore<D>,
     train: &Dataset,
@@ -240,7 +240,7 @@ pub struct FineTuneTask {
 impl FineTuneTask {
     /// Top-1 and top-5 of both networks: one `results.json` entry, one report column,
     /// the trained network's `fine_tune_top1`/`fine_tune_top5` record.
-    pub fn run<D: EngineDevice + 'static>(
+    pub fn run<D: EngineDevice>(
         &self,
         enc: &mut super::downstream::Encoders<'_, D>,
     ) -> Result<super::downstream::TaskOutput, super::downstream::DownstreamError> {

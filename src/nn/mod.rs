@@ -11,6 +11,10 @@
 //!   and a fast multithreaded CPU kernel ([`ops::cpu`], rayon + gemm, registered on
 //!   the tape). [`EngineDevice`] dispatches: fast kernels on `Cpu`, composed on `Cuda`.
 //!   [`ops::timing`] is an opt-in per-op time registry the kernels record into.
+//!   The trait also carries the optimiser's per-entry update and the all-reduce's
+//!   gradient transfer ([`ops::update`]).
+//! - [`device`]: `DeviceChoice`, the opened device, and `OnDevice`, a job generic over
+//!   `EngineDevice`: `DeviceChoice::dispatch` is the one place a device is matched.
 //! - [`init`]: seeded PyTorch-default initialisation (Kaiming normal fan-out for convs,
 //!   as torchvision's ResNet; `nn.Linear`'s default uniform for linear layers;
 //!   ones/zeros for norms).
@@ -41,6 +45,7 @@
 //!   only leaves' (parameters', inputs') gradients are readable afterwards.
 //! - Same seed and config ⇒ bit-identical initial parameters.
 
+pub mod device;
 pub mod error;
 pub mod init;
 pub mod layers;

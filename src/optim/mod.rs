@@ -14,9 +14,12 @@
 //!   whose `decay` flag is set; the flag comes from the store's
 //!   [`DecayPolicy`](crate::nn::params::DecayPolicy) (biases and norm parameters
 //!   excluded by default).
-//! - Updates are written with dfdx tensor ops, so they run on any dfdx device (CPU and
-//!   CUDA); on `Cpu` the same formulas run as one fused multithreaded pass per entry
-//!   (`cpu.rs`). The tensor-op form *replaces* an entry's tensor (a new tensor id),
+//! - The optimiser resolves its configuration per entry and step into an
+//!   [`EntryUpdate`] ([`OptimizerConfig::entry_update`]) and keeps the state by name;
+//!   the device runs the update ([`EngineDevice::update_entry`], see
+//!   `crate::nn::ops::update`). Its default, the tensor-op form, runs on any dfdx
+//!   device (CPU and CUDA); on `Cpu` the same formulas run as one fused multithreaded
+//!   pass per entry. The tensor-op form *replaces* an entry's tensor (a new tensor id),
 //!   exactly like [`ParamStore::set_data`]; the `Cpu` pass updates it in place (same
 //!   id, its storage made unique first). Gradients must therefore be computed afresh
 //!   every step: a persistent `Gradients` would miss the new tensors on one path and
@@ -33,16 +36,17 @@
 //! module's names explicitly (`use recipe::optim::{Optimizer, SgdConfig}`), which
 //! shadows the glob.
 
-mod cpu;
 pub mod schedule;
 
-use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
 
 use dfdx::prelude::*;
 
-use crate::nn::params::{Entry, Flat, ParamStore};
+use crate::nn::EngineDevice;
+use crate::nn::ops::composed;
+use crate::nn::ops::update::{EntryUpdate, Trust};
+use crate::nn::params::{Flat, ParamStore};
 
 /// SGD with momentum as PyTorch's `torch.optim.SGD` with `dampening = 0`.
 ///
@@ -206,6 +210,41 @@ impl OptimizerConfig {
         }
     }
 
+    /// The update of one trainable entry at this step, for the device kernels
+    /// ([`EngineDevice::update_entry`]): `decay` is the entry's weight-decay flag
+    /// (clear: no decay, and for LARS no adaptation), `lr` the step's learning rate,
+    /// `step` the step count after this step (AdamW's `t`).
+    pub fn entry_update(&self, decay: bool, lr: f64, step: u64) -> EntryUpdate {
+        let wd = |w: f64| if decay { w } else { 0.0 };
+        match *self {
+            OptimizerConfig::Sgd(c) => EntryUpdate::Sgd {
+                lr,
+                momentum: c.momentum,
+                nesterov: c.nesterov,
+                weight_decay: wd(c.weight_decay),
+            },
+            OptimizerConfig::Lars(c) => EntryUpdate::Lars {
+                lr,
+                momentum: c.momentum,
+                nesterov: c.nesterov,
+                trust: decay.then_some(Trust {
+                    weight_decay: c.weight_decay,
+                    eta: c.eta,
+                    eps: c.eps,
+                    clip_lr: c.clip_lr,
+                }),
+            },
+            OptimizerConfig::AdamW(c) => EntryUpdate::AdamW {
+                lr,
+                step,
+                beta1: c.beta1,
+                beta2: c.beta2,
+                eps: c.eps,
+                weight_decay: wd(c.weight_decay),
+            },
+        }
+    }
+
     /// Checks every hyper-parameter and returns all problems at once.
     pub fn validate(&self) -> Result<(), OptimError> {
         let mut problems = Vec::new();
@@ -342,7 +381,8 @@ pub struct Optimizer<D: Device<f32>> {
     step: u64,
     /// `<param>.<slot>` -> state tensor (flat, like the store's entries).
     state: BTreeMap<String, Flat<D>>,
-    /// Use the fused multithreaded kernel when the device is `Cpu`.
+    /// Move entries by the device's update ([`EngineDevice::update_entry`]: the fused
+    /// kernel on `Cpu`) rather than always by the tensor-op form.
     fused: bool,
 }
 
@@ -356,10 +396,6 @@ pub(crate) fn host_copy<D: Device<f32>>(t: &Flat<D>) -> Vec<f32> {
     let mut v = vec![0.0; t.shape().0];
     t.copy_into(&mut v);
     v
-}
-
-fn norm<D: Device<f32>>(t: &Flat<D>) -> f32 {
-    t.clone().square().sum::<Rank0, _>().as_vec()[0].sqrt()
 }
 
 impl<D: Device<f32>> Optimizer<D> {
@@ -379,9 +415,10 @@ impl<D: Device<f32>> Optimizer<D> {
         &self.cfg
     }
 
-    /// Chooses between the fused multithreaded CPU kernel (the default, used only when
-    /// the device is `Cpu`) and the device-generic tensor-op form, which is what runs on
-    /// every other device and serves as the reference in tests.
+    /// Chooses between the device's update (the default: on `Cpu` the fused
+    /// multithreaded kernel) and the device-generic tensor-op form
+    /// ([`composed::update_entry`]), which is what every other device runs and serves
+    /// as the reference in tests.
     pub fn set_fused(&mut self, fused: bool) {
         self.fused = fused;
     }
@@ -391,121 +428,37 @@ impl<D: Device<f32>> Optimizer<D> {
         self.step
     }
 
-    /// Takes one step with learning rate `lr` on every trainable entry of `store`.
-    ///
-    /// `grads` is taken mutably only so that an entry without a gradient can be given a
-    /// zero one (see the module invariants). On `Cpu` this runs the fused kernel of
-    /// [`set_fused`](Self::set_fused); elsewhere, dfdx tensor ops. A device error
-    /// (allocation failure) can leave the step half-applied.
-    pub fn step(
-        &mut self,
-        store: &mut ParamStore<D>,
-        grads: &mut Gradients<f32, D>,
-        lr: f64,
-    ) -> Result<(), OptimError>
-    where
-        D: 'static,
-    {
-        if !lr.is_finite() || lr < 0.0 {
-            return Err(OptimError::LearningRate(lr));
-        }
-        self.step += 1;
-        if self.fused {
-            let cpu = (
-                (self as &mut dyn Any).downcast_mut::<Optimizer<Cpu>>(),
-                (store as &mut dyn Any).downcast_mut::<ParamStore<Cpu>>(),
-                (grads as &mut dyn Any).downcast_mut::<Gradients<f32, Cpu>>(),
-            );
-            if let (Some(opt), Some(store), Some(grads)) = cpu {
-                return opt.step_cpu(store, grads, lr);
-            }
-        }
-        let t = self.step;
-        let cfg = self.cfg;
-        let dev = store.device().clone();
-        for e in store.entries_mut().iter_mut().filter(|e| e.trainable) {
-            grads
-                .try_alloc_for(&e.tensor)
-                .map_err(|err| OptimError::Device(format!("{err:?}")))?;
-            let g = grads.get(&e.tensor);
-            match cfg {
-                OptimizerConfig::Sgd(c) => {
-                    let mut d = g;
-                    if e.decay && c.weight_decay != 0.0 {
-                        d = d + e.tensor.clone() * c.weight_decay as f32;
-                    }
-                    let d = self.momentum(&dev, e, d, c.momentum, c.nesterov);
-                    e.tensor = e.tensor.clone() - d * lr as f32;
-                }
-                OptimizerConfig::Lars(c) => {
-                    let mut d = g;
-                    if e.decay {
-                        let p_norm = norm(&e.tensor);
-                        let g_norm = norm(&d);
-                        if p_norm > 0.0 && g_norm > 0.0 {
-                            let wd = c.weight_decay as f32;
-                            let mut trust =
-                                c.eta as f32 * p_norm / (g_norm + p_norm * wd + c.eps as f32);
-                            if c.clip_lr {
-                                trust = (trust / lr as f32).min(1.0);
-                            }
-                            if wd != 0.0 {
-                                d = d + e.tensor.clone() * wd;
-                            }
-                            d = d * trust;
-                        }
-                    }
-                    let d = self.momentum(&dev, e, d, c.momentum, c.nesterov);
-                    e.tensor = e.tensor.clone() - d * lr as f32;
-                }
-                OptimizerConfig::AdamW(c) => {
-                    if e.decay && c.weight_decay != 0.0 {
-                        e.tensor = e.tensor.clone() * (1.0 - lr * c.weight_decay) as f32;
-                    }
-                    // 1 − β in f64 then rounded, as PyTorch does with its Python scalars
-                    // (rounding β first makes 1 − β off by ~5e-5 relative for β2 = 0.999).
-                    let (b1, b2) = (c.beta1 as f32, c.beta2 as f32);
-                    let (c1, c2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
-                    let m = self.slot(&dev, e, "exp_avg") * b1 + g.clone() * c1;
-                    let v = self.slot(&dev, e, "exp_avg_sq") * b2 + g.square() * c2;
-                    let bc1 = 1.0 - c.beta1.powf(t as f64);
-                    let bc2 = 1.0 - c.beta2.powf(t as f64);
-                    let denom = v.clone().sqrt() * (1.0 / bc2.sqrt()) as f32 + c.eps as f32;
-                    let upd = (m.clone() / denom) * (lr / bc1) as f32;
-                    e.tensor = e.tensor.clone() - upd;
-                    self.state.insert(slot_name(&e.name, "exp_avg"), m);
-                    self.state.insert(slot_name(&e.name, "exp_avg_sq"), v);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The state tensor `slot` of `e`, zero if it does not exist yet.
-    fn slot(&self, dev: &D, e: &Entry<D>, slot: &str) -> Flat<D> {
-        match self.state.get(&slot_name(&e.name, slot)) {
-            Some(t) => t.clone(),
-            None => dev.zeros_like(&(e.numel(),)),
-        }
-    }
-
-    /// The heavy-ball / Nesterov part shared by SGD and LARS; returns the direction.
-    fn momentum(
+    /// A slot's tensor taken out of the state (zeros when the slot does not exist
+    /// yet), so that an update in place finds its storage unshared; the caller puts
+    /// it back with [`put_slots`](Self::put_slots).
+    fn take_slot(
         &mut self,
         dev: &D,
-        e: &Entry<D>,
-        d: Flat<D>,
-        momentum: f64,
-        nesterov: bool,
-    ) -> Flat<D> {
-        if momentum == 0.0 {
-            return d;
+        name: &str,
+        slot: &str,
+        n: usize,
+    ) -> Result<Flat<D>, OptimError> {
+        let key = slot_name(name, slot);
+        let t = self
+            .state
+            .remove(&key)
+            .unwrap_or_else(|| dev.zeros_like(&(n,)));
+        if t.shape().0 != n {
+            let found = t.shape().0;
+            self.state.insert(key, t);
+            return Err(OptimError::Device(format!(
+                "state `{slot}` of `{name}` has {found} values, the parameter {n}"
+            )));
         }
-        let mu = momentum as f32;
-        let buf = self.slot(dev, e, "momentum_buffer") * mu + d.clone();
-        self.state
-            .insert(slot_name(&e.name, "momentum_buffer"), buf.clone());
-        if nesterov { d + buf * mu } else { buf }
+        Ok(t)
+    }
+
+    /// Puts the slots [`take_slot`](Self::take_slot) took for entry `name` back,
+    /// in the configuration's slot order.
+    fn put_slots(&mut self, name: &str, slots: Vec<Flat<D>>) {
+        for (slot, t) in self.cfg.slots().iter().zip(slots) {
+            self.state.insert(slot_name(name, slot), t);
+        }
     }
 
     /// Names and shapes of the state tensors this optimiser has for `store`, in store
@@ -604,6 +557,50 @@ impl<D: Device<f32>> Optimizer<D> {
             })
             .collect();
         self.step = state.step;
+        Ok(())
+    }
+}
+
+impl<D: EngineDevice> Optimizer<D> {
+    /// Takes one step with learning rate `lr` on every trainable entry of `store`.
+    ///
+    /// `grads` is taken mutably only so that an entry without a gradient can be given a
+    /// zero one (see the module invariants). Each entry moves by
+    /// [`EngineDevice::update_entry`] (on `Cpu`, the fused kernel), or by the tensor-op
+    /// form ([`composed::update_entry`]) when [`set_fused`](Self::set_fused) turned
+    /// that off. A device error (allocation failure) can leave the step half-applied.
+    pub fn step(
+        &mut self,
+        store: &mut ParamStore<D>,
+        grads: &mut Gradients<f32, D>,
+        lr: f64,
+    ) -> Result<(), OptimError> {
+        if !lr.is_finite() || lr < 0.0 {
+            return Err(OptimError::LearningRate(lr));
+        }
+        self.step += 1;
+        let dev = store.device().clone();
+        let names = self.cfg.slots();
+        for e in store.entries_mut().iter_mut().filter(|e| e.trainable) {
+            let update = self.cfg.entry_update(e.decay, lr, self.step);
+            let mut slots = Vec::with_capacity(names.len());
+            for slot in names {
+                match self.take_slot(&dev, &e.name, slot, e.numel()) {
+                    Ok(t) => slots.push(t),
+                    Err(err) => {
+                        self.put_slots(&e.name, slots);
+                        return Err(err);
+                    }
+                }
+            }
+            let moved = if self.fused {
+                D::update_entry(&update, &mut e.tensor, grads, &mut slots)
+            } else {
+                composed::update_entry(&update, &mut e.tensor, grads, &mut slots)
+            };
+            self.put_slots(&e.name, slots);
+            moved.map_err(|err| OptimError::Device(format!("`{}`: {err}", e.name)))?;
+        }
         Ok(())
     }
 }

@@ -143,7 +143,7 @@ fn agree<D: EngineDevice>(trainer: &Trainer<D>, stop: bool) -> bool {
 /// In a data-parallel job only rank 0 writes (checkpoints, and records when `metrics`
 /// is given); the ranks agree on every stop (a signal seen by one rank stops all at the
 /// same step).
-pub fn train_loop<D: EngineDevice + 'static>(
+pub fn train_loop<D: EngineDevice>(
     trainer: &mut Trainer<D>,
     loader: &Loader,
     dir: &Path,

@@ -79,7 +79,7 @@ pub struct TrainerParts {
     pub batch: usize,
 }
 
-impl<D: EngineDevice + 'static> Trainer<D> {
+impl<D: EngineDevice> Trainer<D> {
     /// Builds a trainer: the model from the seed, the weight-decay policy, the
     /// optimiser, the schedule and the objective.
     pub fn from_parts(dev: D, p: &TrainerParts) -> Result<Self, TrainError> {

@@ -7,6 +7,7 @@
 
 use dfdx::prelude::*;
 
+use super::update::EntryUpdate;
 use super::{BnConfig, BnRunning, T1, T2, T4, Window};
 
 /// Rows of `(c·h·w + 1)`: the image positions `(ci, iy, ix)` a window covers, with
@@ -211,4 +212,155 @@ pub fn bank_logits<D: Device<f32>, T: Tape<f32, D>>(
     let table: T2<D, NoneTape> = dev.tensor_from_vec(bank.to_vec(), (rows, d));
     let all = (f * scale).matmul(table.permute::<_, Axes2<1, 0>>());
     all.gather(dev.tensor_from_vec(idx.to_vec(), (n, m)))
+}
+
+/// The tensor-op form of [`EngineDevice::update_entry`](super::EngineDevice::update_entry):
+/// every step of the formula is a dfdx op, so it runs on any device; it *replaces*
+/// the parameter and the state tensors (new tensor ids), as `ParamStore::set_data`
+/// does. An entry without a gradient gets a zero one first.
+pub fn update_entry<D: Device<f32>>(
+    u: &EntryUpdate,
+    p: &mut T1<D, NoneTape>,
+    grads: &mut Gradients<f32, D>,
+    slots: &mut [T1<D, NoneTape>],
+) -> Result<(), String> {
+    u.check(p.shape().0, slots)?;
+    grads.try_alloc_for(p).map_err(|err| format!("{err:?}"))?;
+    let g = grads.get(p);
+    match *u {
+        EntryUpdate::Sgd {
+            lr,
+            momentum,
+            nesterov,
+            weight_decay,
+        } => {
+            let mut d = g;
+            if weight_decay != 0.0 {
+                d = d + p.clone() * weight_decay as f32;
+            }
+            let d = momentum_direction(slots, d, momentum, nesterov);
+            *p = p.clone() - d * lr as f32;
+        }
+        EntryUpdate::Lars {
+            lr,
+            momentum,
+            nesterov,
+            trust,
+        } => {
+            let mut d = g;
+            if let Some(t) = trust {
+                let p_norm = norm(p);
+                let g_norm = norm(&d);
+                if p_norm > 0.0 && g_norm > 0.0 {
+                    let wd = t.weight_decay as f32;
+                    let mut ratio = t.eta as f32 * p_norm / (g_norm + p_norm * wd + t.eps as f32);
+                    if t.clip_lr {
+                        ratio = (ratio / lr as f32).min(1.0);
+                    }
+                    if wd != 0.0 {
+                        d = d + p.clone() * wd;
+                    }
+                    d = d * ratio;
+                }
+            }
+            let d = momentum_direction(slots, d, momentum, nesterov);
+            *p = p.clone() - d * lr as f32;
+        }
+        EntryUpdate::AdamW {
+            lr,
+            step,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } => {
+            if weight_decay != 0.0 {
+                *p = p.clone() * (1.0 - lr * weight_decay) as f32;
+            }
+            // 1 − β in f64 then rounded, as PyTorch does with its Python scalars
+            // (rounding β first makes 1 − β off by ~5e-5 relative for β2 = 0.999).
+            let (b1, b2) = (beta1 as f32, beta2 as f32);
+            let (c1, c2) = ((1.0 - beta1) as f32, (1.0 - beta2) as f32);
+            let m = slots[0].clone() * b1 + g.clone() * c1;
+            let v = slots[1].clone() * b2 + g.square() * c2;
+            let bc1 = 1.0 - beta1.powf(step as f64);
+            let bc2 = 1.0 - beta2.powf(step as f64);
+            let denom = v.clone().sqrt() * (1.0 / bc2.sqrt()) as f32 + eps as f32;
+            let upd = (m.clone() / denom) * (lr / bc1) as f32;
+            *p = p.clone() - upd;
+            slots[0] = m;
+            slots[1] = v;
+        }
+    }
+    Ok(())
+}
+
+/// `‖t‖₂`, summed by dfdx.
+fn norm<D: Device<f32>>(t: &T1<D, NoneTape>) -> f32 {
+    t.clone().square().sum::<Rank0, _>().as_vec()[0].sqrt()
+}
+
+/// The heavy-ball / Nesterov part shared by SGD and LARS (buffer `slots[0]` when
+/// `momentum > 0`); returns the direction.
+fn momentum_direction<D: Device<f32>>(
+    slots: &mut [T1<D, NoneTape>],
+    d: T1<D, NoneTape>,
+    momentum: f64,
+    nesterov: bool,
+) -> T1<D, NoneTape> {
+    if momentum == 0.0 {
+        return d;
+    }
+    let mu = momentum as f32;
+    let buf = slots[0].clone() * mu + d.clone();
+    slots[0] = buf.clone();
+    if nesterov { d + buf * mu } else { buf }
+}
+
+/// The tensor-op form of [`EngineDevice::gradient_to_host`](super::EngineDevice::gradient_to_host):
+/// a copy of the gradient through a dfdx tensor.
+pub fn gradient_to_host<D: Device<f32>>(
+    p: &T1<D, NoneTape>,
+    grads: &mut Gradients<f32, D>,
+    host: &mut Vec<f32>,
+) -> Result<(), String> {
+    grads.try_alloc_for(p).map_err(|err| format!("{err:?}"))?;
+    let g = grads.get(p);
+    let at = host.len();
+    host.resize(at + g.shape().0, 0.0);
+    g.copy_into(&mut host[at..]);
+    Ok(())
+}
+
+/// The tensor-op form of [`EngineDevice::gradient_from_host`](super::EngineDevice::gradient_from_host).
+/// dfdx lends no gradient buffer of a generic device for writing, so a backward
+/// pass of `Σ p·v` (with `v = scale·host`) computes the gradient `0 + 1·v` into
+/// fresh `Gradients`, and that buffer moves into `grads` (equal to the CPU form's
+/// values except that a `-0.0` comes back as `+0.0`).
+pub fn gradient_from_host<D: Device<f32>>(
+    p: &T1<D, NoneTape>,
+    grads: &mut Gradients<f32, D>,
+    host: &[f32],
+    scale: f32,
+) -> Result<(), String> {
+    let n = p.shape().0;
+    if host.len() < n {
+        return Err(format!(
+            "{} reduced values for a gradient of {n}",
+            host.len()
+        ));
+    }
+    let v: Vec<f32> = host[..n].iter().map(|s| s * scale).collect();
+    let v = p.device().tensor_from_vec(v, (n,));
+    let mut fresh = (p.clone().traced(Gradients::leaky()) * v)
+        .sum::<Rank0, _>()
+        .backward();
+    let src = fresh
+        .get_or_alloc_mut(p)
+        .map_err(|err| format!("{err:?}"))?;
+    let dst = grads
+        .get_or_alloc_mut(p)
+        .map_err(|err| format!("{err:?}"))?;
+    std::mem::swap(dst, src);
+    Ok(())
 }

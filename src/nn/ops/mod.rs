@@ -8,7 +8,9 @@
 //!   `split_tape` / `add_backward_op` / `put_tape`.
 //!
 //! Layers call the ops through [`EngineDevice`], which picks the fast kernel on
-//! [`Cpu`] and the composed form on `Cuda`.
+//! [`Cpu`] and the composed form on `Cuda`. The same trait carries the device half
+//! of the optimiser update and of the gradient all-reduce ([`update`]), so no code
+//! path anywhere picks a device by downcasting.
 //!
 //! Contract: the ops assume valid shapes (checked by the layers, which return errors);
 //! a fast kernel moves its output's gradient out of the `Gradients` when its backward
@@ -21,6 +23,7 @@ pub mod cpu;
 mod cuda;
 mod kernels;
 pub mod timing;
+pub mod update;
 
 /// Makes the CPU kernels use only their portable code paths (no AVX-512, no AVX2)
 /// for the rest of the process; call it before any kernel runs. For tests and
@@ -122,6 +125,13 @@ pub struct BnRunning<D: Device<f32>> {
 
 /// Ops with a device-specific implementation: the fast CPU kernel on `Cpu`,
 /// the composition of dfdx ops elsewhere.
+///
+/// Every device-specific operation of training is a method here: the ops, and the
+/// per-entry optimiser update and gradient transfer of [`update`]. A method with a
+/// default is the composed form (`composed.rs`); `Cpu` overrides it with its kernel,
+/// `Cuda` keeps it. Code generic over `D: EngineDevice` therefore picks a device's
+/// path by the type alone; a process's device is chosen once, by
+/// [`DeviceChoice::dispatch`](crate::nn::device::DeviceChoice::dispatch).
 pub trait EngineDevice: Device<f32> {
     /// 2-D convolution: `x` is `(n, c, h, w)`, `w` is `(o, c, k, k)`, `b` is `(o,)`.
     fn conv2d<T: Tape<f32, Self>>(
@@ -216,5 +226,41 @@ pub trait EngineDevice: Device<f32> {
         scale: f32,
     ) -> T2<Self, T> {
         composed::bank_logits(f, bank, idx, scale).log_softmax::<Axis<1>>()
+    }
+
+    /// One optimiser step of one trainable entry `p` (flat): `u` says how (see
+    /// [`update::EntryUpdate`]), `grads` holds `p`'s gradient (a zero one is
+    /// allocated when it has none) and `slots` are the entry's state tensors in
+    /// `u`'s slot order, each as long as `p`. The parameter and slots may be updated
+    /// in place or replaced by new tensors. Errors (a failed allocation, buffers of
+    /// the wrong length) can leave the entry half-updated.
+    fn update_entry(
+        u: &update::EntryUpdate,
+        p: &mut T1<Self, NoneTape>,
+        grads: &mut Gradients<f32, Self>,
+        slots: &mut [T1<Self, NoneTape>],
+    ) -> Result<(), String> {
+        composed::update_entry(u, p, grads, slots)
+    }
+
+    /// Appends the gradient of `p` to `host` (a zero gradient is allocated first
+    /// when `p` has none): the gather half of the gradient all-reduce.
+    fn gradient_to_host(
+        p: &T1<Self, NoneTape>,
+        grads: &mut Gradients<f32, Self>,
+        host: &mut Vec<f32>,
+    ) -> Result<(), String> {
+        composed::gradient_to_host(p, grads, host)
+    }
+
+    /// Sets the gradient of `p` to `scale · host[..n]` (`n` = `p`'s length): the
+    /// scatter half of the gradient all-reduce.
+    fn gradient_from_host(
+        p: &T1<Self, NoneTape>,
+        grads: &mut Gradients<f32, Self>,
+        host: &[f32],
+        scale: f32,
+    ) -> Result<(), String> {
+        composed::gradient_from_host(p, grads, host, scale)
     }
 }

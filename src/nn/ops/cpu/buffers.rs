@@ -218,12 +218,18 @@ pub(crate) fn zeros(len: usize) -> Vec<f32> {
     v
 }
 
-/// A vector of `len` floats written in place: `fill(i, chunk)` gets the `i`-th
-/// run of `chunk_len` uninitialised elements (in parallel) and must write all of
-/// them; the kernels it calls assert matching lengths, so a short write panics
-/// instead of leaving elements uninitialised. Saves zeroing memory that is about
-/// to be overwritten.
-pub(crate) fn filled(
+/// A vector of `len` floats written in place, in parallel: `fill(i, chunk)` gets
+/// the `i`-th run of `chunk_len` uninitialised elements (the last run may be
+/// shorter) and writes all of them. Saves zeroing memory that is about to be
+/// overwritten.
+///
+/// # Safety
+///
+/// Whenever `fill(i, chunk)` returns, it has written every element of `chunk`: the
+/// vector is handed out with all `len` elements taken as initialised. A `fill` that
+/// may fall short must panic instead (the kernels it calls assert matching lengths);
+/// a panic propagates before anything is exposed.
+pub(crate) unsafe fn filled(
     len: usize,
     chunk_len: usize,
     fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
@@ -233,8 +239,39 @@ pub(crate) fn filled(
         .par_chunks_mut(chunk_len.max(1))
         .enumerate()
         .for_each(|(i, c)| fill(i, c));
-    // SAFETY: `fill` initialised every element of the first `len` (its contract,
-    // enforced by the kernels' length asserts; a panic above never gets here).
+    // SAFETY: `fill` initialised every element of the first `len` (the caller's
+    // contract); a panic above never gets here.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// [`filled`], with a second output written alongside: `side` (as long as the
+/// vector) is cut into the same runs, and `fill(i, chunk, side_chunk)` gets both
+/// (the residual join writes its ReLU mask this way).
+///
+/// # Safety
+///
+/// As for [`filled`]: whenever `fill` returns it has written every element of its
+/// `chunk`.
+pub(crate) unsafe fn filled_with<U: Send>(
+    len: usize,
+    chunk_len: usize,
+    side: &mut [U],
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>], &mut [U]) + Sync,
+) -> Vec<f32> {
+    assert_eq!(
+        side.len(),
+        len,
+        "filled_with: side output of another length"
+    );
+    let chunk_len = chunk_len.max(1);
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk_len)
+        .zip(side.par_chunks_mut(chunk_len))
+        .enumerate()
+        .for_each(|(i, (c, s))| fill(i, c, s));
+    // SAFETY: as in `filled`.
     unsafe { v.set_len(len) };
     v
 }

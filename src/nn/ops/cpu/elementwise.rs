@@ -4,7 +4,7 @@ use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use crate::nn::ops::T4;
-use crate::nn::ops::cpu::buffers::{filled, view};
+use crate::nn::ops::cpu::buffers::{filled, filled_with, view};
 use crate::nn::ops::kernels;
 use crate::nn::ops::timing;
 
@@ -14,15 +14,18 @@ pub fn relu<S: Shape, T: Tape<f32, Cpu>>(x: Tensor<S, f32, Cpu, T>) -> Tensor<S,
     let shape = *x.shape();
     let (x, mut tape) = x.contiguous().split_tape();
     let xv = view(&x);
-    let yv = filled(xv.len(), 1 << 14, |i, c| {
-        for (o, v) in c.iter_mut().zip(&xv[i << 14..]) {
-            o.write(v.max(0.0));
-        }
-        assert!(
-            xv.len() >= (i << 14) + c.len(),
-            "relu: every output written"
-        );
-    });
+    // SAFETY: the assert below holds after the loop wrote `c.len()` elements.
+    let yv = unsafe {
+        filled(xv.len(), 1 << 14, |i, c| {
+            for (o, v) in c.iter_mut().zip(&xv[i << 14..]) {
+                o.write(v.max(0.0));
+            }
+            assert!(
+                xv.len() >= (i << 14) + c.len(),
+                "relu: every output written"
+            );
+        })
+    };
     let mask: Vec<bool> = if T::OWNS_TAPE {
         yv.par_iter().map(|v| *v > 0.0).collect()
     } else {
@@ -62,16 +65,14 @@ pub fn add_relu<T: Tape<f32, Cpu>>(a: T4<Cpu, T>, b: T4<Cpu, T>) -> T4<Cpu, T> {
     let len = av.len();
     assert_eq!(len, bv.len());
     let mut mask = vec![false; len];
-    let mut yv: Vec<f32> = Vec::with_capacity(len);
-    yv.spare_capacity_mut()[..len]
-        .par_chunks_mut(1 << 14)
-        .zip(av.par_chunks(1 << 14))
-        .zip(bv.par_chunks(1 << 14))
-        .zip(mask.par_chunks_mut(1 << 14))
-        .for_each(|(((y, a), b), m)| kernels::add_relu_into(a, b, y, m));
-    // SAFETY: the chunks of `av`, `bv`, `mask` and the storage have equal lengths and
-    // `add_relu_into` writes all of its `y` (asserted), so all `len` are initialised.
-    unsafe { yv.set_len(len) };
+    // SAFETY: `add_relu_into` writes all of its `y` (it asserts that its four slices
+    // have equal lengths; `av` and `bv` have `len` elements).
+    let yv = unsafe {
+        filled_with(len, 1 << 14, &mut mask, |i, y, m| {
+            let at = i << 14;
+            kernels::add_relu_into(&av[at..][..y.len()], &bv[at..][..y.len()], y, m)
+        })
+    };
     let y = a.device().tensor_from_vec(yv, shape);
     if T::OWNS_TAPE {
         let (ag, bg, yg) = (a.ghost(), b.ghost(), y.ghost());

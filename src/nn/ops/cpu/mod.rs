@@ -9,7 +9,8 @@
 //! One file per job: [`buffers`] (views of dfdx storage, pooled buffers, scratch), [`products`] (matrix
 //! products), [`conv`] (the op and its two paths), [`norm`] (batch norm),
 //! [`pool`], [`dense`] (linear, L2 normalisation), [`elementwise`] (ReLU, residual
-//! join), [`bank`] (the memory bank's log-softmax). The SIMD loops and products
+//! join), [`bank`] (the memory bank's log-softmax), [`update`] (the fused optimiser
+//! update and the gradient transfer of the all-reduce). The SIMD loops and products
 //! live in `super::kernels`.
 //!
 //! Memory: the memory bank's large buffers ([`buffers::HostBuf`]) go back to a
@@ -46,9 +47,9 @@ mod elementwise;
 mod norm;
 mod pool;
 mod products;
+mod update;
 
 pub use bank::bank_log_softmax;
-pub(crate) use buffers::view_mut;
 pub use conv::{conv2d, conv2d_data};
 pub use dense::{l2_normalize, linear};
 pub use elementwise::{add_relu, relu};
@@ -136,5 +137,28 @@ impl EngineDevice for Cpu {
         scale: f32,
     ) -> T2<Self, T> {
         bank_log_softmax(f, bank, idx, scale)
+    }
+    fn update_entry(
+        u: &super::update::EntryUpdate,
+        p: &mut T1<Self, NoneTape>,
+        grads: &mut Gradients<f32, Self>,
+        slots: &mut [T1<Self, NoneTape>],
+    ) -> Result<(), String> {
+        update::update_entry(u, p, grads, slots)
+    }
+    fn gradient_to_host(
+        p: &T1<Self, NoneTape>,
+        grads: &mut Gradients<f32, Self>,
+        host: &mut Vec<f32>,
+    ) -> Result<(), String> {
+        update::gradient_to_host(p, grads, host)
+    }
+    fn gradient_from_host(
+        p: &T1<Self, NoneTape>,
+        grads: &mut Gradients<f32, Self>,
+        host: &[f32],
+        scale: f32,
+    ) -> Result<(), String> {
+        update::gradient_from_host(p, grads, host, scale)
     }
 }

@@ -123,11 +123,14 @@ pub(crate) fn bn_impl<T: Tape<f32, Cpu>>(
     // Per channel, y = x·s + t.
     let scale: Vec<f32> = (0..c).map(|ci| gv[ci] * inv[ci]).collect();
     let shift: Vec<f32> = (0..c).map(|ci| bv[ci] - mean[ci] * scale[ci]).collect();
-    let yv = filled(xv.len(), plane.max(1), |i, yp| {
-        let ci = i % c;
-        let xp = &xv[i * plane..][..yp.len()];
-        kernels::affine_into(xp, yp, scale[ci], shift[ci], relu);
-    });
+    // SAFETY: `affine_into` writes all of its output (it asserts equal lengths).
+    let yv = unsafe {
+        filled(xv.len(), plane.max(1), |i, yp| {
+            let ci = i % c;
+            let xp = &xv[i * plane..][..yp.len()];
+            kernels::affine_into(xp, yp, scale[ci], shift[ci], relu);
+        })
+    };
     let new = train.then(|| {
         let mo = cfg.momentum;
         let unbias = m as f32 / (m as f32 - 1.0).max(1.0);

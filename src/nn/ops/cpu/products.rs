@@ -88,7 +88,7 @@ pub(crate) fn mm_rows(
     own: Own,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if own.any() {
+    if own.hand_written() {
         if m == 0 || n == 0 {
             return;
         }
@@ -139,7 +139,7 @@ pub(crate) fn mm_dot(
 }
 
 /// [`mm_rows`] with row `p` of `B` at `b[boff[p]..]`, on the kernel family `own`
-/// names (not [`Own::No`]).
+/// names (not [`Own::Gemm`]).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn mm_offsets(
     own: Own,
@@ -264,7 +264,7 @@ pub(crate) fn mm_narrow(
 }
 
 /// [`mm_dot`] with row `j` of `B` at `b[boff[j]..]`, on the kernel family `own`
-/// names (not [`Own::No`]; only the AVX2 one takes a chunk table).
+/// names (not [`Own::Gemm`]; only the AVX2 one takes a chunk table).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn mm_dot_offsets(
     own: Own,
@@ -277,7 +277,7 @@ pub(crate) fn mm_dot_offsets(
     assert!(match own {
         Own::Avx512 => kernels::avx512(),
         Own::Avx2 => kernels::avx2_products(),
-        Own::No => false,
+        Own::Gemm => false,
     });
     if m == 0 || n == 0 || len == 0 {
         return;

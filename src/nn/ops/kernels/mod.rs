@@ -54,12 +54,12 @@ fn detect() -> u8 {
     2
 }
 
-/// Which hand-written product family serves one convolution (see
-/// `cpu::conv::ConvDims::own`), or none (the `gemm` crate).
+/// Which product family serves one convolution (see `cpu::conv::ConvDims::own`):
+/// one of the project's own (hand-written) ones, or the `gemm` crate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Own {
-    /// The `gemm` crate.
-    No,
+    /// The `gemm` crate (no hand-written product).
+    Gemm,
     /// The AVX-512 products of [`x86`].
     Avx512,
     /// The AVX2 products of [`avx2`].
@@ -68,8 +68,8 @@ pub(crate) enum Own {
 
 impl Own {
     /// Whether a hand-written product serves the call.
-    pub(crate) fn any(self) -> bool {
-        self != Own::No
+    pub(crate) fn hand_written(self) -> bool {
+        self != Own::Gemm
     }
 }
 

@@ -111,7 +111,8 @@ impl ConvDims {
     pub(crate) fn wide(&self) -> bool {
         // Without the own kernels each tap is a `gemm` with the channels as inner
         // dimension, which needs enough channels to run well.
-        (self.wide_geometry() && (self.own().any() || self.c.min(self.o) >= 16)) || self.compact()
+        (self.wide_geometry() && (self.own().hand_written() || self.c.min(self.o) >= 16))
+            || self.compact()
     }
     /// The geometric half of [`ConvDims::wide`]: phase planes cover every tap and
     /// the discarded share is small.
@@ -156,7 +157,7 @@ impl ConvDims {
         let (k, p) = (self.win.kernel, self.win.padding);
         p.max((k - 1).saturating_sub(p))
     }
-    /// Which hand-written kernels serve this convolution. AVX-512: up to 32
+    /// Which products serve this convolution (`Own::Gemm`: the `gemm` crate). AVX-512: up to 32
     /// channels, where `gemm`'s packing costs as much as its multiply; with more
     /// channels `gemm` is as fast or faster (measured on ResNet-18 layers: equal at
     /// 64, slower dW at 128 and up), except where the AVX2 products serve beside
@@ -178,7 +179,7 @@ impl ConvDims {
         {
             Own::Avx2
         } else {
-            Own::No
+            Own::Gemm
         }
     }
     /// Whether the wide path's forward and input-gradient products skip the

@@ -165,7 +165,7 @@ pub(crate) fn wide_product(d: ConvDims, cols: usize, wide: &mut [f32], wt: &[f32
     let (k, s, wph) = (d.win.kernel, d.win.stride, d.wph());
     let (ckk, kk) = (d.ckk(), k * k);
     #[cfg(target_arch = "x86_64")]
-    if d.own().any() {
+    if d.own().hand_written() {
         let off = view_offsets(d.c, cols, k, wph, s);
         mm_offsets(
             d.own(),
@@ -220,7 +220,7 @@ pub(crate) fn wide_dw(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if d.own().any() && d.c <= 64 {
+    if d.own().hand_written() && d.c <= 64 {
         // dW (o×ckk) += gy0 · viewsᵀ: dot products along the group's columns,
         // straight into dW's layout (no transposed copy to add back). Up to 64
         // channels, where the views of a group fit in L2: 32 → 36 GFLOP/s on one
@@ -257,7 +257,7 @@ pub(crate) fn wide_gx_flip(d: ConvDims, cols: usize, wide: &mut [f32], wflip: &[
     let (k, wp) = (d.win.kernel, d.wph());
     let (kk, okk) = (k * k, d.o * k * k);
     #[cfg(target_arch = "x86_64")]
-    if d.own().any() {
+    if d.own().hand_written() {
         let goff = view_offsets(d.o, cols, k, wp, 1);
         mm_offsets(
             d.own(),

@@ -374,7 +374,7 @@ fn convolve(
     let own = if kernels::avx2_products() {
         Own::Avx2
     } else {
-        Own::No
+        Own::Gemm
     };
     for (xg, yg) in xs.chunks(g * chw).zip(ys.chunks_mut(g * ohw)) {
         let ns = xg.len() / chw;
