@@ -233,16 +233,6 @@ impl Chain {
         })
     }
 
-    /// The declared input `(channels, height, width)`.
-    pub fn input_shape(&self) -> (usize, usize, usize) {
-        self.input
-    }
-
-    /// The number of views per image.
-    pub fn num_views(&self) -> usize {
-        self.pipelines.len()
-    }
-
     /// The pipeline of each view (multi-crop pipelines start with their crop).
     pub fn pipelines(&self) -> &[Vec<Op>] {
         &self.pipelines

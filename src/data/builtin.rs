@@ -63,13 +63,3 @@ pub fn fashion_mnist_subset() -> Result<(Dataset, Dataset), DataError> {
     let test = decode(TEST_IMAGES, TEST_LABELS, "t10k")?;
     Ok((train, test))
 }
-
-/// The embedded files, `(file name, gzipped bytes)`, e.g. for `recipe` to export them.
-pub fn embedded_files() -> [(&'static str, &'static [u8]); 4] {
-    [
-        ("train-images-idx3-ubyte.gz", TRAIN_IMAGES),
-        ("train-labels-idx1-ubyte.gz", TRAIN_LABELS),
-        ("t10k-images-idx3-ubyte.gz", TEST_IMAGES),
-        ("t10k-labels-idx1-ubyte.gz", TEST_LABELS),
-    ]
-}

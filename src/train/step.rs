@@ -239,10 +239,4 @@ impl<D: EngineDevice> Trainer<D> {
         self.step = meta.step;
         Ok(meta)
     }
-
-    /// The feature dimension of the objective's embeddings.
-    pub fn embedding_dim(&self) -> usize {
-        let m = self.encoder.model();
-        m.head.as_ref().map_or(m.backbone.out_dim, |h| h.out_dim)
-    }
 }
