@@ -656,25 +656,10 @@ pub fn thousands(n: usize) -> String {
     out
 }
 
-/// Removes `.` and `a/..` pairs without touching the file system, as the recipe loader
-/// does with data paths (so a relative path written here means to the loader what it
-/// means here, symbolic links or not).
-fn normalize(p: &Path) -> PathBuf {
-    let mut out: Vec<Component> = Vec::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir if matches!(out.last(), Some(Component::Normal(_))) => {
-                out.pop();
-            }
-            c => out.push(c),
-        }
-    }
-    out.iter().collect()
-}
-
 fn absolute(p: &Path) -> PathBuf {
-    normalize(&std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
+    crate::spec::load::normalize_lexically(
+        &std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()),
+    )
 }
 
 /// `target` relative to the folder `base` (both made absolute first); `target` itself

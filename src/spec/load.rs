@@ -599,8 +599,10 @@ fn resolve_data_paths(doc: &mut Node, sources: &Sources) {
     }
 }
 
-/// Removes `.` and `a/..` pairs without touching the file system.
-fn normalize_lexically(p: &Path) -> PathBuf {
+/// Removes `.` and `a/..` pairs without touching the file system (so a relative path
+/// means the same whether or not its folders are symbolic links); `recipe init` uses it
+/// too, so the paths it writes mean to the loader what they mean there.
+pub(crate) fn normalize_lexically(p: &Path) -> PathBuf {
     use std::path::Component;
     let mut out: Vec<Component> = Vec::new();
     for c in p.components() {
