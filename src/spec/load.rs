@@ -16,7 +16,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::Recipe;
-use super::schema::Validator;
+use super::validate::Validator;
 use super::yaml::{self, Key, Node, NodeKind};
 use crate::diag::{Diagnostic, FileId, Sources, Span};
 

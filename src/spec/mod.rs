@@ -17,6 +17,7 @@ pub mod model;
 pub mod optim;
 pub mod schema;
 pub mod train;
+pub mod validate;
 pub mod yaml;
 
 use schemars::JsonSchema;
