@@ -1,0 +1,279 @@
+//! The rules of the loss and the optimisation: each method's keys (queues that are
+//! multiples of the batch, momenta, temperatures), the optimiser and the schedule.
+
+use super::*;
+
+pub(super) fn check_loss(r: &Recipe, out: &mut Vec<Diagnostic>) {
+    let batch = r.train.batch_size;
+    let views = r.augment.total_views();
+    let multi_crop_ok = matches!(r.loss, Loss::Swav { .. });
+    if r.augment.multi_crop.is_some() && !multi_crop_ok {
+        err(
+            out,
+            "augment.multi_crop",
+            format!(
+                "`{}` does not use multi-crop; only `swav` does",
+                r.loss.method()
+            ),
+        )
+        .help = Some("remove `multi_crop`, or use `method: swav`".into());
+    }
+    match &r.loss {
+        Loss::Simclr { temperature } => {
+            positive(out, "loss.temperature", "temperature", *temperature);
+            if views < 2 {
+                err(
+                    out,
+                    "augment.views",
+                    format!(
+                        "SimCLR contrasts views of one image, so it needs at least 2 views, found {views}"
+                    ),
+                );
+            }
+        }
+        Loss::Moco {
+            temperature,
+            momentum,
+            queue_size,
+            symmetric,
+        } => {
+            positive(out, "loss.temperature", "temperature", *temperature);
+            unit_open(out, "loss.momentum", "momentum", *momentum);
+            // The symmetric loss enqueues the keys of both views every step.
+            let per_step = if *symmetric {
+                batch.saturating_mul(2)
+            } else {
+                batch
+            };
+            if *queue_size == 0 || per_step == 0 || queue_size % per_step != 0 {
+                let msg = if *symmetric {
+                    format!(
+                        "queue_size must be a positive multiple of 2 × the batch size ({per_step}), because the symmetric loss enqueues the keys of both views each step; found {queue_size}"
+                    )
+                } else {
+                    format!(
+                        "queue_size must be a positive multiple of the batch size ({batch}), found {queue_size}"
+                    )
+                };
+                let e = err(out, "loss.queue_size", msg);
+                if let Some(size) = nearest_multiple(*queue_size, per_step) {
+                    e.help = Some(format!("use {size} ({} × {per_step})", size / per_step));
+                }
+            }
+            if views != 2 {
+                err(
+                    out,
+                    "augment.views",
+                    format!(
+                        "MoCo uses a query and a key view, so it needs exactly 2 views, found {views}"
+                    ),
+                );
+            }
+        }
+        Loss::MemoryBank {
+            temperature,
+            bank_momentum,
+            negatives,
+            shared_negatives: _,
+        } => {
+            positive(out, "loss.temperature", "temperature", *temperature);
+            unit_open(out, "loss.bank_momentum", "bank_momentum", *bank_momentum);
+            if *negatives == 0 {
+                err(
+                    out,
+                    "loss.negatives",
+                    "the memory bank needs at least one negative",
+                );
+            }
+            if let Some(n) = known_len(r, false)
+                && *negatives >= n
+            {
+                err(
+                    out,
+                    "loss.negatives",
+                    format!(
+                        "{negatives} negatives cannot be drawn from a bank of {n} training images"
+                    ),
+                )
+                .help = Some(format!("use fewer than {n}"));
+            }
+        }
+        Loss::Swav {
+            temperature,
+            prototypes,
+            epsilon,
+            sinkhorn_iterations,
+            queue,
+            ..
+        } => {
+            positive(out, "loss.temperature", "temperature", *temperature);
+            positive(out, "loss.epsilon", "epsilon", *epsilon);
+            if *prototypes < 2 {
+                err(
+                    out,
+                    "loss.prototypes",
+                    format!("SwAV needs at least 2 prototypes, found {prototypes}"),
+                );
+            }
+            if *sinkhorn_iterations == 0 {
+                err(
+                    out,
+                    "loss.sinkhorn_iterations",
+                    "Sinkhorn-Knopp needs at least one iteration",
+                );
+            }
+            if views < 2 {
+                err(
+                    out,
+                    "augment.views",
+                    format!(
+                        "SwAV predicts the code of one view from another, so it needs at least 2 views, found {views}"
+                    ),
+                );
+            }
+            if let Some(q) = queue {
+                if batch > 0 && q.size % batch != 0 {
+                    let e = err(
+                        out,
+                        "loss.queue.size",
+                        format!(
+                            "the SwAV queue size must be a multiple of the batch size ({batch}), found {}",
+                            q.size
+                        ),
+                    );
+                    if let Some(size) = nearest_multiple(q.size, batch) {
+                        e.help = Some(format!("use {size} ({} × {batch})", size / batch));
+                    }
+                }
+                if r.train.epochs > 0 && q.start_epoch >= r.train.epochs {
+                    err(
+                        out,
+                        "loss.queue.start_epoch",
+                        format!(
+                            "the queue starts at epoch {} but training has only {} epoch(s)",
+                            q.start_epoch, r.train.epochs
+                        ),
+                    );
+                }
+            }
+        }
+        Loss::Supcon {
+            temperature,
+            base_temperature,
+        } => {
+            positive(out, "loss.temperature", "temperature", *temperature);
+            positive(
+                out,
+                "loss.base_temperature",
+                "base_temperature",
+                *base_temperature,
+            );
+            if !r.data.labels {
+                err(out, "loss.method", "SupCon needs labels, but `data.labels` is false").help = Some("set `data.labels: true` with a labelled source, or use a self-supervised method".into());
+            }
+        }
+    }
+}
+
+pub(super) fn check_optim(r: &Recipe, out: &mut Vec<Diagnostic>) {
+    let o = &r.optimizer;
+    positive(out, "optimizer.lr", "the learning rate", o.lr());
+    if o.weight_decay() < 0.0 {
+        err(
+            out,
+            "optimizer.weight_decay",
+            format!("weight_decay must be ≥ 0, found {}", o.weight_decay()),
+        );
+    }
+    match o {
+        Optimizer::Sgd {
+            momentum, nesterov, ..
+        } => {
+            unit_open(out, "optimizer.momentum", "momentum", *momentum);
+            if *nesterov && *momentum == 0.0 {
+                err(
+                    out,
+                    "optimizer.nesterov",
+                    "Nesterov momentum needs a momentum above 0",
+                );
+            }
+        }
+        Optimizer::Lars {
+            momentum,
+            trust_coefficient,
+            ..
+        } => {
+            unit_open(out, "optimizer.momentum", "momentum", *momentum);
+            positive(
+                out,
+                "optimizer.trust_coefficient",
+                "trust_coefficient",
+                *trust_coefficient,
+            );
+        }
+        Optimizer::Adamw { betas, eps, .. } => {
+            for (i, b) in betas.iter().enumerate() {
+                unit_open(out, &format!("optimizer.betas.{i}"), "beta", *b);
+            }
+            positive(out, "optimizer.eps", "eps", *eps);
+        }
+    }
+    let epochs = r.train.epochs;
+    match &r.schedule {
+        Schedule::Constant => {}
+        Schedule::Step { milestones, gamma } => {
+            if *gamma <= 0.0 || *gamma > 1.0 {
+                err(
+                    out,
+                    "schedule.gamma",
+                    format!("gamma must be in (0, 1], found {gamma}"),
+                );
+            }
+            for (i, m) in milestones.iter().enumerate() {
+                if (epochs > 0 && *m >= epochs) || *m == 0 {
+                    err(
+                        out,
+                        format!("schedule.milestones.{i}"),
+                        format!("milestone {m} is outside the training run (epochs 1..{epochs})"),
+                    );
+                }
+                if i > 0 && *m <= milestones[i - 1] {
+                    err(
+                        out,
+                        format!("schedule.milestones.{i}"),
+                        "milestones must be strictly increasing",
+                    );
+                }
+            }
+        }
+        Schedule::WarmupCosine {
+            warmup_epochs,
+            warmup_start_lr,
+            final_lr,
+        } => {
+            if *warmup_epochs < 0.0 {
+                err(
+                    out,
+                    "schedule.warmup_epochs",
+                    format!("warmup_epochs cannot be negative, found {warmup_epochs}"),
+                );
+            } else if epochs > 0 && *warmup_epochs >= epochs as f64 {
+                err(out, "schedule.warmup_epochs", format!("warmup ({warmup_epochs} epochs) must be shorter than training ({epochs} epochs)")).help = Some(format!("use fewer than {epochs} warmup epochs, or train longer"));
+            }
+            if *warmup_start_lr < 0.0 {
+                err(
+                    out,
+                    "schedule.warmup_start_lr",
+                    "learning rates cannot be negative",
+                );
+            }
+            if *final_lr < 0.0 {
+                err(
+                    out,
+                    "schedule.final_lr",
+                    "learning rates cannot be negative",
+                );
+            }
+        }
+    }
+}
