@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use recipe::experiment::{self, ExperimentError, RunOutcome, RunRequest};
-use recipe::train::run::Progress;
+use recipe::train::fit::Progress;
 use recipe::train::{rundir, signal};
 
 use super::load_valid;

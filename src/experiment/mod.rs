@@ -21,8 +21,8 @@ use crate::eval::downstream::DownstreamError;
 use crate::report::ReportError;
 use crate::spec::Recipe;
 use crate::train::TrainError;
+use crate::train::fit::Progress;
 use crate::train::resume::Change;
-use crate::train::run::Progress;
 use crate::train::rundir;
 
 mod eval;

@@ -23,8 +23,8 @@ use crate::report::metrics::MetricsWriter;
 use crate::runtime;
 use crate::spec::Recipe;
 use crate::train::TrainError;
+use crate::train::fit::{LoopConfig, Progress, train_loop};
 use crate::train::resume::{self, Change, Invocation};
-use crate::train::run::{LoopConfig, Progress, train_loop};
 use crate::train::rundir;
 use crate::train::step::Trainer;
 

@@ -1,10 +1,10 @@
 //! Training: one step of a recipe's objective ([`step`]), and the loop that runs the
-//! epochs, writes the run directory and resumes ([`run`]).
+//! epochs, writes the run directory and resumes ([`fit`]).
 //!
 //! `recipe bench` times [`step::Trainer::step`], the same step `recipe run` takes.
 
+pub mod fit;
 pub mod resume;
-pub mod run;
 pub mod rundir;
 pub mod signal;
 pub mod step;
