@@ -88,6 +88,11 @@ pub struct BuildArgs<'a, D: EngineDevice> {
     pub batch: usize,
     /// Seeds the method's initial state and its per-step draws.
     pub seed: u64,
+    /// Epochs of the run (the length a method's own schedules span: BYOL's and DINO's
+    /// target momentum, DINO's teacher temperature warmup).
+    pub epochs: u64,
+    /// Optimiser steps per epoch.
+    pub steps_per_epoch: u64,
 }
 
 /// What `recipe plan` knows of the model when it asks a method for its costs.
@@ -184,7 +189,9 @@ impl MethodConfig {
 ///
 /// `views` is the number of views per image, `batch` the images per step (MoCo's queue
 /// must be a multiple of the keys it enqueues per step), `seed` seeds the initial queue
-/// and bank and the negatives sampled each step.
+/// and bank and the negatives sampled each step; `epochs × steps_per_epoch` is the
+/// run's length, over which a method's own schedules run.
+#[allow(clippy::too_many_arguments)]
 pub fn build<D: EngineDevice>(
     cfg: &MethodConfig,
     encoder: &Encoder,
@@ -192,6 +199,8 @@ pub fn build<D: EngineDevice>(
     views: usize,
     batch: usize,
     seed: u64,
+    epochs: u64,
+    steps_per_epoch: u64,
 ) -> Result<Box<dyn Objective<D>>, ObjectiveError> {
     let model = encoder.model();
     let dim = model
@@ -205,6 +214,8 @@ pub fn build<D: EngineDevice>(
         views,
         batch,
         seed,
+        epochs,
+        steps_per_epoch,
     };
     for_each_method!(cfg, c => c.build(&on))
 }
@@ -302,7 +313,7 @@ mod tests {
             } else {
                 2
             };
-            let mut obj = build(&cfg, &encoder, &store, views, 8, 5).unwrap();
+            let mut obj = build(&cfg, &encoder, &store, views, 8, 5, 2, 10).unwrap();
             let layout = cfg.state_layout(6);
             assert_eq!(obj.state_layout(), layout, "{name}: objective vs config");
             let state = obj.state();

@@ -89,7 +89,16 @@ impl<D: EngineDevice> Trainer<D> {
         let optimizer = Optimizer::new(p.optimizer)?;
         let schedule = Schedule::new(&p.schedule, p.peak_lr, p.epochs, p.steps_per_epoch)?;
         let encoder = Encoder::new(model);
-        let objective = objective::build(&p.method, &encoder, &store, p.views, p.batch, p.seed)?;
+        let objective = objective::build(
+            &p.method,
+            &encoder,
+            &store,
+            p.views,
+            p.batch,
+            p.seed,
+            p.epochs,
+            p.steps_per_epoch,
+        )?;
         Ok(Trainer {
             encoder,
             store,
