@@ -162,12 +162,16 @@ fn evaluate_on<D: EngineDevice>(
     // The recipe's tasks (or the named ones), with the recipe form of each for the
     // merge key of `eval.json`.
     let keep = |name: &str| only.is_none_or(|names| names.iter().any(|n| n == name));
-    let ran: Vec<&Task> = r.downstream.iter().filter(|t| keep(t.name())).collect();
-    let tasks: Vec<DTask> = crate::build::downstream(r)
-        .map_err(recipe_err)?
-        .into_iter()
-        .filter(|t| keep(t.name()))
-        .collect();
+    // `build::downstream` maps the recipe's tasks one to one, in order: pair them
+    // before choosing, so each result keeps its own recipe form.
+    let built = crate::build::downstream(r).map_err(recipe_err)?;
+    debug_assert_eq!(built.len(), r.downstream.len());
+    let (ran, tasks): (Vec<&Task>, Vec<DTask>) = r
+        .downstream
+        .iter()
+        .zip(built)
+        .filter(|(t, _)| keep(t.name()))
+        .unzip();
     let untrained = crate::build::model(r, model.input.1).map_err(recipe_err)?;
     let mut enc = Encoders::new(
         &model,

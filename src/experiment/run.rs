@@ -65,9 +65,10 @@ fn run_on<D: EngineDevice>(
     let hash = recipe_hash(r);
     // Changes `--force` lets through; applied once the checkpoint has loaded.
     let mut forced: Vec<Change> = Vec::new();
+    let mut previous: Option<Recipe> = None;
     let dir = match &req.resume {
         Some(dir) => {
-            forced = check_resume(dir, r, req.force)?;
+            (forced, previous) = check_resume(dir, r, req.force)?;
             if forced.is_empty() && dir.join("results.json").is_file() {
                 return Err(usage_err(format!(
                     "`{d}` has finished ({} epochs) and its results are written. To train \
@@ -170,19 +171,15 @@ fn run_on<D: EngineDevice>(
         let mut archived = None;
         if !forced.is_empty() {
             // The old recipe's last learning rate, for the warning (it may no longer
-            // load; then the warning omits it).
-            let old_lr = crate::spec::Loader::new()
-                .load_file(&dir.join(rundir::RECIPE_FILE), &[])
-                .ok()
-                .and_then(|l| l.valid_recipe().cloned())
-                .and_then(|old| {
-                    lr_at(
-                        &old,
-                        train.len(),
-                        loader.batches_per_epoch() as u64,
-                        start_step.checked_sub(1)?,
-                    )
-                });
+            // parse; then the warning omits it).
+            let old_lr = previous.as_ref().and_then(|old| {
+                lr_at(
+                    old,
+                    train.len(),
+                    loader.batches_per_epoch() as u64,
+                    start_step.checked_sub(1)?,
+                )
+            });
             let rel = resume::archive(&dir, start_step).map_err(files_err)?;
             rundir::write_text(&dir.join(rundir::RECIPE_FILE), &text)
                 .map_err(ExperimentError::Files)?;
@@ -446,7 +443,13 @@ fn run_on<D: EngineDevice>(
 }
 
 /// The changes between `dir`'s recipe in force and `r`: refused unless `force`.
-fn check_resume(dir: &Path, r: &Recipe, force: bool) -> Result<Vec<Change>, ExperimentError> {
+/// The changes `--force` lets through, with the run's previous recipe when it still
+/// parses (read once: the warning quotes its last learning rate).
+fn check_resume(
+    dir: &Path,
+    r: &Recipe,
+    force: bool,
+) -> Result<(Vec<Change>, Option<Recipe>), ExperimentError> {
     let old = resume::read_recipe_value(dir).map_err(files_err)?;
     let new = serde_json::to_value(r).map_err(recipe_err)?;
     let changes = resume::changes(&old, &new);
@@ -456,7 +459,7 @@ fn check_resume(dir: &Path, r: &Recipe, force: bool) -> Result<Vec<Change>, Expe
             changes,
         });
     }
-    Ok(changes)
+    Ok((changes, serde_json::from_value(old).ok()))
 }
 
 /// The learning rate `r`'s schedule gives step `step` of a run with `dataset_len`

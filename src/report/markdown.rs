@@ -57,18 +57,6 @@ fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace(['\n', '\r'], " ")
 }
 
-fn duration(secs: f64) -> String {
-    if !secs.is_finite() || secs < 0.0 {
-        return "—".into();
-    }
-    let s = secs.round() as u64;
-    match s {
-        _ if secs < 60.0 => format!("{secs:.1} s"),
-        _ if s < 3600 => format!("{} min {} s", s / 60, s % 60),
-        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
-    }
-}
-
 fn number(v: Option<f64>) -> String {
     match v {
         Some(v) if v.is_finite() => format!("{v:.2}"),
@@ -108,7 +96,7 @@ pub fn render_report(input: &ReportInput) -> String {
         let _ = writeln!(out, "- Override: `--set {}`", o.replace('`', "'"));
     }
     for (name, secs) in &input.timings {
-        let _ = writeln!(out, "- {}: {}", name, duration(*secs));
+        let _ = writeln!(out, "- {}: {}", name, super::duration(*secs));
     }
     if let Some(v) = input.images_per_s {
         let _ = writeln!(out, "- Throughput: {v:.1} images/s");

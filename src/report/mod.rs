@@ -125,3 +125,17 @@ pub(crate) fn save_rgb(
             source,
         })
 }
+
+/// A duration as people read it, the one format of the log lines (the ETA) and of
+/// `report.md`: `42.0 s` under a minute, `3 min 7 s`, `1 h 2 min`; `—` when unknown.
+pub fn duration(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return "—".into();
+    }
+    let s = secs.round() as u64;
+    match s {
+        _ if secs < 60.0 => format!("{secs:.1} s"),
+        _ if s < 3600 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}

@@ -113,19 +113,6 @@ fn meta(
     }
 }
 
-/// `1h 02m`, `3m 07s`, `12s`: a duration for log lines.
-pub fn human_duration(secs: f64) -> String {
-    if !secs.is_finite() || secs < 0.0 {
-        return "?".into();
-    }
-    let s = secs.round() as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
-        _ => format!("{}h {:02}m", s / 3600, s % 3600 / 60),
-    }
-}
-
 /// Whether any rank wants to stop (every rank gets the same answer).
 fn agree<D: EngineDevice>(trainer: &Trainer<D>, stop: bool) -> bool {
     let dist = trainer.collective();
@@ -248,7 +235,7 @@ pub fn train_loop<D: EngineDevice>(
                         st.loss,
                         st.lr,
                         ips,
-                        human_duration(eta)
+                        crate::report::duration(eta)
                     );
                 }
                 if let Some(bar) = &bar {
