@@ -4,6 +4,7 @@ use dfdx::prelude::Cpu;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use recipe::data::Dataset;
+use recipe::eval::fine_tune::Augmentation;
 use recipe::eval::{EvalError, FineTuneConfig, Normalize, Which, extract, fine_tune, raw_pixels};
 use recipe::nn::model::{BackboneConfig, BackboneKind, HeadConfig, Model, ModelConfig};
 use recipe::nn::params::ParamStore;
@@ -135,9 +136,19 @@ fn fine_tuning_learns_the_task_on_a_copy_of_the_store() {
         &test,
         &norm(),
         &FineTuneConfig { lr: 0.0, ..cfg },
+        &Augmentation::Flip,
     )
     .unwrap();
-    let tuned = fine_tune(&model, &store, &train, &test, &norm(), &cfg).unwrap();
+    let tuned = fine_tune(
+        &model,
+        &store,
+        &train,
+        &test,
+        &norm(),
+        &cfg,
+        &Augmentation::Flip,
+    )
+    .unwrap();
     assert!(tuned.top1 >= 95.0, "fine-tuned top-1 {}", tuned.top1);
     assert!(
         tuned.top1 > untrained.top1,
@@ -152,7 +163,16 @@ fn fine_tuning_learns_the_task_on_a_copy_of_the_store() {
         "the caller's store must not change"
     );
     // Deterministic for a seed.
-    let again = fine_tune(&model, &store, &train, &test, &norm(), &cfg).unwrap();
+    let again = fine_tune(
+        &model,
+        &store,
+        &train,
+        &test,
+        &norm(),
+        &cfg,
+        &Augmentation::Flip,
+    )
+    .unwrap();
     assert_eq!(again, tuned);
 }
 
@@ -177,13 +197,29 @@ fn fine_tuning_rejects_bad_settings() {
         },
     ] {
         assert!(matches!(
-            fine_tune(&model, &store, &data, &data, &norm(), &bad),
+            fine_tune(
+                &model,
+                &store,
+                &data,
+                &data,
+                &norm(),
+                &bad,
+                &Augmentation::Flip
+            ),
             Err(EvalError::Config(_))
         ));
     }
     let unlabelled = data.clone().without_labels();
     assert!(matches!(
-        fine_tune(&model, &store, &unlabelled, &data, &norm(), &cfg),
+        fine_tune(
+            &model,
+            &store,
+            &unlabelled,
+            &data,
+            &norm(),
+            &cfg,
+            &Augmentation::Flip
+        ),
         Err(EvalError::Data(_))
     ));
 }

@@ -178,15 +178,34 @@ fn the_held_out_split_picks_the_weight_decay_that_generalises() {
 }
 
 #[test]
-fn choosing_needs_candidates_and_enough_rows() {
+fn choosing_needs_candidates_and_uses_the_first_when_a_class_has_one_row() {
     let (train, test) = (clusters(40, 1.0, 1), clusters(20, 1.0, 2));
     assert!(matches!(
         linear_probe_select(&train, &test, &cfg(), &[]),
         Err(EvalError::Config(_))
     ));
+    // One row per class: no split can score a candidate.
     let tiny = train.select(&[0, 50, 100]);
-    assert!(matches!(
-        linear_probe_select(&tiny, &test, &cfg(), &[0.0, 1.0]),
-        Err(EvalError::Data(_))
-    ));
+    let (r, wd, held) = linear_probe_select(&tiny, &test, &cfg(), &[1.0, 0.0]).unwrap();
+    assert_eq!((wd, held), (1.0, None));
+    let c = ProbeConfig {
+        weight_decay: 1.0,
+        ..cfg()
+    };
+    assert_eq!(r, linear_probe(&tiny, &test, &c).unwrap());
+}
+
+#[test]
+fn few_labels_per_class_cross_validate_the_weight_decay() {
+    // 4 rows per class: a held-out 10% would be one row, so 4 stratified folds (one
+    // row per class each) score each candidate: the mean over the folds, here 11 of
+    // the 12 held-out predictions right.
+    let (train, test) = (clusters(4, 1.0, 1), clusters(20, 1.0, 2));
+    let (r, wd, held) = linear_probe_select(&train, &test, &cfg(), &[0.0, 50.0]).unwrap();
+    assert_eq!(wd, 0.0);
+    assert!((held.unwrap() - 100.0 * 11.0 / 12.0).abs() < 1e-9, "{held:?}");
+    assert_eq!(r, linear_probe(&train, &test, &cfg()).unwrap());
+    // The folds are drawn from the seed: the same call gives the same score.
+    let a = linear_probe_select(&train, &test, &cfg(), &[0.0, 50.0]).unwrap();
+    assert_eq!(a, linear_probe_select(&train, &test, &cfg(), &[0.0, 50.0]).unwrap());
 }

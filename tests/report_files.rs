@@ -33,6 +33,16 @@ fn input() -> ReportInput {
                 ),
             ],
         },
+        tables: vec![(
+            "Label efficiency: kNN top-1 (k=20) (%)".into(),
+            MetricsTable {
+                columns: vec!["trained".into(), "supervised (from scratch)".into()],
+                rows: vec![
+                    ("1% (100 labels)".into(), vec![Some(60.3), None]),
+                    ("100% (10000 labels)".into(), vec![Some(81.05), Some(88.4)]),
+                ],
+            },
+        )],
         notes: vec!["Baselines use the same evaluation settings.".into()],
         figures: vec![
             ("Training loss".into(), "plots/loss.png".into()),
@@ -72,11 +82,15 @@ fn report_has_the_facts_the_table_and_the_links() {
             "missing line {line:?} in\n{text}"
         );
     }
-    // Every table row has as many cells as the header.
+    // Every table row has as many cells as its header: the downstream table (5 lines)
+    // and the label-efficiency table under its own heading (4 lines).
     let cells = |l: &str| l.replace("\\|", "").matches('|').count();
     let rows: Vec<&str> = text.lines().filter(|l| l.starts_with('|')).collect();
-    assert_eq!(rows.len(), 5);
-    assert!(rows.iter().all(|l| cells(l) == cells(rows[0])));
+    assert_eq!(rows.len(), 9);
+    assert!(rows[..5].iter().all(|l| cells(l) == cells(rows[0])));
+    assert!(rows[5..].iter().all(|l| cells(l) == cells(rows[5])));
+    assert!(text.contains("\n### Label efficiency: kNN top-1 (k=20) (%)\n"), "{text}");
+    assert!(text.contains("| 1% (100 labels) | 60.30 | — |"), "{text}");
 }
 
 #[test]

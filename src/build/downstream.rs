@@ -22,6 +22,7 @@ pub fn downstream(r: &Recipe) -> Result<Vec<eval::downstream::Task>, String> {
                 features,
                 baselines,
                 every_epochs,
+                label_fraction,
             } => Task::Knn(eval::knn::KnnTask {
                 cfg: eval::KnnConfig {
                     k: *k,
@@ -34,6 +35,7 @@ pub fn downstream(r: &Recipe) -> Result<Vec<eval::downstream::Task>, String> {
                 features: which(*features),
                 baselines: *baselines,
                 every_epochs: *every_epochs,
+                fractions: label_fraction.values(),
             }),
             SpecTask::LinearProbe {
                 epochs,
@@ -43,6 +45,7 @@ pub fn downstream(r: &Recipe) -> Result<Vec<eval::downstream::Task>, String> {
                 features,
                 standardize,
                 baselines,
+                label_fraction,
             } => Task::LinearProbe(eval::linear_probe::ProbeTask {
                 cfg: eval::ProbeConfig {
                     epochs: *epochs,
@@ -55,6 +58,7 @@ pub fn downstream(r: &Recipe) -> Result<Vec<eval::downstream::Task>, String> {
                 weight_decays: weight_decay.candidates(),
                 features: which(*features),
                 baselines: *baselines,
+                fractions: label_fraction.values(),
             }),
             SpecTask::FineTune {
                 epochs,
@@ -62,16 +66,38 @@ pub fn downstream(r: &Recipe) -> Result<Vec<eval::downstream::Task>, String> {
                 lr,
                 backbone_lr_scale,
                 weight_decay,
-            } => Task::FineTune(eval::fine_tune::FineTuneTask {
-                cfg: eval::FineTuneConfig {
-                    epochs: *epochs,
-                    batch_size: *batch_size,
-                    lr: *lr,
-                    backbone_lr_scale: *backbone_lr_scale,
-                    weight_decay: *weight_decay,
-                    seed: r.seed,
-                },
-            }),
+                label_fraction,
+                supervised,
+            } => {
+                let fractions = label_fraction.values();
+                let supervised = match supervised {
+                    Some(s) => {
+                        // The supervised baseline trains on the recipe's first view.
+                        let chain = crate::build::augment::chain(&r.augment, &r.data)
+                            .map_err(|e| e.to_string())?;
+                        Some(eval::fine_tune::SupervisedConfig {
+                            epochs: s.epochs.per_fraction(fractions.len()),
+                            lr: s.lr,
+                            weight_decay: s.weight_decay,
+                            augment: std::sync::Arc::new(chain.pipelines()[0].clone()),
+                        })
+                    }
+                    None => None,
+                };
+                Task::FineTune(eval::fine_tune::FineTuneTask {
+                    cfg: eval::FineTuneConfig {
+                        epochs: epochs.per_fraction(1)[0],
+                        batch_size: *batch_size,
+                        lr: *lr,
+                        backbone_lr_scale: *backbone_lr_scale,
+                        weight_decay: *weight_decay,
+                        seed: r.seed,
+                    },
+                    epochs: epochs.per_fraction(fractions.len()),
+                    fractions,
+                    supervised,
+                })
+            }
             SpecTask::Visualize {
                 plots,
                 samples,

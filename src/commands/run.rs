@@ -160,20 +160,37 @@ fn print_downstream(results: &serde_json::Value) {
     let Some(tasks) = results.get("downstream").and_then(|d| d.as_array()) else {
         return;
     };
-    for t in tasks {
-        let name = t["task"].as_str().unwrap_or("?");
+    // One line per task, or per labelled fraction when the task measured several.
+    let line = |label: &str, v: &serde_json::Value| {
         let mut parts = Vec::new();
-        for row in ["trained", "untrained_network", "raw_pixels"] {
-            if let Some(v) = t
+        for row in ["trained", "untrained_network", "raw_pixels", "supervised"] {
+            if let Some(x) = v
                 .get(row)
-                .and_then(|v| v.get("top1"))
-                .and_then(|v| v.as_f64())
+                .and_then(|r| r.get("top1"))
+                .and_then(|x| x.as_f64())
             {
-                parts.push(format!("{} {v:.2}%", row.replace('_', " ")));
+                parts.push(format!("{} {x:.2}%", row.replace('_', " ")));
             }
         }
         if !parts.is_empty() {
-            println!("{name} top-1: {}", parts.join(", "));
+            println!("{label} top-1: {}", parts.join(", "));
+        }
+    };
+    for t in tasks {
+        let name = t["task"].as_str().unwrap_or("?");
+        match t.get("by_fraction").and_then(|b| b.as_array()) {
+            Some(points) => {
+                for p in points {
+                    let f = p["fraction"].as_f64().unwrap_or(f64::NAN);
+                    let label = format!(
+                        "{name} at {} ({} labels)",
+                        recipe::eval::subsets::percent(f),
+                        p["labels"]
+                    );
+                    line(&label, p);
+                }
+            }
+            None => line(name, t),
         }
     }
 }

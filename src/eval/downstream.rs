@@ -32,7 +32,8 @@ use crate::report::ReportError;
 use crate::report::markdown::MetricsTable;
 use crate::report::metrics::{Kind, MetricsWriter, Record};
 
-/// The rows of every table: the trained encoder and its two baselines.
+/// The rows of every table: the trained encoder, its two baselines, and the
+/// supervised network trained from scratch on the labels (`fine_tune` only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Row {
     /// The encoder as trained.
@@ -41,11 +42,21 @@ pub enum Row {
     Untrained,
     /// The normalised pixels themselves.
     RawPixels,
+    /// The backbone trained from scratch with cross-entropy on the labelled images.
+    Supervised,
 }
 
 impl Row {
     /// The rows in table order.
-    pub const ALL: [Row; 3] = [Row::Trained, Row::Untrained, Row::RawPixels];
+    pub const ALL: [Row; 4] = [
+        Row::Trained,
+        Row::Untrained,
+        Row::RawPixels,
+        Row::Supervised,
+    ];
+
+    /// The rows a frozen-feature task measures.
+    pub const FEATURES: [Row; 3] = [Row::Trained, Row::Untrained, Row::RawPixels];
 
     /// The row's heading in the report.
     pub fn title(self) -> &'static str {
@@ -53,6 +64,7 @@ impl Row {
             Row::Trained => "trained",
             Row::Untrained => "untrained network",
             Row::RawPixels => "raw pixels",
+            Row::Supervised => "supervised (from scratch)",
         }
     }
 
@@ -62,6 +74,7 @@ impl Row {
             Row::Trained => "trained",
             Row::Untrained => "untrained_network",
             Row::RawPixels => "raw_pixels",
+            Row::Supervised => "supervised",
         }
     }
 
@@ -122,7 +135,27 @@ pub struct Column {
     /// The heading (`kNN top-1 (k=20)`).
     pub name: String,
     /// Percent per row (`None`: not measured for that row).
-    pub values: [Option<f64>; 3],
+    pub values: [Option<f64>; 4],
+}
+
+/// One labelled fraction's top-1 accuracies, per [`Row`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct FractionPoint {
+    /// The fraction of the training labels.
+    pub fraction: f64,
+    /// How many labelled images that is.
+    pub labels: usize,
+    /// Top-1 percent per row (`None`: not measured).
+    pub top1: [Option<f64>; 4],
+}
+
+/// A task's accuracy against the labelled fraction: its report table and plot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Efficiency {
+    /// What is measured (`kNN top-1 (k=20)`).
+    pub metric: String,
+    /// One point per fraction, in the recipe's order.
+    pub points: Vec<FractionPoint>,
 }
 
 /// What one task produced.
@@ -138,6 +171,8 @@ pub struct TaskOutput {
     pub notes: Vec<String>,
     /// `(title, file name)` of the pictures it wrote into the run directory.
     pub figures: Vec<(String, String)>,
+    /// Its accuracy per labelled fraction, when it measured more than the full set.
+    pub efficiency: Option<Efficiency>,
 }
 
 /// What the downstream tasks produced together.
@@ -151,6 +186,9 @@ pub struct DownstreamResults {
     pub notes: Vec<String>,
     /// `(title, file name)` of the pictures written.
     pub figures: Vec<(String, String)>,
+    /// The label-efficiency tables, `(title, table)`: fractions as rows, encoders as
+    /// columns.
+    pub tables: Vec<(String, MetricsTable)>,
 }
 
 /// Why the downstream tasks stopped.
@@ -219,8 +257,11 @@ pub struct Encoders<'a, D: EngineDevice> {
     pub dir: &'a Path,
     /// Images per forward pass.
     pub batch: usize,
+    /// The run's seed (the untrained network, the labelled subsets).
+    pub seed: u64,
     cache: BTreeMap<(Row, u8), (FeatureMatrix, FeatureMatrix)>,
     raw: Option<(FeatureMatrix, FeatureMatrix)>,
+    subsets: BTreeMap<u64, std::sync::Arc<Vec<usize>>>,
 }
 
 impl<'a, D: EngineDevice> Encoders<'a, D> {
@@ -250,9 +291,32 @@ impl<'a, D: EngineDevice> Encoders<'a, D> {
             norm,
             dir,
             batch,
+            seed,
             cache: BTreeMap::new(),
             raw: None,
+            subsets: BTreeMap::new(),
         })
+    }
+
+    /// The training images that keep their labels at `fraction`
+    /// ([`balanced_subset`](super::subsets::balanced_subset) from the run's seed), the
+    /// same for every row and task.
+    pub fn labelled(&mut self, fraction: f64) -> Result<std::sync::Arc<Vec<usize>>, EvalError> {
+        if let Some(s) = self.subsets.get(&fraction.to_bits()) {
+            return Ok(s.clone());
+        }
+        let labels = self
+            .train
+            .labels()
+            .ok_or_else(|| EvalError::Data("the training split has no labels".into()))?;
+        let s = std::sync::Arc::new(super::subsets::balanced_subset(
+            labels,
+            self.train.num_classes(),
+            fraction,
+            self.seed,
+        )?);
+        self.subsets.insert(fraction.to_bits(), s.clone());
+        Ok(s)
     }
 
     /// The test split of a labelled task (checked by [`run_all`] before the task runs).
@@ -288,7 +352,8 @@ impl<'a, D: EngineDevice> Encoders<'a, D> {
         if let std::collections::btree_map::Entry::Vacant(slot) = self.cache.entry(k) {
             let (m, s) = match row {
                 Row::Trained => (self.model, &mut *self.store),
-                Row::Untrained | Row::RawPixels => {
+                // Raw pixels returned above; the supervised row has no frozen features.
+                Row::Untrained | Row::RawPixels | Row::Supervised => {
                     (&self.untrained_model, &mut self.untrained_store)
                 }
             };
@@ -300,23 +365,122 @@ impl<'a, D: EngineDevice> Encoders<'a, D> {
         Ok((a, b))
     }
 
-    /// `measure` of every row (only the trained one unless `baselines`), on the rows'
-    /// training and test features: one result per row, `None` for rows skipped.
+    /// `measure` of every feature row (only the trained one unless `baselines`), on the
+    /// rows' training features (only the images labelled at `fraction`) and test
+    /// features: one result per row, `None` for rows skipped.
     pub fn each_row<R>(
         &mut self,
         baselines: bool,
         w: Which,
+        fraction: f64,
         mut measure: impl FnMut(&FeatureMatrix, &FeatureMatrix) -> Result<R, EvalError>,
-    ) -> Result<[Option<R>; 3], EvalError> {
-        let mut out = [None, None, None];
-        for row in Row::ALL {
+    ) -> Result<[Option<R>; 4], EvalError> {
+        let subset = self.labelled(fraction)?;
+        let mut out = [None, None, None, None];
+        for row in Row::FEATURES {
             if row != Row::Trained && !baselines {
                 continue;
             }
             let (a, b) = self.features(row, w)?;
-            out[row.index()] = Some(measure(a, b)?);
+            out[row.index()] = Some(if fraction == 1.0 {
+                measure(a, b)?
+            } else {
+                measure(&a.select(&subset), b)?
+            });
         }
         Ok(out)
+    }
+}
+
+/// A task measured at each labelled fraction: per fraction the fraction, its number
+/// of labelled images and one result per [`Row`].
+pub type ByFraction<R> = Vec<(f64, usize, [Option<R>; 4])>;
+
+/// What a task reports of [`ByFraction`] results with top-1 and top-5 per row: the
+/// largest fraction's results fill `json`'s row keys (as a task at the full set always
+/// did) and the report columns (named with the fraction when it is below 1); with
+/// several fractions, `json["by_fraction"]` lists every one and the output carries the
+/// label-efficiency table. `extra` adds a row's task-specific fields to its JSON.
+pub fn fraction_output<R>(
+    mut json: Value,
+    metric: &str,
+    short: &str,
+    top5_column: bool,
+    by: &ByFraction<R>,
+    top: impl Fn(&R) -> (f64, f64),
+    extra: impl Fn(&R, &mut Value),
+) -> TaskOutput {
+    let row_json = |r: &R| {
+        let (t1, t5) = top(r);
+        let mut v = serde_json::json!({"top1": t1, "top5": t5});
+        extra(r, &mut v);
+        v
+    };
+    let fractions: Vec<f64> = by.iter().map(|b| b.0).collect();
+    let main = by
+        .iter()
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .expect("at least one fraction");
+    for row in Row::ALL {
+        if let Some(r) = &main.2[row.index()] {
+            json[row.key()] = row_json(r);
+        }
+    }
+    let suffix = if main.0 < 1.0 {
+        format!(" @{}", super::subsets::percent(main.0))
+    } else {
+        String::new()
+    };
+    let top1 = main.2.each_ref().map(|r| r.as_ref().map(|r| top(r).0));
+    let top5 = main.2.each_ref().map(|r| r.as_ref().map(|r| top(r).1));
+    let mut efficiency = None;
+    if by.len() > 1 || main.0 < 1.0 {
+        json["label_fraction"] = serde_json::json!(fractions);
+        json["by_fraction"] = by
+            .iter()
+            .map(|(f, n, res)| {
+                let mut e = serde_json::json!({"fraction": f, "labels": n});
+                for row in Row::ALL {
+                    if let Some(r) = &res[row.index()] {
+                        e[row.key()] = row_json(r);
+                    }
+                }
+                e
+            })
+            .collect();
+    }
+    if by.len() > 1 {
+        efficiency = Some(Efficiency {
+            metric: metric.to_string(),
+            points: by
+                .iter()
+                .map(|(f, n, res)| FractionPoint {
+                    fraction: *f,
+                    labels: *n,
+                    top1: res.each_ref().map(|r| r.as_ref().map(|r| top(r).0)),
+                })
+                .collect(),
+        });
+    }
+    let mut columns = vec![Column {
+        name: format!("{metric}{suffix}"),
+        values: top1,
+    }];
+    if top5_column {
+        columns.push(Column {
+            name: format!("{}{suffix}", metric.replace("top-1", "top-5")),
+            values: top5,
+        });
+    }
+    TaskOutput {
+        json,
+        columns,
+        record: vec![
+            (format!("{short}_top1"), top1[0].unwrap_or(f64::NAN)),
+            (format!("{short}_top5"), top5[0].unwrap_or(f64::NAN)),
+        ],
+        efficiency,
+        ..Default::default()
     }
 }
 
@@ -350,7 +514,14 @@ pub fn run_all<D: EngineDevice>(
             record,
             notes,
             figures,
+            efficiency,
         } = task.run(enc)?;
+        if let Some(e) = efficiency {
+            let (table, figure) = efficiency_outputs(task.name(), &e, enc.dir)?;
+            out.tables
+                .push((format!("Label efficiency: {} (%)", e.metric), table));
+            out.figures.push(figure);
+        }
         for c in columns {
             out.table.columns.push(c.name);
             for (row, v) in out.table.rows.iter_mut().zip(c.values) {
@@ -380,4 +551,55 @@ pub fn run_all<D: EngineDevice>(
         .rows
         .retain(|(_, v)| v.iter().any(Option::is_some));
     Ok(out)
+}
+
+/// A task's label-efficiency table (fractions as rows, encoders as columns, only the
+/// columns measured) and its plot `label_efficiency_<task>.png` (top-1 against the
+/// fraction on a log axis), written into `dir`.
+fn efficiency_outputs(
+    task: &str,
+    e: &Efficiency,
+    dir: &Path,
+) -> Result<(MetricsTable, (String, String)), DownstreamError> {
+    let used: Vec<Row> = Row::ALL
+        .into_iter()
+        .filter(|r| e.points.iter().any(|p| p.top1[r.index()].is_some()))
+        .collect();
+    let table = MetricsTable {
+        columns: used.iter().map(|r| r.title().to_string()).collect(),
+        rows: e
+            .points
+            .iter()
+            .map(|p| {
+                (
+                    format!(
+                        "{} ({} labels)",
+                        super::subsets::percent(p.fraction),
+                        p.labels
+                    ),
+                    used.iter().map(|r| p.top1[r.index()]).collect(),
+                )
+            })
+            .collect(),
+    };
+    let series: Vec<crate::report::plots::Series> = used
+        .iter()
+        .map(|r| crate::report::plots::Series {
+            name: r.title().to_string(),
+            points: e
+                .points
+                .iter()
+                .filter_map(|p| p.top1[r.index()].map(|v| (p.fraction.log10(), v)))
+                .collect(),
+        })
+        .collect();
+    let file = format!("label_efficiency_{task}.png");
+    crate::report::plots::line_chart_with_x(
+        &dir.join(&file),
+        &format!("{} against the labelled fraction", e.metric),
+        "labelled fraction of the training split (log scale)",
+        &series,
+        &|v: &f64| super::subsets::percent(10f64.powf(*v)),
+    )?;
+    Ok((table, (format!("Label efficiency: {}", e.metric), file)))
 }

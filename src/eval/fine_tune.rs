@@ -31,8 +31,10 @@ use rand_chacha::ChaCha8Rng;
 use super::features::{Normalize, Which, check_normalize, extract, pack_batch};
 use super::linalg::{View, matmul};
 use super::{EvalError, class_count, topk_accuracy};
-use crate::augment::HorizontalFlip;
-use crate::data::Dataset;
+use std::sync::Arc;
+
+use crate::augment::{HorizontalFlip, Op};
+use crate::data::{Dataset, Image};
 use crate::nn::init::Init;
 use crate::nn::layers::Linear;
 use crate::nn::model::Model;
@@ -115,8 +117,37 @@ fn mix(seed: u64, purpose: u64, epoch: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// How each training image is augmented before it is normalised.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Augmentation {
+    /// A horizontal flip with probability 0.5 (fine-tuning: the score measures the
+    /// representation, not an augmentation recipe).
+    Flip,
+    /// These ops in order (the supervised baseline: the recipe's first view), then a
+    /// resize to the dataset's image size when the ops end at another size.
+    Pipeline(Arc<Vec<Op>>),
+}
+
+impl Augmentation {
+    fn apply(&self, img: Image, rng: &mut ChaCha8Rng, hw: (usize, usize)) -> Image {
+        match self {
+            Augmentation::Flip => HorizontalFlip { p: 0.5 }.apply(img, rng),
+            Augmentation::Pipeline(ops) => {
+                let img = ops.iter().fold(img, |img, op| op.apply(img, rng));
+                if (img.height, img.width) == hw {
+                    img
+                } else {
+                    crate::augment::geometric::resize(&img, hw, true)
+                }
+            }
+        }
+    }
+}
+
 /// Fine-tunes a copy of `store`'s backbone with a new classifier on `train` and reports
-/// the accuracy on `test`; both need labels. `norm` is the training normalisation.
+/// the accuracy on `test`; both need labels. `norm` is the training normalisation;
+/// `aug` how training images are augmented (image `i`'s draw in epoch `e` comes from
+/// its own stream of the seed, whatever the thread count).
 pub fn fine_tune<D: EngineDevice>(
     model: &Model,
     store: &ParamStore<D>,
@@ -124,6 +155,7 @@ pub fn fine_tune<D: EngineDevice>(
     test: &Dataset,
     norm: &Normalize,
     cfg: &FineTuneConfig,
+    aug: &Augmentation,
 ) -> Result<FineTuneResult, EvalError> {
     check(cfg)?;
     let (Some(ytrain), Some(ytest)) = (train.labels(), test.labels()) else {
@@ -173,7 +205,6 @@ pub fn fine_tune<D: EngineDevice>(
         cfg.epochs as u64,
         steps_per_epoch,
     )?;
-    let flip = HorizontalFlip { p: 0.5 };
     let mut order: Vec<usize> = (0..n).collect();
     let mut step = 0u64;
     let mut train_loss = 0.0;
@@ -184,7 +215,7 @@ pub fn fine_tune<D: EngineDevice>(
             let px = pack_batch(train, batch, norm, |i, img| {
                 let mut rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed, 3, epoch));
                 rng.set_stream(i as u64);
-                flip.apply(img, &mut rng)
+                aug.apply(img, &mut rng, (h, w))
             })?;
             let x = dev.tensor_from_vec(px, (batch.len(), c, h, w));
             let f = net.features(&mut bb, x.trace(Gradients::leaky()), true)?;
@@ -229,42 +260,109 @@ pub fn fine_tune<D: EngineDevice>(
     })
 }
 
+/// The supervised baseline's settings: the untrained network (the run's seed)
+/// trained end to end, backbone at the full learning rate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SupervisedConfig {
+    /// Epochs per labelled fraction (the task's order).
+    pub epochs: Vec<usize>,
+    /// Peak learning rate of backbone and classifier.
+    pub lr: f64,
+    /// Weight decay of conv and linear weights.
+    pub weight_decay: f64,
+    /// The recipe's first-view augmentation ops.
+    pub augment: Arc<Vec<Op>>,
+}
+
 /// The `fine_tune` downstream task: [`fine_tune`] from the trained encoder and from the
-/// untrained network (raw pixels have no network to fine-tune).
+/// untrained network (raw pixels have no network to fine-tune), and optionally the
+/// supervised baseline, at each labelled fraction.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FineTuneTask {
-    /// The fine-tuning settings.
+    /// The fine-tuning settings (`epochs`: see `epochs`).
     pub cfg: FineTuneConfig,
+    /// The labelled fractions of the training split (`[1.0]`: all).
+    pub fractions: Vec<f64>,
+    /// Fine-tuning epochs per fraction.
+    pub epochs: Vec<usize>,
+    /// The supervised row, when asked for.
+    pub supervised: Option<SupervisedConfig>,
 }
 
 impl FineTuneTask {
-    /// Top-1 and top-5 of both networks: one `results.json` entry, one report column,
-    /// the trained network's `fine_tune_top1`/`fine_tune_top5` record.
+    /// Top-1 and top-5 of both networks (and the supervised one) at each fraction: one
+    /// `results.json` entry, one report column (the largest fraction), the trained
+    /// network's `fine_tune_top1`/`fine_tune_top5` record, and the label-efficiency
+    /// table with several fractions.
     pub fn run<D: EngineDevice>(
         &self,
         enc: &mut super::downstream::Encoders<'_, D>,
     ) -> Result<super::downstream::TaskOutput, super::downstream::DownstreamError> {
-        use super::downstream::{Column, TaskOutput};
         let test = enc.test()?;
         let (_, h, w) = test.shape();
         let m = enc.model.with_input((h, w))?;
-        let res = fine_tune(&m, enc.store, enc.train, test, enc.norm, &self.cfg)?;
-        let (plain, untrained) = enc.untrained();
-        let m0 = plain.with_input((h, w))?;
-        let base = fine_tune(&m0, untrained, enc.train, test, enc.norm, &self.cfg)?;
-        Ok(TaskOutput {
-            json: serde_json::json!({"task": "fine_tune", "epochs": self.cfg.epochs,
-                "trained": {"top1": res.top1, "top5": res.top5},
-                "untrained_network": {"top1": base.top1, "top5": base.top5}}),
-            columns: vec![Column {
-                name: "fine-tune top-1".into(),
-                values: [Some(res.top1), Some(base.top1), None],
-            }],
-            record: vec![
-                ("fine_tune_top1".into(), res.top1),
-                ("fine_tune_top5".into(), res.top5),
-            ],
-            ..Default::default()
-        })
+        let m0 = enc.untrained().0.with_input((h, w))?;
+        let mut by = Vec::new();
+        for (i, &f) in self.fractions.iter().enumerate() {
+            let subset = enc.labelled(f)?;
+            let picked;
+            let train = if f == 1.0 {
+                enc.train
+            } else {
+                picked = enc.train.select(&subset);
+                &picked
+            };
+            let cfg = FineTuneConfig {
+                epochs: self.epochs[i.min(self.epochs.len() - 1)],
+                ..self.cfg
+            };
+            let flip = Augmentation::Flip;
+            let res = fine_tune(&m, enc.store, train, test, enc.norm, &cfg, &flip)?;
+            let untrained = enc.untrained().1;
+            let base = fine_tune(&m0, untrained, train, test, enc.norm, &cfg, &flip)?;
+            let sup = match &self.supervised {
+                Some(s) => Some(fine_tune(
+                    &m0,
+                    untrained,
+                    train,
+                    test,
+                    enc.norm,
+                    &FineTuneConfig {
+                        epochs: s.epochs[i.min(s.epochs.len() - 1)],
+                        lr: s.lr,
+                        backbone_lr_scale: 1.0,
+                        weight_decay: s.weight_decay,
+                        ..self.cfg
+                    },
+                    &Augmentation::Pipeline(s.augment.clone()),
+                )?),
+                None => None,
+            };
+            by.push((f, subset.len(), [Some(res), Some(base), None, sup]));
+        }
+        let json = serde_json::json!({"task": "fine_tune", "epochs": self.epochs,
+            "lr": self.cfg.lr, "backbone_lr_scale": self.cfg.backbone_lr_scale});
+        let mut out = super::downstream::fraction_output(
+            json,
+            "fine-tune top-1",
+            "fine_tune",
+            false,
+            &by,
+            |r| (r.top1, r.top5),
+            |_, _| {},
+        );
+        if let Some(s) = &self.supervised {
+            out.json["supervised"]["config"] = serde_json::json!({"epochs": s.epochs,
+                "lr": s.lr, "weight_decay": s.weight_decay});
+            out.notes.push(
+                "Fine-tune: *untrained network* fine-tunes the same network from its \
+                 initialisation with the fine-tune settings; *supervised (from scratch)* \
+                 trains it on the same labelled images with the recipe's first-view \
+                 augmentation and its own epochs, learning rate and weight decay, the \
+                 backbone at the full rate."
+                    .into(),
+            );
+        }
+        Ok(out)
     }
 }

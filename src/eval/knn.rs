@@ -272,45 +272,38 @@ pub struct KnnTask {
     /// Also measure the trained encoder every this many epochs during training (0:
     /// only at the end).
     pub every_epochs: usize,
+    /// The labelled fractions of the training split to measure at (`[1.0]`: all).
+    pub fractions: Vec<f64>,
 }
 
 impl KnnTask {
-    /// Top-1 and top-5 of every row: one `results.json` entry, two report columns, the
-    /// trained row's `knn_top1`/`knn_top5` record.
+    /// Top-1 and top-5 of every row at each labelled fraction: one `results.json`
+    /// entry, two report columns (the largest fraction), the trained row's
+    /// `knn_top1`/`knn_top5` record, and the label-efficiency table with several
+    /// fractions.
     pub fn run<D: crate::nn::EngineDevice>(
         &self,
         enc: &mut super::downstream::Encoders<'_, D>,
     ) -> Result<super::downstream::TaskOutput, super::downstream::DownstreamError> {
-        use super::downstream::{Column, Row, TaskOutput};
         let k = self.cfg.k;
-        let mut json = serde_json::json!({"task": "knn", "k": k,
+        let json = serde_json::json!({"task": "knn", "k": k,
             "temperature": self.cfg.temperature,
             "features": format!("{:?}", self.features).to_lowercase()});
-        let res = enc.each_row(self.baselines, self.features, |a, b| knn(a, b, &self.cfg))?;
-        for row in Row::ALL {
-            if let Some(r) = &res[row as usize] {
-                json[row.key()] = serde_json::json!({"top1": r.top1, "top5": r.top5});
-            }
+        let mut by = Vec::new();
+        for &f in &self.fractions {
+            let res = enc.each_row(self.baselines, self.features, f, |a, b| {
+                knn(a, b, &self.cfg)
+            })?;
+            by.push((f, enc.labelled(f)?.len(), res));
         }
-        let top1 = res.map(|r| r.map(|r| r.top1));
-        let top5 = res.map(|r| r.map(|r| r.top5));
-        Ok(TaskOutput {
+        Ok(super::downstream::fraction_output(
             json,
-            columns: vec![
-                Column {
-                    name: format!("kNN top-1 (k={k})"),
-                    values: top1,
-                },
-                Column {
-                    name: format!("kNN top-5 (k={k})"),
-                    values: top5,
-                },
-            ],
-            record: vec![
-                ("knn_top1".into(), top1[0].unwrap_or(f64::NAN)),
-                ("knn_top5".into(), top5[0].unwrap_or(f64::NAN)),
-            ],
-            ..Default::default()
-        })
+            &format!("kNN top-1 (k={k})"),
+            "knn",
+            true,
+            &by,
+            |r| (r.top1, r.top5),
+            |_, _| {},
+        ))
     }
 }

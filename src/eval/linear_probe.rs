@@ -244,73 +244,99 @@ pub fn linear_probe(
     })
 }
 
-/// The probe with its weight decay chosen from `candidates`: each is trained on a
-/// seeded 90% of `train` and scored (top-1) on the other 10%; the best (the first on a
+/// The probe with its weight decay chosen from `candidates`; the best (the first on a
 /// tie) is retrained on all of `train` and tested on `test`. Returns the result, the
-/// chosen weight decay and its held-out top-1 (`None` with a single candidate, which is
-/// used directly, with no held-out split).
+/// chosen weight decay and the top-1 it was chosen by (`None` with a single candidate,
+/// which is used directly, or when no choice is possible).
+///
+/// How candidates are scored depends on how many labelled images there are:
+/// - when a held-out 10% keeps at least [`HOLDOUT_PER_CLASS`] images per class on
+///   average, each candidate is trained on a seeded 90% and scored on the other 10%;
+/// - otherwise (the few labels of a small label fraction, where 10% is one image per
+///   class or none) by stratified k-fold cross-validation: `k = min(5, smallest class
+///   size)` folds, each class's images dealt round-robin to the folds after a seeded
+///   shuffle; a candidate's score is its mean top-1 over the folds;
+/// - when some class has a single image, no split can score a candidate: the first
+///   candidate is used and the returned score is `None`.
 pub fn linear_probe_select(
     train: &FeatureMatrix,
     test: &FeatureMatrix,
     cfg: &ProbeConfig,
     candidates: &[f64],
 ) -> Result<(ProbeResult, f64, Option<f64>), EvalError> {
-    match candidates {
-        [] => Err(EvalError::Config(
+    let with = |wd: f64| ProbeConfig {
+        weight_decay: wd,
+        ..*cfg
+    };
+    let Some(&first) = candidates.first() else {
+        return Err(EvalError::Config(
             "the linear probe needs at least one weight decay to choose from".into(),
-        )),
-        [wd] => {
-            let res = linear_probe(
-                train,
-                test,
-                &ProbeConfig {
-                    weight_decay: *wd,
-                    ..*cfg
-                },
-            )?;
-            Ok((res, *wd, None))
+        ));
+    };
+    if candidates.len() == 1 {
+        return Ok((linear_probe(train, test, &with(first))?, first, None));
+    }
+    let labels = labels_of(train, "training")?;
+    let classes = labels.iter().map(|&l| l as usize + 1).max().unwrap_or(0);
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for (i, &l) in labels.iter().enumerate() {
+        by_class[l as usize].push(i);
+    }
+    let present = by_class.iter().filter(|c| !c.is_empty()).count().max(1);
+    // The held-out and the fold draws: a stream apart from the probe's own shuffling.
+    let split_seed = cfg.seed ^ 0x5eed_0f5e_1ec7;
+    // Each candidate's score: mean top-1 over the (fit, validation) splits.
+    let splits: Vec<(Vec<usize>, Vec<usize>)> = if train.n / 10 >= HOLDOUT_PER_CLASS * present {
+        let mut order: Vec<usize> = (0..train.n).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(split_seed));
+        let (val, fit) = order.split_at(train.n / 10);
+        vec![(fit.to_vec(), val.to_vec())]
+    } else {
+        let smallest = by_class
+            .iter()
+            .filter(|c| !c.is_empty())
+            .map(Vec::len)
+            .min()
+            .unwrap_or(0);
+        let k = smallest.min(5);
+        if k < 2 {
+            return Ok((linear_probe(train, test, &with(first))?, first, None));
         }
-        _ => {
-            let held = train.n / 10;
-            if held == 0 || held == train.n {
-                return Err(EvalError::Data(format!(
-                    "choosing a weight decay holds out 10% of the training features, and \
-                     {} are too few",
-                    train.n
-                )));
+        let mut fold_of = vec![0usize; train.n];
+        for (c, members) in by_class.iter_mut().enumerate() {
+            let mut rng = ChaCha8Rng::seed_from_u64(split_seed);
+            rng.set_stream(c as u64);
+            members.shuffle(&mut rng);
+            for (j, &i) in members.iter().enumerate() {
+                fold_of[i] = j % k;
             }
-            let mut order: Vec<usize> = (0..train.n).collect();
-            // A stream apart from the probe's own shuffling.
-            order.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_0f5e_1ec7));
-            let (val_idx, fit_idx) = order.split_at(held);
-            let (fit, val) = (train.select(fit_idx), train.select(val_idx));
-            let mut best: Option<(f64, f64)> = None;
-            for &wd in candidates {
-                let r = linear_probe(
-                    &fit,
-                    &val,
-                    &ProbeConfig {
-                        weight_decay: wd,
-                        ..*cfg
-                    },
-                )?;
-                if best.is_none_or(|(_, acc)| r.top1 > acc) {
-                    best = Some((wd, r.top1));
-                }
-            }
-            let (wd, acc) = best.expect("at least two candidates");
-            let res = linear_probe(
-                train,
-                test,
-                &ProbeConfig {
-                    weight_decay: wd,
-                    ..*cfg
-                },
-            )?;
-            Ok((res, wd, Some(acc)))
+        }
+        (0..k)
+            .map(|f| {
+                let (val, fit): (Vec<usize>, Vec<usize>) =
+                    (0..train.n).partition(|&i| fold_of[i] == f);
+                (fit, val)
+            })
+            .collect()
+    };
+    let mut best: Option<(f64, f64)> = None;
+    for &wd in candidates {
+        let mut sum = 0.0;
+        for (fit, val) in &splits {
+            sum += linear_probe(&train.select(fit), &train.select(val), &with(wd))?.top1;
+        }
+        let score = sum / splits.len() as f64;
+        if best.is_none_or(|(_, acc)| score > acc) {
+            best = Some((wd, score));
         }
     }
+    let (wd, acc) = best.expect("at least two candidates");
+    Ok((linear_probe(train, test, &with(wd))?, wd, Some(acc)))
 }
+
+/// Average images per class a held-out 10% must keep for the weight decay to be chosen
+/// on it; with fewer, [`linear_probe_select`] cross-validates.
+pub const HOLDOUT_PER_CLASS: usize = 5;
 
 /// The `linear_probe` downstream task: [`linear_probe_select`] on one kind of features
 /// of every row, the weight decay chosen per row.
@@ -324,64 +350,66 @@ pub struct ProbeTask {
     pub features: super::features::Which,
     /// Also measure the untrained network and the raw pixels.
     pub baselines: bool,
+    /// The labelled fractions of the training split to measure at (`[1.0]`: all).
+    pub fractions: Vec<f64>,
 }
 
 impl ProbeTask {
-    /// Top-1 and top-5 of every row with the chosen weight decays: one `results.json`
-    /// entry, two report columns, the trained row's `linear_top1`/`linear_top5` record,
-    /// and a remark naming the chosen weight decays when there was a choice.
+    /// Top-1 and top-5 of every row with the chosen weight decays, at each labelled
+    /// fraction: one `results.json` entry, two report columns (the largest fraction),
+    /// the trained row's `linear_top1`/`linear_top5` record, a remark naming the chosen
+    /// weight decays when there was a choice, and the label-efficiency table with
+    /// several fractions.
     pub fn run<D: crate::nn::EngineDevice>(
         &self,
         enc: &mut super::downstream::Encoders<'_, D>,
     ) -> Result<super::downstream::TaskOutput, super::downstream::DownstreamError> {
-        use super::downstream::{Column, Row, TaskOutput};
+        use super::downstream::Row;
         let wds = &self.weight_decays;
-        let mut json = serde_json::json!({"task": "linear_probe", "epochs": self.cfg.epochs,
+        let json = serde_json::json!({"task": "linear_probe", "epochs": self.cfg.epochs,
             "lr": self.cfg.lr,
             "weight_decay": wds,
             "standardize": self.cfg.standardize,
             "features": format!("{:?}", self.features).to_lowercase()});
-        let res = enc.each_row(self.baselines, self.features, |a, b| {
-            linear_probe_select(a, b, &self.cfg, wds)
-        })?;
+        let mut by = Vec::new();
         let mut chosen = Vec::new();
-        for row in Row::ALL {
-            if let Some((r, wd, held_out)) = &res[row as usize] {
-                json[row.key()] = serde_json::json!({"top1": r.top1, "top5": r.top5,
-                    "train_top1": r.train_top1, "weight_decay": wd,
-                    "held_out_top1": held_out});
-                chosen.push(format!("{} {wd}", row.title()));
+        for &f in &self.fractions {
+            let res = enc.each_row(self.baselines, self.features, f, |a, b| {
+                linear_probe_select(a, b, &self.cfg, wds)
+            })?;
+            let at = if self.fractions.len() > 1 || f < 1.0 {
+                format!(" at {}", super::subsets::percent(f))
+            } else {
+                String::new()
+            };
+            for row in Row::ALL {
+                if let Some((_, wd, _)) = &res[row as usize] {
+                    chosen.push(format!("{}{at} {wd}", row.title()));
+                }
             }
+            by.push((f, enc.labelled(f)?.len(), res));
         }
-        let notes = if wds.len() > 1 {
-            vec![format!(
-                "Linear probe: weight decay chosen from {wds:?} on a held-out 10% of the \
-                 training split, per feature set: {}.",
-                chosen.join(", ")
-            )]
-        } else {
-            Vec::new()
-        };
-        let top1 = res.map(|r| r.map(|r| r.0.top1));
-        let top5 = res.map(|r| r.map(|r| r.0.top5));
-        Ok(TaskOutput {
+        let mut out = super::downstream::fraction_output(
             json,
-            columns: vec![
-                Column {
-                    name: "linear top-1".into(),
-                    values: top1,
-                },
-                Column {
-                    name: "linear top-5".into(),
-                    values: top5,
-                },
-            ],
-            record: vec![
-                ("linear_top1".into(), top1[0].unwrap_or(f64::NAN)),
-                ("linear_top5".into(), top5[0].unwrap_or(f64::NAN)),
-            ],
-            notes,
-            ..Default::default()
-        })
+            "linear top-1",
+            "linear",
+            true,
+            &by,
+            |(r, _, _)| (r.top1, r.top5),
+            |(r, wd, held_out), v| {
+                v["train_top1"] = serde_json::json!(r.train_top1);
+                v["weight_decay"] = serde_json::json!(wd);
+                v["held_out_top1"] = serde_json::json!(held_out);
+            },
+        );
+        if wds.len() > 1 {
+            out.notes.push(format!(
+                "Linear probe: weight decay chosen from {wds:?} on a held-out 10% of the \
+                 training split (by stratified k-fold cross-validation when that would \
+                 keep fewer than {HOLDOUT_PER_CLASS} images per class), per feature set: {}.",
+                chosen.join(", ")
+            ));
+        }
+        Ok(out)
     }
 }

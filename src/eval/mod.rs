@@ -49,6 +49,7 @@ pub mod knn;
 mod linalg;
 pub mod linear_probe;
 pub mod pca;
+pub mod subsets;
 pub mod visualize;
 
 pub use features::{FeatureMatrix, Normalize, Which, extract, raw_pixels};

@@ -434,6 +434,7 @@ fn run_on<D: EngineDevice>(
             images_per_s: Some(summary.images_per_s),
             final_loss: Some(summary.last_epoch_loss),
             metrics: results.table.clone(),
+            tables: results.tables.clone(),
             notes: results.notes.clone(),
             figures,
         },
@@ -442,9 +443,9 @@ fn run_on<D: EngineDevice>(
     Ok(RunOutcome::Finished { dir, results: doc })
 }
 
-/// The changes between `dir`'s recipe in force and `r`: refused unless `force`.
-/// The changes `--force` lets through, with the run's previous recipe when it still
-/// parses (read once: the warning quotes its last learning rate).
+/// The changes between `dir`'s recipe in force and `r`, refused unless `force`; with
+/// the run's previous recipe when it still parses (read once: the warning quotes its
+/// last learning rate).
 fn check_resume(
     dir: &Path,
     r: &Recipe,

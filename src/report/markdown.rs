@@ -46,6 +46,9 @@ pub struct ReportInput {
     pub final_loss: Option<f64>,
     /// The downstream table.
     pub metrics: MetricsTable,
+    /// Further tables under the downstream one, `(heading, table)`: the label-efficiency
+    /// tables (labelled fractions as rows, encoders as columns).
+    pub tables: Vec<(String, MetricsTable)>,
     /// Free-form remarks, one paragraph each (e.g. what a baseline is).
     pub notes: Vec<String>,
     /// `(title, path)` of each picture, the path relative to the report.
@@ -104,25 +107,13 @@ pub fn render_report(input: &ReportInput) -> String {
     if let Some(v) = input.final_loss {
         let _ = writeln!(out, "- Final training loss: {v:.4}");
     }
-    let t = &input.metrics;
-    if !t.rows.is_empty() {
+    if !input.metrics.rows.is_empty() {
         let _ = writeln!(out, "\n## Downstream results (%)\n");
-        let _ = write!(out, "| |");
-        for c in &t.columns {
-            let _ = write!(out, " {} |", cell(c));
-        }
-        let _ = write!(out, "\n|---|");
-        for _ in &t.columns {
-            let _ = write!(out, "---:|");
-        }
-        out.push('\n');
-        for (name, values) in &t.rows {
-            let _ = write!(out, "| {} |", cell(name));
-            for i in 0..t.columns.len() {
-                let _ = write!(out, " {} |", number(values.get(i).copied().flatten()));
-            }
-            out.push('\n');
-        }
+        table(&mut out, &input.metrics);
+    }
+    for (heading, t) in &input.tables {
+        let _ = writeln!(out, "\n### {}\n", heading.replace(['\n', '\r'], " "));
+        table(&mut out, t);
     }
     if !input.notes.is_empty() {
         out.push('\n');
@@ -146,6 +137,26 @@ pub fn render_report(input: &ReportInput) -> String {
         }
     }
     out
+}
+
+/// `t` as a Markdown table with an empty corner cell.
+fn table(out: &mut String, t: &MetricsTable) {
+    let _ = write!(out, "| |");
+    for c in &t.columns {
+        let _ = write!(out, " {} |", cell(c));
+    }
+    let _ = write!(out, "\n|---|");
+    for _ in &t.columns {
+        let _ = write!(out, "---:|");
+    }
+    out.push('\n');
+    for (name, values) in &t.rows {
+        let _ = write!(out, "| {} |", cell(name));
+        for i in 0..t.columns.len() {
+            let _ = write!(out, " {} |", number(values.get(i).copied().flatten()));
+        }
+        out.push('\n');
+    }
 }
 
 /// Writes [`render_report`] to `path`.

@@ -128,6 +128,18 @@ pub fn line_chart(
     x_label: &str,
     series: &[Series],
 ) -> Result<(), ReportError> {
+    line_chart_with_x(path, title, x_label, series, &tick)
+}
+
+/// [`line_chart`] with the x tick labels from `x_tick` (a log axis: plot `log10 x` and
+/// label the ticks `10^v`).
+pub fn line_chart_with_x(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    series: &[Series],
+    x_tick: &dyn Fn(&f64) -> String,
+) -> Result<(), ReportError> {
     let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
     let all = || series.iter().flat_map(|s| s.points.iter().filter(finite));
     let (x0, x1) = padded_range(all().map(|p| p.0));
@@ -142,7 +154,7 @@ pub fn line_chart(
         chart
             .configure_mesh()
             .x_desc(x_label)
-            .x_label_formatter(&tick)
+            .x_label_formatter(x_tick)
             .y_label_formatter(&tick)
             .label_style((FONT, 14))
             .axis_desc_style((FONT, 16))

@@ -178,3 +178,33 @@ fn counts_item() -> SchemaObject {
     }
     .number(InstanceType::Integer)
 }
+
+fn one_or_list(item: SchemaObject) -> Schema {
+    use schemars::schema::SubschemaValidation;
+    Schema::Object(SchemaObject {
+        subschemas: Some(Box::new(SubschemaValidation {
+            any_of: Some(vec![
+                Schema::Object(item.clone()),
+                array(item, Some(1), None),
+            ]),
+            ..Default::default()
+        })),
+        ..Default::default()
+    })
+}
+
+/// A number in (0, 1], or a non-empty list of them (label fractions).
+pub fn fraction_or_list(_: &mut SchemaGenerator) -> Schema {
+    one_or_list(
+        Range {
+            max: Some(1.0),
+            ..GREATER_THAN_ZERO
+        }
+        .number(InstanceType::Number),
+    )
+}
+
+/// A whole number ≥ 1, or a non-empty list of them (epochs per label fraction).
+pub fn count_or_list(_: &mut SchemaGenerator) -> Schema {
+    one_or_list(counts_item())
+}

@@ -26,6 +26,14 @@ pub enum Task {
         /// Which features to classify.
         #[serde(default)]
         features: Features,
+        /// The share of the training labels the task uses: one fraction in (0, 1] or a
+        /// list, e.g. `[0.01, 0.1, 1.0]`. Below 1 the labelled subset is class-balanced
+        /// (`round(f·n / classes)` images of each class) and drawn once from the seed,
+        /// so every row and every task sees the same images; the report gets a table
+        /// and a plot of accuracy against the fraction.
+        #[serde(default)]
+        #[schemars(schema_with = "super::bounds::fraction_or_list")]
+        label_fraction: LabelFraction,
         /// Also run this kNN every this many epochs during training, on the test split,
         /// so the report shows kNN accuracy over epochs; at most `train.epochs`. 0 runs
         /// it only after training.
@@ -74,13 +82,22 @@ pub enum Task {
         /// seed), reported next to the trained network's accuracy.
         #[serde(default = "crate::spec::data::default_true")]
         baselines: bool,
+        /// The share of the training labels the task uses: one fraction in (0, 1] or a
+        /// list, e.g. `[0.01, 0.1, 1.0]`. Below 1 the labelled subset is class-balanced
+        /// (`round(f·n / classes)` images of each class) and drawn once from the seed,
+        /// so every row and every task sees the same images; the report gets a table
+        /// and a plot of accuracy against the fraction.
+        #[serde(default)]
+        #[schemars(schema_with = "super::bounds::fraction_or_list")]
+        label_fraction: LabelFraction,
     },
     /// Train backbone and a new linear classifier end to end with labels.
     FineTune {
-        /// Training epochs (≥ 1).
+        /// Training epochs (≥ 1): one value for every label fraction, or a list with
+        /// one per fraction (small subsets need more epochs for the same steps).
         #[serde(default = "ft_epochs")]
-        #[schemars(range(min = 1))]
-        epochs: usize,
+        #[schemars(schema_with = "super::bounds::count_or_list")]
+        epochs: Epochs,
         /// Batch size (≥ 1).
         #[serde(default = "probe_batch")]
         #[schemars(range(min = 1))]
@@ -97,6 +114,20 @@ pub enum Task {
         #[serde(default = "ft_wd")]
         #[schemars(schema_with = "super::bounds::non_negative")]
         weight_decay: f64,
+        /// The share of the training labels the task uses: one fraction in (0, 1] or a
+        /// list, e.g. `[0.01, 0.1, 1.0]`. Below 1 the labelled subset is class-balanced
+        /// (`round(f·n / classes)` images of each class) and drawn once from the seed,
+        /// so every row and every task sees the same images; the report gets a table
+        /// and a plot of accuracy against the fraction.
+        #[serde(default)]
+        #[schemars(schema_with = "super::bounds::fraction_or_list")]
+        label_fraction: LabelFraction,
+        /// Also train the supervised baseline: the same backbone and a linear
+        /// classifier from scratch with cross-entropy on the same labelled images, with
+        /// the recipe's first-view augmentation — the row that answers "did pretraining
+        /// beat training on my labels alone?". Absent: no supervised row.
+        #[serde(default)]
+        supervised: Option<Supervised>,
     },
     /// Pictures of what was learned, written to the run directory as PNG files and
     /// linked from its report.
@@ -171,6 +202,90 @@ impl WeightDecay {
     }
 }
 
+/// The share of the training labels a task uses.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum LabelFraction {
+    /// One fraction.
+    One(f64),
+    /// Several, each measured and reported.
+    Many(Vec<f64>),
+}
+
+impl Default for LabelFraction {
+    fn default() -> Self {
+        LabelFraction::One(1.0)
+    }
+}
+
+impl LabelFraction {
+    /// The fractions in the order written.
+    pub fn values(&self) -> Vec<f64> {
+        match self {
+            LabelFraction::One(v) => vec![*v],
+            LabelFraction::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// Epochs: one value, or one per label fraction.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Epochs {
+    /// The same for every fraction.
+    One(usize),
+    /// One per label fraction, in the same order.
+    PerFraction(Vec<usize>),
+}
+
+impl Epochs {
+    /// The epochs of each of `fractions` fractions (a list of another length repeats
+    /// its last value; `validate` reports it).
+    pub fn per_fraction(&self, fractions: usize) -> Vec<usize> {
+        match self {
+            Epochs::One(e) => vec![*e; fractions],
+            Epochs::PerFraction(v) => (0..fractions)
+                .map(|i| v.get(i).or(v.last()).copied().unwrap_or(1))
+                .collect(),
+        }
+    }
+
+    /// The values as written.
+    pub fn values(&self) -> Vec<usize> {
+        match self {
+            Epochs::One(e) => vec![*e],
+            Epochs::PerFraction(v) => v.clone(),
+        }
+    }
+}
+
+/// The supervised baseline of `fine_tune`: the backbone trained from scratch on the
+/// labelled images (SGD with momentum 0.9, cosine decay to 0, the fine-tune's batch
+/// size), with the recipe's first-view augmentation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Supervised {
+    /// Training epochs: one value or one per label fraction.
+    #[serde(default = "sup_epochs")]
+    #[schemars(schema_with = "super::bounds::count_or_list")]
+    pub epochs: Epochs,
+    /// Peak learning rate (> 0) of backbone and classifier.
+    #[serde(default = "sup_lr")]
+    #[schemars(schema_with = "super::bounds::positive")]
+    pub lr: f64,
+    /// Weight decay (≥ 0) of conv and linear weights.
+    #[serde(default = "ft_wd")]
+    #[schemars(schema_with = "super::bounds::non_negative")]
+    pub weight_decay: f64,
+}
+
+fn sup_epochs() -> Epochs {
+    Epochs::One(30)
+}
+fn sup_lr() -> f64 {
+    0.05
+}
+
 /// Similarity for kNN.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -238,8 +353,8 @@ fn probe_batch() -> usize {
 fn probe_lr() -> f64 {
     0.1
 }
-fn ft_epochs() -> usize {
-    10
+fn ft_epochs() -> Epochs {
+    Epochs::One(10)
 }
 fn ft_lr() -> f64 {
     0.01

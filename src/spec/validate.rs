@@ -73,6 +73,14 @@ impl Validator {
                 | K::MinLength { .. }
                 | K::Pattern { .. } => true,
                 K::Maximum { .. } | K::ExclusiveMaximum { .. } => !integer,
+                // "One number or a list of them" (label fractions, weight decays): a
+                // number or a list of numbers still deserialises, so a semantic rule
+                // can say which value is wrong and why.
+                K::AnyOf { .. } => instance.is_some_and(|v| {
+                    v.is_number()
+                        || v.as_array()
+                            .is_some_and(|a| !a.is_empty() && a.iter().all(Value::is_number))
+                }),
                 _ => false,
             };
             for d in self.describe(&err, &path, doc, instance, root) {

@@ -46,8 +46,10 @@ pub(super) fn check_downstream(r: &Recipe, out: &mut Vec<Diagnostic>) {
                 k,
                 temperature,
                 every_epochs,
+                label_fraction,
                 ..
             } => {
+                fractions(out, &p, label_fraction);
                 if *k == 0 {
                     err(out, format!("{p}.k"), "k must be at least 1");
                 }
@@ -77,8 +79,10 @@ pub(super) fn check_downstream(r: &Recipe, out: &mut Vec<Diagnostic>) {
                 batch_size,
                 lr,
                 weight_decay,
+                label_fraction,
                 ..
             } => {
+                fractions(out, &p, label_fraction);
                 let wds = weight_decay.candidates();
                 probe_common(out, &p, *epochs, *batch_size, *lr, 0.0);
                 if wds.is_empty() {
@@ -102,8 +106,24 @@ pub(super) fn check_downstream(r: &Recipe, out: &mut Vec<Diagnostic>) {
                 lr,
                 backbone_lr_scale,
                 weight_decay,
+                label_fraction,
+                supervised,
             } => {
-                probe_common(out, &p, *epochs, *batch_size, *lr, *weight_decay);
+                let n = fractions(out, &p, label_fraction);
+                per_fraction_epochs(out, &format!("{p}.epochs"), epochs, n);
+                let first = epochs.values().first().copied().unwrap_or(1);
+                probe_common(out, &p, first, *batch_size, *lr, *weight_decay);
+                if let Some(s) = supervised {
+                    per_fraction_epochs(out, &format!("{p}.supervised.epochs"), &s.epochs, n);
+                    positive(out, &format!("{p}.supervised.lr"), "lr", s.lr);
+                    if s.weight_decay.is_nan() || s.weight_decay < 0.0 {
+                        err(
+                            out,
+                            format!("{p}.supervised.weight_decay"),
+                            "weight_decay cannot be negative",
+                        );
+                    }
+                }
                 if *backbone_lr_scale < 0.0 {
                     err(
                         out,
@@ -125,6 +145,64 @@ pub(super) fn check_downstream(r: &Recipe, out: &mut Vec<Diagnostic>) {
                 }
             }
         }
+    }
+}
+
+/// The rules of a task's `label_fraction`; returns how many fractions it lists.
+fn fractions(
+    out: &mut Vec<Diagnostic>,
+    p: &str,
+    f: &crate::spec::downstream::LabelFraction,
+) -> usize {
+    let values = f.values();
+    let path = format!("{p}.label_fraction");
+    if values.is_empty() {
+        err(out, path.clone(), "list at least one label fraction").help =
+            Some("use `label_fraction: 1.0` for every label, or e.g. `[0.01, 0.1, 1.0]`".into());
+    }
+    for v in &values {
+        if !(*v > 0.0 && *v <= 1.0) {
+            err(
+                out,
+                path.clone(),
+                format!("a label fraction must be in (0, 1], found {v}: it is the share of the training labels the task may use"),
+            )
+            .help = Some("write 1% as 0.01".into());
+        }
+    }
+    let mut sorted = values.clone();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.windows(2).any(|w| w[0] == w[1]) {
+        err(out, path, "each label fraction may be listed once");
+    }
+    values.len()
+}
+
+/// `epochs` as one value or one per label fraction (`n` of them).
+fn per_fraction_epochs(
+    out: &mut Vec<Diagnostic>,
+    path: &str,
+    epochs: &crate::spec::downstream::Epochs,
+    n: usize,
+) {
+    use crate::spec::downstream::Epochs;
+    if epochs.values().contains(&0) {
+        err(out, path, "epochs must be at least 1");
+    }
+    if let Epochs::PerFraction(v) = epochs
+        && v.len() != n
+    {
+        err(
+            out,
+            path,
+            format!(
+                "a list of epochs gives one value per label fraction; there are {n} fraction(s) and {} value(s)",
+                v.len()
+            ),
+        )
+        .help = Some(format!(
+            "list {n} value(s) in the order of `label_fraction`, or give one number for all"
+        ));
     }
 }
 
