@@ -203,9 +203,15 @@ fn few_labels_per_class_cross_validate_the_weight_decay() {
     let (train, test) = (clusters(4, 1.0, 1), clusters(20, 1.0, 2));
     let (r, wd, held) = linear_probe_select(&train, &test, &cfg(), &[0.0, 50.0]).unwrap();
     assert_eq!(wd, 0.0);
-    assert!((held.unwrap() - 100.0 * 11.0 / 12.0).abs() < 1e-9, "{held:?}");
+    assert!(
+        (held.unwrap() - 100.0 * 11.0 / 12.0).abs() < 1e-9,
+        "{held:?}"
+    );
     assert_eq!(r, linear_probe(&train, &test, &cfg()).unwrap());
     // The folds are drawn from the seed: the same call gives the same score.
     let a = linear_probe_select(&train, &test, &cfg(), &[0.0, 50.0]).unwrap();
-    assert_eq!(a, linear_probe_select(&train, &test, &cfg(), &[0.0, 50.0]).unwrap());
+    assert_eq!(
+        a,
+        linear_probe_select(&train, &test, &cfg(), &[0.0, 50.0]).unwrap()
+    );
 }

@@ -89,7 +89,10 @@ fn report_has_the_facts_the_table_and_the_links() {
     assert_eq!(rows.len(), 9);
     assert!(rows[..5].iter().all(|l| cells(l) == cells(rows[0])));
     assert!(rows[5..].iter().all(|l| cells(l) == cells(rows[5])));
-    assert!(text.contains("\n### Label efficiency: kNN top-1 (k=20) (%)\n"), "{text}");
+    assert!(
+        text.contains("\n### Label efficiency: kNN top-1 (k=20) (%)\n"),
+        "{text}"
+    );
     assert!(text.contains("| 1% (100 labels) | 60.30 | — |"), "{text}");
 }
 

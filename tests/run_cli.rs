@@ -467,6 +467,30 @@ fn eval_reruns_tasks_on_a_saved_run() {
     assert_eq!(e[0]["config"]["k"], 5);
     assert_eq!(e[1]["config"]["k"], 3);
     assert_eq!(e[1]["overrides"][0], "downstream=[{task: knn, k: 3}]");
+    // Other label fractions without retraining; the report records each evaluation.
+    let set = "downstream=[{task: knn, k: 3, label_fraction: [0.5, 1.0]}]";
+    let o = recipe(&["eval", d, "--set", set]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("knn at 50% ("),
+        "{}",
+        text(&o.stdout)
+    );
+    assert_eq!(entries()[2]["by_fraction"].as_array().unwrap().len(), 2);
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert_eq!(
+        report.matches("## Evaluation with `recipe eval`").count(),
+        4,
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("- Override: `--set {set}`")),
+        "{report}"
+    );
+    assert!(
+        report.contains("### Label efficiency: kNN top-1 (k=3) (%)"),
+        "{report}"
+    );
 }
 
 /// The `resume with:` line a stopped run printed, as arguments.

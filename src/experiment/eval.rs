@@ -215,6 +215,29 @@ fn evaluate_on<D: EngineDevice>(
         .and_then(|v| v.get("downstream").and_then(Value::as_array).cloned())
         .unwrap_or_default();
     let merged = merge_evaluations(earlier, &fresh);
+    // The report keeps every evaluation, newest last, beside the training's own results.
+    let mut facts = vec![
+        format!("Checkpoint: `{}` (step {})", ckpt.display(), meta.step),
+        format!(
+            "Tasks: {}",
+            ran.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+        ),
+    ];
+    facts.extend(
+        sets.iter()
+            .map(|s| format!("Override: `--set {}`", s.replace('`', "'"))),
+    );
+    let section = crate::report::markdown::render_evaluation(
+        &format!("Evaluation with `recipe eval` ({when})"),
+        &facts,
+        &res.table,
+        &res.tables,
+        &res.notes,
+        &res.figures,
+    );
+    let report = dir.join("report.md");
+    let before = std::fs::read_to_string(&report).unwrap_or_default();
+    rundir::write_text(&report, &(before + &section)).map_err(ExperimentError::Files)?;
     let doc = json!({"downstream": merged});
     rundir::write_text(
         &path,

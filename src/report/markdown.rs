@@ -139,6 +139,41 @@ pub fn render_report(input: &ReportInput) -> String {
     out
 }
 
+/// One `recipe eval` of a finished run, as a section appended to its `report.md`:
+/// the heading, one line per fact (checkpoint, step, overrides), the downstream table,
+/// the label-efficiency tables, the notes and the figures it drew.
+pub fn render_evaluation(
+    heading: &str,
+    facts: &[String],
+    metrics: &MetricsTable,
+    tables: &[(String, MetricsTable)],
+    notes: &[String],
+    figures: &[(String, String)],
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "\n## {}\n", heading.replace(['\n', '\r'], " "));
+    for f in facts {
+        let _ = writeln!(out, "- {}", f.replace(['\n', '\r'], " "));
+    }
+    if !metrics.rows.is_empty() {
+        out.push('\n');
+        table(&mut out, metrics);
+    }
+    for (h, t) in tables {
+        let _ = writeln!(out, "\n### {}\n", h.replace(['\n', '\r'], " "));
+        table(&mut out, t);
+    }
+    for n in notes {
+        let _ = writeln!(out, "\n{n}");
+    }
+    for (title, path) in figures {
+        let title = title.replace(['\n', '\r'], " ");
+        let alt = title.replace(['[', ']'], "");
+        let _ = writeln!(out, "\n### {title}\n\n![{alt}]({})", link_target(path));
+    }
+    out
+}
+
 /// `t` as a Markdown table with an empty corner cell.
 fn table(out: &mut String, t: &MetricsTable) {
     let _ = write!(out, "| |");
