@@ -553,6 +553,21 @@ pub fn run_all<D: EngineDevice>(
     Ok(out)
 }
 
+/// A tick of a log10 axis of fractions, labelled as a percentage only where it falls
+/// on 1, 2 or 5 times a power of ten (the axis ticks are spaced evenly in log10).
+fn log_percent_tick(v: &f64) -> String {
+    let x = 10f64.powf(*v);
+    let decade = 10f64.powf(x.log10().floor());
+    let nice = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .any(|m| ((x / decade) - m).abs() < 1e-3 * m);
+    if nice {
+        super::subsets::percent((x * 1e6).round() / 1e6)
+    } else {
+        String::new()
+    }
+}
+
 /// A task's label-efficiency table (fractions as rows, encoders as columns, only the
 /// columns measured) and its plot `label_efficiency_<task>.png` (top-1 against the
 /// fraction on a log axis), written into `dir`.
@@ -599,7 +614,22 @@ fn efficiency_outputs(
         &format!("{} against the labelled fraction", e.metric),
         "labelled fraction of the training split (log scale)",
         &series,
-        &|v: &f64| super::subsets::percent(10f64.powf(*v)),
+        &log_percent_tick,
     )?;
     Ok((table, (format!("Label efficiency: {}", e.metric), file)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_percent_tick;
+
+    #[test]
+    fn log_ticks_label_only_round_fractions() {
+        assert_eq!(log_percent_tick(&-2.0), "1%");
+        assert_eq!(log_percent_tick(&-1.0), "10%");
+        assert_eq!(log_percent_tick(&0.0), "100%");
+        assert_eq!(log_percent_tick(&0.5f64.log10()), "50%");
+        assert_eq!(log_percent_tick(&0.02f64.log10()), "2%");
+        assert_eq!(log_percent_tick(&-1.8), "");
+    }
 }
