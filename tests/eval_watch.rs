@@ -8,6 +8,7 @@ use recipe::eval::collapse::{
     Indicators, effective_rank, normalized_std, sample_indices, symmetric_eigenvalues,
 };
 use recipe::eval::tsne::{TsneConfig, max_perplexity, tsne_2d};
+use recipe::eval::visualize::fit_perplexity;
 
 /// A standard normal draw (Box–Muller).
 fn normal(rng: &mut ChaCha8Rng) -> f64 {
@@ -70,7 +71,9 @@ fn eigenvalues_of_known_matrices() {
     let a: Vec<f64> = (0..n * n)
         .map(|k| {
             let (i, j) = (k / n, k % n);
-            (0..n).map(|m| q[i * n + m] * lambda[m] * q[j * n + m]).sum()
+            (0..n)
+                .map(|m| q[i * n + m] * lambda[m] * q[j * n + m])
+                .sum()
         })
         .collect();
     let mut want = lambda.to_vec();
@@ -88,10 +91,16 @@ fn random_gaussian_embeddings_look_healthy() {
     let f = gaussian(n, d, 1);
     let std = normalized_std(&f).unwrap();
     let healthy = 1.0 / (d as f64).sqrt();
-    assert!((std / healthy - 1.0).abs() < 0.03, "std {std} vs 1/√d {healthy}");
+    assert!(
+        (std / healthy - 1.0).abs() < 0.03,
+        "std {std} vs 1/√d {healthy}"
+    );
     // n = 32 d: the Marchenko–Pastur spread of the singular values costs a few percent.
     let rank = effective_rank(&f).unwrap();
-    assert!(rank > 0.95 * d as f64 && rank <= d as f64, "rank {rank} of {d}");
+    assert!(
+        rank > 0.95 * d as f64 && rank <= d as f64,
+        "rank {rank} of {d}"
+    );
     // More dimensions than rows: the rank is bounded by the rows (the n × n Gram).
     let wide = gaussian(32, 256, 2);
     let r = effective_rank(&wide).unwrap();
@@ -235,7 +244,21 @@ fn tsne_refuses_what_it_cannot_do() {
         );
     }
     let tiny = FeatureMatrix::new(3, 2, vec![0.0; 6], None).unwrap();
-    assert!(tsne_2d(&tiny, &TsneConfig { perplexity: 0.5, seed: 0 }).is_err());
+    assert!(
+        tsne_2d(
+            &tiny,
+            &TsneConfig {
+                perplexity: 0.5,
+                seed: 0
+            }
+        )
+        .is_err()
+    );
+    // A test split smaller than the recipe planned lowers the perplexity, with a note.
+    assert_eq!(fit_perplexity(30.0, 91), (30.0, None));
+    let (p, note) = fit_perplexity(30.0, 40);
+    assert_eq!(p, 13.0);
+    insta::assert_snapshot!("tsne_perplexity_note", note.unwrap());
     // The largest allowed perplexity works.
     let t = tsne_2d(
         &f,
@@ -246,4 +269,148 @@ fn tsne_refuses_what_it_cannot_do() {
     )
     .unwrap();
     assert!(neighbour_agreement(&t.coords, f.labels.as_deref().unwrap()) >= 0.9);
+}
+
+mod common;
+use common::{recipe, text};
+
+/// The tiny recipe of `run_cli.rs` (2% of the built-in subset, a two-stage CNN, two
+/// epochs of six steps), with a `visualize` task drawing the t-SNE map and the curves.
+const TINY: &str = r#"version: 1
+name: tiny
+seed: 3
+data:
+  source: {format: builtin}
+  image_size: 28
+  channels: 1
+  subset: 0.02
+  normalize: {mean: [0.286], std: [0.353]}
+augment:
+  views: 2
+  pipeline:
+    - random_resized_crop: {size: 16, scale: [0.3, 1.0]}
+    - horizontal_flip: {p: 0.5}
+model:
+  backbone: {arch: small_cnn, channels: [8, 16]}
+  head: {hidden: [16], out_dim: 8, batch_norm: true}
+loss: {method: simclr, temperature: 0.5}
+optimizer: {name: sgd, lr: 0.05, momentum: 0.9, weight_decay: 1.0e-4}
+schedule: {kind: warmup_cosine, warmup_epochs: 1}
+train: {epochs: 2, batch_size: 32, log_every: 1, threads: 2, watch_samples: 100}
+downstream:
+  - {task: visualize, samples: 80, perplexity: 20, plots: [embedding_tsne, training_curves]}
+"#;
+
+fn only_dir(out: &std::path::Path) -> std::path::PathBuf {
+    let dirs: Vec<_> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs[0].clone()
+}
+
+/// The indicator fields of every epoch record, as written.
+fn indicators(dir: &std::path::Path) -> Vec<[String; 3]> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "epoch")
+        .map(|v| {
+            ["embedding_std", "feature_std", "feature_rank"].map(|k| {
+                assert!(v[k].as_f64().is_some_and(f64::is_finite), "{k} in {v}");
+                v[k].to_string()
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_logs_reports_and_resumes_the_indicators() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("tiny.yaml");
+    std::fs::write(&file, TINY).unwrap();
+    let f = file.to_str().unwrap();
+    let whole = tmp.path().join("whole");
+    let o = recipe(&["run", f, "--out", whole.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(err.contains("embedding_std 0."), "{err}");
+    let whole = only_dir(&whole);
+    let ind = indicators(&whole);
+    assert_eq!(ind.len(), 2);
+    let csv = std::fs::read_to_string(whole.join("metrics.csv")).unwrap();
+    assert!(
+        csv.lines()
+            .next()
+            .unwrap()
+            .ends_with("embedding_std,feature_std,feature_rank,watch_seconds"),
+        "{csv}"
+    );
+    for png in ["collapse.png", "rank.png", "embedding_tsne.png", "loss.png"] {
+        assert!(
+            image::open(whole.join(png)).is_ok_and(|i| i.width() > 0),
+            "{png}"
+        );
+    }
+    let res: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(whole.join("results.json")).unwrap())
+            .unwrap();
+    let w = &res["watch"];
+    assert_eq!(w["samples"], 100);
+    assert_eq!(w["embedding_dim"], 8);
+    assert_eq!(w["feature_dim"], 16);
+    let std = w["embedding_std"].as_f64().unwrap();
+    assert!(std > 0.0 && std < 1.0, "{w}");
+    let rank = w["feature_rank"].as_f64().unwrap();
+    assert!((1.0..=16.0).contains(&rank), "{w}");
+    assert!(w["seconds_per_epoch"].as_f64().unwrap() > 0.0);
+    // The final measurement is the last epoch's (same weights, same sample).
+    assert_eq!(serde_json::Value::from(std).to_string(), ind[1][0]);
+    let vis = &res["downstream"][0];
+    assert_eq!(vis["tsne"]["points"], 80, "{vis}");
+    assert_eq!(vis["tsne"]["perplexity"], 20.0, "{vis}");
+    let report = std::fs::read_to_string(whole.join("report.md")).unwrap();
+    for want in [
+        "Collapse indicators on 100 fixed training images",
+        "collapse indicators (per epoch)",
+        "(collapse.png)",
+        "(rank.png)",
+        "(embedding_tsne.png)",
+    ] {
+        assert!(report.contains(want), "{want} not in:\n{report}");
+    }
+
+    // Stopped in the second epoch and resumed: the same indicators, to the bit.
+    let parts = tmp.path().join("parts");
+    let args = ["run", f, "--out", parts.to_str().unwrap()];
+    let o = recipe(&[&args[..], &["--stop-after-steps", "8"]].concat());
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o.stderr));
+    let parts = only_dir(&parts);
+    let o = recipe(&["run", f, "--resume", parts.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(indicators(&parts), ind);
+
+    // Turned off: no fields, no pictures, no entry.
+    let off = tmp.path().join("off");
+    let o = recipe(&[
+        "run",
+        f,
+        "--out",
+        off.to_str().unwrap(),
+        "--set",
+        "train.watch_samples=0",
+        "--set",
+        "downstream=[]",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let off = only_dir(&off);
+    assert!(!off.join("collapse.png").exists());
+    let jsonl = std::fs::read_to_string(off.join("metrics.jsonl")).unwrap();
+    assert!(!jsonl.contains("embedding_std"));
+    let res: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(off.join("results.json")).unwrap()).unwrap();
+    assert!(res["watch"].is_null());
 }

@@ -73,9 +73,7 @@ pub fn symmetric_eigenvalues(a: &[f64], n: usize) -> Result<Vec<f64>, EvalError>
         )));
     }
     if a.iter().any(|v| !v.is_finite()) {
-        return Err(EvalError::Data(
-            "the matrix has a non-finite value".into(),
-        ));
+        return Err(EvalError::Data("the matrix has a non-finite value".into()));
     }
     // Symmetrise from the lower triangle, so rounding in the caller's upper half
     // cannot matter.

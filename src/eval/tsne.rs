@@ -117,7 +117,12 @@ fn conditional(row: &[(usize, f64)], perplexity: f64) -> Vec<f64> {
             sum += *pj;
         }
         // H = ln Σ e^{−βd} + β Σ p d (with the shifted distances).
-        let mean_d: f64 = p.iter().zip(row).map(|(pj, r)| pj * (r.1 - d0)).sum::<f64>() / sum;
+        let mean_d: f64 = p
+            .iter()
+            .zip(row)
+            .map(|(pj, r)| pj * (r.1 - d0))
+            .sum::<f64>()
+            / sum;
         let h = sum.ln() + beta * mean_d;
         p.iter_mut().for_each(|pj| *pj /= sum);
         let diff = h - target;
@@ -127,7 +132,11 @@ fn conditional(row: &[(usize, f64)], perplexity: f64) -> Vec<f64> {
         // Entropy falls as β grows.
         if diff > 0.0 {
             lo = beta;
-            beta = if hi.is_finite() { (beta + hi) / 2.0 } else { beta * 2.0 };
+            beta = if hi.is_finite() {
+                (beta + hi) / 2.0
+            } else {
+                beta * 2.0
+            };
         } else {
             hi = beta;
             beta = (beta + lo) / 2.0;
@@ -243,7 +252,11 @@ pub fn tsne_2d(f: &FeatureMatrix, cfg: &TsneConfig) -> Result<Tsne, EvalError> {
             .map(|i| repulsion(i, &xs, &ys))
             .collect();
         // Z = Σ_{i≠j} w_ij, in row order.
-        let z = rep.iter().map(|r| r.0 - 1.0).sum::<f64>().max(f64::MIN_POSITIVE);
+        let z = rep
+            .iter()
+            .map(|r| r.0 - 1.0)
+            .sum::<f64>()
+            .max(f64::MIN_POSITIVE);
         let grad: Vec<(f64, f64)> = (0..n)
             .into_par_iter()
             .map(|i| {
@@ -303,7 +316,11 @@ pub fn tsne_2d(f: &FeatureMatrix, cfg: &TsneConfig) -> Result<Tsne, EvalError> {
         })
         .sum();
     Ok(Tsne {
-        coords: xs.iter().zip(&ys).map(|(&x, &y)| (x as f32, y as f32)).collect(),
+        coords: xs
+            .iter()
+            .zip(&ys)
+            .map(|(&x, &y)| (x as f32, y as f32))
+            .collect(),
         kl,
     })
 }

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use super::EvalError;
 use super::downstream::{DownstreamError, Encoders, Row, TaskOutput};
+use super::features::FeatureMatrix;
 use super::features::{Which, extract};
 use super::knn::{Metric, nearest};
-use super::features::FeatureMatrix;
 use super::pca::pca_2d;
 use super::tsne::{TsneConfig, max_perplexity, tsne_2d};
 use crate::augment::{self, Chain};
@@ -51,6 +51,20 @@ pub struct VisualizeTask {
     pub seed: u64,
     /// The training views' chain and seed (for [`Figure::AugmentationViews`]).
     pub views: Option<(Arc<Chain>, u64)>,
+}
+
+/// The perplexity a t-SNE map of `n` points uses: `requested`, or the most `n` points
+/// allow (`(n − 1) / 3`) with a note for the report when that is less.
+pub fn fit_perplexity(requested: f64, n: usize) -> (f64, Option<String>) {
+    let max = max_perplexity(n);
+    if requested <= max {
+        return (requested, None);
+    }
+    let note = format!(
+        "The t-SNE picture uses perplexity {max:.2} instead of {requested}: its {n} test \
+         images allow at most (n − 1) / 3."
+    );
+    (max, Some(note))
 }
 
 /// `n` indices spread evenly over `0..len`.
@@ -190,15 +204,8 @@ impl VisualizeTask {
                         ));
                         continue;
                     }
-                    let mut perplexity = self.perplexity;
-                    if perplexity > max_perplexity(n) {
-                        perplexity = max_perplexity(n);
-                        notes.push(format!(
-                            "The t-SNE picture uses perplexity {perplexity:.2} instead of {}: \
-                             its {n} test images allow at most (n − 1) / 3.",
-                            self.perplexity
-                        ));
-                    }
+                    let (perplexity, note) = fit_perplexity(self.perplexity, n);
+                    notes.extend(note);
                     let clock = std::time::Instant::now();
                     let t = tsne_2d(
                         &f,
