@@ -341,7 +341,7 @@ impl Indicators {
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         let ratio = self.embedding_std / self.healthy_std();
-        if !(ratio >= STD_COLLAPSE) {
+        if ratio.is_nan() || ratio < STD_COLLAPSE {
             out.push(format!(
                 "the projector's L2-normalised outputs have a per-dimension std of {}, \
                  {:.1}% of the 1/√d = {:.4} of spread-out embeddings (below {:.0}%): the \
@@ -352,7 +352,7 @@ impl Indicators {
                 100.0 * STD_COLLAPSE
             ));
         }
-        if !(self.feature_rank >= self.rank_threshold()) {
+        if self.feature_rank.is_nan() || self.feature_rank < self.rank_threshold() {
             out.push(format!(
                 "the backbone features' effective rank is {:.2} of at most {} (below {:.2}): \
                  they span almost no directions (RankMe)",

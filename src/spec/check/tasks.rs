@@ -172,7 +172,7 @@ fn check_perplexity(
     perplexity: f64,
 ) {
     use crate::spec::downstream::Plot;
-    if !(perplexity > 0.0) {
+    if perplexity <= 0.0 {
         err(
             out,
             format!("{p}.perplexity"),
