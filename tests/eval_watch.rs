@@ -383,6 +383,20 @@ fn a_run_logs_reports_and_resumes_the_indicators() {
         assert!(report.contains(want), "{want} not in:\n{report}");
     }
 
+    // `recipe eval` measures the checkpoint it evaluates: the same final values.
+    let o = recipe(&["eval", whole.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("collapse indicators on 100 training images"),
+        "{}",
+        text(&o.stdout)
+    );
+    let ev: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(whole.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(ev["watch"].as_array().unwrap().len(), 1, "{ev}");
+    assert_eq!(ev["watch"][0]["embedding_std"], w["embedding_std"]);
+    assert_eq!(ev["watch"][0]["feature_rank"], w["feature_rank"]);
+
     // Stopped in the second epoch and resumed: the same indicators, to the bit.
     let parts = tmp.path().join("parts");
     let args = ["run", f, "--out", parts.to_str().unwrap()];
