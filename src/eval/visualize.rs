@@ -220,7 +220,11 @@ impl VisualizeTask {
                     plots::scatter(
                         &dir.join("embedding_tsne.png"),
                         &format!(
-                            "t-SNE of {n} test embeddings (perplexity {perplexity:.4}, KL {:.3})",
+                            "t-SNE of {n} test embeddings (perplexity {}, KL {:.3})",
+                            // 30, or 13.33 when lowered to fit the points.
+                            format!("{perplexity:.2}")
+                                .trim_end_matches('0')
+                                .trim_end_matches('.'),
                             t.kl
                         ),
                         &t.coords,

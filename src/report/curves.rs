@@ -75,7 +75,7 @@ pub fn collapse_curves(
     }
     let (first, last) = (emb.points[0].0, emb.points[emb.points.len() - 1].0);
     let healthy = Series {
-        name: format!("1/√d = {healthy_std:.4} (spread out)"),
+        name: format!("projector's 1/√d = {healthy_std:.4} (spread out)"),
         points: vec![(first, healthy_std), (last, healthy_std)],
     };
     line_chart(
