@@ -428,3 +428,37 @@ fn a_run_logs_reports_and_resumes_the_indicators() {
         serde_json::from_str(&std::fs::read_to_string(off.join("results.json")).unwrap()).unwrap();
     assert!(res["watch"].is_null());
 }
+
+/// Timings for the report (`cargo test --release --test eval_watch -- --ignored
+/// --nocapture`): t-SNE of 1,000 points in 128 dimensions, and the effective rank of
+/// 512 × 128 (the main job's backbone) and 512 × 512 (a ResNet-18's) features.
+#[test]
+#[ignore = "a timing, not a check"]
+fn timings() {
+    let f = clusters(10, 100, 128, 1);
+    let t = std::time::Instant::now();
+    let m = tsne_2d(
+        &f,
+        &TsneConfig {
+            perplexity: 30.0,
+            seed: 0,
+        },
+    )
+    .unwrap();
+    println!(
+        "t-SNE of 1000 × 128: {:.2} s on {} threads (KL {:.3})",
+        t.elapsed().as_secs_f64(),
+        rayon::current_num_threads(),
+        m.kl
+    );
+    for d in [128, 512] {
+        let g = gaussian(512, d, 2);
+        let t = std::time::Instant::now();
+        let r = effective_rank(&g).unwrap();
+        let s = normalized_std(&g).unwrap();
+        println!(
+            "indicators of 512 × {d}: {:.3} s (rank {r:.1}, std {s:.4})",
+            t.elapsed().as_secs_f64()
+        );
+    }
+}
