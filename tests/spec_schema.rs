@@ -267,6 +267,7 @@ fn new_downstream_keys_have_their_documented_defaults() {
                 plots,
                 queries: 8,
                 neighbors: 8,
+                perplexity: 30.0,
                 ..
             },
         ] => assert_eq!(plots, &Plot::ALL.to_vec()),
@@ -282,6 +283,7 @@ fn new_downstream_keys_have_their_documented_defaults() {
             "filters",
             "feature_maps",
             "embedding_pca",
+            "embedding_tsne",
             "nearest_neighbors",
             "training_curves",
             "augmentation_views"

@@ -103,6 +103,7 @@ pub fn downstream(r: &Recipe) -> Result<Vec<eval::downstream::Task>, String> {
                 samples,
                 queries,
                 neighbors,
+                perplexity,
             } => {
                 use eval::visualize::Figure;
                 let figures: Vec<Figure> = plots
@@ -112,6 +113,7 @@ pub fn downstream(r: &Recipe) -> Result<Vec<eval::downstream::Task>, String> {
                         Plot::FeatureMaps => Some(Figure::FeatureMaps),
                         Plot::NearestNeighbors => Some(Figure::NearestNeighbors),
                         Plot::EmbeddingPca => Some(Figure::EmbeddingPca),
+                        Plot::EmbeddingTsne => Some(Figure::EmbeddingTsne),
                         Plot::AugmentationViews => Some(Figure::AugmentationViews),
                         // Drawn from the metrics file after the run (`wants_curves`).
                         Plot::TrainingCurves => None,
@@ -129,6 +131,8 @@ pub fn downstream(r: &Recipe) -> Result<Vec<eval::downstream::Task>, String> {
                     samples: *samples,
                     queries: *queries,
                     neighbors: *neighbors,
+                    perplexity: *perplexity,
+                    seed: r.seed,
                     views,
                 })
             }

@@ -156,7 +156,28 @@ fn print_summary(results: &serde_json::Value) {
     print_downstream(results);
 }
 
+/// The collapse indicators' line (and warnings) of a run's or an evaluation's JSON.
+fn print_watch(results: &serde_json::Value) {
+    let Some(w) = results.get("watch").filter(|w| w.is_object()) else {
+        return;
+    };
+    let num = |k: &str| w[k].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "collapse indicators on {} training images: embedding std {:.4} (1/√d = {:.4} when \
+         spread out, 0 when collapsed), backbone effective rank {:.1} of at most {}",
+        w["samples"],
+        num("embedding_std"),
+        num("healthy_std"),
+        num("feature_rank"),
+        w["max_rank"]
+    );
+    for m in w["warnings"].as_array().into_iter().flatten() {
+        println!("warning: {}", m.as_str().unwrap_or_default());
+    }
+}
+
 fn print_downstream(results: &serde_json::Value) {
+    print_watch(results);
     let Some(tasks) = results.get("downstream").and_then(|d| d.as_array()) else {
         return;
     };

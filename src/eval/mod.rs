@@ -17,6 +17,11 @@
 //! - [`fine_tune`](mod@crate::eval::fine_tune): backbone and a fresh classifier trained end
 //!   to end on labels.
 //! - [`pca`](mod@crate::eval::pca): the 2-D principal-component projection of features.
+//! - [`tsne`](mod@crate::eval::tsne): the 2-D t-SNE map of features (exact repulsion,
+//!   sparse perplexity-calibrated affinities).
+//! - [`collapse`](mod@crate::eval::collapse): the collapse indicators watched every epoch
+//!   (SimSiam's normalised-embedding std, RankMe's effective rank) and the symmetric
+//!   eigen-solver behind the rank.
 //! - [`downstream`](mod@crate::eval::downstream): the downstream tasks of a run — one
 //!   `Task` variant per task, each run by its own file (`knn`, `linear_probe`,
 //!   `fine_tune`, [`visualize`](mod@crate::eval::visualize)) against the trained encoder
@@ -42,6 +47,7 @@ use crate::nn::ModelError;
 use crate::optim::OptimError;
 use crate::optim::schedule::ScheduleError;
 
+pub mod collapse;
 pub mod downstream;
 pub mod features;
 pub mod fine_tune;
@@ -50,6 +56,7 @@ mod linalg;
 pub mod linear_probe;
 pub mod pca;
 pub mod subsets;
+pub mod tsne;
 pub mod visualize;
 
 pub use features::{FeatureMatrix, Normalize, Which, extract, raw_pixels};

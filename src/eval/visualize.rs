@@ -1,6 +1,6 @@
 //! The `visualize` downstream task: pictures of what the trained encoder learned —
-//! first-layer filters, activation maps per stage, nearest neighbours, a PCA of the
-//! embeddings — and of the augmentation chain's views, written into the run directory.
+//! first-layer filters, activation maps per stage, nearest neighbours, a PCA and a
+//! t-SNE map of the embeddings — and of the augmentation chain's views, written into the run directory.
 //! (The training curves are drawn from the metrics file after the run, by
 //! `report::curves`.)
 
@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use super::EvalError;
 use super::downstream::{DownstreamError, Encoders, Row, TaskOutput};
+use super::features::FeatureMatrix;
 use super::features::{Which, extract};
 use super::knn::{Metric, nearest};
 use super::pca::pca_2d;
+use super::tsne::{TsneConfig, max_perplexity, tsne_2d};
 use crate::augment::{self, Chain};
 use crate::nn::EngineDevice;
 use crate::report::{grid, plots};
@@ -26,6 +28,8 @@ pub enum Figure {
     NearestNeighbors,
     /// `embedding_pca.png`: a 2-D PCA of test embeddings coloured by class.
     EmbeddingPca,
+    /// `embedding_tsne.png`: a 2-D t-SNE map of the same test embeddings.
+    EmbeddingTsne,
     /// `augmentation_views.png`: training images and their augmented views.
     AugmentationViews,
 }
@@ -35,14 +39,32 @@ pub enum Figure {
 pub struct VisualizeTask {
     /// The pictures, in order.
     pub figures: Vec<Figure>,
-    /// Images in the PCA plot.
+    /// Images in the PCA and t-SNE plots.
     pub samples: usize,
     /// Images shown in the activation-map, neighbour and views pictures.
     pub queries: usize,
     /// Neighbours per query.
     pub neighbors: usize,
+    /// t-SNE's perplexity (lowered to what the test set allows, with a note).
+    pub perplexity: f64,
+    /// Seed of the t-SNE map.
+    pub seed: u64,
     /// The training views' chain and seed (for [`Figure::AugmentationViews`]).
     pub views: Option<(Arc<Chain>, u64)>,
+}
+
+/// The perplexity a t-SNE map of `n` points uses: `requested`, or the most `n` points
+/// allow (`(n − 1) / 3`) with a note for the report when that is less.
+pub fn fit_perplexity(requested: f64, n: usize) -> (f64, Option<String>) {
+    let max = max_perplexity(n);
+    if requested <= max {
+        return (requested, None);
+    }
+    let note = format!(
+        "The t-SNE picture uses perplexity {max:.2} instead of {requested}: its {n} test \
+         images allow at most (n − 1) / 3."
+    );
+    (max, Some(note))
 }
 
 /// `n` indices spread evenly over `0..len`.
@@ -59,9 +81,29 @@ impl VisualizeTask {
         enc: &mut Encoders<'_, D>,
     ) -> Result<TaskOutput, DownstreamError> {
         let mut figs: Vec<(String, String)> = Vec::new();
+        let mut notes: Vec<String> = Vec::new();
+        let mut json = serde_json::Map::new();
         let eval_set = enc.test.unwrap_or(enc.train);
         let dir = enc.dir;
         let queries = self.queries;
+        // The embedded images and their features, shared by the PCA and t-SNE pictures.
+        let mut embedded: Option<(crate::data::Dataset, FeatureMatrix)> = None;
+        let mut embed = |enc: &mut Encoders<'_, D>| -> Result<_, DownstreamError> {
+            if embedded.is_none() {
+                let n = self.samples.min(eval_set.len()).max(2);
+                let sub = eval_set.select(&spread(eval_set.len(), n));
+                let f = extract(
+                    enc.model,
+                    enc.store,
+                    &sub,
+                    enc.norm,
+                    Which::Backbone,
+                    enc.batch,
+                )?;
+                embedded = Some((sub, f));
+            }
+            Ok(embedded.clone().expect("just set"))
+        };
         for figure in &self.figures {
             match figure {
                 Figure::Filters => {
@@ -134,17 +176,8 @@ impl VisualizeTask {
                     ));
                 }
                 Figure::EmbeddingPca => {
-                    let n = self.samples.min(eval_set.len()).max(2);
-                    let idx = spread(eval_set.len(), n);
-                    let sub = eval_set.select(&idx);
-                    let f = extract(
-                        enc.model,
-                        enc.store,
-                        &sub,
-                        enc.norm,
-                        Which::Backbone,
-                        enc.batch,
-                    )?;
+                    let (sub, f) = embed(enc)?;
+                    let n = sub.len();
                     let p = pca_2d(&f)?;
                     let classes: Vec<u32> =
                         (0..sub.len()).map(|i| sub.label(i).unwrap_or(0)).collect();
@@ -161,6 +194,49 @@ impl VisualizeTask {
                         sub.classes(),
                     )?;
                     figs.push(("Embedding PCA".into(), "embedding_pca.png".into()));
+                }
+                Figure::EmbeddingTsne => {
+                    let (sub, f) = embed(enc)?;
+                    let n = sub.len();
+                    if n < 4 {
+                        notes.push(format!(
+                            "No t-SNE picture: the test set has {n} images, fewer than 4."
+                        ));
+                        continue;
+                    }
+                    let (perplexity, note) = fit_perplexity(self.perplexity, n);
+                    notes.extend(note);
+                    let clock = std::time::Instant::now();
+                    let t = tsne_2d(
+                        &f,
+                        &TsneConfig {
+                            perplexity,
+                            seed: self.seed,
+                        },
+                    )?;
+                    let secs = clock.elapsed().as_secs_f64();
+                    let classes: Vec<u32> =
+                        (0..sub.len()).map(|i| sub.label(i).unwrap_or(0)).collect();
+                    plots::scatter(
+                        &dir.join("embedding_tsne.png"),
+                        &format!(
+                            "t-SNE of {n} test embeddings (perplexity {}, KL {:.3})",
+                            // 30, or 13.33 when lowered to fit the points.
+                            format!("{perplexity:.2}")
+                                .trim_end_matches('0')
+                                .trim_end_matches('.'),
+                            t.kl
+                        ),
+                        &t.coords,
+                        &classes,
+                        sub.classes(),
+                    )?;
+                    json.insert(
+                        "tsne".into(),
+                        serde_json::json!({"points": n, "perplexity": perplexity,
+                            "kl_divergence": t.kl, "seconds": secs}),
+                    );
+                    figs.push(("Embedding t-SNE".into(), "embedding_tsne.png".into()));
                 }
                 Figure::AugmentationViews => {
                     let Some((chain, seed)) = &self.views else {
@@ -184,10 +260,17 @@ impl VisualizeTask {
                 }
             }
         }
+        let mut out = serde_json::Map::new();
+        out.insert("task".into(), "visualize".into());
+        out.insert(
+            "files".into(),
+            figs.iter().map(|f| f.1.clone()).collect::<Vec<_>>().into(),
+        );
+        out.extend(json);
         Ok(TaskOutput {
-            json: serde_json::json!({"task": "visualize",
-                "files": figs.iter().map(|f| f.1.clone()).collect::<Vec<_>>()}),
+            json: serde_json::Value::Object(out),
             figures: figs,
+            notes,
             ..Default::default()
         })
     }

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use super::{ExperimentError, data_err, env_err, files_err, normalization, recipe_err, usage_err};
 use crate::checkpoint;
 use crate::data;
+use crate::eval::collapse;
 use crate::eval::downstream::{Encoders, Task as DTask, run_all};
 use crate::nn::EngineDevice;
 use crate::nn::device::OnDevice;
@@ -191,6 +192,39 @@ fn evaluate_on<D: EngineDevice>(
         r.train.epochs as u64,
         meta.step,
     )?;
+    drop(enc);
+    // The collapse indicators of this checkpoint, on the run's fixed sample.
+    let watch = if r.train.watch_samples > 0 {
+        let sample = data.train.select(&collapse::sample_indices(
+            data.train.len(),
+            r.train.watch_samples,
+            r.seed,
+        ));
+        let ind = collapse::measure(
+            &model,
+            &mut store,
+            &sample,
+            &norm,
+            r.train.batch_size.max(64),
+        )
+        .map_err(|e| recipe_err(format!("collapse indicators: {e}")))?;
+        Some(json!({
+            "checkpoint": ckpt.display().to_string(),
+            "step": meta.step,
+            "samples": ind.samples,
+            "embedding_dim": ind.embedding_dim,
+            "embedding_std": ind.embedding_std,
+            "healthy_std": ind.healthy_std(),
+            "feature_dim": ind.feature_dim,
+            "feature_std": ind.feature_std,
+            "feature_rank": ind.feature_rank,
+            "max_rank": ind.max_rank(),
+            "collapsed": !ind.warnings().is_empty(),
+            "warnings": ind.warnings(),
+        }))
+    } else {
+        None
+    };
     let when = rundir::timestamp(std::time::SystemTime::now());
     let fresh: Vec<Value> = res
         .json
@@ -238,7 +272,20 @@ fn evaluate_on<D: EngineDevice>(
     let report = dir.join("report.md");
     let before = std::fs::read_to_string(&report).unwrap_or_default();
     rundir::write_text(&report, &(before + &section)).map_err(ExperimentError::Files)?;
-    let doc = json!({"downstream": merged});
+    let mut doc = json!({"downstream": merged});
+    // One indicator entry per checkpoint (a re-evaluation replaces its own).
+    let mut watches: Vec<Value> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v.get("watch").and_then(Value::as_array).cloned())
+        .unwrap_or_default();
+    if let Some(w) = &watch {
+        watches.retain(|e| e.get("checkpoint") != w.get("checkpoint"));
+        watches.push(w.clone());
+    }
+    if !watches.is_empty() {
+        doc["watch"] = Value::Array(watches);
+    }
     rundir::write_text(
         &path,
         &(serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"),
@@ -246,7 +293,7 @@ fn evaluate_on<D: EngineDevice>(
     .map_err(ExperimentError::Files)?;
     Ok(
         json!({"checkpoint": ckpt.display().to_string(), "step": meta.step,
-        "downstream": fresh}),
+        "downstream": fresh, "watch": watch}),
     )
 }
 

@@ -13,6 +13,7 @@ use super::{
 use crate::checkpoint;
 use crate::data::{self, Dataset, Loader, LoaderConfig};
 use crate::dist;
+use crate::eval::collapse;
 use crate::eval::downstream::{Encoders, Task as DTask, run_all};
 use crate::eval::features::extract;
 use crate::eval::knn::{KnnTask, knn};
@@ -239,10 +240,23 @@ fn run_on<D: EngineDevice>(
         )
         .map_err(ExperimentError::Files)?;
     }
+    // The collapse indicators' fixed sample (rank 0 alone measures them).
+    let watch_set: Option<Dataset> = (writer && r.train.watch_samples > 0).then(|| {
+        train.select(&collapse::sample_indices(
+            train.len(),
+            r.train.watch_samples,
+            r.seed,
+        ))
+    });
+    let columns: &[&str] = if watch_set.is_some() {
+        &collapse::FIELDS
+    } else {
+        &[]
+    };
     let mut metrics = match &resumed {
         _ if !writer => None,
-        Some(m) => Some(MetricsWriter::resume(&dir, &[], m.step)?.0),
-        None => Some(MetricsWriter::create(&dir, &[])?),
+        Some(m) => Some(MetricsWriter::resume(&dir, columns, m.step)?.0),
+        None => Some(MetricsWriter::create(&dir, columns)?),
     };
     let norm = normalization(r);
     // kNN during training, every `every_epochs` epochs, on the test split.
@@ -260,9 +274,26 @@ fn run_on<D: EngineDevice>(
     let eval_batch = r.train.batch_size.max(64);
     let test_ref = test.as_ref();
     let train_ref: &Dataset = &train;
+    let epochs = r.train.epochs;
     let mut on_epoch =
         |t: &mut Trainer<D>, epoch: usize| -> Result<Vec<(String, f64)>, TrainError> {
             let mut out = Vec::new();
+            if let Some(ws) = &watch_set {
+                let clock = Instant::now();
+                let model = t.encoder.model().clone();
+                let ind = collapse::measure(&model, &mut t.store, ws, &norm, eval_batch)
+                    .map_err(|e| TrainError::Other(format!("collapse indicators: {e}")))?;
+                out.extend(ind.fields());
+                out.push((
+                    collapse::FIELDS[3].to_string(),
+                    clock.elapsed().as_secs_f64(),
+                ));
+                // Printed whatever the progress setting: a collapsing run is worth
+                // stopping early.
+                for w in ind.warnings() {
+                    eprintln!("warning: collapse after epoch {epoch}/{epochs}: {w}");
+                }
+            }
             // Evaluation runs once, on rank 0.
             let (true, Some(test)) = (writer, test_ref) else {
                 return Ok(out);
@@ -342,6 +373,14 @@ fn run_on<D: EngineDevice>(
     // an `nn.Sequential` named `features`).
     let names = model.backbone_entry_names(&trainer.store);
     checkpoint::export_named(&dir.join("backbone.safetensors"), &trainer.store, &names)?;
+    let watch = match &watch_set {
+        Some(ws) => Some(watch_summary(
+            &collapse::measure(&model, &mut trainer.store, ws, &norm, eval_batch)
+                .map_err(|e| recipe_err(format!("collapse indicators: {e}")))?,
+            &dir,
+        )?),
+        None => None,
+    };
     let eval_started = Instant::now();
     let untrained = crate::build::model(r, model.input.1).map_err(recipe_err)?;
     let mut enc = Encoders::new(
@@ -370,6 +409,19 @@ fn run_on<D: EngineDevice>(
     };
     let mut figures = results.figures.clone();
     figures.extend(curves);
+    let mut notes = results.notes.clone();
+    let mut timings_watch = Vec::new();
+    if let Some(w) = &watch {
+        figures.extend(crate::report::curves::collapse_curves(
+            &dir,
+            w.last.healthy_std(),
+            w.last.max_rank(),
+        )?);
+        notes.push(w.note.clone());
+        if let Some(s) = w.seconds_per_epoch {
+            timings_watch.push(("collapse indicators (per epoch)".to_string(), s));
+        }
+    }
     let total = started.elapsed().as_secs_f64();
     let invocations = resume::read(&dir);
     let made = resume::provenance(&invocations);
@@ -396,6 +448,7 @@ fn run_on<D: EngineDevice>(
             },
         },
         "downstream": results.json,
+        "watch": watch.as_ref().map(|w| w.json.clone()),
         "seconds": {"training": summary.train_seconds, "evaluation": eval_secs,
             "this_invocation": total},
         "peak_rss_mib": runtime::peak_rss_mib(),
@@ -430,12 +483,15 @@ fn run_on<D: EngineDevice>(
                 ),
                 ("downstream tasks".into(), eval_secs),
                 ("this invocation in all".into(), total),
-            ],
+            ]
+            .into_iter()
+            .chain(timings_watch)
+            .collect(),
             images_per_s: Some(summary.images_per_s),
             final_loss: Some(summary.last_epoch_loss),
             metrics: results.table.clone(),
             tables: results.tables.clone(),
-            notes: results.notes.clone(),
+            notes,
             figures,
         },
     )?;
@@ -471,4 +527,89 @@ fn lr_at(r: &Recipe, dataset_len: usize, steps_per_epoch: u64, step: u64) -> Opt
         crate::optim::schedule::Schedule::new(&p.schedule, p.peak_lr, p.epochs, steps_per_epoch)
             .ok()?;
     Some(s.lr(step))
+}
+
+/// What a run reports of its collapse indicators: the `results.json` entry, the report
+/// paragraph, the final measurement and the mean time per epoch.
+struct Watch {
+    json: Value,
+    note: String,
+    last: collapse::Indicators,
+    seconds_per_epoch: Option<f64>,
+}
+
+/// The run's collapse indicators from its final measurement `last` and the epoch
+/// records in `dir`'s `metrics.jsonl` (so a resumed run reports every epoch).
+fn watch_summary(last: &collapse::Indicators, dir: &Path) -> Result<Watch, ExperimentError> {
+    use crate::report::metrics::{JSONL_FILE, Kind, read_jsonl};
+    let recs = read_jsonl(&dir.join(JSONL_FILE))?;
+    let mut times = Vec::new();
+    let mut flagged: Vec<(u64, Vec<String>)> = Vec::new();
+    for rec in recs.iter().filter(|r| r.kind == Kind::Epoch) {
+        if let Some(t) = rec.get(collapse::FIELDS[3]) {
+            times.push(t);
+        }
+        let Some(ind) = collapse::Indicators::from_fields(
+            |k| rec.get(k),
+            last.samples,
+            last.embedding_dim,
+            last.feature_dim,
+        ) else {
+            continue;
+        };
+        let w = ind.warnings();
+        if !w.is_empty() {
+            flagged.push((rec.epoch + 1, w));
+        }
+    }
+    let seconds_per_epoch =
+        (!times.is_empty()).then(|| times.iter().sum::<f64>() / times.len() as f64);
+    let warnings: Vec<String> = last.warnings();
+    let mut note = format!(
+        "Collapse indicators on {} fixed training images, after the last epoch: \
+         L2-normalised projector outputs have a per-dimension std of {:.4} (1/√{} = {:.4} \
+         when spread out, 0 when collapsed; SimSiam), the backbone features {:.4}; the \
+         backbone features' effective rank (RankMe) is {:.1} of at most {}.",
+        last.samples,
+        last.embedding_std,
+        last.embedding_dim,
+        last.healthy_std(),
+        last.feature_std,
+        last.feature_rank,
+        last.max_rank()
+    );
+    if flagged.is_empty() {
+        note.push_str(" No epoch indicated collapse.");
+    } else {
+        let epochs: Vec<String> = flagged.iter().map(|f| f.0.to_string()).collect();
+        note.push_str(&format!(
+            " **Warning: collapse indicated after epoch(s) {}.** {}",
+            epochs.join(", "),
+            flagged
+                .last()
+                .map(|f| format!("After epoch {}: {}.", f.0, f.1.join("; ")))
+                .unwrap_or_default()
+        ));
+    }
+    let json = json!({
+        "samples": last.samples,
+        "embedding": "projector output (L2-normalised)",
+        "embedding_dim": last.embedding_dim,
+        "embedding_std": last.embedding_std,
+        "healthy_std": last.healthy_std(),
+        "feature_dim": last.feature_dim,
+        "feature_std": last.feature_std,
+        "feature_rank": last.feature_rank,
+        "max_rank": last.max_rank(),
+        "collapsed": !warnings.is_empty(),
+        "warnings": warnings,
+        "collapse_epochs": flagged.iter().map(|f| f.0).collect::<Vec<_>>(),
+        "seconds_per_epoch": seconds_per_epoch,
+    });
+    Ok(Watch {
+        json,
+        note,
+        last: last.clone(),
+        seconds_per_epoch,
+    })
 }

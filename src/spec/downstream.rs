@@ -132,11 +132,11 @@ pub enum Task {
     /// Pictures of what was learned, written to the run directory as PNG files and
     /// linked from its report.
     Visualize {
-        /// Which pictures to draw (at least one); all six by default.
+        /// Which pictures to draw (at least one); all seven by default.
         #[serde(default = "plots_default")]
         #[schemars(length(min = 1))]
         plots: Vec<Plot>,
-        /// Test images embedded for `embedding_pca` (≥ 2).
+        /// Test images embedded for `embedding_pca` and `embedding_tsne` (≥ 2).
         #[serde(default = "samples_default")]
         #[schemars(range(min = 2))]
         samples: usize,
@@ -149,6 +149,14 @@ pub enum Task {
         #[serde(default = "neighbors_default")]
         #[schemars(range(min = 1))]
         neighbors: usize,
+        /// t-SNE's perplexity for `embedding_tsne`: the effective number of neighbours
+        /// each point's affinities reach (van der Maaten & Hinton 2008; 5–50 is the
+        /// usual range, 30 the usual default). Each point needs 3 × perplexity
+        /// neighbours, so it is at most (samples − 1) / 3; a smaller test set lowers it
+        /// to what its images allow, with a note.
+        #[serde(default = "perplexity_default")]
+        #[schemars(schema_with = "super::bounds::positive")]
+        perplexity: f64,
     },
 }
 
@@ -318,6 +326,9 @@ pub enum Plot {
     FeatureMaps,
     /// 2-D PCA of test embeddings, coloured by class.
     EmbeddingPca,
+    /// 2-D t-SNE of test embeddings, coloured by class (exact repulsion; about a
+    /// second for 1,000 points).
+    EmbeddingTsne,
     /// Test images (queries) next to their nearest training neighbours.
     NearestNeighbors,
     /// The training loss, learning rate and kNN accuracy over training.
@@ -328,10 +339,11 @@ pub enum Plot {
 
 impl Plot {
     /// Every plot kind, in the order the report shows them (the default of `plots`).
-    pub const ALL: [Plot; 6] = [
+    pub const ALL: [Plot; 7] = [
         Plot::Filters,
         Plot::FeatureMaps,
         Plot::EmbeddingPca,
+        Plot::EmbeddingTsne,
         Plot::NearestNeighbors,
         Plot::TrainingCurves,
         Plot::AugmentationViews,
@@ -367,6 +379,9 @@ fn ft_wd() -> f64 {
 }
 fn plots_default() -> Vec<Plot> {
     Plot::ALL.to_vec()
+}
+fn perplexity_default() -> f64 {
+    30.0
 }
 fn samples_default() -> usize {
     1000

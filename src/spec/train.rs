@@ -36,6 +36,18 @@ pub struct Train {
     /// process.
     #[serde(default)]
     pub sync_batch_norm: bool,
+    /// Training images (a fixed sample drawn from the seed, un-augmented) on which the
+    /// collapse indicators are measured after every epoch: the per-dimension std of the
+    /// L2-normalised projector outputs (SimSiam; about 1/√d when healthy, 0 when
+    /// collapsed) and the effective rank of the backbone features (RankMe). Logged to
+    /// `metrics.jsonl`, drawn in `collapse.png` and `rank.png`, with a warning on
+    /// collapse. 0 turns them off; at least 2 otherwise.
+    #[serde(default = "watch_default")]
+    pub watch_samples: usize,
+}
+
+fn watch_default() -> usize {
+    512
 }
 
 fn log_default() -> usize {

@@ -287,7 +287,14 @@ pub fn train_loop<D: EngineDevice>(
         }
         write(&rec)?;
         if lines || bar_wanted {
-            let extra: Vec<String> = extra.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
+            // Small values (the collapse indicators) keep four decimals.
+            let extra: Vec<String> = extra
+                .iter()
+                .map(|(k, v)| match v.abs() < 1.0 {
+                    true => format!("{k} {v:.4}"),
+                    false => format!("{k} {v:.2}"),
+                })
+                .collect();
             eprintln!(
                 "epoch {}/{} done: loss {:.4}, {:.0} images/s{}{}",
                 epoch,

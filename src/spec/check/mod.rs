@@ -235,6 +235,14 @@ pub(super) fn check_train(r: &Recipe, out: &mut Vec<Diagnostic>) {
     if t.epochs > 0 && t.checkpoint_every > t.epochs {
         out.push(Diagnostic::warning("train.checkpoint_every", format!("checkpoint_every ({}) is longer than training ({} epochs): only the final checkpoint is written", t.checkpoint_every, t.epochs)));
     }
+    if t.watch_samples == 1 {
+        err(
+            out,
+            "train.watch_samples",
+            "the collapse indicators need at least 2 images (a spread over one image is always 0)",
+        )
+        .help = Some("use 0 to turn them off, or a sample such as 512".into());
+    }
     if t.device == Device::Cuda && !CUDA_BUILT {
         err(out, "train.device", "`device: cuda` needs a binary built with CUDA support, and this one was built without it").help =
             Some("rebuild with `cargo build --release --features cuda` on a machine with the CUDA toolkit (see README, \"GPU\"), or use `device: cpu`".into());

@@ -132,7 +132,12 @@ pub(super) fn check_downstream(r: &Recipe, out: &mut Vec<Diagnostic>) {
                     );
                 }
             }
-            Task::Visualize { plots, samples, .. } => {
+            Task::Visualize {
+                plots,
+                samples,
+                perplexity,
+                ..
+            } => {
                 if plots.is_empty() {
                     err(out, format!("{p}.plots"), "list at least one plot");
                 }
@@ -143,6 +148,7 @@ pub(super) fn check_downstream(r: &Recipe, out: &mut Vec<Diagnostic>) {
                         "an embedding plot needs at least 2 samples",
                     );
                 }
+                check_perplexity(out, &p, plots, *samples, *perplexity);
             }
         }
     }
@@ -231,5 +237,45 @@ pub(super) fn probe_common(
             format!("{p}.weight_decay"),
             "weight_decay cannot be negative",
         );
+    }
+}
+
+/// t-SNE's perplexity: positive, and small enough for `samples` points to give every
+/// point its 3 × perplexity neighbours.
+fn check_perplexity(
+    out: &mut Vec<Diagnostic>,
+    p: &str,
+    plots: &[crate::spec::downstream::Plot],
+    samples: usize,
+    perplexity: f64,
+) {
+    use crate::spec::downstream::Plot;
+    if perplexity <= 0.0 {
+        err(
+            out,
+            format!("{p}.perplexity"),
+            format!("t-SNE's perplexity must be positive, found {perplexity}"),
+        )
+        .help = Some("30 is the usual value; 5–50 the usual range".into());
+        return;
+    }
+    if !plots.contains(&Plot::EmbeddingTsne) || samples < 2 {
+        return;
+    }
+    let max = (samples - 1) as f64 / 3.0;
+    if perplexity > max {
+        err(
+            out,
+            format!("{p}.perplexity"),
+            format!(
+                "perplexity {perplexity} is more than {samples} samples allow: t-SNE gives \
+                 each point 3 × perplexity neighbours, so at most (samples − 1) / 3 = {max:.2}"
+            ),
+        )
+        .help = Some(format!(
+            "lower `perplexity` to at most {}, or raise `samples` to at least {}",
+            max.floor(),
+            (3.0 * perplexity).ceil() as usize + 1
+        ));
     }
 }
