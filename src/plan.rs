@@ -261,7 +261,7 @@ pub fn plan_with(r: &Recipe, world: Option<usize>, gbit: f64) -> Result<String, 
         .iter()
         .map(|(_, n, s)| s.train_step_flops as f64 * *n as f64)
         .sum();
-    let activations: f64 = summaries
+    let mut activations: f64 = summaries
         .iter()
         .map(|(_, n, s)| s.peak_activation_bytes as f64 * *n as f64)
         .sum();
@@ -273,7 +273,11 @@ pub fn plan_with(r: &Recipe, world: Option<usize>, gbit: f64) -> Result<String, 
         prototypes,
     };
     let costs = method.plan(&facts);
-    step_flops += costs.extra_step_flops;
+    // A method that feeds the encoder several copies of each view (RotNet's rotations)
+    // multiplies its work and activations.
+    let copies = costs.encoder_copies.max(1);
+    step_flops = step_flops * copies as f64 + costs.extra_step_flops;
+    activations *= copies as f64;
     let state = (!costs.parts.is_empty()).then(|| {
         format!(
             "{} ({})",
@@ -281,10 +285,15 @@ pub fn plan_with(r: &Recipe, world: Option<usize>, gbit: f64) -> Result<String, 
             mib(costs.state_bytes as f64)
         )
     });
-    let images = batch * views;
+    let images = batch * views * copies;
+    let copies_text = if copies > 1 {
+        format!(" × {copies} copies")
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "\ntraining step, all views: {batch} images × {views} views = {images} images, {} (≈ 3 × forward per view)",
+        "\ntraining step, all views: {batch} images × {views} views{copies_text} = {images} images, {} (≈ 3 × forward per view)",
         flops(step_flops)
     );
     let _ = writeln!(

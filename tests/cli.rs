@@ -465,3 +465,29 @@ fn preview_enlarges_8x8_digits() {
     let img = image::open(&png).unwrap();
     assert_eq!((img.width(), img.height()), (3 * 24 + 8, 2 * 24 + 6));
 }
+
+#[test]
+fn plan_counts_every_rotation_of_rotnet() {
+    // Every view is fed at each of the 4 rotations: 4× the encoder's work and memory.
+    let out = recipe(&["plan", "recipes/rotation.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("128 images × 1 views × 4 copies = 512 images, 23.29 GFLOP"),
+        "{s}"
+    );
+    assert!(s.contains("4-way rotation classifier (the head)"), "{s}");
+    let one = text(
+        &recipe(&[
+            "plan",
+            "recipes/rotation.yaml",
+            "--set",
+            "loss.all_rotations=false",
+        ])
+        .stdout,
+    );
+    assert!(
+        one.contains("128 images × 1 views = 128 images, 5.82 GFLOP"),
+        "{one}"
+    );
+}

@@ -6,7 +6,7 @@ use dfdx::prelude::Cpu;
 use recipe::bench::{BenchConfig, synthetic_batch};
 use recipe::nn::model::{BackboneConfig, BackboneKind, HeadConfig, ModelConfig, PrototypesConfig};
 use recipe::nn::params::DecayPolicy;
-use recipe::objective::{MethodConfig, memory_bank, moco, nt_xent, supcon, swav};
+use recipe::objective::{MethodConfig, memory_bank, moco, nt_xent, rotation, supcon, swav};
 use recipe::optim::schedule::{Decay, ScheduleConfig};
 use recipe::optim::{OptimizerConfig, SgdConfig};
 use recipe::train::step::{Trainer, TrainerParts};
@@ -23,7 +23,11 @@ fn parts(method: MethodConfig, views: usize, lr: f64) -> TrainerParts {
             head: Some(HeadConfig {
                 in_dim: None,
                 hidden: vec![16],
-                out_dim: 8,
+                // Rotation prediction's head is its classifier: one output per rotation.
+                out_dim: match &method {
+                    MethodConfig::Rotation(r) => r.rotations.len(),
+                    _ => 8,
+                },
                 batch_norm: true,
                 last_bn: false,
             }),
@@ -76,6 +80,7 @@ fn methods() -> Vec<(MethodConfig, usize)> {
             MethodConfig::Supcon(supcon::SupconConfig {
                 temperature: 0.5,
                 base_temperature: 0.5,
+                contrast_mode: supcon::ContrastMode::All,
             }),
             2,
         ),
@@ -108,6 +113,28 @@ fn methods() -> Vec<(MethodConfig, usize)> {
                 assign_views: 2,
             }),
             3,
+        ),
+        (
+            MethodConfig::Supcon(supcon::SupconConfig {
+                temperature: 0.5,
+                base_temperature: 0.5,
+                contrast_mode: supcon::ContrastMode::One,
+            }),
+            2,
+        ),
+        (
+            MethodConfig::Rotation(rotation::RotationConfig {
+                rotations: vec![0, 90, 180, 270],
+                all: true,
+            }),
+            1,
+        ),
+        (
+            MethodConfig::Rotation(rotation::RotationConfig {
+                rotations: vec![0, 180],
+                all: false,
+            }),
+            1,
         ),
     ]
 }

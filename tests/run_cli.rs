@@ -165,16 +165,22 @@ fn every_method_runs_end_to_end() {
             "",
         ),
         ("supcon", "{method: supcon, temperature: 0.1}", ""),
+        ("rotation", "{method: rotation}", ""),
     ];
     for (method, loss, extra) in cases {
         let file = tiny(tmp.path(), method, loss, extra);
         let out = tmp.path().join(format!("out-{method}"));
-        let o = recipe(&[
+        let mut args = vec![
             "run",
             file.to_str().unwrap(),
             "--out",
             out.to_str().unwrap(),
-        ]);
+        ];
+        if method == "rotation" {
+            // The head is the 4-way rotation classifier; one view per image.
+            args.extend(["--set", "model.head.out_dim=4", "--set", "augment.views=1"]);
+        }
+        let o = recipe(&args);
         assert_eq!(o.status.code(), Some(0), "{method}: {}", text(&o.stderr));
         check_finished(&run_dir(&out), method);
     }

@@ -18,13 +18,13 @@ use crate::nn::model::{
     BackboneConfig, BackboneKind, HeadConfig, ModelConfig, PrototypesConfig, ResNetSpec, Stem,
 };
 use crate::nn::params::DecayPolicy;
-use crate::objective::{MethodConfig, memory_bank, moco, nt_xent, supcon, swav};
+use crate::objective::{MethodConfig, memory_bank, moco, nt_xent, rotation, supcon, swav};
 use crate::optim::schedule::{
     Decay, LrScaling, ScaledLr, ScheduleConfig, ScheduleError, Warmup, WarmupLength,
 };
 use crate::optim::{AdamWConfig, LarsConfig, OptimizerConfig, SgdConfig};
 use crate::spec::Recipe;
-use crate::spec::loss::Loss;
+use crate::spec::loss::{ContrastMode as SpecContrastMode, Loss};
 use crate::spec::model::{Backbone, Stem as SpecStem};
 use crate::spec::optim::{LrScaling as SpecScaling, Optimizer, Schedule};
 
@@ -152,9 +152,11 @@ pub fn model(r: &Recipe, size: usize) -> Result<ModelConfig, ModelError> {
             count: prototypes,
             dim: None,
         }),
-        Loss::Simclr { .. } | Loss::Moco { .. } | Loss::MemoryBank { .. } | Loss::Supcon { .. } => {
-            None
-        }
+        Loss::Simclr { .. }
+        | Loss::Moco { .. }
+        | Loss::MemoryBank { .. }
+        | Loss::Supcon { .. }
+        | Loss::Rotation { .. } => None,
     };
     Ok(ModelConfig {
         backbone: BackboneConfig {
@@ -228,9 +230,21 @@ pub fn method(r: &Recipe, dataset_len: usize) -> MethodConfig {
         Loss::Supcon {
             temperature,
             base_temperature,
+            contrast_mode,
         } => MethodConfig::Supcon(supcon::SupconConfig {
             temperature: *temperature as f32,
             base_temperature: *base_temperature as f32,
+            contrast_mode: match contrast_mode {
+                SpecContrastMode::All => supcon::ContrastMode::All,
+                SpecContrastMode::One => supcon::ContrastMode::One,
+            },
+        }),
+        Loss::Rotation {
+            rotations,
+            all_rotations,
+        } => MethodConfig::Rotation(rotation::RotationConfig {
+            rotations: rotations.clone(),
+            all: *all_rotations,
         }),
     }
 }

@@ -8,7 +8,9 @@
 //! Every match over methods is `for_each_method!`'s, with no catch-all arm: a new
 //! variant of [`MethodConfig`] is a compile error until it has its line there.
 
-use super::{Encoder, Objective, ObjectiveError, memory_bank, moco, nt_xent, supcon, swav};
+use super::{
+    Encoder, Objective, ObjectiveError, memory_bank, moco, nt_xent, rotation, supcon, swav,
+};
 use crate::nn::ops::EngineDevice;
 use crate::nn::params::ParamStore;
 
@@ -26,6 +28,8 @@ pub enum MethodConfig {
     Swav(swav::SwavConfig),
     /// Supervised contrastive loss.
     Supcon(supcon::SupconConfig),
+    /// RotNet's rotation prediction.
+    Rotation(rotation::RotationConfig),
 }
 
 /// `for_each_method!(cfg, c => expr)`: `expr` with `c` bound to the method's own config,
@@ -38,6 +42,7 @@ macro_rules! for_each_method {
             MethodConfig::MemoryBank($c) => $body,
             MethodConfig::Swav($c) => $body,
             MethodConfig::Supcon($c) => $body,
+            MethodConfig::Rotation($c) => $body,
         }
     };
 }
@@ -109,7 +114,7 @@ pub struct ModelFacts {
 }
 
 /// A method's costs beyond the encoder's, as `recipe plan` reports them.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct MethodPlan {
     /// What the method keeps, one phrase each, in the order plan prints them.
     pub parts: Vec<String>,
@@ -117,6 +122,17 @@ pub struct MethodPlan {
     pub state_bytes: usize,
     /// FLOPs per step beyond the encoder's forward and backward over all views.
     pub extra_step_flops: f64,
+    /// Images the encoder sees per view of each image, forward and backward (RotNet:
+    /// one per rotation); 1 for every other method. Scales the step's encoder FLOPs
+    /// and activation memory.
+    pub encoder_copies: usize,
+}
+
+impl Default for MethodPlan {
+    /// No state, no extra work, the encoder once per view.
+    fn default() -> Self {
+        MethodPlan::from_layout(&[])
+    }
 }
 
 impl MethodPlan {
@@ -135,6 +151,7 @@ impl MethodPlan {
             parts,
             state_bytes: 4 * layout_floats(layout),
             extra_step_flops: 0.0,
+            encoder_copies: 1,
         }
     }
 }
@@ -246,6 +263,7 @@ mod tests {
             MethodConfig::Supcon(supcon::SupconConfig {
                 temperature: 0.5,
                 base_temperature: 0.07,
+                contrast_mode: supcon::ContrastMode::All,
             }),
             MethodConfig::Moco(moco::MocoConfig {
                 temperature: 0.2,
@@ -262,6 +280,10 @@ mod tests {
             }),
             swav(None),
             swav(Some((16, 0))),
+            MethodConfig::Rotation(rotation::RotationConfig {
+                rotations: vec![0, 90, 180, 270],
+                all: true,
+            }),
         ]
     }
 
@@ -275,9 +297,10 @@ mod tests {
             MethodConfig::MemoryBank(_) => 2,
             MethodConfig::Swav(_) => 3,
             MethodConfig::Supcon(_) => 4,
+            MethodConfig::Rotation(_) => 5,
         }
     }
-    const VARIANTS: usize = 5;
+    const VARIANTS: usize = 6;
 
     #[test]
     fn every_method_describes_its_state_once() {
@@ -285,6 +308,12 @@ mod tests {
         for cfg in examples() {
             seen[variant(&cfg)] = true;
             let name = cfg.name();
+            // Rotation prediction's head is its 4-way classifier.
+            let dim = if matches!(cfg, MethodConfig::Rotation(_)) {
+                4
+            } else {
+                6
+            };
             let model_cfg = ModelConfig {
                 backbone: BackboneConfig {
                     kind: BackboneKind::SmallCnn {
@@ -295,7 +324,7 @@ mod tests {
                 head: Some(HeadConfig {
                     in_dim: None,
                     hidden: vec![8],
-                    out_dim: 6,
+                    out_dim: dim,
                     batch_norm: true,
                     last_bn: false,
                 }),
@@ -314,7 +343,7 @@ mod tests {
                 2
             };
             let mut obj = build(&cfg, &encoder, &store, views, 8, 5, 2, 10).unwrap();
-            let layout = cfg.state_layout(6);
+            let layout = cfg.state_layout(dim);
             assert_eq!(obj.state_layout(), layout, "{name}: objective vs config");
             let state = obj.state();
             let shapes: Vec<(String, Vec<usize>)> = state
@@ -330,7 +359,7 @@ mod tests {
             // Plan's state bytes are what the objective really keeps: its tensors and
             // any copy of the encoder.
             let facts = ModelFacts {
-                dim: 6,
+                dim,
                 encoder_floats: store.entries().iter().map(|e| e.numel()).sum(),
                 view_forward_flops: 1.0,
                 prototypes: model_cfg.prototypes.as_ref().map(|p| p.count),

@@ -5,8 +5,10 @@
 //! - one module per method with plain functions on dfdx tensors, usable without a
 //!   recipe or a model: [`nt_xent::loss`], [`supcon::loss`], [`moco::loss`] (with
 //!   [`moco::KeyQueue`] and [`moco::ema_update`]), [`memory_bank::loss`] (with
-//!   [`memory_bank::MemoryBank`]), [`swav::sinkhorn`] and [`swav::loss`]. Each
-//!   function's doc comment gives its row layout.
+//!   [`memory_bank::MemoryBank`]), [`swav::sinkhorn`] and [`swav::loss`],
+//!   [`rotation::loss`] (with [`rotation::rotate_square`]: RotNet's pretext task, whose
+//!   loss is a classifier's cross-entropy on the head's outputs, not normalised
+//!   embeddings). Each function's doc comment gives its row layout.
 //! - the [`Objective`] trait, which the training step drives: it runs the encoder on a
 //!   batch of views, computes the method's loss, and updates the method's state (MoCo's
 //!   key encoder and queue, the memory bank, SwAV's prototypes and queue) exactly when
@@ -20,7 +22,8 @@
 //! loss), `rows.rs` (the row helpers of the methods that score against stored rows).
 //!
 //! Invariants:
-//! - Embeddings are L2-normalised inside every loss; callers pass raw head outputs.
+//! - Embeddings are L2-normalised inside every contrastive loss; callers pass raw head
+//!   outputs (rotation prediction's head outputs are logits and stay as they are).
 //! - State that is not a parameter (queues, banks, the key encoder) never receives a
 //!   gradient: it enters the graph as tape-less tensors.
 //! - Every shape or value a method cannot work with is an [`ObjectiveError`], checked
@@ -33,6 +36,7 @@ pub mod memory_bank;
 mod method;
 pub mod moco;
 pub mod nt_xent;
+pub mod rotation;
 mod rows;
 mod scaffold;
 pub mod supcon;

@@ -10,6 +10,26 @@ use super::{
 use crate::nn::ops::{EngineDevice, T2};
 use crate::nn::params::ParamStore;
 
+/// Which rows of the batch are SupCon's anchors (SupContrast's `contrast_mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ContrastMode {
+    /// Every row: all views of all images (SupContrast's default, `'all'`).
+    #[default]
+    All,
+    /// The first view's rows only (`'one'`), each contrasted against all `V·N` rows.
+    One,
+}
+
+impl ContrastMode {
+    /// The anchors among `m` view-major rows of `n` images.
+    fn anchors(self, m: usize, n: usize) -> usize {
+        match self {
+            ContrastMode::All => m,
+            ContrastMode::One => n,
+        }
+    }
+}
+
 /// SupCon `L_out` of `z`, `(V·N, d)` raw embeddings in view-major order (row `v·N + i`
 /// is view `v` of image `i`), with `labels` one class per image (`N` of them).
 ///
@@ -27,6 +47,29 @@ pub fn loss<D: EngineDevice, T: Tape<f32, D>>(
     temperature: f32,
     base_temperature: f32,
 ) -> Result<Tensor<(), f32, D, T>, ObjectiveError> {
+    loss_with_mode(
+        z,
+        views,
+        labels,
+        temperature,
+        base_temperature,
+        ContrastMode::All,
+    )
+}
+
+/// [`loss`] with the anchors `mode` chooses: with [`ContrastMode::One`] only the `N`
+/// rows of the first view are anchors (SupContrast's `contrast_mode='one'`), each
+/// still contrasted against the other `V·N − 1` rows with every other row of its class
+/// a positive, and the loss is the mean over those `N` anchors. With one view the two
+/// modes are the same loss.
+pub fn loss_with_mode<D: EngineDevice, T: Tape<f32, D>>(
+    z: T2<D, T>,
+    views: usize,
+    labels: Option<&[u32]>,
+    temperature: f32,
+    base_temperature: f32,
+    mode: ContrastMode,
+) -> Result<Tensor<(), f32, D, T>, ObjectiveError> {
     check_temperature(temperature, "SupCon temperature")?;
     check_temperature(base_temperature, "SupCon base temperature")?;
     let m = z.shape().0;
@@ -41,10 +84,11 @@ pub fn loss<D: EngineDevice, T: Tape<f32, D>>(
     }
     check_rows(&z, "SupCon embeddings", m)?;
     let class = |r: usize| labels.map_or((r % n) as u64, |l| l[r % n] as u64);
-    let scale = temperature / base_temperature / m as f32;
-    let mut weights = vec![0.0f32; m * m];
+    let anchors = mode.anchors(m, n);
+    let scale = temperature / base_temperature / anchors as f32;
+    let mut weights = vec![0.0f32; anchors * m];
     let mut any = false;
-    for a in 0..m {
+    for a in 0..anchors {
         let pos: Vec<usize> = (0..m).filter(|&p| p != a && class(p) == class(a)).collect();
         for &p in &pos {
             weights[a * m + p] = scale / pos.len() as f32;
@@ -56,21 +100,28 @@ pub fn loss<D: EngineDevice, T: Tape<f32, D>>(
             "SupCon: no anchor has a positive (one view and no repeated class)".into(),
         ));
     }
-    Ok(weighted_info_nce(z, temperature, weights))
+    Ok(match mode {
+        ContrastMode::All => weighted_info_nce(z, temperature, weights),
+        ContrastMode::One => {
+            let rows: Vec<usize> = (0..anchors).collect();
+            super::weighted_info_nce_rows(z, &rows, temperature, weights)
+        }
+    })
 }
 
-/// SupCon as an [`Objective`]: all views through the encoder as one batch, then
-/// [`loss`] with the batch's labels.
-/// One rank's share of [`loss`] over the gathered global batch `z` (all `m` rows in
-/// single-process order, `labels` of all images): the terms of the anchors `anchors`,
-/// scaled by `world` so the mean over ranks is the single-process loss.
+/// One rank's share of [`loss_with_mode`] over the gathered global batch `z` (all `m`
+/// rows in single-process order, `labels` of all images): the terms of this rank's rows
+/// `rows` that `mode` makes anchors (with [`ContrastMode::One`], those of the first
+/// view), scaled by `world` so the mean over ranks is the single-process loss.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn distributed_loss<D: EngineDevice, T: Tape<f32, D>>(
     z: T2<D, T>,
-    anchors: &[usize],
+    rows: &[usize],
     views: usize,
     labels: &[u32],
     temperature: f32,
     base_temperature: f32,
+    mode: ContrastMode,
     world: usize,
 ) -> Result<Tensor<(), f32, D, T>, ObjectiveError> {
     check_temperature(temperature, "SupCon temperature")?;
@@ -92,7 +143,12 @@ pub(crate) fn distributed_loss<D: EngineDevice, T: Tape<f32, D>>(
             "SupCon: no anchor has a positive (one view and no repeated class)".into(),
         ));
     }
-    let scale = temperature / base_temperature / m as f32 * world as f32;
+    let anchors: Vec<usize> = match mode {
+        ContrastMode::All => rows.to_vec(),
+        ContrastMode::One => rows.iter().copied().filter(|&r| r < n).collect(),
+    };
+    let anchors = &anchors[..];
+    let scale = temperature / base_temperature / mode.anchors(m, n) as f32 * world as f32;
     let mut weights = vec![0.0f32; anchors.len() * m];
     for (i, &a) in anchors.iter().enumerate() {
         let pos: Vec<usize> = (0..m).filter(|&p| p != a && class(p) == class(a)).collect();
@@ -108,12 +164,16 @@ pub(crate) fn distributed_loss<D: EngineDevice, T: Tape<f32, D>>(
     ))
 }
 
+/// SupCon as an [`Objective`]: all views through the encoder as one batch, then
+/// [`loss_with_mode`] with the batch's labels.
 #[derive(Clone, Debug)]
 pub struct SupCon {
     /// Temperature τ.
     pub temperature: f32,
     /// Base temperature.
     pub base_temperature: f32,
+    /// Which rows are anchors.
+    pub mode: ContrastMode,
     /// Views per image.
     pub views: usize,
 }
@@ -132,10 +192,11 @@ impl<D: EngineDevice> Objective<D> for SupCon {
             ));
         };
         let z = encoder.embed(store, batch.views, true)?;
-        let (views, t, bt, world) = (
+        let (views, t, bt, mode, world) = (
             self.views,
             self.temperature,
             self.base_temperature,
+            self.mode,
             batch.dist.world(),
         );
         // Every rank's labels, in global image order (none needed on one process).
@@ -148,8 +209,8 @@ impl<D: EngineDevice> Objective<D> for SupCon {
             z,
             batch.dist,
             views,
-            |z| loss(z, views, Some(labels), t, bt),
-            |zg, anchors| distributed_loss(zg, anchors, views, &all, t, bt, world),
+            |z| loss_with_mode(z, views, Some(labels), t, bt, mode),
+            |zg, rows| distributed_loss(zg, rows, views, &all, t, bt, mode, world),
         )
     }
 }
@@ -161,6 +222,8 @@ pub struct SupconConfig {
     pub temperature: f32,
     /// Base temperature.
     pub base_temperature: f32,
+    /// Which rows are anchors (SupContrast's `contrast_mode`).
+    pub contrast_mode: ContrastMode,
 }
 
 impl Method for SupconConfig {
@@ -185,6 +248,7 @@ impl Method for SupconConfig {
         Ok(Box::new(SupCon {
             temperature: self.temperature,
             base_temperature: self.base_temperature,
+            mode: self.contrast_mode,
             views: on.views,
         }))
     }

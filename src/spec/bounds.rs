@@ -208,3 +208,13 @@ pub fn fraction_or_list(_: &mut SchemaGenerator) -> Schema {
 pub fn count_or_list(_: &mut SchemaGenerator) -> Schema {
     one_or_list(counts_item())
 }
+
+/// 2 to 4 angles, each 0, 90, 180 or 270 (RotNet's rotations, in degrees).
+pub fn right_angles(_: &mut SchemaGenerator) -> Schema {
+    let angle = SchemaObject {
+        instance_type: Some(InstanceType::Integer.into()),
+        enum_values: Some(vec![0.into(), 90.into(), 180.into(), 270.into()]),
+        ..Default::default()
+    };
+    array(angle, Some(2), Some(4))
+}

@@ -93,7 +93,43 @@ pub enum Loss {
         #[serde(default = "bank_t")]
         #[schemars(schema_with = "super::bounds::positive")]
         base_temperature: f64,
+        /// Which rows are anchors (SupContrast's `contrast_mode`): `all` (the default)
+        /// makes every view of every image an anchor; `one` only the first view's rows,
+        /// each still contrasted against every view's rows.
+        #[serde(default)]
+        contrast_mode: ContrastMode,
     },
+    /// RotNet rotation prediction (Gidaris, Singh & Komodakis 2018, "Unsupervised
+    /// Representation Learning by Predicting Image Rotations"): every view is rotated by
+    /// multiples of 90° and the projection head, a classifier with
+    /// `model.head.out_dim` = the number of `rotations`, predicts which rotation it sees
+    /// (cross-entropy, mean over all rotated images). Views must be square; kNN and the
+    /// linear probe evaluate the backbone's features as for every method.
+    Rotation {
+        /// The rotations to predict, in degrees counter-clockwise (torch.rot90's
+        /// direction); class `r` is the `r`-th entry. At least 2 of 0, 90, 180, 270, each
+        /// once; RotNet uses all four (its CIFAR-10 ablation: 4 rotations beat 2 and 8).
+        #[serde(default = "all_angles")]
+        #[schemars(schema_with = "super::bounds::right_angles")]
+        rotations: Vec<u32>,
+        /// Feed every rotation of every view in the same batch (RotNet's data loader and
+        /// the paper's finding: better than one rotation per image), so the encoder sees
+        /// `rotations` × the views per step; `false` draws one rotation per view of each
+        /// image, uniformly, seeded by the recipe's seed, the step and the image's index.
+        #[serde(default = "crate::spec::data::default_true")]
+        all_rotations: bool,
+    },
+}
+
+/// SupCon's anchors (SupContrast's `contrast_mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ContrastMode {
+    /// Every row (every view of every image) is an anchor; SupContrast's default.
+    #[default]
+    All,
+    /// Only the first view's rows are anchors, contrasted against all views' rows.
+    One,
 }
 
 /// SwAV's feature queue.
@@ -117,6 +153,7 @@ impl Loss {
             Loss::MemoryBank { .. } => "memory_bank",
             Loss::Swav { .. } => "swav",
             Loss::Supcon { .. } => "supcon",
+            Loss::Rotation { .. } => "rotation",
         }
     }
 }
@@ -150,4 +187,7 @@ fn swav_eps() -> f64 {
 }
 fn swav_iters() -> usize {
     3
+}
+fn all_angles() -> Vec<u32> {
+    vec![0, 90, 180, 270]
 }

@@ -457,9 +457,14 @@ impl Validator {
                 d
             }
             K::Enum { options } => {
-                let opts: Vec<&str> = options
+                // Numbers too (RotNet's angles), written as a person would.
+                let opts: Vec<String> = options
                     .as_array()
-                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .map(|a| {
+                        a.iter()
+                            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 let found = instance
                     .map(|v| {
@@ -468,9 +473,12 @@ impl Validator {
                             .unwrap_or_else(|| v.to_string())
                     })
                     .unwrap_or_default();
-                let what = path
-                    .last()
-                    .map_or("value".to_string(), |k| format!("`{k}`"));
+                // A list entry is named by its list: "`rotations` entry", not "`1`".
+                let what = match path {
+                    [.., list, i] if i.parse::<usize>().is_ok() => format!("`{list}` entry"),
+                    [.., k] => format!("`{k}`"),
+                    [] => "value".to_string(),
+                };
                 let mut d = Diagnostic::error(
                     dotted.clone(),
                     format!(
@@ -479,7 +487,7 @@ impl Validator {
                     ),
                 )
                 .with_span(value_span);
-                if let Some(best) = did_you_mean(&found, opts.iter().copied()) {
+                if let Some(best) = did_you_mean(&found, opts.iter().map(String::as_str)) {
                     d = d.with_help(format!("did you mean `{best}`?"));
                 }
                 d

@@ -12,7 +12,7 @@ use recipe::bench::{BenchConfig, synthetic_batch};
 use recipe::dist::Dist;
 use recipe::nn::model::{BackboneConfig, BackboneKind, HeadConfig, ModelConfig, PrototypesConfig};
 use recipe::nn::params::DecayPolicy;
-use recipe::objective::{MethodConfig, memory_bank, moco, nt_xent, supcon, swav};
+use recipe::objective::{MethodConfig, memory_bank, moco, nt_xent, rotation, supcon, swav};
 use recipe::optim::schedule::{Decay, ScheduleConfig};
 use recipe::optim::{OptimizerConfig, SgdConfig};
 use recipe::train::step::{Trainer, TrainerParts};
@@ -34,7 +34,11 @@ fn parts(method: MethodConfig, views: usize) -> TrainerParts {
             head: Some(HeadConfig {
                 in_dim: None,
                 hidden: vec![16],
-                out_dim: 8,
+                // Rotation prediction's head is its classifier: one output per rotation.
+                out_dim: match &method {
+                    MethodConfig::Rotation(r) => r.rotations.len(),
+                    _ => 8,
+                },
                 batch_norm: true,
                 last_bn: false,
             }),
@@ -78,6 +82,7 @@ pub fn methods() -> Vec<(MethodConfig, Vec<Shape>)> {
             MethodConfig::Supcon(supcon::SupconConfig {
                 temperature: 0.5,
                 base_temperature: 0.07,
+                contrast_mode: supcon::ContrastMode::All,
             }),
             two.clone(),
         ),
@@ -120,6 +125,32 @@ pub fn methods() -> Vec<(MethodConfig, Vec<Shape>)> {
                 assign_views: 2,
             }),
             vec![(1, 12, 12), (1, 12, 12), (1, 8, 8)],
+        ),
+        // SupCon with only the first view's rows as anchors: each rank's anchors are
+        // its first-view rows of the gathered batch.
+        (
+            MethodConfig::Supcon(supcon::SupconConfig {
+                temperature: 0.5,
+                base_temperature: 0.07,
+                contrast_mode: supcon::ContrastMode::One,
+            }),
+            two.clone(),
+        ),
+        // Rotation prediction: a per-image loss, nothing gathered; every rotation of
+        // every image, and one drawn per image (the draw follows the image, not the rank).
+        (
+            MethodConfig::Rotation(rotation::RotationConfig {
+                rotations: vec![0, 90, 180, 270],
+                all: true,
+            }),
+            vec![(1, 12, 12)],
+        ),
+        (
+            MethodConfig::Rotation(rotation::RotationConfig {
+                rotations: vec![0, 90, 270],
+                all: false,
+            }),
+            vec![(1, 12, 12)],
         ),
     ]
 }

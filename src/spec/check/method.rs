@@ -2,6 +2,7 @@
 //! multiples of the batch, momenta, temperatures), the optimiser and the schedule.
 
 use super::*;
+use crate::spec::loss::ContrastMode;
 
 pub(super) fn check_loss(r: &Recipe, out: &mut Vec<Diagnostic>) {
     let batch = r.train.batch_size;
@@ -160,6 +161,7 @@ pub(super) fn check_loss(r: &Recipe, out: &mut Vec<Diagnostic>) {
         Loss::Supcon {
             temperature,
             base_temperature,
+            contrast_mode,
         } => {
             positive(out, "loss.temperature", "temperature", *temperature);
             positive(
@@ -171,7 +173,69 @@ pub(super) fn check_loss(r: &Recipe, out: &mut Vec<Diagnostic>) {
             if !r.data.labels {
                 err(out, "loss.method", "SupCon needs labels, but `data.labels` is false").help = Some("set `data.labels: true` with a labelled source, or use a self-supervised method".into());
             }
+            if *contrast_mode == ContrastMode::One && views < 2 {
+                out.push(
+                    Diagnostic::warning(
+                        "loss.contrast_mode",
+                        "with 1 view, `contrast_mode: one` takes the same anchors as `all` (the first view is every row)",
+                    )
+                    .with_help("use 2 or more views, or leave `contrast_mode` at `all`"),
+                );
+            }
         }
+        Loss::Rotation {
+            rotations,
+            all_rotations: _,
+        } => check_rotation(r, rotations, out),
+    }
+}
+
+/// RotNet's rules: the rotations are distinct right angles, at least 2, and the head
+/// (the rotation classifier) has one output per rotation.
+fn check_rotation(r: &Recipe, rotations: &[u32], out: &mut Vec<Diagnostic>) {
+    let mut seen: Vec<u32> = Vec::new();
+    for (i, &a) in rotations.iter().enumerate() {
+        if !matches!(a, 0 | 90 | 180 | 270) {
+            err(
+                out,
+                format!("loss.rotations.{i}"),
+                format!("rotations are right angles: 0, 90, 180 or 270 degrees, found {a}"),
+            )
+            .help = Some(
+                "other angles need interpolation and leave corners empty, which betrays the rotation (RotNet uses multiples of 90°)".into(),
+            );
+        } else if seen.contains(&a) {
+            err(
+                out,
+                format!("loss.rotations.{i}"),
+                format!("rotation {a} is listed twice: each class must be a different rotation"),
+            )
+            .help = Some("remove the repeated angle".into());
+        }
+        seen.push(a);
+    }
+    if rotations.len() < 2 {
+        err(
+            out,
+            "loss.rotations",
+            format!(
+                "rotation prediction is a classification over at least 2 rotations, found {}",
+                rotations.len()
+            ),
+        )
+        .help = Some("use `[0, 90, 180, 270]` (RotNet), or `[0, 180]`".into());
+    }
+    let classes = rotations.len();
+    if classes >= 2 && r.model.head.out_dim != classes {
+        err(
+            out,
+            "model.head.out_dim",
+            format!(
+                "with `method: rotation` the projection head is the rotation classifier, so it needs one output per rotation ({classes}), found {}",
+                r.model.head.out_dim
+            ),
+        )
+        .help = Some(format!("set `model.head.out_dim: {classes}`"));
     }
 }
 
