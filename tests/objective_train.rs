@@ -31,6 +31,7 @@ fn parts(method: MethodConfig, views: usize, lr: f64) -> TrainerParts {
                 count: 6,
                 dim: None,
             }),
+            predictor: None,
             input_hw: (12, 12),
         },
         seed: 1,

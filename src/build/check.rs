@@ -216,8 +216,12 @@ fn state_warnings(r: &Recipe, n: usize) -> Vec<crate::diag::Diagnostic> {
                 out.push(d);
             }
         }
-        Loss::Moco { .. } | Loss::MemoryBank { .. } | Loss::Simclr { .. } | Loss::Supcon { .. } => {
-        }
+        Loss::Moco { .. }
+        | Loss::MemoryBank { .. }
+        | Loss::Simclr { .. }
+        | Loss::Supcon { .. }
+        | Loss::Byol { .. }
+        | Loss::Simsiam { .. } => {}
     }
     out
 }

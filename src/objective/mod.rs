@@ -5,12 +5,13 @@
 //! - one module per method with plain functions on dfdx tensors, usable without a
 //!   recipe or a model: [`nt_xent::loss`], [`supcon::loss`], [`moco::loss`] (with
 //!   [`moco::KeyQueue`] and [`moco::ema_update`]), [`memory_bank::loss`] (with
-//!   [`memory_bank::MemoryBank`]), [`swav::sinkhorn`] and [`swav::loss`]. Each
-//!   function's doc comment gives its row layout.
+//!   [`memory_bank::MemoryBank`]), [`swav::sinkhorn`] and [`swav::loss`],
+//!   [`byol::loss`] (with [`byol::target_momentum`] and [`byol::ema_update`]) and
+//!   [`simsiam::loss`]. Each function's doc comment gives its row layout.
 //! - the [`Objective`] trait, which the training step drives: it runs the encoder on a
 //!   batch of views, computes the method's loss, and updates the method's state (MoCo's
-//!   key encoder and queue, the memory bank, SwAV's prototypes and queue) exactly when
-//!   the reference code does. [`build`] makes one from a [`MethodConfig`].
+//!   key encoder and queue, the memory bank, SwAV's prototypes and queue, BYOL's
+//!   target network) exactly when the reference code does. [`build`] makes one from a [`MethodConfig`].
 //!
 //! A method is described once, in its own file: its config (`nt_xent::SimclrConfig`,
 //! `moco::MocoConfig`, …) implements [`Method`] — its name, its state layout, its costs
@@ -29,12 +30,14 @@
 //! - [`Objective::state`] and [`Objective::load_state`] round-trip everything the method
 //!   keeps, so a resumed run continues bit-identically.
 
+pub mod byol;
 pub mod memory_bank;
 mod method;
 pub mod moco;
 pub mod nt_xent;
 mod rows;
 mod scaffold;
+pub mod simsiam;
 pub mod supcon;
 pub mod swav;
 
@@ -400,7 +403,8 @@ pub trait Objective<D: EngineDevice> {
         check_state(&self.state_layout(), tensors)
     }
 
-    /// MoCo's key encoder (parameters and its own batch-norm statistics).
+    /// MoCo's key encoder or BYOL's target network (parameters and its own batch-norm
+    /// statistics).
     fn key_encoder(&self) -> Option<&ParamStore<D>> {
         None
     }

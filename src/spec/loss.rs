@@ -94,6 +94,23 @@ pub enum Loss {
         #[schemars(schema_with = "super::bounds::positive")]
         base_temperature: f64,
     },
+    /// BYOL (Grill et al. 2020): the online network (backbone, head, `model.predictor`)
+    /// predicts the projection of the other view by a target network (backbone and
+    /// head) that is an exponential moving average of the online one; the loss is the
+    /// symmetric normalised MSE `‖p̂₁ − ẑ′₂‖² + ‖p̂₂ − ẑ′₁‖²` averaged over the batch
+    /// (deepmind-research/byol's `regression_loss`). Needs `model.predictor` and 2 views.
+    Byol {
+        /// Base EMA rate τ_base of the target network, in [0, 1): τ rises from it to 1
+        /// over the run as τ_k = 1 − (1 − τ_base)·(cos(πk/K) + 1)/2; BYOL uses 0.996.
+        #[serde(default = "byol_tau")]
+        #[schemars(schema_with = "super::bounds::unit_open")]
+        momentum: f64,
+    },
+    /// SimSiam (Chen & He 2021): the predictor (`model.predictor`) of each view predicts
+    /// the other view's projection, which is held fixed (stop-gradient); the loss is
+    /// the symmetric negative cosine `−(cos(p₁, z₂) + cos(p₂, z₁))/2` averaged over the
+    /// batch. No negatives, no momentum encoder. Needs `model.predictor` and 2 views.
+    Simsiam {},
 }
 
 /// SwAV's feature queue.
@@ -117,6 +134,8 @@ impl Loss {
             Loss::MemoryBank { .. } => "memory_bank",
             Loss::Swav { .. } => "swav",
             Loss::Supcon { .. } => "supcon",
+            Loss::Byol { .. } => "byol",
+            Loss::Simsiam { .. } => "simsiam",
         }
     }
 }
@@ -150,4 +169,7 @@ fn swav_eps() -> f64 {
 }
 fn swav_iters() -> usize {
     3
+}
+fn byol_tau() -> f64 {
+    0.996
 }

@@ -42,6 +42,7 @@ fn parts(method: MethodConfig, views: usize) -> TrainerParts {
                 count: 6,
                 dim: None,
             }),
+            predictor: None,
             input_hw: (12, 12),
         },
         seed: 1,
