@@ -390,3 +390,64 @@ fn the_target_network_is_the_online_one_without_the_predictor() {
     plain.predictor = None;
     assert!(plain.predict(&mut store, z, true).is_err());
 }
+
+/// The collapse indicator of a finished run (not part of the suite: run with
+/// `RECIPE_RUN_DIR=<run directory> cargo test --test objective_reference_byol --
+/// --ignored --nocapture`): the test images' backbone features and projections from
+/// the last checkpoint, each L2-normalised, and the mean over dimensions of the
+/// per-dimension standard deviation. A healthy embedding of `d` dimensions spreads
+/// over the sphere, ≈ 1/√d; a collapsed one (every image to one point) tends to 0
+/// (SimSiam's paper, §4.1 and Fig. 2).
+#[test]
+#[ignore]
+fn collapse_indicator_of_a_run() {
+    use recipe::eval::features::{Which, extract};
+    use recipe::nn::model::Model;
+    let Ok(dir) = std::env::var("RECIPE_RUN_DIR") else {
+        println!("set RECIPE_RUN_DIR to a run directory");
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let loaded = recipe::spec::Loader::new()
+        .load_file(&dir.join("recipe.yaml"), &[])
+        .unwrap();
+    let r = loaded.valid_recipe().expect("a valid recipe").clone();
+    let data = recipe::data::load(&recipe::build::data::config(&r.data, r.seed)).unwrap();
+    let test = data.test.expect("a test split");
+    let cfg = recipe::build::model(&r, r.data.image_size).unwrap();
+    let mut store = ParamStore::new(Cpu::default());
+    let model = Model::new(&mut store, &cfg, r.seed).unwrap();
+    recipe::checkpoint::load_training(
+        &dir.join("checkpoints/last.safetensors"),
+        &mut store,
+        None,
+        None,
+        None,
+    )
+    .unwrap();
+    let norm = recipe::experiment::normalization(&r);
+    for which in [Which::Backbone, Which::Head] {
+        let f = extract(&model, &mut store, &test, &norm, which, 256).unwrap();
+        let (n, d) = (f.n, f.dim);
+        let mut rows = f.data.clone();
+        for row in rows.chunks_mut(d) {
+            let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            row.iter_mut().for_each(|x| *x /= norm);
+        }
+        let mut stds = Vec::with_capacity(d);
+        for j in 0..d {
+            let mean = (0..n).map(|i| rows[i * d + j] as f64).sum::<f64>() / n as f64;
+            let var = (0..n)
+                .map(|i| (rows[i * d + j] as f64 - mean).powi(2))
+                .sum::<f64>()
+                / n as f64;
+            stds.push(var.sqrt());
+        }
+        let mean_std = stds.iter().sum::<f64>() / d as f64;
+        let min_std = stds.iter().cloned().fold(f64::INFINITY, f64::min);
+        println!(
+            "{which:?}: {n} test images, d = {d}: mean per-dimension std of the L2-normalised embeddings {mean_std:.4} (min {min_std:.4}; 1/√d = {:.4})",
+            1.0 / (d as f64).sqrt()
+        );
+    }
+}

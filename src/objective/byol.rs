@@ -252,6 +252,9 @@ impl<D: EngineDevice> Byol<D> {
     }
 }
 
+/// Rows on the step's tape.
+type Taped<D> = T2<D, OwnedTape<f32, D>>;
+
 /// Both views' online predictions, `(2N, d)` view-major, on the tape: each view is its
 /// own batch through backbone, head and predictor (batch norm per view, as BYOL's and
 /// SimSiam's references). Also returns the projections' values (for SimSiam's
@@ -260,8 +263,8 @@ pub(crate) fn predictions<D: EngineDevice>(
     encoder: &mut Encoder,
     store: &mut ParamStore<D>,
     batch: &StepBatch<'_>,
-) -> Result<(T2<D, OwnedTape<f32, D>>, Vec<f32>), ObjectiveError> {
-    let mut preds: Option<T2<D, OwnedTape<f32, D>>> = None;
+) -> Result<(Taped<D>, Vec<f32>), ObjectiveError> {
+    let mut preds: Option<Taped<D>> = None;
     let mut projections = Vec::new();
     for v in 0..batch.views.len() {
         let z = encoder.embed(store, &batch.views[v..v + 1], true)?;
