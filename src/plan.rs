@@ -222,6 +222,7 @@ pub fn plan_with(r: &Recipe, world: Option<usize>, gbit: f64) -> Result<String, 
     let mut params = 0usize;
     let mut buffers = 0usize;
     let mut prototypes = None;
+    let mut predictor = 0usize;
     for &(size, count) in &sizes {
         let cfg = build::model(r, size)
             .map_err(|e| vec![Diagnostic::error(model_error_path(&e), e.to_string())])?;
@@ -241,6 +242,12 @@ pub fn plan_with(r: &Recipe, world: Option<usize>, gbit: f64) -> Result<String, 
             .entries()
             .iter()
             .filter(|e| !e.role.is_trainable())
+            .map(|e| e.numel())
+            .sum();
+        predictor = store
+            .entries()
+            .iter()
+            .filter(|e| Model::is_predictor_entry(&e.name))
             .map(|e| e.numel())
             .sum();
         summaries.push((size, count, summary));
@@ -269,6 +276,7 @@ pub fn plan_with(r: &Recipe, world: Option<usize>, gbit: f64) -> Result<String, 
     let facts = ModelFacts {
         dim: r.model.head.out_dim,
         encoder_floats: params + buffers,
+        predictor_floats: predictor,
         view_forward_flops: first.forward_flops as f64,
         prototypes,
     };

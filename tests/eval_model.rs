@@ -54,6 +54,7 @@ fn tiny_model(store: &mut ParamStore<Cpu>) -> Model {
             last_bn: false,
         }),
         prototypes: None,
+        predictor: None,
         input_hw: (16, 16),
     };
     Model::new(store, &cfg, 5).unwrap()

@@ -1,12 +1,16 @@
 //! Each method driven through the training step: a few optimiser steps on one fixed
-//! batch lower its loss; MoCo's key encoder moves only by its EMA (no gradient step);
-//! SwAV's frozen prototypes stay untouched; a checkpoint round-trips the method state.
+//! batch lower its loss; MoCo's key encoder and BYOL's target network move only by
+//! their EMA (no gradient step), BYOL's at the reference's point with its schedule's
+//! rate; SwAV's frozen prototypes stay untouched; a checkpoint round-trips the method
+//! state.
 
 use dfdx::prelude::Cpu;
 use recipe::bench::{BenchConfig, synthetic_batch};
 use recipe::nn::model::{BackboneConfig, BackboneKind, HeadConfig, ModelConfig, PrototypesConfig};
 use recipe::nn::params::DecayPolicy;
-use recipe::objective::{MethodConfig, memory_bank, moco, nt_xent, rotation, supcon, swav};
+use recipe::objective::{
+    MethodConfig, byol, memory_bank, moco, nt_xent, rotation, simsiam, supcon, swav,
+};
 use recipe::optim::schedule::{Decay, ScheduleConfig};
 use recipe::optim::{OptimizerConfig, SgdConfig};
 use recipe::train::step::{Trainer, TrainerParts};
@@ -35,6 +39,15 @@ fn parts(method: MethodConfig, views: usize, lr: f64) -> TrainerParts {
                 count: 6,
                 dim: None,
             }),
+            // BYOL and SimSiam predict through a predictor (registered last).
+            predictor: matches!(method, MethodConfig::Byol(_) | MethodConfig::Simsiam(_))
+                .then_some(HeadConfig {
+                    in_dim: None,
+                    hidden: vec![16],
+                    out_dim: 8,
+                    batch_norm: true,
+                    last_bn: false,
+                }),
             input_hw: (12, 12),
         },
         seed: 1,
@@ -136,6 +149,8 @@ fn methods() -> Vec<(MethodConfig, usize)> {
             }),
             1,
         ),
+        (MethodConfig::Byol(byol::ByolConfig { momentum: 0.9 }), 2),
+        (MethodConfig::Simsiam(simsiam::SimsiamConfig), 2),
     ]
 }
 
@@ -148,7 +163,14 @@ fn steps_on_a_fixed_batch_lower_each_loss() {
         // MoCo's queue (4 batches) and the bank fill with this batch's own keys first, so
         // compare once the state is stationary: steps 4–6 against the last three.
         let losses: Vec<f32> = (0..16).map(|_| t.step(&batch, 0).unwrap().loss).collect();
-        let early = losses[4..7].iter().sum::<f32>() / 3.0;
+        // BYOL and SimSiam keep no queue: their loss falls from the first step (BYOL's
+        // then rises a little as its target catches up with the online network).
+        let from = if matches!(name, "byol" | "simsiam") {
+            0
+        } else {
+            4
+        };
+        let early = losses[from..from + 3].iter().sum::<f32>() / 3.0;
         let late = losses[13..].iter().sum::<f32>() / 3.0;
         assert!(late < 0.97 * early, "{name}: loss did not fall: {losses:?}");
     }
@@ -258,5 +280,64 @@ fn checkpoints_round_trip_the_method_state() {
         let la = a.step(&batch, 0).unwrap().loss;
         let lb = b.step(&batch, 0).unwrap().loss;
         assert_eq!(la.to_bits(), lb.to_bits(), "{name}");
+    }
+}
+
+#[test]
+fn byol_target_follows_the_online_network_after_each_step() {
+    let m = MethodConfig::Byol(byol::ByolConfig { momentum: 0.9 });
+    let p = parts(m, 2, 0.5);
+    let total = p.epochs * p.steps_per_epoch;
+    let tau = |k| byol::target_momentum(0.9, k, total);
+    let mut t = Trainer::from_parts(Cpu::default(), &p).unwrap();
+    let batch = synthetic_batch(&bench_cfg(2), 0);
+    let names: Vec<String> = t
+        .objective
+        .key_encoder()
+        .unwrap()
+        .entries()
+        .iter()
+        .filter(|e| e.role.is_trainable())
+        .map(|e| e.name.clone())
+        .collect();
+    assert!(names.iter().any(|n| n == "projector.3.weight"));
+    let online = |t: &Trainer<Cpu>, n: &str| t.store.data(t.store.id(n).unwrap());
+    let target = |t: &Trainer<Cpu>, n: &str| {
+        let k = t.objective.key_encoder().unwrap();
+        k.data(k.id(n).unwrap())
+    };
+    assert!(
+        t.objective
+            .key_encoder()
+            .unwrap()
+            .entries()
+            .iter()
+            .all(|e| !e.trainable && !e.name.starts_with("predictor."))
+    );
+    // ξ₀ = θ₀; the reference updates after each optimiser step,
+    // ξ_{k+1} = ξ_k + (1 − τ_k)(θ_{k+1} − ξ_k), which the next step's loss makes
+    // before its forward: after step k+1's step, ξ is ξ_{k+1}.
+    let mut xi: Vec<Vec<f32>> = names.iter().map(|n| online(&t, n)).collect();
+    for k in 0..3u64 {
+        let theta_k: Vec<Vec<f32>> = names.iter().map(|n| online(&t, n)).collect();
+        t.step(&batch, 0).unwrap();
+        if k > 0 {
+            for (x, theta) in xi.iter_mut().zip(&theta_k) {
+                let c = (1.0 - tau(k - 1)) as f32;
+                for (a, b) in x.iter_mut().zip(theta) {
+                    *a += (b - *a) * c;
+                }
+            }
+        }
+        for (x, n) in xi.iter().zip(&names) {
+            let got = target(&t, n);
+            let err = got
+                .iter()
+                .zip(x)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(err < 1e-6, "step {k}: `{n}` off by {err}");
+        }
+        assert_ne!(online(&t, &names[0]), target(&t, &names[0]), "step {k}");
     }
 }

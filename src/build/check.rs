@@ -220,7 +220,9 @@ fn state_warnings(r: &Recipe, n: usize) -> Vec<crate::diag::Diagnostic> {
         | Loss::MemoryBank { .. }
         | Loss::Simclr { .. }
         | Loss::Supcon { .. }
-        | Loss::Rotation { .. } => {}
+        | Loss::Rotation { .. }
+        | Loss::Byol { .. }
+        | Loss::Simsiam { .. } => {}
     }
     out
 }

@@ -18,7 +18,9 @@ use crate::nn::model::{
     BackboneConfig, BackboneKind, HeadConfig, ModelConfig, PrototypesConfig, ResNetSpec, Stem,
 };
 use crate::nn::params::DecayPolicy;
-use crate::objective::{MethodConfig, memory_bank, moco, nt_xent, rotation, supcon, swav};
+use crate::objective::{
+    MethodConfig, byol, memory_bank, moco, nt_xent, rotation, simsiam, supcon, swav,
+};
 use crate::optim::schedule::{
     Decay, LrScaling, ScaledLr, ScheduleConfig, ScheduleError, Warmup, WarmupLength,
 };
@@ -156,8 +158,18 @@ pub fn model(r: &Recipe, size: usize) -> Result<ModelConfig, ModelError> {
         | Loss::Moco { .. }
         | Loss::MemoryBank { .. }
         | Loss::Supcon { .. }
-        | Loss::Rotation { .. } => None,
+        | Loss::Rotation { .. }
+        | Loss::Byol { .. }
+        | Loss::Simsiam { .. } => None,
     };
+    // The predictor (BYOL, SimSiam) maps the projection back to its own width.
+    let predictor = r.model.predictor.as_ref().map(|p| HeadConfig {
+        in_dim: None,
+        hidden: p.hidden_for(r.loss.method()),
+        out_dim: p.out_dim.unwrap_or(head.out_dim),
+        batch_norm: p.batch_norm,
+        last_bn: false,
+    });
     Ok(ModelConfig {
         backbone: BackboneConfig {
             kind,
@@ -171,6 +183,7 @@ pub fn model(r: &Recipe, size: usize) -> Result<ModelConfig, ModelError> {
             last_bn: false,
         }),
         prototypes,
+        predictor,
         input_hw: (size, size),
     })
 }
@@ -246,6 +259,10 @@ pub fn method(r: &Recipe, dataset_len: usize) -> MethodConfig {
             rotations: rotations.clone(),
             all: *all_rotations,
         }),
+        Loss::Byol { momentum } => MethodConfig::Byol(byol::ByolConfig {
+            momentum: *momentum,
+        }),
+        Loss::Simsiam {} => MethodConfig::Simsiam(simsiam::SimsiamConfig),
     }
 }
 

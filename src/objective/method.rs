@@ -9,7 +9,8 @@
 //! variant of [`MethodConfig`] is a compile error until it has its line there.
 
 use super::{
-    Encoder, Objective, ObjectiveError, memory_bank, moco, nt_xent, rotation, supcon, swav,
+    Encoder, Objective, ObjectiveError, byol, memory_bank, moco, nt_xent, rotation, simsiam,
+    supcon, swav,
 };
 use crate::nn::ops::EngineDevice;
 use crate::nn::params::ParamStore;
@@ -30,6 +31,10 @@ pub enum MethodConfig {
     Supcon(supcon::SupconConfig),
     /// RotNet's rotation prediction.
     Rotation(rotation::RotationConfig),
+    /// BYOL with an EMA target network and a predictor.
+    Byol(byol::ByolConfig),
+    /// SimSiam with a predictor and a stop-gradient.
+    Simsiam(simsiam::SimsiamConfig),
 }
 
 /// `for_each_method!(cfg, c => expr)`: `expr` with `c` bound to the method's own config,
@@ -43,6 +48,8 @@ macro_rules! for_each_method {
             MethodConfig::Swav($c) => $body,
             MethodConfig::Supcon($c) => $body,
             MethodConfig::Rotation($c) => $body,
+            MethodConfig::Byol($c) => $body,
+            MethodConfig::Simsiam($c) => $body,
         }
     };
 }
@@ -107,6 +114,9 @@ pub struct ModelFacts {
     pub dim: usize,
     /// Values (parameters and buffers) of the encoder: the size of a copy of it.
     pub encoder_floats: usize,
+    /// Values of the predictor (BYOL, SimSiam), part of `encoder_floats`: BYOL's
+    /// target network copies everything else.
+    pub predictor_floats: usize,
     /// FLOPs of one forward pass of one view of the batch through the encoder.
     pub view_forward_flops: f64,
     /// Prototypes of the model, when it has them.
@@ -284,6 +294,8 @@ mod tests {
                 rotations: vec![0, 90, 180, 270],
                 all: true,
             }),
+            MethodConfig::Byol(byol::ByolConfig { momentum: 0.99 }),
+            MethodConfig::Simsiam(simsiam::SimsiamConfig),
         ]
     }
 
@@ -298,9 +310,11 @@ mod tests {
             MethodConfig::Swav(_) => 3,
             MethodConfig::Supcon(_) => 4,
             MethodConfig::Rotation(_) => 5,
+            MethodConfig::Byol(_) => 6,
+            MethodConfig::Simsiam(_) => 7,
         }
     }
-    const VARIANTS: usize = 6;
+    const VARIANTS: usize = 8;
 
     #[test]
     fn every_method_describes_its_state_once() {
@@ -332,6 +346,14 @@ mod tests {
                     count: 5,
                     dim: None,
                 }),
+                predictor: matches!(cfg, MethodConfig::Byol(_) | MethodConfig::Simsiam(_))
+                    .then_some(HeadConfig {
+                        in_dim: None,
+                        hidden: vec![4],
+                        out_dim: 6,
+                        batch_norm: true,
+                        last_bn: false,
+                    }),
                 input_hw: (12, 12),
             };
             let mut store = crate::nn::params::ParamStore::new(Cpu::default());
@@ -361,6 +383,12 @@ mod tests {
             let facts = ModelFacts {
                 dim,
                 encoder_floats: store.entries().iter().map(|e| e.numel()).sum(),
+                predictor_floats: store
+                    .entries()
+                    .iter()
+                    .filter(|e| Model::is_predictor_entry(&e.name))
+                    .map(|e| e.numel())
+                    .sum(),
                 view_forward_flops: 1.0,
                 prototypes: model_cfg.prototypes.as_ref().map(|p| p.count),
             };

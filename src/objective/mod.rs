@@ -8,11 +8,13 @@
 //!   [`memory_bank::MemoryBank`]), [`swav::sinkhorn`] and [`swav::loss`],
 //!   [`rotation::loss`] (with [`rotation::rotate_square`]: RotNet's pretext task, whose
 //!   loss is a classifier's cross-entropy on the head's outputs, not normalised
-//!   embeddings). Each function's doc comment gives its row layout.
+//!   embeddings),
+//!   [`byol::loss`] (with [`byol::target_momentum`] and [`byol::ema_update`]) and
+//!   [`simsiam::loss`]. Each function's doc comment gives its row layout.
 //! - the [`Objective`] trait, which the training step drives: it runs the encoder on a
 //!   batch of views, computes the method's loss, and updates the method's state (MoCo's
-//!   key encoder and queue, the memory bank, SwAV's prototypes and queue) exactly when
-//!   the reference code does. [`build`] makes one from a [`MethodConfig`].
+//!   key encoder and queue, the memory bank, SwAV's prototypes and queue, BYOL's
+//!   target network) exactly when the reference code does. [`build`] makes one from a [`MethodConfig`].
 //!
 //! A method is described once, in its own file: its config (`nt_xent::SimclrConfig`,
 //! `moco::MocoConfig`, …) implements [`Method`] — its name, its state layout, its costs
@@ -32,6 +34,7 @@
 //! - [`Objective::state`] and [`Objective::load_state`] round-trip everything the method
 //!   keeps, so a resumed run continues bit-identically.
 
+pub mod byol;
 pub mod memory_bank;
 mod method;
 pub mod moco;
@@ -39,6 +42,7 @@ pub mod nt_xent;
 pub mod rotation;
 mod rows;
 mod scaffold;
+pub mod simsiam;
 pub mod supcon;
 pub mod swav;
 
@@ -404,7 +408,8 @@ pub trait Objective<D: EngineDevice> {
         check_state(&self.state_layout(), tensors)
     }
 
-    /// MoCo's key encoder (parameters and its own batch-norm statistics).
+    /// MoCo's key encoder or BYOL's target network (parameters and its own batch-norm
+    /// statistics).
     fn key_encoder(&self) -> Option<&ParamStore<D>> {
         None
     }

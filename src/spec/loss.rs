@@ -119,6 +119,23 @@ pub enum Loss {
         #[serde(default = "crate::spec::data::default_true")]
         all_rotations: bool,
     },
+    /// BYOL (Grill et al. 2020): the online network (backbone, head, `model.predictor`)
+    /// predicts the projection of the other view by a target network (backbone and
+    /// head) that is an exponential moving average of the online one; the loss is the
+    /// symmetric normalised MSE `‖p̂₁ − ẑ′₂‖² + ‖p̂₂ − ẑ′₁‖²` averaged over the batch
+    /// (deepmind-research/byol's `regression_loss`). Needs `model.predictor` and 2 views.
+    Byol {
+        /// Base EMA rate τ_base of the target network, in [0, 1): τ rises from it to 1
+        /// over the run as τ_k = 1 − (1 − τ_base)·(cos(πk/K) + 1)/2; BYOL uses 0.996.
+        #[serde(default = "byol_tau")]
+        #[schemars(schema_with = "super::bounds::unit_open")]
+        momentum: f64,
+    },
+    /// SimSiam (Chen & He 2021): the predictor (`model.predictor`) of each view predicts
+    /// the other view's projection, which is held fixed (stop-gradient); the loss is
+    /// the symmetric negative cosine `−(cos(p₁, z₂) + cos(p₂, z₁))/2` averaged over the
+    /// batch. No negatives, no momentum encoder. Needs `model.predictor` and 2 views.
+    Simsiam {},
 }
 
 /// SupCon's anchors (SupContrast's `contrast_mode`).
@@ -154,6 +171,8 @@ impl Loss {
             Loss::Swav { .. } => "swav",
             Loss::Supcon { .. } => "supcon",
             Loss::Rotation { .. } => "rotation",
+            Loss::Byol { .. } => "byol",
+            Loss::Simsiam { .. } => "simsiam",
         }
     }
 }
@@ -190,4 +209,7 @@ fn swav_iters() -> usize {
 }
 fn all_angles() -> Vec<u32> {
     vec![0, 90, 180, 270]
+}
+fn byol_tau() -> f64 {
+    0.996
 }

@@ -1,4 +1,5 @@
-//! The `model` section: the encoder (backbone) and the projection head.
+//! The `model` section: the encoder (backbone), the projection head and, for BYOL and
+//! SimSiam, the predictor.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,12 @@ pub struct Model {
     /// The projection head on top of the backbone's pooled features.
     #[serde(default)]
     pub head: Head,
+    /// The predictor MLP on top of the projection head, for `byol` and `simsiam` only
+    /// (required by both): the online branch predicts the other view's projection
+    /// through it. Its parameters are named `predictor.*`, are trained with the rest,
+    /// and are not part of the exported backbone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predictor: Option<Predictor>,
 }
 
 /// The encoder, tagged by `arch`.
@@ -135,4 +142,36 @@ fn hidden_default() -> Vec<usize> {
 }
 fn out_default() -> usize {
     128
+}
+
+/// The predictor MLP (BYOL, SimSiam): `Linear → [BN] → ReLU` per hidden layer, then a
+/// final `Linear` back to the projection's width.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Predictor {
+    /// Widths of the hidden layers. Default by method: BYOL's 4096 (Grill et al. 2020,
+    /// deepmind-research/byol `predictor_hidden_size`), SimSiam's 512-wide bottleneck
+    /// (Chen & He 2021, facebookresearch/simsiam `pred_dim`). Sized for ImageNet's
+    /// ResNet-50; a small network wants smaller ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::bounds::counts")]
+    pub hidden: Option<Vec<usize>>,
+    /// Output dimension; it must equal `model.head.out_dim` (the prediction is compared
+    /// with the other view's projection), which is the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub out_dim: Option<usize>,
+    /// Batch norm after each hidden linear layer (both references use it).
+    #[serde(default = "crate::spec::data::default_true")]
+    pub batch_norm: bool,
+}
+
+impl Predictor {
+    /// The hidden widths in force for `method` (`byol` or `simsiam`): the recipe's, or
+    /// that method's reference default.
+    pub fn hidden_for(&self, method: &str) -> Vec<usize> {
+        self.hidden
+            .clone()
+            .unwrap_or_else(|| vec![if method == "byol" { 4096 } else { 512 }])
+    }
 }

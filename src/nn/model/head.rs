@@ -1,5 +1,6 @@
-//! The projection head (an MLP, torch `nn.Sequential` names `projector.{i}`) and SwAV
-//! prototypes (`prototypes.weight`), with their configs.
+//! The projection head (an MLP, torch `nn.Sequential` names `projector.{i}`), the
+//! BYOL/SimSiam predictor (the same MLP, named `predictor.{i}`) and SwAV prototypes
+//! (`prototypes.weight`), with their configs.
 
 use dfdx::prelude::*;
 
@@ -53,6 +54,18 @@ impl Head {
         cfg: &HeadConfig,
         in_dim: usize,
     ) -> Result<Self, ModelError> {
+        Head::named(store, init, cfg, in_dim, "projector")
+    }
+
+    /// Registers `{prefix}.{i}` entries: the same MLP under another name (the
+    /// predictor).
+    pub fn named<D: Device<f32>>(
+        store: &mut ParamStore<D>,
+        init: &mut Init,
+        cfg: &HeadConfig,
+        in_dim: usize,
+        prefix: &str,
+    ) -> Result<Self, ModelError> {
         if let Some(d) = cfg.in_dim {
             ModelError::check_dim("projection head", d, in_dim)?;
         }
@@ -65,10 +78,10 @@ impl Head {
         let sizes: Vec<usize> = cfg.hidden.iter().copied().chain([cfg.out_dim]).collect();
         for (i, &out) in sizes.iter().enumerate() {
             let last = i + 1 == sizes.len();
-            let lin = Linear::new(store, init, &format!("projector.{idx}"), d, out, true)?;
+            let lin = Linear::new(store, init, &format!("{prefix}.{idx}"), d, out, true)?;
             idx += 1;
             let bn = if (!last && cfg.batch_norm) || (last && cfg.last_bn) {
-                let b = BatchNorm::new(store, &format!("projector.{idx}"), out)?;
+                let b = BatchNorm::new(store, &format!("{prefix}.{idx}"), out)?;
                 idx += 1;
                 Some(b)
             } else {

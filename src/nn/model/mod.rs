@@ -1,5 +1,6 @@
 //! Models built at run time from plain config structs: a backbone from one of the
-//! families below, an optional MLP projection head and optional SwAV prototypes.
+//! families below, an optional MLP projection head, optional SwAV prototypes and an
+//! optional predictor MLP (BYOL, SimSiam).
 //!
 //! A model is a description (sizes + parameter ids); the values live in a
 //! [`ParamStore`]. Building the same config into two stores gives the same ids, which
@@ -64,6 +65,10 @@ pub struct ModelConfig {
     pub head: Option<HeadConfig>,
     /// Optional SwAV prototypes (after the head).
     pub prototypes: Option<PrototypesConfig>,
+    /// Optional predictor MLP on the head's output (BYOL, SimSiam), named
+    /// `predictor.{i}`; registered last, so a store without its entries keeps every
+    /// other entry's id (BYOL's target network).
+    pub predictor: Option<HeadConfig>,
     /// Input height and width the model is planned for.
     pub input_hw: (usize, usize),
 }
@@ -261,7 +266,8 @@ impl Backbone {
     }
 }
 
-/// Backbone + optional head + optional prototypes, planned for one input size.
+/// Backbone + optional head + optional prototypes + optional predictor, planned for
+/// one input size.
 #[derive(Clone, Debug)]
 pub struct Model {
     /// Feature extractor.
@@ -270,6 +276,9 @@ pub struct Model {
     pub head: Option<Head>,
     /// SwAV prototypes.
     pub prototypes: Option<Prototypes>,
+    /// BYOL's and SimSiam's predictor (applied by [`predict`](Self::predict), never by
+    /// [`project`](Self::project)).
+    pub predictor: Option<Head>,
     /// `(c, h, w)` the model was checked for.
     pub input: Chw,
 }
@@ -297,10 +306,19 @@ impl Model {
             Some(p) => Some(Prototypes::new(store, &mut init, p, dim)?),
             None => None,
         };
+        let predictor = match &cfg.predictor {
+            Some(p) => {
+                let h = Head::named(store, &mut init, p, dim, "predictor")?;
+                ModelError::check_dim("predictor output", dim, h.out_dim)?;
+                Some(h)
+            }
+            None => None,
+        };
         let model = Model {
             backbone,
             head,
             prototypes,
+            predictor,
             input: (cfg.backbone.in_channels, cfg.input_hw.0, cfg.input_hw.1),
         };
         model.summary(1)?;
@@ -315,6 +333,9 @@ impl Model {
             h.describe(&mut rows);
         }
         if let Some(p) = &self.prototypes {
+            p.describe(&mut rows);
+        }
+        if let Some(p) = &self.predictor {
             p.describe(&mut rows);
         }
         let (c, h, w) = self.input;
@@ -366,13 +387,38 @@ impl Model {
         }
     }
 
-    /// Names of the backbone's entries (torchvision names; head and prototypes excluded).
+    /// The predictor's output `(n, out_dim)` for projections `z` `(n, dim)` (BYOL,
+    /// SimSiam); an error for a model without a predictor.
+    pub fn predict<D: EngineDevice, T: Tape<f32, D>>(
+        &self,
+        store: &mut ParamStore<D>,
+        z: T2<D, T>,
+        train: bool,
+    ) -> Result<T2<D, T>, ModelError> {
+        match &self.predictor {
+            Some(p) => p.forward(store, z, train),
+            None => Err(ModelError::Config("the model has no predictor".into())),
+        }
+    }
+
+    /// Names of the backbone's entries (torchvision names; head, prototypes and
+    /// predictor excluded).
     pub fn backbone_entry_names<D: Device<f32>>(&self, store: &ParamStore<D>) -> Vec<String> {
         store
             .entries()
             .iter()
-            .filter(|e| !e.name.starts_with("projector.") && !e.name.starts_with("prototypes."))
+            .filter(|e| !NON_BACKBONE.iter().any(|p| e.name.starts_with(p)))
             .map(|e| e.name.clone())
             .collect()
+    }
+}
+
+/// Name prefixes of the entries that are not the backbone's.
+const NON_BACKBONE: [&str; 3] = ["projector.", "prototypes.", "predictor."];
+
+impl Model {
+    /// Whether `name` is an entry of the predictor (BYOL's target network has none).
+    pub fn is_predictor_entry(name: &str) -> bool {
+        name.starts_with("predictor.")
     }
 }

@@ -19,6 +19,7 @@ pub(super) fn check_loss(r: &Recipe, out: &mut Vec<Diagnostic>) {
         )
         .help = Some("remove `multi_crop`, or use `method: swav`".into());
     }
+    check_predictor(r, out);
     match &r.loss {
         Loss::Simclr { temperature } => {
             positive(out, "loss.temperature", "temperature", *temperature);
@@ -187,6 +188,11 @@ pub(super) fn check_loss(r: &Recipe, out: &mut Vec<Diagnostic>) {
             rotations,
             all_rotations: _,
         } => check_rotation(r, rotations, out),
+        Loss::Byol { momentum } => {
+            unit_open(out, "loss.momentum", "momentum", *momentum);
+            two_views(out, "BYOL", views);
+        }
+        Loss::Simsiam {} => two_views(out, "SimSiam", views),
     }
 }
 
@@ -236,6 +242,66 @@ fn check_rotation(r: &Recipe, rotations: &[u32], out: &mut Vec<Diagnostic>) {
             ),
         )
         .help = Some(format!("set `model.head.out_dim: {classes}`"));
+    }
+}
+
+/// BYOL and SimSiam predict one view's projection from the other's.
+fn two_views(out: &mut Vec<Diagnostic>, method: &str, views: usize) {
+    if views != 2 {
+        err(
+            out,
+            "augment.views",
+            format!(
+                "{method} predicts each of two views from the other, so it needs exactly 2 views, found {views}"
+            ),
+        )
+        .help = Some("set `augment.views: 2`".into());
+    }
+}
+
+/// `model.predictor`: required by the methods that predict (BYOL, SimSiam), meaningless
+/// for the others, and its output must be the projection's width.
+fn check_predictor(r: &Recipe, out: &mut Vec<Diagnostic>) {
+    let method = r.loss.method();
+    let wants = matches!(r.loss, Loss::Byol { .. } | Loss::Simsiam { .. });
+    match (&r.model.predictor, wants) {
+        (Some(_), false) => {
+            err(
+                out,
+                "model.predictor",
+                format!("`{method}` has no predictor; only `byol` and `simsiam` use one"),
+            )
+            .help = Some("remove `model.predictor`, or use `method: byol` or `simsiam`".into());
+        }
+        (None, true) => {
+            let hidden = if method == "byol" { 4096 } else { 512 };
+            err(
+                out,
+                "loss.method",
+                format!(
+                    "`{method}` predicts the other view's projection through a predictor MLP, but the recipe has no `model.predictor`"
+                ),
+            )
+            .help = Some(format!(
+                "add `predictor: {{hidden: [{hidden}]}}` under `model` (the paper's width; a small network wants a smaller one)"
+            ));
+        }
+        (Some(p), true) => {
+            let head = r.model.head.out_dim;
+            if let Some(d) = p.out_dim
+                && d != head
+            {
+                err(
+                    out,
+                    "model.predictor.out_dim",
+                    format!(
+                        "the predictor's output ({d}) is compared with the projection, which has model.head.out_dim = {head} features"
+                    ),
+                )
+                .help = Some(format!("use {head}, or leave `out_dim` out"));
+            }
+        }
+        (None, false) => {}
     }
 }
 
