@@ -271,6 +271,7 @@ pub fn plan_with(r: &Recipe, world: Option<usize>, gbit: f64) -> Result<String, 
         encoder_floats: params + buffers,
         view_forward_flops: first.forward_flops as f64,
         prototypes,
+        batch,
     };
     let costs = method.plan(&facts);
     step_flops += costs.extra_step_flops;
@@ -294,6 +295,14 @@ pub fn plan_with(r: &Recipe, world: Option<usize>, gbit: f64) -> Result<String, 
     );
     if let Some(s) = state {
         let _ = writeln!(out, "method state: {s}");
+    }
+    if !costs.step_parts.is_empty() {
+        let _ = writeln!(
+            out,
+            "method tensors per step: {} ({}, freed after the step)",
+            costs.step_parts.join(", "),
+            mib(costs.step_bytes as f64)
+        );
     }
     let _ = writeln!(
         out,

@@ -51,7 +51,7 @@ fn main() {
     }
     if dist.rank() == 0 {
         println!(
-            "mpi_equivalence: {} ranks reproduce one process for all five methods",
+            "mpi_equivalence: {} ranks reproduce one process for every method",
             dist.world()
         );
     }

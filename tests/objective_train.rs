@@ -6,7 +6,9 @@ use dfdx::prelude::Cpu;
 use recipe::bench::{BenchConfig, synthetic_batch};
 use recipe::nn::model::{BackboneConfig, BackboneKind, HeadConfig, ModelConfig, PrototypesConfig};
 use recipe::nn::params::DecayPolicy;
-use recipe::objective::{MethodConfig, memory_bank, moco, nt_xent, supcon, swav};
+use recipe::objective::{
+    MethodConfig, barlow_twins, memory_bank, moco, nt_xent, supcon, swav, vicreg,
+};
 use recipe::optim::schedule::{Decay, ScheduleConfig};
 use recipe::optim::{OptimizerConfig, SgdConfig};
 use recipe::train::step::{Trainer, TrainerParts};
@@ -108,6 +110,22 @@ fn methods() -> Vec<(MethodConfig, usize)> {
                 assign_views: 2,
             }),
             3,
+        ),
+        (
+            MethodConfig::BarlowTwins(barlow_twins::BarlowTwinsConfig {
+                lambda: 0.0051,
+                scale: 1.0,
+            }),
+            2,
+        ),
+        (
+            MethodConfig::Vicreg(vicreg::VicregConfig {
+                invariance: 25.0,
+                variance: 25.0,
+                covariance: 1.0,
+                epsilon: 1e-4,
+            }),
+            2,
         ),
     ]
 }

@@ -165,6 +165,8 @@ fn every_method_runs_end_to_end() {
             "",
         ),
         ("supcon", "{method: supcon, temperature: 0.1}", ""),
+        ("barlow_twins", "{method: barlow_twins, lambda: 0.01}", ""),
+        ("vicreg", "{method: vicreg, covariance_coeff: 2}", ""),
     ];
     for (method, loss, extra) in cases {
         let file = tiny(tmp.path(), method, loss, extra);

@@ -218,6 +218,7 @@ fn state_warnings(r: &Recipe, n: usize) -> Vec<crate::diag::Diagnostic> {
         }
         Loss::Moco { .. } | Loss::MemoryBank { .. } | Loss::Simclr { .. } | Loss::Supcon { .. } => {
         }
+        Loss::BarlowTwins { .. } | Loss::Vicreg { .. } => {}
     }
     out
 }

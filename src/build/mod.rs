@@ -18,7 +18,9 @@ use crate::nn::model::{
     BackboneConfig, BackboneKind, HeadConfig, ModelConfig, PrototypesConfig, ResNetSpec, Stem,
 };
 use crate::nn::params::DecayPolicy;
-use crate::objective::{MethodConfig, memory_bank, moco, nt_xent, supcon, swav};
+use crate::objective::{
+    MethodConfig, barlow_twins, memory_bank, moco, nt_xent, supcon, swav, vicreg,
+};
 use crate::optim::schedule::{
     Decay, LrScaling, ScaledLr, ScheduleConfig, ScheduleError, Warmup, WarmupLength,
 };
@@ -155,6 +157,7 @@ pub fn model(r: &Recipe, size: usize) -> Result<ModelConfig, ModelError> {
         Loss::Simclr { .. } | Loss::Moco { .. } | Loss::MemoryBank { .. } | Loss::Supcon { .. } => {
             None
         }
+        Loss::BarlowTwins { .. } | Loss::Vicreg { .. } => None,
     };
     Ok(ModelConfig {
         backbone: BackboneConfig {
@@ -231,6 +234,23 @@ pub fn method(r: &Recipe, dataset_len: usize) -> MethodConfig {
         } => MethodConfig::Supcon(supcon::SupconConfig {
             temperature: *temperature as f32,
             base_temperature: *base_temperature as f32,
+        }),
+        Loss::BarlowTwins { lambda, scale_loss } => {
+            MethodConfig::BarlowTwins(barlow_twins::BarlowTwinsConfig {
+                lambda: *lambda as f32,
+                scale: *scale_loss as f32,
+            })
+        }
+        Loss::Vicreg {
+            invariance_coeff,
+            variance_coeff,
+            covariance_coeff,
+            variance_epsilon,
+        } => MethodConfig::Vicreg(vicreg::VicregConfig {
+            invariance: *invariance_coeff as f32,
+            variance: *variance_coeff as f32,
+            covariance: *covariance_coeff as f32,
+            epsilon: *variance_epsilon as f32,
         }),
     }
 }

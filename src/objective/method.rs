@@ -8,7 +8,10 @@
 //! Every match over methods is `for_each_method!`'s, with no catch-all arm: a new
 //! variant of [`MethodConfig`] is a compile error until it has its line there.
 
-use super::{Encoder, Objective, ObjectiveError, memory_bank, moco, nt_xent, supcon, swav};
+use super::{
+    Encoder, Objective, ObjectiveError, barlow_twins, memory_bank, moco, nt_xent, supcon, swav,
+    vicreg,
+};
 use crate::nn::ops::EngineDevice;
 use crate::nn::params::ParamStore;
 
@@ -26,6 +29,10 @@ pub enum MethodConfig {
     Swav(swav::SwavConfig),
     /// Supervised contrastive loss.
     Supcon(supcon::SupconConfig),
+    /// Barlow Twins' cross-correlation loss.
+    BarlowTwins(barlow_twins::BarlowTwinsConfig),
+    /// VICReg's variance-invariance-covariance loss.
+    Vicreg(vicreg::VicregConfig),
 }
 
 /// `for_each_method!(cfg, c => expr)`: `expr` with `c` bound to the method's own config,
@@ -38,6 +45,8 @@ macro_rules! for_each_method {
             MethodConfig::MemoryBank($c) => $body,
             MethodConfig::Swav($c) => $body,
             MethodConfig::Supcon($c) => $body,
+            MethodConfig::BarlowTwins($c) => $body,
+            MethodConfig::Vicreg($c) => $body,
         }
     };
 }
@@ -106,6 +115,8 @@ pub struct ModelFacts {
     pub view_forward_flops: f64,
     /// Prototypes of the model, when it has them.
     pub prototypes: Option<usize>,
+    /// Images per step (the global batch).
+    pub batch: usize,
 }
 
 /// A method's costs beyond the encoder's, as `recipe plan` reports them.
@@ -117,6 +128,11 @@ pub struct MethodPlan {
     pub state_bytes: usize,
     /// FLOPs per step beyond the encoder's forward and backward over all views.
     pub extra_step_flops: f64,
+    /// Peak bytes of the tensors the loss makes each step beyond the embeddings (Barlow
+    /// Twins' and VICReg's `d×d` matrices), freed after the step.
+    pub step_bytes: usize,
+    /// What those tensors are, for `recipe plan` (`cross-correlation 512×512`).
+    pub step_parts: Vec<String>,
 }
 
 impl MethodPlan {
@@ -134,7 +150,7 @@ impl MethodPlan {
         MethodPlan {
             parts,
             state_bytes: 4 * layout_floats(layout),
-            extra_step_flops: 0.0,
+            ..MethodPlan::default()
         }
     }
 }
@@ -262,6 +278,16 @@ mod tests {
             }),
             swav(None),
             swav(Some((16, 0))),
+            MethodConfig::BarlowTwins(barlow_twins::BarlowTwinsConfig {
+                lambda: 0.0051,
+                scale: 1.0,
+            }),
+            MethodConfig::Vicreg(vicreg::VicregConfig {
+                invariance: 25.0,
+                variance: 25.0,
+                covariance: 1.0,
+                epsilon: 1e-4,
+            }),
         ]
     }
 
@@ -275,9 +301,11 @@ mod tests {
             MethodConfig::MemoryBank(_) => 2,
             MethodConfig::Swav(_) => 3,
             MethodConfig::Supcon(_) => 4,
+            MethodConfig::BarlowTwins(_) => 5,
+            MethodConfig::Vicreg(_) => 6,
         }
     }
-    const VARIANTS: usize = 5;
+    const VARIANTS: usize = 7;
 
     #[test]
     fn every_method_describes_its_state_once() {
@@ -334,6 +362,7 @@ mod tests {
                 encoder_floats: store.entries().iter().map(|e| e.numel()).sum(),
                 view_forward_flops: 1.0,
                 prototypes: model_cfg.prototypes.as_ref().map(|p| p.count),
+                batch: 8,
             };
             let key = obj
                 .key_encoder()

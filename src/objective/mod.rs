@@ -5,8 +5,9 @@
 //! - one module per method with plain functions on dfdx tensors, usable without a
 //!   recipe or a model: [`nt_xent::loss`], [`supcon::loss`], [`moco::loss`] (with
 //!   [`moco::KeyQueue`] and [`moco::ema_update`]), [`memory_bank::loss`] (with
-//!   [`memory_bank::MemoryBank`]), [`swav::sinkhorn`] and [`swav::loss`]. Each
-//!   function's doc comment gives its row layout.
+//!   [`memory_bank::MemoryBank`]), [`swav::sinkhorn`] and [`swav::loss`],
+//!   [`barlow_twins::loss`], [`vicreg::loss`]. Each function's doc comment gives its
+//!   row layout.
 //! - the [`Objective`] trait, which the training step drives: it runs the encoder on a
 //!   batch of views, computes the method's loss, and updates the method's state (MoCo's
 //!   key encoder and queue, the memory bank, SwAV's prototypes and queue) exactly when
@@ -20,7 +21,9 @@
 //! loss), `rows.rs` (the row helpers of the methods that score against stored rows).
 //!
 //! Invariants:
-//! - Embeddings are L2-normalised inside every loss; callers pass raw head outputs.
+//! - Callers pass raw head outputs. The contrastive losses L2-normalise them inside;
+//!   Barlow Twins batch-normalises each feature instead and VICReg uses them as they
+//!   are, as their references do.
 //! - State that is not a parameter (queues, banks, the key encoder) never receives a
 //!   gradient: it enters the graph as tape-less tensors.
 //! - Every shape or value a method cannot work with is an [`ObjectiveError`], checked
@@ -29,6 +32,7 @@
 //! - [`Objective::state`] and [`Objective::load_state`] round-trip everything the method
 //!   keeps, so a resumed run continues bit-identically.
 
+pub mod barlow_twins;
 pub mod memory_bank;
 mod method;
 pub mod moco;
@@ -37,6 +41,7 @@ mod rows;
 mod scaffold;
 pub mod supcon;
 pub mod swav;
+pub mod vicreg;
 
 use std::fmt;
 

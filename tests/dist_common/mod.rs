@@ -2,7 +2,7 @@
 //! threads; `mpi_equivalence`: ranks as MPI processes): every rank trains the same tiny
 //! model twice from the same seed — alone on the whole global batch (the single-process
 //! reference) and as one rank of the job on its slice, with synchronised batch norm —
-//! and compares, for each of the five methods, the loss of every step, the final
+//! and compares, for each method, the loss of every step, the final
 //! parameters and the method state (within 1e-5 relative), and that all ranks agree.
 
 #![allow(dead_code)]
@@ -12,7 +12,9 @@ use recipe::bench::{BenchConfig, synthetic_batch};
 use recipe::dist::Dist;
 use recipe::nn::model::{BackboneConfig, BackboneKind, HeadConfig, ModelConfig, PrototypesConfig};
 use recipe::nn::params::DecayPolicy;
-use recipe::objective::{MethodConfig, memory_bank, moco, nt_xent, supcon, swav};
+use recipe::objective::{
+    MethodConfig, barlow_twins, memory_bank, moco, nt_xent, supcon, swav, vicreg,
+};
 use recipe::optim::schedule::{Decay, ScheduleConfig};
 use recipe::optim::{OptimizerConfig, SgdConfig};
 use recipe::train::step::{Trainer, TrainerParts};
@@ -120,6 +122,22 @@ pub fn methods() -> Vec<(MethodConfig, Vec<Shape>)> {
                 assign_views: 2,
             }),
             vec![(1, 12, 12), (1, 12, 12), (1, 8, 8)],
+        ),
+        (
+            MethodConfig::BarlowTwins(barlow_twins::BarlowTwinsConfig {
+                lambda: 0.05,
+                scale: 0.5,
+            }),
+            two.clone(),
+        ),
+        (
+            MethodConfig::Vicreg(vicreg::VicregConfig {
+                invariance: 25.0,
+                variance: 25.0,
+                covariance: 1.0,
+                epsilon: 1e-4,
+            }),
+            two.clone(),
         ),
     ]
 }
