@@ -130,11 +130,14 @@ pub fn methods() -> Vec<(MethodConfig, Vec<Shape>)> {
             }),
             two.clone(),
         ),
+        // VICReg's 25 : 25 : 1 divided by 25: at the full weights this tiny model's
+        // loss climbs from step 2 (17.9, 9.6, 14.5, 30.8 at lr 0.1), and the unstable
+        // steps amplify rounding noise (2.7e-4 apart after 4 steps, 1e-5 after 1).
         (
             MethodConfig::Vicreg(vicreg::VicregConfig {
-                invariance: 25.0,
-                variance: 25.0,
-                covariance: 1.0,
+                invariance: 1.0,
+                variance: 1.0,
+                covariance: 0.04,
                 epsilon: 1e-4,
             }),
             two.clone(),
