@@ -224,13 +224,15 @@ pub(super) fn check_loss(r: &Recipe, out: &mut Vec<Diagnostic>) {
                 "variance_epsilon",
                 *variance_epsilon,
             );
-            two_views(out, "VICReg compares the embeddings of two views", views);
+            if r.augment.multi_crop.is_none() {
+                two_views(out, "VICReg compares the embeddings of two views", views);
+            }
         }
     }
 }
 
 /// The error for a method that takes exactly two views (`why` says what it does with
-/// them), unless `views` is 2.
+/// them), unless `views` is 2. (With multi-crop, the multi-crop rule says it instead.)
 fn two_views(out: &mut Vec<Diagnostic>, why: &str, views: usize) {
     if views != 2 {
         err(
