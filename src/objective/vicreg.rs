@@ -88,12 +88,12 @@ pub fn loss<D: EngineDevice, T: Tape<f32, D>>(
     Ok(invariance * cfg.invariance + (vx + vy) * (cfg.variance * 0.5) + (cx + cy) * cfg.covariance)
 }
 
+/// A scalar on the tape `T`.
+type Scalar<D, T> = Tensor<(), f32, D, T>;
+
 /// The variance term `mean_j relu(1 − sqrt(Var_j + ε))` and the covariance term
 /// `Σ_{i≠j} cov_ij² / d` of one view's `(N, d)` embeddings.
-fn spread<D: EngineDevice, T: Tape<f32, D>>(
-    x: T2<D, T>,
-    eps: f32,
-) -> (Tensor<(), f32, D, T>, Tensor<(), f32, D, T>) {
+fn spread<D: EngineDevice, T: Tape<f32, D>>(x: T2<D, T>, eps: f32) -> (Scalar<D, T>, Scalar<D, T>) {
     let shape = *x.shape();
     let (n, d) = shape;
     let dev = x.device().clone();
