@@ -279,6 +279,7 @@ pub fn plan_with(r: &Recipe, world: Option<usize>, gbit: f64) -> Result<String, 
         predictor_floats: predictor,
         view_forward_flops: first.forward_flops as f64,
         prototypes,
+        batch,
     };
     let costs = method.plan(&facts);
     // A method that feeds the encoder several copies of each view (RotNet's rotations)
@@ -311,6 +312,14 @@ pub fn plan_with(r: &Recipe, world: Option<usize>, gbit: f64) -> Result<String, 
     );
     if let Some(s) = state {
         let _ = writeln!(out, "method state: {s}");
+    }
+    if !costs.step_parts.is_empty() {
+        let _ = writeln!(
+            out,
+            "method tensors per step: {} ({}, freed after the step)",
+            costs.step_parts.join(", "),
+            mib(costs.step_bytes as f64)
+        );
     }
     let _ = writeln!(
         out,

@@ -9,7 +9,8 @@ use recipe::bench::{BenchConfig, synthetic_batch};
 use recipe::nn::model::{BackboneConfig, BackboneKind, HeadConfig, ModelConfig, PrototypesConfig};
 use recipe::nn::params::DecayPolicy;
 use recipe::objective::{
-    MethodConfig, byol, memory_bank, moco, nt_xent, rotation, simsiam, supcon, swav,
+    MethodConfig, barlow_twins, byol, memory_bank, moco, nt_xent, rotation, simsiam, supcon, swav,
+    vicreg,
 };
 use recipe::optim::schedule::{Decay, ScheduleConfig};
 use recipe::optim::{OptimizerConfig, SgdConfig};
@@ -151,6 +152,22 @@ fn methods() -> Vec<(MethodConfig, usize)> {
         ),
         (MethodConfig::Byol(byol::ByolConfig { momentum: 0.9 }), 2),
         (MethodConfig::Simsiam(simsiam::SimsiamConfig), 2),
+        (
+            MethodConfig::BarlowTwins(barlow_twins::BarlowTwinsConfig {
+                lambda: 0.0051,
+                scale: 1.0,
+            }),
+            2,
+        ),
+        (
+            MethodConfig::Vicreg(vicreg::VicregConfig {
+                invariance: 25.0,
+                variance: 25.0,
+                covariance: 1.0,
+                epsilon: 1e-4,
+            }),
+            2,
+        ),
     ]
 }
 

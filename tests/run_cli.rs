@@ -171,6 +171,8 @@ fn every_method_runs_end_to_end() {
         ("rotation", "{method: rotation}", ""),
         ("byol", "{method: byol, momentum: 0.9}", ""),
         ("simsiam", "{method: simsiam}", ""),
+        ("barlow_twins", "{method: barlow_twins, lambda: 0.01}", ""),
+        ("vicreg", "{method: vicreg, covariance_coeff: 2}", ""),
     ];
     for (method, loss, extra) in cases {
         let file = tiny(tmp.path(), method, loss, extra);

@@ -222,7 +222,9 @@ fn state_warnings(r: &Recipe, n: usize) -> Vec<crate::diag::Diagnostic> {
         | Loss::Supcon { .. }
         | Loss::Rotation { .. }
         | Loss::Byol { .. }
-        | Loss::Simsiam { .. } => {}
+        | Loss::Simsiam { .. }
+        | Loss::BarlowTwins { .. }
+        | Loss::Vicreg { .. } => {}
     }
     out
 }

@@ -19,7 +19,8 @@ use crate::nn::model::{
 };
 use crate::nn::params::DecayPolicy;
 use crate::objective::{
-    MethodConfig, byol, memory_bank, moco, nt_xent, rotation, simsiam, supcon, swav,
+    MethodConfig, barlow_twins, byol, memory_bank, moco, nt_xent, rotation, simsiam, supcon, swav,
+    vicreg,
 };
 use crate::optim::schedule::{
     Decay, LrScaling, ScaledLr, ScheduleConfig, ScheduleError, Warmup, WarmupLength,
@@ -160,7 +161,9 @@ pub fn model(r: &Recipe, size: usize) -> Result<ModelConfig, ModelError> {
         | Loss::Supcon { .. }
         | Loss::Rotation { .. }
         | Loss::Byol { .. }
-        | Loss::Simsiam { .. } => None,
+        | Loss::Simsiam { .. }
+        | Loss::BarlowTwins { .. }
+        | Loss::Vicreg { .. } => None,
     };
     // The predictor (BYOL, SimSiam) maps the projection back to its own width.
     let predictor = r.model.predictor.as_ref().map(|p| HeadConfig {
@@ -263,6 +266,23 @@ pub fn method(r: &Recipe, dataset_len: usize) -> MethodConfig {
             momentum: *momentum,
         }),
         Loss::Simsiam {} => MethodConfig::Simsiam(simsiam::SimsiamConfig),
+        Loss::BarlowTwins { lambda, scale_loss } => {
+            MethodConfig::BarlowTwins(barlow_twins::BarlowTwinsConfig {
+                lambda: *lambda as f32,
+                scale: *scale_loss as f32,
+            })
+        }
+        Loss::Vicreg {
+            invariance_coeff,
+            variance_coeff,
+            covariance_coeff,
+            variance_epsilon,
+        } => MethodConfig::Vicreg(vicreg::VicregConfig {
+            invariance: *invariance_coeff as f32,
+            variance: *variance_coeff as f32,
+            covariance: *covariance_coeff as f32,
+            epsilon: *variance_epsilon as f32,
+        }),
     }
 }
 

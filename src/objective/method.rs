@@ -9,8 +9,8 @@
 //! variant of [`MethodConfig`] is a compile error until it has its line there.
 
 use super::{
-    Encoder, Objective, ObjectiveError, byol, memory_bank, moco, nt_xent, rotation, simsiam,
-    supcon, swav,
+    Encoder, Objective, ObjectiveError, barlow_twins, byol, memory_bank, moco, nt_xent, rotation,
+    simsiam, supcon, swav, vicreg,
 };
 use crate::nn::ops::EngineDevice;
 use crate::nn::params::ParamStore;
@@ -35,6 +35,10 @@ pub enum MethodConfig {
     Byol(byol::ByolConfig),
     /// SimSiam with a predictor and a stop-gradient.
     Simsiam(simsiam::SimsiamConfig),
+    /// Barlow Twins' cross-correlation loss.
+    BarlowTwins(barlow_twins::BarlowTwinsConfig),
+    /// VICReg's variance-invariance-covariance loss.
+    Vicreg(vicreg::VicregConfig),
 }
 
 /// `for_each_method!(cfg, c => expr)`: `expr` with `c` bound to the method's own config,
@@ -50,6 +54,8 @@ macro_rules! for_each_method {
             MethodConfig::Rotation($c) => $body,
             MethodConfig::Byol($c) => $body,
             MethodConfig::Simsiam($c) => $body,
+            MethodConfig::BarlowTwins($c) => $body,
+            MethodConfig::Vicreg($c) => $body,
         }
     };
 }
@@ -121,6 +127,8 @@ pub struct ModelFacts {
     pub view_forward_flops: f64,
     /// Prototypes of the model, when it has them.
     pub prototypes: Option<usize>,
+    /// Images per step (the global batch).
+    pub batch: usize,
 }
 
 /// A method's costs beyond the encoder's, as `recipe plan` reports them.
@@ -132,6 +140,11 @@ pub struct MethodPlan {
     pub state_bytes: usize,
     /// FLOPs per step beyond the encoder's forward and backward over all views.
     pub extra_step_flops: f64,
+    /// Peak bytes of the tensors the loss makes each step beyond the embeddings (Barlow
+    /// Twins' and VICReg's `d×d` matrices), freed after the step.
+    pub step_bytes: usize,
+    /// What those tensors are, for `recipe plan` (`cross-correlation 512×512`).
+    pub step_parts: Vec<String>,
     /// Images the encoder sees per view of each image, forward and backward (RotNet:
     /// one per rotation); 1 for every other method. Scales the step's encoder FLOPs
     /// and activation memory.
@@ -162,6 +175,8 @@ impl MethodPlan {
             state_bytes: 4 * layout_floats(layout),
             extra_step_flops: 0.0,
             encoder_copies: 1,
+            step_bytes: 0,
+            step_parts: Vec::new(),
         }
     }
 }
@@ -296,6 +311,16 @@ mod tests {
             }),
             MethodConfig::Byol(byol::ByolConfig { momentum: 0.99 }),
             MethodConfig::Simsiam(simsiam::SimsiamConfig),
+            MethodConfig::BarlowTwins(barlow_twins::BarlowTwinsConfig {
+                lambda: 0.0051,
+                scale: 1.0,
+            }),
+            MethodConfig::Vicreg(vicreg::VicregConfig {
+                invariance: 25.0,
+                variance: 25.0,
+                covariance: 1.0,
+                epsilon: 1e-4,
+            }),
         ]
     }
 
@@ -312,9 +337,11 @@ mod tests {
             MethodConfig::Rotation(_) => 5,
             MethodConfig::Byol(_) => 6,
             MethodConfig::Simsiam(_) => 7,
+            MethodConfig::BarlowTwins(_) => 8,
+            MethodConfig::Vicreg(_) => 9,
         }
     }
-    const VARIANTS: usize = 8;
+    const VARIANTS: usize = 10;
 
     #[test]
     fn every_method_describes_its_state_once() {
@@ -391,6 +418,7 @@ mod tests {
                     .sum(),
                 view_forward_flops: 1.0,
                 prototypes: model_cfg.prototypes.as_ref().map(|p| p.count),
+                batch: 8,
             };
             let key = obj
                 .key_encoder()

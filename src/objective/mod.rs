@@ -10,7 +10,8 @@
 //!   loss is a classifier's cross-entropy on the head's outputs, not normalised
 //!   embeddings),
 //!   [`byol::loss`] (with [`byol::target_momentum`] and [`byol::ema_update`]) and
-//!   [`simsiam::loss`]. Each function's doc comment gives its row layout.
+//!   [`simsiam::loss`], [`barlow_twins::loss`] and [`vicreg::loss`]. Each function's doc
+//!   comment gives its row layout.
 //! - the [`Objective`] trait, which the training step drives: it runs the encoder on a
 //!   batch of views, computes the method's loss, and updates the method's state (MoCo's
 //!   key encoder and queue, the memory bank, SwAV's prototypes and queue, BYOL's
@@ -24,8 +25,9 @@
 //! loss), `rows.rs` (the row helpers of the methods that score against stored rows).
 //!
 //! Invariants:
-//! - Embeddings are L2-normalised inside every contrastive loss; callers pass raw head
-//!   outputs (rotation prediction's head outputs are logits and stay as they are).
+//! - Callers pass raw head outputs. The contrastive losses L2-normalise them inside;
+//!   Barlow Twins batch-normalises each feature instead, VICReg uses them as they are,
+//!   as their references do, and rotation prediction's head outputs are logits.
 //! - State that is not a parameter (queues, banks, the key encoder) never receives a
 //!   gradient: it enters the graph as tape-less tensors.
 //! - Every shape or value a method cannot work with is an [`ObjectiveError`], checked
@@ -34,6 +36,7 @@
 //! - [`Objective::state`] and [`Objective::load_state`] round-trip everything the method
 //!   keeps, so a resumed run continues bit-identically.
 
+pub mod barlow_twins;
 pub mod byol;
 pub mod memory_bank;
 mod method;
@@ -45,6 +48,7 @@ mod scaffold;
 pub mod simsiam;
 pub mod supcon;
 pub mod swav;
+pub mod vicreg;
 
 use std::fmt;
 

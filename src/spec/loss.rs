@@ -136,6 +136,50 @@ pub enum Loss {
     /// the symmetric negative cosine `−(cos(p₁, z₂) + cos(p₂, z₁))/2` averaged over the
     /// batch. No negatives, no momentum encoder. Needs `model.predictor` and 2 views.
     Simsiam {},
+    /// Barlow Twins (Zbontar et al. 2021): the cross-correlation `C` of the two views'
+    /// embeddings, each batch-normalised without affine parameters, is driven to the
+    /// identity: `Σ_i (1 − C_ii)² + λ·Σ_{i≠j} C_ij²`. Needs 2 views.
+    BarlowTwins {
+        /// Weight λ of the off-diagonal (redundancy-reduction) term (≥ 0); 0.0051 in the
+        /// reference code (facebookresearch/barlowtwins `--lambd`; its first release and
+        /// the paper's first version used 3.9e-3 with `scale_loss` 1/32).
+        #[serde(default = "bt_lambda")]
+        #[schemars(schema_with = "super::bounds::non_negative")]
+        lambda: f64,
+        /// Factor multiplying the whole loss (> 0); 1 in the current reference code.
+        /// Its first release multiplied by `--scale-loss` (1/32 by default, 0.024 for its
+        /// best 1000-epoch model) and replaced it in June 2021 by a lower learning rate
+        /// for biases and norms, which is what the scale amounted to under LARS.
+        #[serde(default = "one")]
+        #[schemars(schema_with = "super::bounds::positive")]
+        scale_loss: f64,
+    },
+    /// VICReg (Bardes et al. 2022): invariance (mean squared error between the views'
+    /// embeddings), variance (a hinge keeping each feature's standard deviation over the
+    /// batch at 1) and covariance (the squared off-diagonal covariances) terms. Needs 2
+    /// views.
+    Vicreg {
+        /// Weight λ of the invariance term (≥ 0); 25 in the paper and
+        /// facebookresearch/vicreg (`--sim-coeff`).
+        #[serde(default = "vicreg_25")]
+        #[schemars(schema_with = "super::bounds::non_negative")]
+        invariance_coeff: f64,
+        /// Weight μ of the variance term (≥ 0); 25 in the paper and the reference
+        /// (`--std-coeff`).
+        #[serde(default = "vicreg_25")]
+        #[schemars(schema_with = "super::bounds::non_negative")]
+        variance_coeff: f64,
+        /// Weight ν of the covariance term (≥ 0); 1 in the paper and the reference
+        /// (`--cov-coeff`).
+        #[serde(default = "one")]
+        #[schemars(schema_with = "super::bounds::non_negative")]
+        covariance_coeff: f64,
+        /// ε in the standard deviation `sqrt(Var + ε)` of the variance term (> 0, so its
+        /// gradient stays finite when a feature collapses); 1e-4 in the reference.
+        #[serde(default = "vicreg_eps")]
+        #[schemars(schema_with = "super::bounds::positive")]
+        variance_epsilon: f64,
+    },
 }
 
 /// SupCon's anchors (SupContrast's `contrast_mode`).
@@ -173,6 +217,8 @@ impl Loss {
             Loss::Rotation { .. } => "rotation",
             Loss::Byol { .. } => "byol",
             Loss::Simsiam { .. } => "simsiam",
+            Loss::BarlowTwins { .. } => "barlow_twins",
+            Loss::Vicreg { .. } => "vicreg",
         }
     }
 }
@@ -212,4 +258,16 @@ fn all_angles() -> Vec<u32> {
 }
 fn byol_tau() -> f64 {
     0.996
+}
+fn one() -> f64 {
+    1.0
+}
+fn bt_lambda() -> f64 {
+    0.0051
+}
+fn vicreg_25() -> f64 {
+    25.0
+}
+fn vicreg_eps() -> f64 {
+    1e-4
 }

@@ -13,7 +13,8 @@ use recipe::dist::Dist;
 use recipe::nn::model::{BackboneConfig, BackboneKind, HeadConfig, ModelConfig, PrototypesConfig};
 use recipe::nn::params::DecayPolicy;
 use recipe::objective::{
-    MethodConfig, byol, memory_bank, moco, nt_xent, rotation, simsiam, supcon, swav,
+    MethodConfig, barlow_twins, byol, memory_bank, moco, nt_xent, rotation, simsiam, supcon, swav,
+    vicreg,
 };
 use recipe::optim::schedule::{Decay, ScheduleConfig};
 use recipe::optim::{OptimizerConfig, SgdConfig};
@@ -172,6 +173,25 @@ pub fn methods() -> Vec<(MethodConfig, Vec<Shape>)> {
             two.clone(),
         ),
         (MethodConfig::Simsiam(simsiam::SimsiamConfig), two.clone()),
+        (
+            MethodConfig::BarlowTwins(barlow_twins::BarlowTwinsConfig {
+                lambda: 0.05,
+                scale: 0.5,
+            }),
+            two.clone(),
+        ),
+        // VICReg's 25 : 25 : 1 divided by 25: at the full weights this tiny model's
+        // loss climbs from step 2 (17.9, 9.6, 14.5, 30.8 at lr 0.1), and the unstable
+        // steps amplify rounding noise (2.7e-4 apart after 4 steps, 1e-5 after 1).
+        (
+            MethodConfig::Vicreg(vicreg::VicregConfig {
+                invariance: 1.0,
+                variance: 1.0,
+                covariance: 0.04,
+                epsilon: 1e-4,
+            }),
+            two.clone(),
+        ),
     ]
 }
 

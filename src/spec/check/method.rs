@@ -193,6 +193,62 @@ pub(super) fn check_loss(r: &Recipe, out: &mut Vec<Diagnostic>) {
             two_views(out, "BYOL", views);
         }
         Loss::Simsiam {} => two_views(out, "SimSiam", views),
+        Loss::BarlowTwins { lambda, scale_loss } => {
+            if !(lambda.is_finite() && *lambda >= 0.0) {
+                err(
+                    out,
+                    "loss.lambda",
+                    format!("lambda weighs the off-diagonal term and must be ≥ 0, found {lambda}"),
+                )
+                .help = Some(
+                    "a negative λ rewards correlated features; the reference uses 0.0051".into(),
+                );
+            }
+            positive(out, "loss.scale_loss", "scale_loss", *scale_loss);
+            two_views_why(
+                out,
+                "Barlow Twins correlates the embeddings of two views",
+                views,
+            );
+        }
+        Loss::Vicreg {
+            invariance_coeff,
+            variance_coeff,
+            covariance_coeff,
+            variance_epsilon,
+        } => {
+            let coeffs = [
+                ("invariance_coeff", *invariance_coeff),
+                ("variance_coeff", *variance_coeff),
+                ("covariance_coeff", *covariance_coeff),
+            ];
+            for (key, c) in coeffs {
+                if !(c.is_finite() && c >= 0.0) {
+                    err(
+                        out,
+                        format!("loss.{key}"),
+                        format!("{key} weighs a term of the loss and must be ≥ 0, found {c}"),
+                    );
+                }
+            }
+            if coeffs.iter().all(|(_, c)| *c == 0.0) {
+                err(
+                    out,
+                    "loss.invariance_coeff",
+                    "all three VICReg coefficients are 0, so the loss is 0 and nothing trains",
+                )
+                .help = Some("the reference uses 25, 25 and 1".into());
+            }
+            positive(
+                out,
+                "loss.variance_epsilon",
+                "variance_epsilon",
+                *variance_epsilon,
+            );
+            if r.augment.multi_crop.is_none() {
+                two_views_why(out, "VICReg compares the embeddings of two views", views);
+            }
+        }
     }
 }
 
@@ -302,6 +358,19 @@ fn check_predictor(r: &Recipe, out: &mut Vec<Diagnostic>) {
             }
         }
         (None, false) => {}
+    }
+}
+
+/// The error for a method that takes exactly two views (`why` says what it does with
+/// them), unless `views` is 2. (With multi-crop, the multi-crop rule says it instead.)
+fn two_views_why(out: &mut Vec<Diagnostic>, why: &str, views: usize) {
+    if views != 2 {
+        err(
+            out,
+            "augment.views",
+            format!("{why}, so it needs exactly 2 views, found {views}"),
+        )
+        .help = Some("set `augment.views: 2`".into());
     }
 }
 

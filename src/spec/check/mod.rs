@@ -215,7 +215,14 @@ pub(super) fn check_train(r: &Recipe, out: &mut Vec<Diagnostic>) {
             out,
             "train.batch_size",
             format!(
-                "batch_size must be at least 2 (contrastive losses need negatives in the batch), found {}",
+                "batch_size must be at least 2 ({}), found {}",
+                match r.loss {
+                    Loss::BarlowTwins { .. } =>
+                        "Barlow Twins normalises each feature over the batch; one image has no spread",
+                    Loss::Vicreg { .. } =>
+                        "VICReg's variance and covariance are over the batch, divided by N − 1",
+                    _ => "contrastive losses need negatives in the batch",
+                },
                 t.batch_size
             ),
         );
