@@ -111,6 +111,7 @@ pub fn preset(name: &str, batch: usize) -> Option<TrainerParts> {
                 last_bn: false,
             }),
             prototypes: None,
+            last_layer: None,
             input_hw: (hw, hw),
         },
         seed: 0,

@@ -53,6 +53,7 @@ fn tiny_model(store: &mut ParamStore<Cpu>) -> Model {
             last_bn: false,
         }),
         prototypes: None,
+        last_layer: None,
         input_hw: (16, 16),
     };
     Model::new(store, &cfg, 5).unwrap()

@@ -142,6 +142,7 @@ fn resnet(depth: usize, stem: Stem, wm: f32, in_channels: usize, hw: usize) -> M
         },
         head: None,
         prototypes: None,
+        last_layer: None,
         input_hw: (hw, hw),
     }
 }
@@ -235,6 +236,7 @@ fn small_model(prototypes: bool) -> (ParamStore<Cpu>, Model) {
             count: 7,
             dim: None,
         }),
+        last_layer: None,
         input_hw: (8, 8),
     };
     let mut store = ParamStore::new(Cpu::default());
@@ -386,6 +388,7 @@ fn shape_errors_are_errors() {
         },
         head: None,
         prototypes: None,
+        last_layer: None,
         input_hw: (0, 0),
     };
     let err = Model::new(&mut ParamStore::new(Cpu::default()), &cfg, 0).unwrap_err();
@@ -485,6 +488,7 @@ fn stage_outputs_are_the_walk_that_gives_the_features() {
             },
             head: None,
             prototypes: None,
+            last_layer: None,
             input_hw: (hw, hw),
         };
         let mut store = ParamStore::new(dev.clone());

@@ -275,6 +275,7 @@ fn tiny_model(dim: usize) -> ModelConfig {
             last_bn: false,
         }),
         prototypes: None,
+        last_layer: None,
         input_hw: (6, 6),
     }
 }

@@ -216,8 +216,11 @@ fn state_warnings(r: &Recipe, n: usize) -> Vec<crate::diag::Diagnostic> {
                 out.push(d);
             }
         }
-        Loss::Moco { .. } | Loss::MemoryBank { .. } | Loss::Simclr { .. } | Loss::Supcon { .. } => {
-        }
+        Loss::Moco { .. }
+        | Loss::MemoryBank { .. }
+        | Loss::Simclr { .. }
+        | Loss::Supcon { .. }
+        | Loss::Dino { .. } => {}
     }
     out
 }

@@ -15,10 +15,11 @@ pub use downstream::{downstream, wants_curves};
 use crate::nn::ModelError;
 use crate::nn::device::{DeviceChoice, NoCuda};
 use crate::nn::model::{
-    BackboneConfig, BackboneKind, HeadConfig, ModelConfig, PrototypesConfig, ResNetSpec, Stem,
+    BackboneConfig, BackboneKind, DinoLastLayerConfig, HeadConfig, ModelConfig, PrototypesConfig,
+    ResNetSpec, Stem,
 };
 use crate::nn::params::DecayPolicy;
-use crate::objective::{MethodConfig, memory_bank, moco, nt_xent, supcon, swav};
+use crate::objective::{MethodConfig, dino, memory_bank, moco, nt_xent, supcon, swav};
 use crate::optim::schedule::{
     Decay, LrScaling, ScaledLr, ScheduleConfig, ScheduleError, Warmup, WarmupLength,
 };
@@ -126,7 +127,7 @@ pub fn schedule(s: &Schedule) -> ScheduleConfig {
 }
 
 /// The encoder a recipe describes, planned for square `size`×`size` inputs: backbone,
-/// projection head, and SwAV prototypes when the loss uses them.
+/// projection head, and SwAV prototypes or DINO's last layer when the loss uses them.
 pub fn model(r: &Recipe, size: usize) -> Result<ModelConfig, ModelError> {
     let stem = |s: SpecStem| match s {
         SpecStem::Cifar => Stem::Cifar,
@@ -152,9 +153,24 @@ pub fn model(r: &Recipe, size: usize) -> Result<ModelConfig, ModelError> {
             count: prototypes,
             dim: None,
         }),
-        Loss::Simclr { .. } | Loss::Moco { .. } | Loss::MemoryBank { .. } | Loss::Supcon { .. } => {
-            None
-        }
+        Loss::Simclr { .. }
+        | Loss::Moco { .. }
+        | Loss::MemoryBank { .. }
+        | Loss::Supcon { .. }
+        | Loss::Dino { .. } => None,
+    };
+    // DINO's weight-normalised last layer after the head (the head is DINOHead's MLP).
+    let last_layer = match r.loss {
+        Loss::Dino {
+            out_dim,
+            norm_last_layer,
+            ..
+        } => Some(DinoLastLayerConfig {
+            out_dim,
+            dim: None,
+            norm_last_layer,
+        }),
+        _ => None,
     };
     Ok(ModelConfig {
         backbone: BackboneConfig {
@@ -169,6 +185,7 @@ pub fn model(r: &Recipe, size: usize) -> Result<ModelConfig, ModelError> {
             last_bn: false,
         }),
         prototypes,
+        last_layer,
         input_hw: (size, size),
     })
 }
@@ -231,6 +248,31 @@ pub fn method(r: &Recipe, dataset_len: usize) -> MethodConfig {
         } => MethodConfig::Supcon(supcon::SupconConfig {
             temperature: *temperature as f32,
             base_temperature: *base_temperature as f32,
+        }),
+        Loss::Dino {
+            out_dim,
+            student_temp,
+            teacher_temp,
+            warmup_teacher_temp,
+            warmup_teacher_temp_epochs,
+            teacher_momentum,
+            center_momentum,
+            freeze_last_layer,
+            ..
+        } => MethodConfig::Dino(dino::DinoConfig {
+            out_dim: *out_dim,
+            student_temp: *student_temp as f32,
+            teacher_temp: *teacher_temp,
+            warmup_teacher_temp: *warmup_teacher_temp,
+            warmup_teacher_temp_epochs: *warmup_teacher_temp_epochs,
+            teacher_momentum: *teacher_momentum,
+            center_momentum: *center_momentum,
+            freeze_last_layer_epochs: *freeze_last_layer as u64,
+            global_views: r
+                .augment
+                .multi_crop
+                .as_ref()
+                .map_or(r.augment.total_views(), |mc| mc.global.count),
         }),
     }
 }

@@ -8,7 +8,7 @@
 //! Every match over methods is `for_each_method!`'s, with no catch-all arm: a new
 //! variant of [`MethodConfig`] is a compile error until it has its line there.
 
-use super::{Encoder, Objective, ObjectiveError, memory_bank, moco, nt_xent, supcon, swav};
+use super::{Encoder, Objective, ObjectiveError, dino, memory_bank, moco, nt_xent, supcon, swav};
 use crate::nn::ops::EngineDevice;
 use crate::nn::params::ParamStore;
 
@@ -26,6 +26,8 @@ pub enum MethodConfig {
     Swav(swav::SwavConfig),
     /// Supervised contrastive loss.
     Supcon(supcon::SupconConfig),
+    /// DINO self-distillation with an EMA teacher.
+    Dino(dino::DinoConfig),
 }
 
 /// `for_each_method!(cfg, c => expr)`: `expr` with `c` bound to the method's own config,
@@ -38,6 +40,7 @@ macro_rules! for_each_method {
             MethodConfig::MemoryBank($c) => $body,
             MethodConfig::Swav($c) => $body,
             MethodConfig::Supcon($c) => $body,
+            MethodConfig::Dino($c) => $body,
         }
     };
 }
@@ -262,6 +265,10 @@ mod tests {
             }),
             swav(None),
             swav(Some((16, 0))),
+            MethodConfig::Dino(dino::DinoConfig {
+                out_dim: 7,
+                ..dino::DinoConfig::default()
+            }),
         ]
     }
 
@@ -275,9 +282,10 @@ mod tests {
             MethodConfig::MemoryBank(_) => 2,
             MethodConfig::Swav(_) => 3,
             MethodConfig::Supcon(_) => 4,
+            MethodConfig::Dino(_) => 5,
         }
     }
-    const VARIANTS: usize = 5;
+    const VARIANTS: usize = 6;
 
     #[test]
     fn every_method_describes_its_state_once() {
@@ -303,6 +311,14 @@ mod tests {
                     count: 5,
                     dim: None,
                 }),
+                last_layer: match &cfg {
+                    MethodConfig::Dino(d) => Some(crate::nn::model::DinoLastLayerConfig {
+                        out_dim: d.out_dim,
+                        dim: None,
+                        norm_last_layer: false,
+                    }),
+                    _ => None,
+                },
                 input_hw: (12, 12),
             };
             let mut store = crate::nn::params::ParamStore::new(Cpu::default());

@@ -5,11 +5,13 @@
 //! - one module per method with plain functions on dfdx tensors, usable without a
 //!   recipe or a model: [`nt_xent::loss`], [`supcon::loss`], [`moco::loss`] (with
 //!   [`moco::KeyQueue`] and [`moco::ema_update`]), [`memory_bank::loss`] (with
-//!   [`memory_bank::MemoryBank`]), [`swav::sinkhorn`] and [`swav::loss`]. Each
+//!   [`memory_bank::MemoryBank`]), [`swav::sinkhorn`] and [`swav::loss`],
+//!   [`dino::loss`] (with its schedules and [`dino::center_update`]). Each
 //!   function's doc comment gives its row layout.
 //! - the [`Objective`] trait, which the training step drives: it runs the encoder on a
 //!   batch of views, computes the method's loss, and updates the method's state (MoCo's
-//!   key encoder and queue, the memory bank, SwAV's prototypes and queue) exactly when
+//!   key encoder and queue, the memory bank, SwAV's prototypes and queue, DINO's
+//!   teacher and centre) exactly when
 //!   the reference code does. [`build`] makes one from a [`MethodConfig`].
 //!
 //! A method is described once, in its own file: its config (`nt_xent::SimclrConfig`,
@@ -29,6 +31,7 @@
 //! - [`Objective::state`] and [`Objective::load_state`] round-trip everything the method
 //!   keeps, so a resumed run continues bit-identically.
 
+pub mod dino;
 pub mod memory_bank;
 mod method;
 pub mod moco;

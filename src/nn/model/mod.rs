@@ -25,10 +25,12 @@ use super::ops::{EngineDevice, T2, T4};
 use super::params::ParamStore;
 use super::summary::{LayerSummary, ModelSummary};
 
+pub mod dino_head;
 pub mod head;
 pub mod resnet;
 pub mod small_cnn;
 
+pub use dino_head::{DinoLastLayer, DinoLastLayerConfig};
 pub use head::{Head, HeadConfig, Prototypes, PrototypesConfig};
 pub use resnet::{ResNet, ResNetSpec, Stage, Stem};
 pub use small_cnn::SmallCnn;
@@ -64,6 +66,8 @@ pub struct ModelConfig {
     pub head: Option<HeadConfig>,
     /// Optional SwAV prototypes (after the head).
     pub prototypes: Option<PrototypesConfig>,
+    /// Optional DINO weight-normalised last layer (after the head).
+    pub last_layer: Option<DinoLastLayerConfig>,
     /// Input height and width the model is planned for.
     pub input_hw: (usize, usize),
 }
@@ -261,7 +265,8 @@ impl Backbone {
     }
 }
 
-/// Backbone + optional head + optional prototypes, planned for one input size.
+/// Backbone + optional head + optional SwAV prototypes or DINO last layer, planned for
+/// one input size.
 #[derive(Clone, Debug)]
 pub struct Model {
     /// Feature extractor.
@@ -270,6 +275,8 @@ pub struct Model {
     pub head: Option<Head>,
     /// SwAV prototypes.
     pub prototypes: Option<Prototypes>,
+    /// DINO's weight-normalised last layer.
+    pub last_layer: Option<DinoLastLayer>,
     /// `(c, h, w)` the model was checked for.
     pub input: Chw,
 }
@@ -297,10 +304,15 @@ impl Model {
             Some(p) => Some(Prototypes::new(store, &mut init, p, dim)?),
             None => None,
         };
+        let last_layer = match &cfg.last_layer {
+            Some(l) => Some(DinoLastLayer::new(store, &mut init, l, dim)?),
+            None => None,
+        };
         let model = Model {
             backbone,
             head,
             prototypes,
+            last_layer,
             input: (cfg.backbone.in_channels, cfg.input_hw.0, cfg.input_hw.1),
         };
         model.summary(1)?;
@@ -316,6 +328,9 @@ impl Model {
         }
         if let Some(p) = &self.prototypes {
             p.describe(&mut rows);
+        }
+        if let Some(l) = &self.last_layer {
+            l.describe(&mut rows);
         }
         let (c, h, w) = self.input;
         Ok(ModelSummary::new(rows, batch, c * h * w))
@@ -366,12 +381,17 @@ impl Model {
         }
     }
 
-    /// Names of the backbone's entries (torchvision names; head and prototypes excluded).
+    /// Names of the backbone's entries (torchvision names; head, prototypes and DINO's
+    /// last layer excluded).
     pub fn backbone_entry_names<D: Device<f32>>(&self, store: &ParamStore<D>) -> Vec<String> {
         store
             .entries()
             .iter()
-            .filter(|e| !e.name.starts_with("projector.") && !e.name.starts_with("prototypes."))
+            .filter(|e| {
+                !e.name.starts_with("projector.")
+                    && !e.name.starts_with("prototypes.")
+                    && !e.name.starts_with(dino_head::LAST_LAYER_PREFIX)
+            })
             .map(|e| e.name.clone())
             .collect()
     }
