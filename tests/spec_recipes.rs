@@ -72,7 +72,7 @@ fn every_shipped_recipe_is_valid() {
 fn quick_recipes_use_the_builtin_dataset_and_each_method() {
     let loader = Loader::new();
     let mut methods = Vec::new();
-    for name in ["simclr", "moco", "memory_bank", "swav", "supcon"] {
+    for name in ["simclr", "moco", "memory_bank", "swav", "supcon", "dino"] {
         let l = loader
             .load_file(Path::new(&format!("recipes/{name}.yaml")), &[])
             .unwrap();
@@ -83,7 +83,10 @@ fn quick_recipes_use_the_builtin_dataset_and_each_method() {
         ));
         methods.push(r.loss.method());
     }
-    assert_eq!(methods, ["simclr", "moco", "memory_bank", "swav", "supcon"]);
+    assert_eq!(
+        methods,
+        ["simclr", "moco", "memory_bank", "swav", "supcon", "dino"]
+    );
 }
 
 #[test]

@@ -75,13 +75,13 @@ pub fn loss<D: EngineDevice, T: Tape<f32, D>>(
     check_temperature(student_temp, "DINO student temperature")?;
     check_temperature(teacher_temp as f32, "DINO teacher temperature")?;
     let (m, k) = *student.shape();
-    if n == 0 || m % n != 0 || m / n < 2 {
+    if n == 0 || !m.is_multiple_of(n) || m / n < 2 {
         return Err(ObjectiveError::Shape(format!(
             "DINO: {m} student rows are not at least 2 crops of {n} images"
         )));
     }
     let crops = m / n;
-    if center.len() != k || teacher.is_empty() || teacher.len() % (n * k) != 0 {
+    if center.len() != k || teacher.is_empty() || !teacher.len().is_multiple_of(n * k) {
         return Err(ObjectiveError::Shape(format!(
             "DINO: a centre of {} and {} teacher values for {n} images × {k} outputs",
             center.len(),

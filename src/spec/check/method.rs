@@ -225,20 +225,18 @@ fn check_dino(r: &Recipe, out: &mut Vec<Diagnostic>) {
         )
         .help = Some("the reference uses 65536; a few thousand suit small data sets".into());
     }
-    // The teacher sees the global crops: multi-crop's, or every view without it.
-    let (global, path) = match &r.augment.multi_crop {
-        Some(mc) => (mc.global.count, "augment.multi_crop.global.count"),
-        None => (r.augment.total_views(), "augment.views"),
-    };
-    if global < 2 {
+    // The teacher sees the global crops: every view without multi-crop (multi-crop's
+    // own rule already asks for at least 2 global crops).
+    let views = r.augment.total_views();
+    if r.augment.multi_crop.is_none() && views < 2 {
         err(
             out,
-            path,
+            "augment.views",
             format!(
-                "DINO's teacher sees the global crops and each is predicted from the other crops, so it needs at least 2 global views, found {global}"
+                "DINO's teacher sees the global views and each is predicted from the other views, so it needs at least 2, found {views}"
             ),
         )
-        .help = Some("use 2 global crops, as the reference does".into());
+        .help = Some("use 2 views, or `multi_crop` with 2 global crops, as the reference does".into());
     }
     let temps_ok = *student_temp > 0.0 && *teacher_temp > 0.0 && *warmup_teacher_temp > 0.0;
     if temps_ok && teacher_temp.max(*warmup_teacher_temp) >= *student_temp {
