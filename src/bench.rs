@@ -112,6 +112,7 @@ pub fn preset(name: &str, batch: usize) -> Option<TrainerParts> {
             }),
             prototypes: None,
             predictor: None,
+            last_layer: None,
             input_hw: (hw, hw),
         },
         seed: 0,

@@ -55,6 +55,7 @@ fn tiny_model(store: &mut ParamStore<Cpu>) -> Model {
         }),
         prototypes: None,
         predictor: None,
+        last_layer: None,
         input_hw: (16, 16),
     };
     Model::new(store, &cfg, 5).unwrap()

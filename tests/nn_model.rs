@@ -143,6 +143,7 @@ fn resnet(depth: usize, stem: Stem, wm: f32, in_channels: usize, hw: usize) -> M
         head: None,
         prototypes: None,
         predictor: None,
+        last_layer: None,
         input_hw: (hw, hw),
     }
 }
@@ -237,6 +238,7 @@ fn small_model(prototypes: bool) -> (ParamStore<Cpu>, Model) {
             dim: None,
         }),
         predictor: None,
+        last_layer: None,
         input_hw: (8, 8),
     };
     let mut store = ParamStore::new(Cpu::default());
@@ -389,6 +391,7 @@ fn shape_errors_are_errors() {
         head: None,
         prototypes: None,
         predictor: None,
+        last_layer: None,
         input_hw: (0, 0),
     };
     let err = Model::new(&mut ParamStore::new(Cpu::default()), &cfg, 0).unwrap_err();
@@ -489,6 +492,7 @@ fn stage_outputs_are_the_walk_that_gives_the_features() {
             head: None,
             prototypes: None,
             predictor: None,
+            last_layer: None,
             input_hw: (hw, hw),
         };
         let mut store = ParamStore::new(dev.clone());

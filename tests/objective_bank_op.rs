@@ -276,6 +276,7 @@ fn tiny_model(dim: usize) -> ModelConfig {
         }),
         prototypes: None,
         predictor: None,
+        last_layer: None,
         input_hw: (6, 6),
     }
 }

@@ -342,6 +342,7 @@ fn the_target_network_is_the_online_one_without_the_predictor() {
             last_bn: false,
         }),
         prototypes: None,
+        last_layer: None,
         predictor: Some(HeadConfig {
             in_dim: None,
             hidden: vec![5],

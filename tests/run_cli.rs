@@ -173,6 +173,11 @@ fn every_method_runs_end_to_end() {
         ("simsiam", "{method: simsiam}", ""),
         ("barlow_twins", "{method: barlow_twins, lambda: 0.01}", ""),
         ("vicreg", "{method: vicreg, covariance_coeff: 2}", ""),
+        (
+            "dino",
+            "{method: dino, out_dim: 32, warmup_teacher_temp_epochs: 2, teacher_temp: 0.07}",
+            "",
+        ),
     ];
     for (method, loss, extra) in cases {
         let file = tiny(tmp.path(), method, loss, extra);
@@ -242,25 +247,43 @@ fn swav_multi_crop_and_pictures() {
 
 #[test]
 fn interrupted_run_resumes_to_identical_bits() {
-    let tmp = tempfile::tempdir().unwrap();
     let loss = "{method: moco, temperature: 0.2, momentum: 0.9, queue_size: 64}";
-    let file = tiny(tmp.path(), "moco", loss, "");
+    // 6 steps per epoch: stop in the middle of the second epoch.
+    resumes_to_identical_bits("moco", loss, &[], "8");
+}
+
+/// DINO: the teacher (key encoder section), the centre and the per-epoch teacher
+/// temperature; stopped during the first epoch, while the last layer is frozen, so the
+/// resumed run unfreezes it.
+#[test]
+fn interrupted_dino_run_resumes_to_identical_bits() {
+    let loss = "{method: dino, out_dim: 32, warmup_teacher_temp_epochs: 2, teacher_temp: 0.07, teacher_momentum: 0.9}";
+    let mc = "augment={pipeline: [{horizontal_flip: {p: 0.5}}], multi_crop: {global: {count: 2, size: 16, scale: [0.4, 1.0]}, local: {count: 2, size: 8, scale: [0.1, 0.4]}}}";
+    resumes_to_identical_bits("dino", loss, &["--set", mc], "4");
+}
+
+/// Runs `loss` whole, then stopped after `stop` steps and resumed: the last checkpoints
+/// digest alike and the logged losses are the same.
+fn resumes_to_identical_bits(name: &str, loss: &str, sets: &[&str], stop: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tiny(tmp.path(), name, loss, "");
     let f = file.to_str().unwrap();
     let whole = tmp.path().join("whole");
-    let o = recipe(&[
+    let mut args = vec![
         "run",
         f,
         "--out",
         whole.to_str().unwrap(),
         "--set",
         "downstream=[]",
-    ]);
+    ];
+    args.extend_from_slice(sets);
+    let o = recipe(&args);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let whole = run_dir(&whole);
 
     let parts = tmp.path().join("parts");
-    // 6 steps per epoch: stop in the middle of the second epoch.
-    let o = recipe(&[
+    let mut args = vec![
         "run",
         f,
         "--out",
@@ -268,8 +291,10 @@ fn interrupted_run_resumes_to_identical_bits() {
         "--set",
         "downstream=[]",
         "--stop-after-steps",
-        "8",
-    ]);
+        stop,
+    ];
+    args.extend_from_slice(sets);
+    let o = recipe(&args);
     assert_eq!(o.status.code(), Some(130), "{}", text(&o.stderr));
     let err = text(&o.stderr);
     assert!(err.contains("resume with: recipe run"), "{err}");
@@ -277,7 +302,7 @@ fn interrupted_run_resumes_to_identical_bits() {
     assert!(!parts.join("results.json").exists());
 
     // A changed recipe is refused, naming the key.
-    let o = recipe(&[
+    let mut args = vec![
         "run",
         f,
         "--resume",
@@ -286,7 +311,9 @@ fn interrupted_run_resumes_to_identical_bits() {
         "downstream=[]",
         "--set",
         "train.epochs=3",
-    ]);
+    ];
+    args.extend_from_slice(sets);
+    let o = recipe(&args);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         text(&o.stderr).contains("train.epochs"),
@@ -294,19 +321,21 @@ fn interrupted_run_resumes_to_identical_bits() {
         text(&o.stderr)
     );
 
-    let o = recipe(&[
+    let mut args = vec![
         "run",
         f,
         "--resume",
         parts.to_str().unwrap(),
         "--set",
         "downstream=[]",
-    ]);
+    ];
+    args.extend_from_slice(sets);
+    let o = recipe(&args);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let last = |d: &Path| d.join("checkpoints/last.safetensors");
-    assert_eq!(digest_of(&last(&whole)), digest_of(&last(&parts)));
-    assert_eq!(losses(&whole), losses(&parts));
-    assert_eq!(losses(&whole).len(), 12);
+    assert_eq!(digest_of(&last(&whole)), digest_of(&last(&parts)), "{name}");
+    assert_eq!(losses(&whole), losses(&parts), "{name}");
+    assert_eq!(losses(&whole).len(), 12, "{name}");
 }
 
 #[test]

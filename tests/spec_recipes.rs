@@ -78,8 +78,12 @@ fn quick_recipes_use_the_builtin_dataset_and_each_method() {
         "memory_bank",
         "swav",
         "supcon",
+        "rotation",
+        "byol",
+        "simsiam",
         "barlow_twins",
         "vicreg",
+        "dino",
     ] {
         let l = loader
             .load_file(Path::new(&format!("recipes/{name}.yaml")), &[])
@@ -99,8 +103,12 @@ fn quick_recipes_use_the_builtin_dataset_and_each_method() {
             "memory_bank",
             "swav",
             "supcon",
+            "rotation",
+            "byol",
+            "simsiam",
             "barlow_twins",
-            "vicreg"
+            "vicreg",
+            "dino"
         ]
     );
 }

@@ -115,7 +115,7 @@ fn every_tag_and_choice_is_described() {
     let tags = [
         ("/definitions/Source", "format", 4),
         ("/definitions/Backbone", "arch", 4),
-        ("/definitions/Loss", "method", 10),
+        ("/definitions/Loss", "method", 11),
         ("/definitions/Optimizer", "name", 3),
         ("/definitions/Schedule", "kind", 3),
         ("/definitions/Task", "task", 4),

@@ -224,7 +224,8 @@ fn state_warnings(r: &Recipe, n: usize) -> Vec<crate::diag::Diagnostic> {
         | Loss::Byol { .. }
         | Loss::Simsiam { .. }
         | Loss::BarlowTwins { .. }
-        | Loss::Vicreg { .. } => {}
+        | Loss::Vicreg { .. }
+        | Loss::Dino { .. } => {}
     }
     out
 }

@@ -15,12 +15,13 @@ pub use downstream::{downstream, wants_curves};
 use crate::nn::ModelError;
 use crate::nn::device::{DeviceChoice, NoCuda};
 use crate::nn::model::{
-    BackboneConfig, BackboneKind, HeadConfig, ModelConfig, PrototypesConfig, ResNetSpec, Stem,
+    BackboneConfig, BackboneKind, DinoLastLayerConfig, HeadConfig, ModelConfig, PrototypesConfig,
+    ResNetSpec, Stem,
 };
 use crate::nn::params::DecayPolicy;
 use crate::objective::{
-    MethodConfig, barlow_twins, byol, memory_bank, moco, nt_xent, rotation, simsiam, supcon, swav,
-    vicreg,
+    MethodConfig, barlow_twins, byol, dino, memory_bank, moco, nt_xent, rotation, simsiam, supcon,
+    swav, vicreg,
 };
 use crate::optim::schedule::{
     Decay, LrScaling, ScaledLr, ScheduleConfig, ScheduleError, Warmup, WarmupLength,
@@ -129,7 +130,7 @@ pub fn schedule(s: &Schedule) -> ScheduleConfig {
 }
 
 /// The encoder a recipe describes, planned for square `size`×`size` inputs: backbone,
-/// projection head, and SwAV prototypes when the loss uses them.
+/// projection head, and SwAV prototypes or DINO's last layer when the loss uses them.
 pub fn model(r: &Recipe, size: usize) -> Result<ModelConfig, ModelError> {
     let stem = |s: SpecStem| match s {
         SpecStem::Cifar => Stem::Cifar,
@@ -163,7 +164,21 @@ pub fn model(r: &Recipe, size: usize) -> Result<ModelConfig, ModelError> {
         | Loss::Byol { .. }
         | Loss::Simsiam { .. }
         | Loss::BarlowTwins { .. }
-        | Loss::Vicreg { .. } => None,
+        | Loss::Vicreg { .. }
+        | Loss::Dino { .. } => None,
+    };
+    // DINO's weight-normalised last layer after the head (the head is DINOHead's MLP).
+    let last_layer = match r.loss {
+        Loss::Dino {
+            out_dim,
+            norm_last_layer,
+            ..
+        } => Some(DinoLastLayerConfig {
+            out_dim,
+            dim: None,
+            norm_last_layer,
+        }),
+        _ => None,
     };
     // The predictor (BYOL, SimSiam) maps the projection back to its own width.
     let predictor = r.model.predictor.as_ref().map(|p| HeadConfig {
@@ -187,6 +202,7 @@ pub fn model(r: &Recipe, size: usize) -> Result<ModelConfig, ModelError> {
         }),
         prototypes,
         predictor,
+        last_layer,
         input_hw: (size, size),
     })
 }
@@ -282,6 +298,31 @@ pub fn method(r: &Recipe, dataset_len: usize) -> MethodConfig {
             variance: *variance_coeff as f32,
             covariance: *covariance_coeff as f32,
             epsilon: *variance_epsilon as f32,
+        }),
+        Loss::Dino {
+            out_dim,
+            student_temp,
+            teacher_temp,
+            warmup_teacher_temp,
+            warmup_teacher_temp_epochs,
+            teacher_momentum,
+            center_momentum,
+            freeze_last_layer,
+            ..
+        } => MethodConfig::Dino(dino::DinoConfig {
+            out_dim: *out_dim,
+            student_temp: *student_temp as f32,
+            teacher_temp: *teacher_temp,
+            warmup_teacher_temp: *warmup_teacher_temp,
+            warmup_teacher_temp_epochs: *warmup_teacher_temp_epochs,
+            teacher_momentum: *teacher_momentum,
+            center_momentum: *center_momentum,
+            freeze_last_layer_epochs: *freeze_last_layer as u64,
+            global_views: r
+                .augment
+                .multi_crop
+                .as_ref()
+                .map_or(r.augment.total_views(), |mc| mc.global.count),
         }),
     }
 }

@@ -9,8 +9,8 @@
 //! variant of [`MethodConfig`] is a compile error until it has its line there.
 
 use super::{
-    Encoder, Objective, ObjectiveError, barlow_twins, byol, memory_bank, moco, nt_xent, rotation,
-    simsiam, supcon, swav, vicreg,
+    Encoder, Objective, ObjectiveError, barlow_twins, byol, dino, memory_bank, moco, nt_xent,
+    rotation, simsiam, supcon, swav, vicreg,
 };
 use crate::nn::ops::EngineDevice;
 use crate::nn::params::ParamStore;
@@ -39,6 +39,8 @@ pub enum MethodConfig {
     BarlowTwins(barlow_twins::BarlowTwinsConfig),
     /// VICReg's variance-invariance-covariance loss.
     Vicreg(vicreg::VicregConfig),
+    /// DINO self-distillation with an EMA teacher.
+    Dino(dino::DinoConfig),
 }
 
 /// `for_each_method!(cfg, c => expr)`: `expr` with `c` bound to the method's own config,
@@ -56,6 +58,7 @@ macro_rules! for_each_method {
             MethodConfig::Simsiam($c) => $body,
             MethodConfig::BarlowTwins($c) => $body,
             MethodConfig::Vicreg($c) => $body,
+            MethodConfig::Dino($c) => $body,
         }
     };
 }
@@ -321,6 +324,10 @@ mod tests {
                 covariance: 1.0,
                 epsilon: 1e-4,
             }),
+            MethodConfig::Dino(dino::DinoConfig {
+                out_dim: 7,
+                ..dino::DinoConfig::default()
+            }),
         ]
     }
 
@@ -339,9 +346,10 @@ mod tests {
             MethodConfig::Simsiam(_) => 7,
             MethodConfig::BarlowTwins(_) => 8,
             MethodConfig::Vicreg(_) => 9,
+            MethodConfig::Dino(_) => 10,
         }
     }
-    const VARIANTS: usize = 10;
+    const VARIANTS: usize = 11;
 
     #[test]
     fn every_method_describes_its_state_once() {
@@ -381,6 +389,14 @@ mod tests {
                         batch_norm: true,
                         last_bn: false,
                     }),
+                last_layer: match &cfg {
+                    MethodConfig::Dino(d) => Some(crate::nn::model::DinoLastLayerConfig {
+                        out_dim: d.out_dim,
+                        dim: None,
+                        norm_last_layer: false,
+                    }),
+                    _ => None,
+                },
                 input_hw: (12, 12),
             };
             let mut store = crate::nn::params::ParamStore::new(Cpu::default());

@@ -10,12 +10,13 @@
 //!   loss is a classifier's cross-entropy on the head's outputs, not normalised
 //!   embeddings),
 //!   [`byol::loss`] (with [`byol::target_momentum`] and [`byol::ema_update`]) and
-//!   [`simsiam::loss`], [`barlow_twins::loss`] and [`vicreg::loss`]. Each function's doc
-//!   comment gives its row layout.
+//!   [`simsiam::loss`], [`barlow_twins::loss`], [`vicreg::loss`] and [`dino::loss`] (with its
+//!   schedules and [`dino::center_update`]). Each function's doc comment gives its row
+//!   layout.
 //! - the [`Objective`] trait, which the training step drives: it runs the encoder on a
 //!   batch of views, computes the method's loss, and updates the method's state (MoCo's
 //!   key encoder and queue, the memory bank, SwAV's prototypes and queue, BYOL's
-//!   target network) exactly when the reference code does. [`build`] makes one from a [`MethodConfig`].
+//!   target network, DINO's teacher and centre) exactly when the reference code does. [`build`] makes one from a [`MethodConfig`].
 //!
 //! A method is described once, in its own file: its config (`nt_xent::SimclrConfig`,
 //! `moco::MocoConfig`, …) implements [`Method`] — its name, its state layout, its costs
@@ -38,6 +39,7 @@
 
 pub mod barlow_twins;
 pub mod byol;
+pub mod dino;
 pub mod memory_bank;
 mod method;
 pub mod moco;

@@ -180,6 +180,62 @@ pub enum Loss {
         #[schemars(schema_with = "super::bounds::positive")]
         variance_epsilon: f64,
     },
+    /// DINO self-distillation (Caron et al. 2021, "Emerging Properties in
+    /// Self-Supervised Vision Transformers"; facebookresearch/dino `main_dino.py`): a
+    /// student and an EMA teacher share the architecture (backbone, `model.head` as
+    /// DINOHead's MLP, then L2 normalisation and a weight-normalised last layer of
+    /// `out_dim`); the teacher sees only the global crops, its outputs are centred and
+    /// sharpened, and every student crop predicts every other global crop's teacher
+    /// distribution (cross-entropy). Works with `augment.multi_crop` (global crops to
+    /// the teacher) or plain views (all global).
+    Dino {
+        /// Outputs of the weight-normalised last layer, the "prototypes" (≥ 2); the
+        /// reference's `out_dim` is 65536.
+        #[serde(default = "dino_out_dim")]
+        #[schemars(range(min = 2))]
+        out_dim: usize,
+        /// Fix the last layer's weight-norm magnitude to 1 (`w = v/‖v‖` per output), as
+        /// the reference's default `norm_last_layer: true`; `false` trains it (better
+        /// but less stable, per the reference).
+        #[serde(default = "crate::spec::data::default_true")]
+        norm_last_layer: bool,
+        /// Student softmax temperature τ_s (> 0); DINO uses 0.1.
+        #[serde(default = "swav_t")]
+        #[schemars(schema_with = "super::bounds::positive")]
+        student_temp: f64,
+        /// Teacher temperature τ_t after its warmup (> 0); the reference code's default
+        /// is 0.04, the paper warms up from 0.04 to 0.07 (above 0.07 is unstable, says
+        /// the reference).
+        #[serde(default = "dino_teacher_t")]
+        #[schemars(schema_with = "super::bounds::positive")]
+        teacher_temp: f64,
+        /// Teacher temperature at epoch 0, rising linearly to `teacher_temp` over
+        /// `warmup_teacher_temp_epochs` epochs (> 0); DINO uses 0.04.
+        #[serde(default = "dino_teacher_t")]
+        #[schemars(schema_with = "super::bounds::positive")]
+        warmup_teacher_temp: f64,
+        /// Epochs of the teacher temperature's linear warmup (epoch `e` < W uses
+        /// `linspace(warmup_teacher_temp, teacher_temp, W)[e]`, later epochs
+        /// `teacher_temp`); 0 (the reference code's default) disables it; the paper
+        /// uses 30.
+        #[serde(default)]
+        warmup_teacher_temp_epochs: usize,
+        /// Base EMA momentum of the teacher, raised to 1 over training with a cosine
+        /// schedule (per step: `1 − (1 − m)·(1 + cos(π·step/steps))/2`), in [0, 1);
+        /// DINO uses 0.996 (0.9995 suggested for batches of 256).
+        #[serde(default = "dino_teacher_m")]
+        #[schemars(schema_with = "super::bounds::unit_open")]
+        teacher_momentum: f64,
+        /// Momentum of the centre of the teacher's outputs,
+        /// `c ← m·c + (1 − m)·mean(teacher outputs)`, in [0, 1] (1 keeps the centre at
+        /// 0: no centring); DINO uses 0.9.
+        #[serde(default = "dino_center_m")]
+        #[schemars(range(min = 0.0, max = 1.0))]
+        center_momentum: f64,
+        /// Epochs at the start during which the last layer is not updated; DINO uses 1.
+        #[serde(default = "dino_freeze")]
+        freeze_last_layer: usize,
+    },
 }
 
 /// SupCon's anchors (SupContrast's `contrast_mode`).
@@ -219,6 +275,7 @@ impl Loss {
             Loss::Simsiam { .. } => "simsiam",
             Loss::BarlowTwins { .. } => "barlow_twins",
             Loss::Vicreg { .. } => "vicreg",
+            Loss::Dino { .. } => "dino",
         }
     }
 }
@@ -270,4 +327,19 @@ fn vicreg_25() -> f64 {
 }
 fn vicreg_eps() -> f64 {
     1e-4
+}
+fn dino_out_dim() -> usize {
+    65536
+}
+fn dino_teacher_t() -> f64 {
+    0.04
+}
+fn dino_teacher_m() -> f64 {
+    0.996
+}
+fn dino_center_m() -> f64 {
+    0.9
+}
+fn dino_freeze() -> usize {
+    1
 }

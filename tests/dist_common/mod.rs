@@ -3,18 +3,21 @@
 //! model twice from the same seed — alone on the whole global batch (the single-process
 //! reference) and as one rank of the job on its slice, with synchronised batch norm —
 //! and compares, for each method, the loss of every step, the final
-//! parameters and the method state (within 1e-5 relative), and that all ranks agree.
+//! parameters, the method state (within 1e-5 relative) and any key encoder or teacher,
+//! and that all ranks agree.
 
 #![allow(dead_code)]
 
 use dfdx::prelude::Cpu;
 use recipe::bench::{BenchConfig, synthetic_batch};
 use recipe::dist::Dist;
-use recipe::nn::model::{BackboneConfig, BackboneKind, HeadConfig, ModelConfig, PrototypesConfig};
+use recipe::nn::model::{
+    BackboneConfig, BackboneKind, DinoLastLayerConfig, HeadConfig, ModelConfig, PrototypesConfig,
+};
 use recipe::nn::params::DecayPolicy;
 use recipe::objective::{
-    MethodConfig, barlow_twins, byol, memory_bank, moco, nt_xent, rotation, simsiam, supcon, swav,
-    vicreg,
+    MethodConfig, barlow_twins, byol, dino, memory_bank, moco, nt_xent, rotation, simsiam, supcon,
+    swav, vicreg,
 };
 use recipe::optim::schedule::{Decay, ScheduleConfig};
 use recipe::optim::{OptimizerConfig, SgdConfig};
@@ -62,6 +65,14 @@ fn parts(method: MethodConfig, views: usize) -> TrainerParts {
                     batch_norm: true,
                     last_bn: false,
                 }),
+            last_layer: match &method {
+                MethodConfig::Dino(d) => Some(DinoLastLayerConfig {
+                    out_dim: d.out_dim,
+                    dim: None,
+                    norm_last_layer: false,
+                }),
+                _ => None,
+            },
             input_hw: (12, 12),
         },
         seed: 1,
@@ -192,6 +203,17 @@ pub fn methods() -> Vec<(MethodConfig, Vec<Shape>)> {
             }),
             two.clone(),
         ),
+        (
+            // The last layer trains from step 0 (with its magnitude), so its gradient
+            // is compared too; two local crops of another size.
+            MethodConfig::Dino(dino::DinoConfig {
+                out_dim: 16,
+                teacher_momentum: 0.9,
+                freeze_last_layer_epochs: 0,
+                ..dino::DinoConfig::default()
+            }),
+            vec![(1, 12, 12), (1, 12, 12), (1, 8, 8), (1, 8, 8)],
+        ),
     ]
 }
 
@@ -293,6 +315,19 @@ pub fn check(method: &MethodConfig, shapes: &[Shape], dist: &Dist) -> Vec<String
         let e = rel_vec(&x.data, &y.data);
         if e > TOL {
             problems.push(format!("{name}: state `{}` differs by {e:.2e}", x.name));
+        }
+    }
+    // A key encoder or teacher (moved by the EMA of the parameters, and its own
+    // batch-norm statistics).
+    if let (Some(ka), Some(kb)) = (solo.objective.key_encoder(), rank_t.objective.key_encoder()) {
+        for (x, y) in ka.entries().iter().zip(kb.entries()) {
+            let e = rel_vec(&x.tensor.as_vec(), &y.tensor.as_vec());
+            if e > TENSOR_TOL {
+                problems.push(format!(
+                    "{name}: key encoder `{}` differs by {e:.2e} (relative)",
+                    x.name
+                ));
+            }
         }
     }
     if let Err(e) = rank_t.check_ranks_agree() {

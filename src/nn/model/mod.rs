@@ -26,10 +26,12 @@ use super::ops::{EngineDevice, T2, T4};
 use super::params::ParamStore;
 use super::summary::{LayerSummary, ModelSummary};
 
+pub mod dino_head;
 pub mod head;
 pub mod resnet;
 pub mod small_cnn;
 
+pub use dino_head::{DinoLastLayer, DinoLastLayerConfig};
 pub use head::{Head, HeadConfig, Prototypes, PrototypesConfig};
 pub use resnet::{ResNet, ResNetSpec, Stage, Stem};
 pub use small_cnn::SmallCnn;
@@ -69,6 +71,8 @@ pub struct ModelConfig {
     /// `predictor.{i}`; registered last, so a store without its entries keeps every
     /// other entry's id (BYOL's target network).
     pub predictor: Option<HeadConfig>,
+    /// Optional DINO weight-normalised last layer (after the head).
+    pub last_layer: Option<DinoLastLayerConfig>,
     /// Input height and width the model is planned for.
     pub input_hw: (usize, usize),
 }
@@ -266,7 +270,8 @@ impl Backbone {
     }
 }
 
-/// Backbone + optional head + optional prototypes + optional predictor, planned for
+/// Backbone + optional head + optional SwAV prototypes or DINO last layer + optional
+/// predictor, planned for
 /// one input size.
 #[derive(Clone, Debug)]
 pub struct Model {
@@ -279,6 +284,8 @@ pub struct Model {
     /// BYOL's and SimSiam's predictor (applied by [`predict`](Self::predict), never by
     /// [`project`](Self::project)).
     pub predictor: Option<Head>,
+    /// DINO's weight-normalised last layer.
+    pub last_layer: Option<DinoLastLayer>,
     /// `(c, h, w)` the model was checked for.
     pub input: Chw,
 }
@@ -306,6 +313,10 @@ impl Model {
             Some(p) => Some(Prototypes::new(store, &mut init, p, dim)?),
             None => None,
         };
+        let last_layer = match &cfg.last_layer {
+            Some(l) => Some(DinoLastLayer::new(store, &mut init, l, dim)?),
+            None => None,
+        };
         let predictor = match &cfg.predictor {
             Some(p) => {
                 let h = Head::named(store, &mut init, p, dim, "predictor")?;
@@ -319,6 +330,7 @@ impl Model {
             head,
             prototypes,
             predictor,
+            last_layer,
             input: (cfg.backbone.in_channels, cfg.input_hw.0, cfg.input_hw.1),
         };
         model.summary(1)?;
@@ -334,6 +346,9 @@ impl Model {
         }
         if let Some(p) = &self.prototypes {
             p.describe(&mut rows);
+        }
+        if let Some(l) = &self.last_layer {
+            l.describe(&mut rows);
         }
         if let Some(p) = &self.predictor {
             p.describe(&mut rows);
@@ -401,8 +416,8 @@ impl Model {
         }
     }
 
-    /// Names of the backbone's entries (torchvision names; head, prototypes and
-    /// predictor excluded).
+    /// Names of the backbone's entries (torchvision names; head, prototypes, predictor
+    /// and DINO's last layer excluded).
     pub fn backbone_entry_names<D: Device<f32>>(&self, store: &ParamStore<D>) -> Vec<String> {
         store
             .entries()
@@ -414,7 +429,12 @@ impl Model {
 }
 
 /// Name prefixes of the entries that are not the backbone's.
-const NON_BACKBONE: [&str; 3] = ["projector.", "prototypes.", "predictor."];
+const NON_BACKBONE: [&str; 4] = [
+    "projector.",
+    "prototypes.",
+    "predictor.",
+    dino_head::LAST_LAYER_PREFIX,
+];
 
 impl Model {
     /// Whether `name` is an entry of the predictor (BYOL's target network has none).

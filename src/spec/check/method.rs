@@ -7,17 +7,17 @@ use crate::spec::loss::ContrastMode;
 pub(super) fn check_loss(r: &Recipe, out: &mut Vec<Diagnostic>) {
     let batch = r.train.batch_size;
     let views = r.augment.total_views();
-    let multi_crop_ok = matches!(r.loss, Loss::Swav { .. });
+    let multi_crop_ok = matches!(r.loss, Loss::Swav { .. } | Loss::Dino { .. });
     if r.augment.multi_crop.is_some() && !multi_crop_ok {
         err(
             out,
             "augment.multi_crop",
             format!(
-                "`{}` does not use multi-crop; only `swav` does",
+                "`{}` does not use multi-crop; only `swav` and `dino` do",
                 r.loss.method()
             ),
         )
-        .help = Some("remove `multi_crop`, or use `method: swav`".into());
+        .help = Some("remove `multi_crop`, or use `method: swav` or `method: dino`".into());
     }
     check_predictor(r, out);
     match &r.loss {
@@ -249,6 +249,7 @@ pub(super) fn check_loss(r: &Recipe, out: &mut Vec<Diagnostic>) {
                 two_views_why(out, "VICReg compares the embeddings of two views", views);
             }
         }
+        Loss::Dino { .. } => check_dino(r, out),
     }
 }
 
@@ -371,6 +372,111 @@ fn two_views_why(out: &mut Vec<Diagnostic>, why: &str, views: usize) {
             format!("{why}, so it needs exactly 2 views, found {views}"),
         )
         .help = Some("set `augment.views: 2`".into());
+    }
+}
+
+/// DINO's keys: temperatures, momenta, the global crops the teacher needs, and the
+/// schedules' lengths against the run's.
+fn check_dino(r: &Recipe, out: &mut Vec<Diagnostic>) {
+    let Loss::Dino {
+        out_dim,
+        norm_last_layer: _,
+        student_temp,
+        teacher_temp,
+        warmup_teacher_temp,
+        warmup_teacher_temp_epochs,
+        teacher_momentum,
+        center_momentum,
+        freeze_last_layer,
+    } = &r.loss
+    else {
+        return;
+    };
+    positive(out, "loss.student_temp", "student_temp", *student_temp);
+    positive(out, "loss.teacher_temp", "teacher_temp", *teacher_temp);
+    positive(
+        out,
+        "loss.warmup_teacher_temp",
+        "warmup_teacher_temp",
+        *warmup_teacher_temp,
+    );
+    unit_open(
+        out,
+        "loss.teacher_momentum",
+        "teacher_momentum",
+        *teacher_momentum,
+    );
+    if !(0.0..=1.0).contains(center_momentum) {
+        err(
+            out,
+            "loss.center_momentum",
+            format!("center_momentum must be in [0, 1], found {center_momentum}"),
+        )
+        .help = Some("DINO uses 0.9; 1 keeps the centre at 0 (no centring)".into());
+    }
+    if *out_dim < 2 {
+        err(
+            out,
+            "loss.out_dim",
+            format!(
+                "DINO's last layer needs at least 2 outputs (a softmax over them), found {out_dim}"
+            ),
+        )
+        .help = Some("the reference uses 65536; a few thousand suit small data sets".into());
+    }
+    // The teacher sees the global crops: every view without multi-crop (multi-crop's
+    // own rule already asks for at least 2 global crops).
+    let views = r.augment.total_views();
+    if r.augment.multi_crop.is_none() && views < 2 {
+        err(
+            out,
+            "augment.views",
+            format!(
+                "DINO's teacher sees the global views and each is predicted from the other views, so it needs at least 2, found {views}"
+            ),
+        )
+        .help = Some("use 2 views, or `multi_crop` with 2 global crops, as the reference does".into());
+    }
+    let temps_ok = *student_temp > 0.0 && *teacher_temp > 0.0 && *warmup_teacher_temp > 0.0;
+    if temps_ok && teacher_temp.max(*warmup_teacher_temp) >= *student_temp {
+        let which = if warmup_teacher_temp > teacher_temp {
+            "loss.warmup_teacher_temp"
+        } else {
+            "loss.teacher_temp"
+        };
+        out.push(
+            Diagnostic::warning(
+                which,
+                format!(
+                    "the teacher temperature ({}) is not below the student's ({student_temp}): the teacher's targets are no sharper than the student's predictions, which is how DINO collapses to a uniform output",
+                    teacher_temp.max(*warmup_teacher_temp)
+                ),
+            )
+            .with_help("DINO uses a teacher temperature of 0.04–0.07 with a student's of 0.1"),
+        );
+    }
+    let epochs = r.train.epochs;
+    if epochs > 0 && *warmup_teacher_temp_epochs > epochs && warmup_teacher_temp != teacher_temp {
+        out.push(
+            Diagnostic::warning(
+                "loss.warmup_teacher_temp_epochs",
+                format!(
+                    "the teacher temperature warms up over {warmup_teacher_temp_epochs} epochs but training has {epochs}: it never reaches teacher_temp ({teacher_temp})"
+                ),
+            )
+            .with_help(format!("use at most {epochs} warmup epochs, or train longer")),
+        );
+    }
+    if epochs > 0 && *freeze_last_layer >= epochs {
+        out.push(
+            Diagnostic::warning(
+                "loss.freeze_last_layer",
+                format!(
+                    "the last layer stays frozen for {freeze_last_layer} epoch(s) but training has {epochs}: it never trains"
+                ),
+            )
+            .with_help(format!("use fewer than {epochs} (DINO freezes it for 1 epoch)")),
+        );
     }
 }
 

@@ -49,6 +49,7 @@ pub fn related(path: &str) -> Option<&'static str> {
     Some(match segs.as_slice() {
         ["schedule", ..] | ["loss", "queue", "start_epoch"] => "train.epochs",
         ["downstream", _, "every_epochs"] => "train.epochs",
+        ["loss", "warmup_teacher_temp_epochs" | "freeze_last_layer"] => "train.epochs",
         ["loss", "queue_size"] | ["loss", "queue", "size"] => "train.batch_size",
         ["loss", "negatives"] => "data.source",
         ["downstream", _, "task"] => "data.source",
