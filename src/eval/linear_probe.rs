@@ -319,11 +319,16 @@ pub fn linear_probe_select(
             })
             .collect()
     };
+    // Each split's rows are copied once, not once per candidate.
+    let splits: Vec<(FeatureMatrix, FeatureMatrix)> = splits
+        .iter()
+        .map(|(fit, val)| (train.select(fit), train.select(val)))
+        .collect();
     let mut best: Option<(f64, f64)> = None;
     for &wd in candidates {
         let mut sum = 0.0;
         for (fit, val) in &splits {
-            sum += linear_probe(&train.select(fit), &train.select(val), &with(wd))?.top1;
+            sum += linear_probe(fit, val, &with(wd))?.top1;
         }
         let score = sum / splits.len() as f64;
         if best.is_none_or(|(_, acc)| score > acc) {
