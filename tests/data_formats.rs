@@ -701,7 +701,7 @@ fn recipe_data_section_maps_onto_the_config() {
         2000,
         "test labels kept for evaluation"
     );
-    assert!(recipe::build::data::path_problems(&d).is_empty());
+    assert!(recipe::build::data::path_problems(&d, "data").is_empty());
 
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("cifar");
@@ -718,7 +718,7 @@ fn recipe_data_section_maps_onto_the_config() {
         other => panic!("{other:?}"),
     }
     assert_eq!((cfg.channels, cfg.resize), (Some(3), Resize::Bilinear));
-    let problems = recipe::build::data::path_problems(&d);
+    let problems = recipe::build::data::path_problems(&d, "data");
     assert_eq!(problems.len(), 1);
     assert_eq!(
         (problems[0].field.as_str(), problems[0].problem.as_str()),
@@ -726,7 +726,7 @@ fn recipe_data_section_maps_onto_the_config() {
     );
     std::fs::create_dir_all(&missing).unwrap();
     write(&missing.join("train.bin"), &cifar_record(&[0, 1], 0));
-    let problems = recipe::build::data::path_problems(&d);
+    let problems = recipe::build::data::path_problems(&d, "data");
     assert_eq!(problems.len(), 1);
     assert_eq!(problems[0].path, missing.join("test.bin"));
 
@@ -736,7 +736,7 @@ fn recipe_data_section_maps_onto_the_config() {
     ));
     let cfg = recipe::build::data::config(&d, 0);
     assert_eq!(cfg.holdout, Some(0.25));
-    let problems = recipe::build::data::path_problems(&d);
+    let problems = recipe::build::data::path_problems(&d, "data");
     assert_eq!(problems[0].field, "data.source.train");
 }
 

@@ -39,25 +39,43 @@ pub fn check_data_paths(loaded: &mut crate::spec::Loaded) -> usize {
         }
     };
     let mut out = Vec::new();
-    let problems = crate::build::data::path_problems(&r.data);
-    for p in &problems {
-        out.push(
-            Diagnostic::error(
-                p.field.clone(),
-                format!("`{}` {}", p.path.display(), p.problem),
-            )
-            .with_span(span(&p.field))
-            .with_help(help_for(&p.field)),
-        );
+    // The pretraining data, then each task's own (transfer).
+    let mut sections = vec![("data".to_string(), &r.data)];
+    for (i, t) in r.downstream.iter().enumerate() {
+        if let Some(d) = t.data() {
+            sections.push((format!("downstream.{i}.data"), d));
+        }
     }
-    if problems.is_empty() {
-        let survey = crate::data::survey(&crate::build::data::config(&r.data, r.seed));
+    for (at, d) in sections {
+        let problems = crate::build::data::path_problems(d, &at);
+        for p in &problems {
+            out.push(
+                Diagnostic::error(
+                    p.field.clone(),
+                    format!("`{}` {}", p.path.display(), p.problem),
+                )
+                .with_span(span(&p.field))
+                .with_help(help_for(&p.field)),
+            );
+        }
+        if !problems.is_empty() {
+            continue;
+        }
+        let survey = crate::data::survey(&crate::build::data::config(d, r.seed));
+        // A task's size that `mixed_sizes: error` refuses is already reported at the
+        // key that fixes it (`spec::check`).
+        let refused = format!("{at}.mixed_sizes");
+        if at != "data" && loaded.diagnostics.iter().any(|e| e.path == refused) {
+            continue;
+        }
         for (field, e) in &survey.errors {
-            let field = crate::build::data::recipe_field(&r.data, field);
+            let field = crate::build::data::recipe_field(d, &at, field);
             out.push(Diagnostic::error(field.clone(), e.to_string()).with_span(span(&field)));
         }
-        out.extend(conversion_warnings(r, &survey.conversions));
-        if let Some(n) = survey.train_len {
+        out.extend(conversion_warnings(d, &at, &survey.conversions));
+        if at == "data"
+            && let Some(n) = survey.train_len
+        {
             out.extend(state_warnings(r, training_len(r, n)));
         }
     }
@@ -87,7 +105,8 @@ fn training_len(r: &Recipe, n: usize) -> usize {
 
 /// One warning per kind of conversion, counted over both splits.
 fn conversion_warnings(
-    r: &Recipe,
+    d: &crate::spec::data::Data,
+    at: &str,
     conversions: &[crate::data::Conversion],
 ) -> Vec<crate::diag::Diagnostic> {
     use crate::data::ConversionKind;
@@ -113,29 +132,33 @@ fn conversion_warnings(
             };
             match kind {
                 ConversionKind::Channels { from, to } => Diagnostic::warning(
-                    "data.channels",
+                    format!("{at}.channels"),
                     format!(
-                        "loading converts {count}{of} {} images to {to} channel{} (data.channels: {})",
+                        "loading converts {count}{of} {} images to {to} channel{} ({at}.channels: {})",
                         name(from),
                         if to == 1 { "" } else { "s" },
-                        r.data.channels
+                        d.channels
                     ),
                 )
-                .with_help(if to == 1 {
-                    "colour is dropped (luma); set `data.channels: 3` to keep it"
+                .with_help(if at != "data" {
+                    "the encoder's channel count (`data.channels`) decides this one".to_string()
+                } else if to == 1 {
+                    "colour is dropped (luma); set `data.channels: 3` to keep it".to_string()
                 } else {
-                    "the gray plane is copied to all three channels; set `data.channels: 1` to train on one"
+                    "the gray plane is copied to all three channels; set `data.channels: 1` to train on one".to_string()
                 }),
                 ConversionKind::Resize { to } => Diagnostic::warning(
-                    "data.image_size",
+                    format!("{at}.image_size"),
                     format!(
-                        "loading resizes {count}{of} images to {}×{} (data.image_size: {}, mixed_sizes: resize)",
-                        to.0, to.1, r.data.image_size
+                        "loading resizes {count}{of} images to {}×{} ({at}.image_size: {}, mixed_sizes: resize)",
+                        to.0, to.1, d.image_size
                     ),
                 )
-                .with_help(
-                    "antialiased bilinear; set `data.image_size` to the images' own size to keep them as they are, or `mixed_sizes: error` to refuse other sizes",
-                ),
+                .with_help(if at != "data" {
+                    "antialiased bilinear, to the encoder's input size (`data.image_size`)".to_string()
+                } else {
+                    "antialiased bilinear; set `data.image_size` to the images' own size to keep them as they are, or `mixed_sizes: error` to refuse other sizes".to_string()
+                }),
             }
         })
         .collect()

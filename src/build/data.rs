@@ -61,10 +61,10 @@ pub fn config(d: &spec::Data, seed: u64) -> DataConfig {
     }
 }
 
-/// [`check_paths`] for a recipe's `data` section, with each problem's `field` given as
-/// the recipe key path (`data.source.train_images`, `data.source.dir`, ...), for
-/// `recipe validate`.
-pub fn path_problems(d: &spec::Data) -> Vec<PathProblem> {
+/// [`check_paths`] for a recipe's `data` section at recipe path `at` (`data`, or a
+/// task's `downstream.N.data`), with each problem's `field` given as the recipe key
+/// path (`data.source.train_images`, `data.source.dir`, ...), for `recipe validate`.
+pub fn path_problems(d: &spec::Data, at: &str) -> Vec<PathProblem> {
     let cfg = config(d, 0);
     let mut problems = Vec::new();
     if let spec::Source::Cifar { dir, .. } = &d.source {
@@ -72,7 +72,7 @@ pub fn path_problems(d: &spec::Data) -> Vec<PathProblem> {
         if !dir.is_dir() {
             // One problem for the folder rather than one per missing batch inside it.
             return vec![PathProblem {
-                field: "data.source.dir".into(),
+                field: format!("{at}.source.dir"),
                 problem: if dir.exists() {
                     "is a file, expected a folder".into()
                 } else {
@@ -82,23 +82,24 @@ pub fn path_problems(d: &spec::Data) -> Vec<PathProblem> {
             }];
         }
         for mut p in check_paths(&cfg) {
-            p.field = "data.source.dir".into();
+            p.field = format!("{at}.source.dir");
             problems.push(p);
         }
         return problems;
     }
     for mut p in check_paths(&cfg) {
-        p.field = format!("data.{}", p.field);
+        p.field = format!("{at}.{}", p.field);
         problems.push(p);
     }
     problems
 }
 
-/// The recipe key path of a [`DataConfig`] field (`source.train` → `data.source.train`;
-/// a CIFAR batch `source.train[2]` → `data.source.dir`, the folder the recipe names).
-pub fn recipe_field(d: &spec::Data, field: &str) -> String {
+/// The recipe key path of a [`DataConfig`] field of the `data` section at `at`
+/// (`source.train` → `data.source.train`; a CIFAR batch `source.train[2]` →
+/// `data.source.dir`, the folder the recipe names).
+pub fn recipe_field(d: &spec::Data, at: &str, field: &str) -> String {
     match &d.source {
-        spec::Source::Cifar { .. } if field.starts_with("source.") => "data.source.dir".into(),
-        _ => format!("data.{field}"),
+        spec::Source::Cifar { .. } if field.starts_with("source.") => format!("{at}.source.dir"),
+        _ => format!("{at}.{field}"),
     }
 }

@@ -23,6 +23,7 @@ pub fn downstream(r: &Recipe) -> Result<Vec<eval::downstream::Task>, String> {
                 baselines,
                 every_epochs,
                 label_fraction,
+                data: _,
             } => Task::Knn(eval::knn::KnnTask {
                 cfg: eval::KnnConfig {
                     k: *k,
@@ -46,6 +47,7 @@ pub fn downstream(r: &Recipe) -> Result<Vec<eval::downstream::Task>, String> {
                 standardize,
                 baselines,
                 label_fraction,
+                data: _,
             } => Task::LinearProbe(eval::linear_probe::ProbeTask {
                 cfg: eval::ProbeConfig {
                     epochs: *epochs,
@@ -68,6 +70,7 @@ pub fn downstream(r: &Recipe) -> Result<Vec<eval::downstream::Task>, String> {
                 weight_decay,
                 label_fraction,
                 supervised,
+                data: _,
             } => {
                 let fractions = label_fraction.values();
                 let supervised = match supervised {
@@ -104,6 +107,7 @@ pub fn downstream(r: &Recipe) -> Result<Vec<eval::downstream::Task>, String> {
                 queries,
                 neighbors,
                 perplexity,
+                data: _,
             } => {
                 use eval::visualize::Figure;
                 let figures: Vec<Figure> = plots
@@ -149,4 +153,87 @@ pub fn wants_curves(r: &Recipe) -> bool {
         SpecTask::Visualize { plots, .. } => plots.contains(&Plot::TrainingCurves),
         SpecTask::Knn { .. } | SpecTask::LinearProbe { .. } | SpecTask::FineTune { .. } => false,
     })
+}
+
+/// The downstream tasks' own `data` sections (transfer): each distinct section once,
+/// with its label, and for each task (in recipe order) the index of its section or
+/// `None` for the pretraining data. A section equal to the top-level one is the
+/// pretraining data.
+///
+/// Labels name the dataset (`mnist`, `cifar10`, the folder's name), in lowercase
+/// letters, digits and `_`, so they fit metrics fields and file names; a second
+/// section with the same name gets `_2`, and so on.
+pub fn task_data(r: &Recipe) -> (Vec<(String, crate::spec::data::Data)>, Vec<Option<usize>>) {
+    let mut sets: Vec<(String, crate::spec::data::Data)> = Vec::new();
+    let mut of_task = Vec::with_capacity(r.downstream.len());
+    for t in &r.downstream {
+        let Some(d) = t.data().filter(|d| **d != r.data) else {
+            of_task.push(None);
+            continue;
+        };
+        if let Some(i) = sets.iter().position(|(_, s)| s == d) {
+            of_task.push(Some(i));
+            continue;
+        }
+        let base = data_label(d);
+        let mut label = base.clone();
+        let mut n = 1;
+        while sets.iter().any(|(l, _)| *l == label) {
+            n += 1;
+            label = format!("{base}_{n}");
+        }
+        of_task.push(Some(sets.len()));
+        sets.push((label, d.clone()));
+    }
+    (sets, of_task)
+}
+
+/// A short name of a `data` section's dataset (see [`task_data`]).
+pub fn data_label(d: &crate::spec::data::Data) -> String {
+    use crate::spec::data::{CifarVariant, Source};
+    let name = match &d.source {
+        Source::Builtin { name } => serde_json::to_value(name)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| "builtin".into()),
+        Source::Cifar { variant, .. } => match variant {
+            CifarVariant::Cifar10 => "cifar10".into(),
+            CifarVariant::Cifar100 => "cifar100".into(),
+        },
+        Source::Idx { train_images, .. } => folder_name(train_images, true, "idx"),
+        Source::ImageFolder { train, .. } => folder_name(train, false, "folder"),
+    };
+    let clean: String = name
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let clean = clean.trim_matches('_').to_string();
+    if clean.is_empty() {
+        "data".into()
+    } else {
+        clean
+    }
+}
+
+/// The name of the folder a dataset path points into: a file's folder (`file`), or the
+/// folder itself, skipping split names such as `train`.
+fn folder_name(path: &str, file: bool, fallback: &str) -> String {
+    let mut p = std::path::Path::new(path);
+    if file {
+        p = p.parent().unwrap_or(p);
+    }
+    while let Some(n) = p.file_name().and_then(|n| n.to_str()) {
+        if !matches!(
+            n.to_lowercase().as_str(),
+            "train" | "training" | "images" | "raw"
+        ) {
+            return n.to_string();
+        }
+        match p.parent() {
+            Some(q) => p = q,
+            None => break,
+        }
+    }
+    fallback.to_string()
 }

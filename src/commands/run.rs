@@ -198,7 +198,12 @@ fn print_downstream(results: &serde_json::Value) {
         }
     };
     for t in tasks {
-        let name = t["task"].as_str().unwrap_or("?");
+        let task = t["task"].as_str().unwrap_or("?");
+        // A task on its own data (transfer) names it.
+        let name = match t.get("data").and_then(|d| d.as_str()) {
+            Some(d) => format!("{task} on {d}"),
+            None => task.to_string(),
+        };
         match t.get("by_fraction").and_then(|b| b.as_array()) {
             Some(points) => {
                 for p in points {
@@ -211,7 +216,7 @@ fn print_downstream(results: &serde_json::Value) {
                     line(&label, p);
                 }
             }
-            None => line(name, t),
+            None => line(&name, t),
         }
     }
 }

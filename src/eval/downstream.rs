@@ -238,8 +238,31 @@ impl From<crate::nn::ModelError> for DownstreamError {
     }
 }
 
+/// A dataset the downstream tasks evaluate on: the pretraining data, or a task's own
+/// (transfer), already at the encoder's input shape.
+#[derive(Clone, Copy)]
+pub struct EvalData<'a> {
+    /// Its name in results, report columns, metrics fields and file names (`mnist`);
+    /// `None` for the pretraining data.
+    pub label: Option<&'a str>,
+    /// Training split (kNN memory, probe and fine-tune training set, picture samples).
+    pub train: &'a Dataset,
+    /// Test split (`None`: the data has none; labelled tasks refuse to run).
+    pub test: Option<&'a Dataset>,
+    /// Normalisation for every image.
+    pub norm: &'a Normalize,
+}
+
+/// Features and labelled subsets of one dataset, kept while another is in use.
+#[derive(Default)]
+struct Caches {
+    features: BTreeMap<(Row, u8), (FeatureMatrix, FeatureMatrix)>,
+    raw: Option<(FeatureMatrix, FeatureMatrix)>,
+    subsets: BTreeMap<u64, std::sync::Arc<Vec<usize>>>,
+}
+
 /// The data and the encoders the tasks measure, with each row's features extracted
-/// once (per feature kind) and shared by every task.
+/// once per dataset (and feature kind) and shared by every task.
 pub struct Encoders<'a, D: EngineDevice> {
     /// The trained encoder.
     pub model: &'a Model,
@@ -259,23 +282,25 @@ pub struct Encoders<'a, D: EngineDevice> {
     pub batch: usize,
     /// The run's seed (the untrained network, the labelled subsets).
     pub seed: u64,
+    /// The name of the data in use (`None`: the pretraining data); see [`EvalData`].
+    pub label: Option<&'a str>,
     cache: BTreeMap<(Row, u8), (FeatureMatrix, FeatureMatrix)>,
     raw: Option<(FeatureMatrix, FeatureMatrix)>,
     subsets: BTreeMap<u64, std::sync::Arc<Vec<usize>>>,
+    /// The caches of the datasets not in use, by label.
+    stash: BTreeMap<Option<String>, Caches>,
 }
 
 impl<'a, D: EngineDevice> Encoders<'a, D> {
     /// The encoders of `model` in `store`, with the untrained baseline built from
-    /// `untrained` (the same config) and `seed` before any step.
-    #[allow(clippy::too_many_arguments)]
+    /// `untrained` (the same config) and `seed` before any step, measuring on `data`
+    /// until [`Encoders::use_data`] says otherwise.
     pub fn new(
         model: &'a Model,
         store: &'a mut ParamStore<D>,
         untrained: &ModelConfig,
         seed: u64,
-        train: &'a Dataset,
-        test: Option<&'a Dataset>,
-        norm: &'a Normalize,
+        data: EvalData<'a>,
         dir: &'a Path,
         batch: usize,
     ) -> Result<Self, DownstreamError> {
@@ -286,16 +311,60 @@ impl<'a, D: EngineDevice> Encoders<'a, D> {
             store,
             untrained_model,
             untrained_store,
-            train,
-            test,
-            norm,
+            train: data.train,
+            test: data.test,
+            norm: data.norm,
             dir,
             batch,
             seed,
+            label: data.label,
             cache: BTreeMap::new(),
             raw: None,
             subsets: BTreeMap::new(),
+            stash: BTreeMap::new(),
         })
+    }
+
+    /// Measures on `data` from now on; the features and subsets of the data in use
+    /// are kept for when it comes back, so each dataset's features are extracted once.
+    pub fn use_data(&mut self, data: EvalData<'a>) {
+        if data.label == self.label {
+            return;
+        }
+        let current = Caches {
+            features: std::mem::take(&mut self.cache),
+            raw: self.raw.take(),
+            subsets: std::mem::take(&mut self.subsets),
+        };
+        self.stash.insert(self.label.map(str::to_string), current);
+        let next = self
+            .stash
+            .remove(&data.label.map(str::to_string))
+            .unwrap_or_default();
+        self.cache = next.features;
+        self.raw = next.raw;
+        self.subsets = next.subsets;
+        self.train = data.train;
+        self.test = data.test;
+        self.norm = data.norm;
+        self.label = data.label;
+    }
+
+    /// The file name of a picture `stem` of the data in use: `stem.png`, or
+    /// `stem_<label>.png` for a task's own data.
+    pub fn file(&self, stem: &str) -> String {
+        match self.label {
+            Some(l) => format!("{stem}_{l}.png"),
+            None => format!("{stem}.png"),
+        }
+    }
+
+    /// A title or heading `t` naming the data in use when it is a task's own.
+    pub fn titled(&self, t: &str) -> String {
+        match self.label {
+            Some(l) => format!("{t} · {l}"),
+            None => t.to_string(),
+        }
     }
 
     /// The training images that keep their labels at `fraction`
@@ -484,11 +553,13 @@ pub fn fraction_output<R>(
     }
 }
 
-/// Runs `tasks` on `enc` in order, writing each task's metrics record (epoch `epoch`,
-/// step `step`) to `metrics`, and assembles the results.
-pub fn run_all<D: EngineDevice>(
-    tasks: &[Task],
-    enc: &mut Encoders<'_, D>,
+/// Runs `tasks` on `enc` in order, each on its data, writing each task's metrics
+/// record (epoch `epoch`, step `step`) to `metrics`, and assembles the results. A task
+/// on a task's own data gets its label in its results entry (`"data"`), its report
+/// columns, its metrics fields and its file names.
+pub fn run_all<'a, D: EngineDevice>(
+    tasks: &[(&Task, EvalData<'a>)],
+    enc: &mut Encoders<'a, D>,
     metrics: &mut MetricsWriter,
     epoch: u64,
     step: u64,
@@ -503,7 +574,22 @@ pub fn run_all<D: EngineDevice>(
         },
         ..Default::default()
     };
-    for task in tasks {
+    let mut described: Vec<&str> = Vec::new();
+    for (task, data) in tasks {
+        enc.use_data(*data);
+        if let Some(l) = data.label
+            && !described.contains(&l)
+        {
+            described.push(l);
+            out.notes.push(format!(
+                "Columns and pictures marked *· {l}* measure the encoder on another dataset, \
+                 `{}` ({} training and {} test images, at the encoder's input shape); \
+                 their untrained-network and raw-pixel rows are measured on it too.",
+                enc.train.origin(),
+                enc.train.len(),
+                enc.test.map_or(0, Dataset::len),
+            ));
+        }
         if task.needs_labels() && enc.test.is_none() {
             return Err(DownstreamError::NoTestSplit(task.name()));
         }
@@ -516,14 +602,19 @@ pub fn run_all<D: EngineDevice>(
             figures,
             efficiency,
         } = task.run(enc)?;
+        if let Some(l) = data.label {
+            json["data"] = serde_json::json!(l);
+        }
         if let Some(e) = efficiency {
-            let (table, figure) = efficiency_outputs(task.name(), &e, enc.dir)?;
-            out.tables
-                .push((format!("Label efficiency: {} (%)", e.metric), table));
+            let (table, figure) = efficiency_outputs(task.name(), &e, enc)?;
+            out.tables.push((
+                format!("Label efficiency: {} (%)", enc.titled(&e.metric)),
+                table,
+            ));
             out.figures.push(figure);
         }
         for c in columns {
-            out.table.columns.push(c.name);
+            out.table.columns.push(enc.titled(&c.name));
             for (row, v) in out.table.rows.iter_mut().zip(c.values) {
                 row.1.push(v);
             }
@@ -531,6 +622,10 @@ pub fn run_all<D: EngineDevice>(
         if !record.is_empty() {
             let mut rec = Record::new(Kind::Eval, epoch, step);
             for (k, v) in record {
+                let k = match data.label {
+                    Some(l) => format!("{k}_{l}"),
+                    None => k,
+                };
                 rec = rec.with(&k, v);
             }
             metrics.write(&rec)?;
@@ -569,12 +664,12 @@ fn log_percent_tick(v: &f64) -> String {
 }
 
 /// A task's label-efficiency table (fractions as rows, encoders as columns, only the
-/// columns measured) and its plot `label_efficiency_<task>.png` (top-1 against the
-/// fraction on a log axis), written into `dir`.
-fn efficiency_outputs(
+/// columns measured) and its plot `label_efficiency_<task>[_<data>].png` (top-1
+/// against the fraction on a log axis), written into the run directory.
+fn efficiency_outputs<D: EngineDevice>(
     task: &str,
     e: &Efficiency,
-    dir: &Path,
+    enc: &Encoders<'_, D>,
 ) -> Result<(MetricsTable, (String, String)), DownstreamError> {
     let used: Vec<Row> = Row::ALL
         .into_iter()
@@ -608,15 +703,16 @@ fn efficiency_outputs(
                 .collect(),
         })
         .collect();
-    let file = format!("label_efficiency_{task}.png");
+    let file = enc.file(&format!("label_efficiency_{task}"));
+    let metric = enc.titled(&e.metric);
     crate::report::plots::line_chart_with_x(
-        &dir.join(&file),
-        &format!("{} against the labelled fraction", e.metric),
+        &enc.dir.join(&file),
+        &format!("{metric} against the labelled fraction"),
         "labelled fraction of the training split (log scale)",
         &series,
         &log_percent_tick,
     )?;
-    Ok((table, (format!("Label efficiency: {}", e.metric), file)))
+    Ok((table, (format!("Label efficiency: {metric}"), file)))
 }
 
 #[cfg(test)]

@@ -85,6 +85,12 @@ impl VisualizeTask {
         let mut json = serde_json::Map::new();
         let eval_set = enc.test.unwrap_or(enc.train);
         let dir = enc.dir;
+        // On a task's own data, files and titles carry its label.
+        let label = enc.label;
+        let file = |stem: &str| match label {
+            Some(l) => format!("{stem}_{l}.png"),
+            None => format!("{stem}.png"),
+        };
         let queries = self.queries;
         // The embedded images and their features, shared by the PCA and t-SNE pictures.
         let mut embedded: Option<(crate::data::Dataset, FeatureMatrix)> = None;
@@ -114,8 +120,8 @@ impl VisualizeTask {
                         .ok_or_else(|| EvalError::Data(format!("no `{name}` in the model")))?;
                     let shape = &enc.store.get(id).shape;
                     let shape = [shape[0], shape[1], shape[2], shape[3]];
-                    grid::filters_png(&dir.join("filters.png"), &enc.store.data(id), shape)?;
-                    figs.push(("First-layer filters".into(), "filters.png".into()));
+                    grid::filters_png(&dir.join(file("filters")), &enc.store.data(id), shape)?;
+                    figs.push(("First-layer filters".into(), file("filters")));
                 }
                 Figure::FeatureMaps => {
                     let n = queries.min(eval_set.len()).max(1);
@@ -137,11 +143,8 @@ impl VisualizeTask {
                             (name, t.as_vec(), [s.0, s.1, s.2, s.3])
                         })
                         .collect();
-                    grid::feature_maps_png(&dir.join("feature_maps.png"), &imgs, &stages, 8)?;
-                    figs.push((
-                        "Activation maps per stage".into(),
-                        "feature_maps.png".into(),
-                    ));
+                    grid::feature_maps_png(&dir.join(file("feature_maps")), &imgs, &stages, 8)?;
+                    figs.push(("Activation maps per stage".into(), file("feature_maps")));
                 }
                 Figure::NearestNeighbors => {
                     let Some(test) = enc.test else { continue };
@@ -165,14 +168,14 @@ impl VisualizeTask {
                         })
                         .collect();
                     grid::neighbors_png(
-                        &dir.join("nearest_neighbors.png"),
+                        &dir.join(file("nearest_neighbors")),
                         &qimgs,
                         &nimgs,
                         &correct,
                     )?;
                     figs.push((
                         "Test images and their nearest training images (green: same class)".into(),
-                        "nearest_neighbors.png".into(),
+                        file("nearest_neighbors"),
                     ));
                 }
                 Figure::EmbeddingPca => {
@@ -182,7 +185,7 @@ impl VisualizeTask {
                     let classes: Vec<u32> =
                         (0..sub.len()).map(|i| sub.label(i).unwrap_or(0)).collect();
                     plots::scatter(
-                        &dir.join("embedding_pca.png"),
+                        &dir.join(file("embedding_pca")),
                         &format!(
                             "PCA of {} test embeddings ({:.0}% + {:.0}% of the variance)",
                             n,
@@ -193,7 +196,7 @@ impl VisualizeTask {
                         &classes,
                         sub.classes(),
                     )?;
-                    figs.push(("Embedding PCA".into(), "embedding_pca.png".into()));
+                    figs.push(("Embedding PCA".into(), file("embedding_pca")));
                 }
                 Figure::EmbeddingTsne => {
                     let (sub, f) = embed(enc)?;
@@ -218,7 +221,7 @@ impl VisualizeTask {
                     let classes: Vec<u32> =
                         (0..sub.len()).map(|i| sub.label(i).unwrap_or(0)).collect();
                     plots::scatter(
-                        &dir.join("embedding_tsne.png"),
+                        &dir.join(file("embedding_tsne")),
                         &format!(
                             "t-SNE of {n} test embeddings (perplexity {}, KL {:.3})",
                             // 30, or 13.33 when lowered to fit the points.
@@ -236,7 +239,7 @@ impl VisualizeTask {
                         serde_json::json!({"points": n, "perplexity": perplexity,
                             "kl_divergence": t.kl, "seconds": secs}),
                     );
-                    figs.push(("Embedding t-SNE".into(), "embedding_tsne.png".into()));
+                    figs.push(("Embedding t-SNE".into(), file("embedding_tsne")));
                 }
                 Figure::AugmentationViews => {
                     let Some((chain, seed)) = &self.views else {
@@ -250,14 +253,19 @@ impl VisualizeTask {
                         &imgs,
                         *seed,
                         augment::Scale::Auto,
-                        &dir.join("augmentation_views.png"),
+                        &dir.join(file("augmentation_views")),
                     )
                     .map_err(DownstreamError::Views)?;
                     figs.push((
                         "Training images and their augmented views".into(),
-                        "augmentation_views.png".into(),
+                        file("augmentation_views"),
                     ));
                 }
+            }
+        }
+        if let Some(l) = label {
+            for (title, _) in &mut figs {
+                *title = format!("{title} · {l}");
             }
         }
         let mut out = serde_json::Map::new();

@@ -8,7 +8,7 @@ use super::{ExperimentError, data_err, env_err, files_err, normalization, recipe
 use crate::checkpoint;
 use crate::data;
 use crate::eval::collapse;
-use crate::eval::downstream::{Encoders, Task as DTask, run_all};
+use crate::eval::downstream::{Encoders, EvalData, Task as DTask, run_all};
 use crate::nn::EngineDevice;
 use crate::nn::device::OnDevice;
 use crate::nn::model::Model;
@@ -167,26 +167,34 @@ fn evaluate_on<D: EngineDevice>(
     // before choosing, so each result keeps its own recipe form.
     let built = crate::build::downstream(r).map_err(recipe_err)?;
     debug_assert_eq!(built.len(), r.downstream.len());
-    let (ran, tasks): (Vec<&Task>, Vec<DTask>) = r
+    let (ran, (tasks, indices)): (Vec<&Task>, (Vec<DTask>, Vec<usize>)) = r
         .downstream
         .iter()
         .zip(built)
-        .filter(|(t, _)| keep(t.name()))
+        .enumerate()
+        .filter(|(_, (t, _))| keep(t.name()))
+        .map(|(i, (t, b))| (t, (b, i)))
         .unzip();
+    let task_sets = super::TaskDatasets::load(r)?;
+    let main = EvalData {
+        label: None,
+        train: &data.train,
+        test: data.test.as_ref(),
+        norm: &norm,
+    };
+    let paired = task_sets.pair(&tasks, &indices, main);
     let untrained = crate::build::model(r, model.input.1).map_err(recipe_err)?;
     let mut enc = Encoders::new(
         &model,
         &mut store,
         &untrained,
         r.seed,
-        &data.train,
-        data.test.as_ref(),
-        &norm,
+        main,
         dir,
         r.train.batch_size.max(64),
     )?;
     let res = run_all(
-        &tasks,
+        &paired,
         &mut enc,
         &mut metrics,
         r.train.epochs as u64,

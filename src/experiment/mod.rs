@@ -260,3 +260,75 @@ pub fn normalization(r: &Recipe) -> Normalize {
         },
     }
 }
+
+/// The downstream tasks' own datasets (transfer), loaded before any work so a missing
+/// or broken file stops the run before training, not after it.
+pub(crate) struct TaskDatasets {
+    /// Per distinct `data` section: its label, its splits and its normalisation.
+    sets: Vec<(
+        String,
+        crate::data::Dataset,
+        Option<crate::data::Dataset>,
+        Normalize,
+    )>,
+    /// Per task (recipe order): its section's index, `None` for the pretraining data.
+    of_task: Vec<Option<usize>>,
+}
+
+impl TaskDatasets {
+    /// Loads each distinct task `data` section of `r` ([`crate::build::task_data`]),
+    /// at the section's shape, which `validate` requires to be the encoder's.
+    /// Without its own `normalize`, a section uses the pretraining data's (the
+    /// statistics the encoder was trained on).
+    pub(crate) fn load(r: &Recipe) -> Result<Self, ExperimentError> {
+        let (sections, of_task) = crate::build::task_data(r);
+        let mut sets = Vec::with_capacity(sections.len());
+        for (label, d) in sections {
+            let loaded =
+                crate::data::load(&crate::build::data::config(&d, r.seed)).map_err(|source| {
+                    ExperimentError::Data {
+                        context: "cannot read a downstream task's own data: ",
+                        source,
+                    }
+                })?;
+            let norm = match &d.normalize {
+                Some(n) => Normalize {
+                    mean: n.mean.iter().map(|&x| x as f32).collect(),
+                    std: n.std.iter().map(|&x| x as f32).collect(),
+                },
+                None => normalization(r),
+            };
+            sets.push((label, loaded.train, loaded.test, norm));
+        }
+        Ok(TaskDatasets { sets, of_task })
+    }
+
+    /// Each of `tasks` paired with the data it measures: its own, or `main`;
+    /// `indices` are the tasks' positions in the recipe's `downstream`.
+    pub(crate) fn pair<'a, 't, T>(
+        &'a self,
+        tasks: &'t [T],
+        indices: &[usize],
+        main: crate::eval::downstream::EvalData<'a>,
+    ) -> Vec<(&'t T, crate::eval::downstream::EvalData<'a>)> {
+        tasks
+            .iter()
+            .zip(indices)
+            .map(|(t, &i)| {
+                let data = match self.of_task.get(i).copied().flatten() {
+                    Some(k) => {
+                        let (label, train, test, norm) = &self.sets[k];
+                        crate::eval::downstream::EvalData {
+                            label: Some(label.as_str()),
+                            train,
+                            test: test.as_ref(),
+                            norm,
+                        }
+                    }
+                    None => main,
+                };
+                (t, data)
+            })
+            .collect()
+    }
+}

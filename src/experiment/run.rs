@@ -14,7 +14,7 @@ use crate::checkpoint;
 use crate::data::{self, Dataset, Loader, LoaderConfig};
 use crate::dist;
 use crate::eval::collapse;
-use crate::eval::downstream::{Encoders, Task as DTask, run_all};
+use crate::eval::downstream::{Encoders, EvalData, Task as DTask, run_all};
 use crate::eval::features::extract;
 use crate::eval::knn::{KnnTask, knn};
 use crate::nn::EngineDevice;
@@ -101,6 +101,12 @@ fn run_on<D: EngineDevice>(
         None => PathBuf::new(),
     };
     let loaded = data::load(&crate::build::data::config(&r.data, r.seed)).map_err(data_err)?;
+    // Rank 0 evaluates; its transfer datasets are read before training.
+    let task_sets = if rank == 0 {
+        Some(super::TaskDatasets::load(r)?)
+    } else {
+        None
+    };
     let train = Arc::new(loaded.train);
     let test = loaded.test;
     if train.len() < r.train.batch_size {
@@ -383,19 +389,26 @@ fn run_on<D: EngineDevice>(
     };
     let eval_started = Instant::now();
     let untrained = crate::build::model(r, model.input.1).map_err(recipe_err)?;
+    let main = EvalData {
+        label: None,
+        train: &train,
+        test: test.as_ref(),
+        norm: &norm,
+    };
+    let task_sets = task_sets.ok_or_else(|| recipe_err("rank 0 has no task data"))?;
+    let indices: Vec<usize> = (0..tasks.len()).collect();
+    let paired = task_sets.pair(&tasks, &indices, main);
     let mut enc = Encoders::new(
         &model,
         &mut trainer.store,
         &untrained,
         r.seed,
-        &train,
-        test.as_ref(),
-        &norm,
+        main,
         &dir,
         eval_batch,
     )?;
     let results = run_all(
-        &tasks,
+        &paired,
         &mut enc,
         &mut metrics,
         r.train.epochs as u64,

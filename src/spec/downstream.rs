@@ -43,6 +43,16 @@ pub enum Task {
         /// reported next to the trained network's accuracy.
         #[serde(default = "crate::spec::data::default_true")]
         baselines: bool,
+        /// Evaluate on another dataset: a section with the same keys as the top-level
+        /// `data`, used instead of it for this task (transfer). Its images must reach
+        /// the encoder at the encoder's input shape: `channels` converts gray ↔ RGB
+        /// (gray replicated, colour to luma) and `image_size` resizes (bilinear, with
+        /// `mixed_sizes: resize`), as at the top level; `validate` refuses a mismatch
+        /// and names the key that fixes it. Without `normalize`, the pretraining
+        /// data's normalisation is used (the statistics the encoder was trained on).
+        /// Absent: the pretraining data.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<Box<super::data::Data>>,
     },
     /// A linear classifier trained on frozen features with SGD (momentum fixed at 0.9,
     /// cosine decay of `lr` to 0 over `epochs`), cross-entropy; test top-1 accuracy.
@@ -90,6 +100,16 @@ pub enum Task {
         #[serde(default)]
         #[schemars(schema_with = "super::bounds::fraction_or_list")]
         label_fraction: LabelFraction,
+        /// Evaluate on another dataset: a section with the same keys as the top-level
+        /// `data`, used instead of it for this task (transfer). Its images must reach
+        /// the encoder at the encoder's input shape: `channels` converts gray ↔ RGB
+        /// (gray replicated, colour to luma) and `image_size` resizes (bilinear, with
+        /// `mixed_sizes: resize`), as at the top level; `validate` refuses a mismatch
+        /// and names the key that fixes it. Without `normalize`, the pretraining
+        /// data's normalisation is used (the statistics the encoder was trained on).
+        /// Absent: the pretraining data.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<Box<super::data::Data>>,
     },
     /// Train backbone and a new linear classifier end to end with labels.
     FineTune {
@@ -128,6 +148,16 @@ pub enum Task {
         /// beat training on my labels alone?". Absent: no supervised row.
         #[serde(default)]
         supervised: Option<Supervised>,
+        /// Evaluate on another dataset: a section with the same keys as the top-level
+        /// `data`, used instead of it for this task (transfer). Its images must reach
+        /// the encoder at the encoder's input shape: `channels` converts gray ↔ RGB
+        /// (gray replicated, colour to luma) and `image_size` resizes (bilinear, with
+        /// `mixed_sizes: resize`), as at the top level; `validate` refuses a mismatch
+        /// and names the key that fixes it. Without `normalize`, the pretraining
+        /// data's normalisation is used (the statistics the encoder was trained on).
+        /// Absent: the pretraining data.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<Box<super::data::Data>>,
     },
     /// Pictures of what was learned, written to the run directory as PNG files and
     /// linked from its report.
@@ -157,6 +187,16 @@ pub enum Task {
         #[serde(default = "perplexity_default")]
         #[schemars(schema_with = "super::bounds::positive")]
         perplexity: f64,
+        /// Evaluate on another dataset: a section with the same keys as the top-level
+        /// `data`, used instead of it for this task (transfer). Its images must reach
+        /// the encoder at the encoder's input shape: `channels` converts gray ↔ RGB
+        /// (gray replicated, colour to luma) and `image_size` resizes (bilinear, with
+        /// `mixed_sizes: resize`), as at the top level; `validate` refuses a mismatch
+        /// and names the key that fixes it. Without `normalize`, the pretraining
+        /// data's normalisation is used (the statistics the encoder was trained on).
+        /// Absent: the pretraining data.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<Box<super::data::Data>>,
     },
 }
 
@@ -172,6 +212,16 @@ impl Task {
             Task::LinearProbe { .. } => "linear_probe",
             Task::FineTune { .. } => "fine_tune",
             Task::Visualize { .. } => "visualize",
+        }
+    }
+
+    /// The task's own dataset (transfer), if it has one.
+    pub fn data(&self) -> Option<&super::data::Data> {
+        match self {
+            Task::Knn { data, .. }
+            | Task::LinearProbe { data, .. }
+            | Task::FineTune { data, .. }
+            | Task::Visualize { data, .. } => data.as_deref(),
         }
     }
 

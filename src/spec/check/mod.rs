@@ -135,32 +135,37 @@ pub(super) fn nearest_multiple(n: usize, step: usize) -> Option<usize> {
 }
 
 pub(super) fn check_data(r: &Recipe, out: &mut Vec<Diagnostic>) {
-    let d = &r.data;
+    check_data_section(&r.data, "data", out);
+}
+
+/// The rules of one `data` section (the top-level one, or a task's at
+/// `downstream.N.data`); `at` is its recipe path.
+pub(super) fn check_data_section(d: &super::data::Data, at: &str, out: &mut Vec<Diagnostic>) {
     if d.channels == 2 {
         err(
             out,
-            "data.channels",
+            format!("{at}.channels"),
             "channels must be 1 (grayscale) or 3 (RGB), found 2",
         );
     }
     if d.subset <= 0.0 {
         err(
             out,
-            "data.subset",
+            format!("{at}.subset"),
             format!("subset must be a fraction in (0, 1], found {}", d.subset),
         );
     }
     if d.test_fraction >= 1.0 {
         err(
             out,
-            "data.test_fraction",
+            format!("{at}.test_fraction"),
             "test_fraction must be below 1, or nothing is left to train on",
         );
     }
     if d.test_fraction > 0.0 && d.source.has_test_split() {
         err(
             out,
-            "data.test_fraction",
+            format!("{at}.test_fraction"),
             "this source has its own test split, so `test_fraction` would be ignored",
         )
         .help = Some("remove `test_fraction`".into());
@@ -179,7 +184,7 @@ pub(super) fn check_data(r: &Recipe, out: &mut Vec<Diagnostic>) {
         };
         err(
             out,
-            format!("data.source.{which}"),
+            format!("{at}.source.{which}"),
             "IDX test images and test labels must be given together",
         );
     }
@@ -188,7 +193,7 @@ pub(super) fn check_data(r: &Recipe, out: &mut Vec<Diagnostic>) {
             if vals.len() != d.channels {
                 err(
                     out,
-                    format!("data.normalize.{key}"),
+                    format!("{at}.normalize.{key}"),
                     format!(
                         "`{key}` needs one value per channel ({}), found {}",
                         d.channels,
@@ -201,7 +206,7 @@ pub(super) fn check_data(r: &Recipe, out: &mut Vec<Diagnostic>) {
             if *s <= 0.0 {
                 err(
                     out,
-                    format!("data.normalize.std.{i}"),
+                    format!("{at}.normalize.std.{i}"),
                     format!("standard deviations must be greater than 0, found {s}"),
                 );
             }

@@ -6,39 +6,47 @@ pub(super) fn check_downstream(r: &Recipe, out: &mut Vec<Diagnostic>) {
     use crate::spec::downstream::Task;
     for (i, t) in r.downstream.iter().enumerate() {
         let p = format!("downstream.{i}");
-        if t.needs_labels() && !r.data.labels {
+        // The data the task evaluates on: its own (transfer) or the pretraining data.
+        let (d, dp) = match t.data() {
+            Some(own) => {
+                transfer(r, own, &p, t, out);
+                (own, format!("{p}.data"))
+            }
+            None => (&r.data, "data".to_string()),
+        };
+        if t.needs_labels() && !d.labels {
             err(
                 out,
                 format!("{p}.task"),
                 format!(
-                    "`{}` needs labelled data, but `data.labels` is false",
+                    "`{}` needs labelled data, but `{dp}.labels` is false",
                     t.name()
                 ),
             )
-            .help =
-                Some("set `data.labels: true` with a labelled source, or remove this task".into());
-        } else if t.needs_labels() && !r.data.source.has_test_split() && r.data.test_fraction == 0.0
-        {
-            let (what, add) = match &r.data.source {
+            .help = Some(format!(
+                "set `{dp}.labels: true` with a labelled source, or remove this task"
+            ));
+        } else if t.needs_labels() && !d.source.has_test_split() && d.test_fraction == 0.0 {
+            let (what, add) = match &d.source {
                 Source::Idx { .. } => (
                     "these IDX files have no test images",
-                    "add `test_images` and `test_labels` to `data.source`",
+                    "add `test_images` and `test_labels` to",
                 ),
                 _ => (
                     "this image folder has no `test` folder",
-                    "add `test:` (a folder with the same class subfolders) to `data.source`",
+                    "add `test:` (a folder with the same class subfolders) to",
                 ),
             };
             err(
                 out,
                 format!("{p}.task"),
                 format!(
-                    "`{}` is measured on a test split, but {what} and `data.test_fraction` is 0",
+                    "`{}` is measured on a test split, but {what} and `{dp}.test_fraction` is 0",
                     t.name()
                 ),
             )
             .help = Some(format!(
-                "set `data.test_fraction: 0.1` to hold out 10% of the training images as the test split, or {add}"
+                "set `{dp}.test_fraction: 0.1` to hold out 10% of the training images as the test split, or {add} `{dp}.source`"
             ));
         }
         match t {
@@ -108,6 +116,7 @@ pub(super) fn check_downstream(r: &Recipe, out: &mut Vec<Diagnostic>) {
                 weight_decay,
                 label_fraction,
                 supervised,
+                ..
             } => {
                 let n = fractions(out, &p, label_fraction);
                 per_fraction_epochs(out, &format!("{p}.epochs"), epochs, n);
@@ -151,6 +160,95 @@ pub(super) fn check_downstream(r: &Recipe, out: &mut Vec<Diagnostic>) {
                 check_perplexity(out, &p, plots, *samples, *perplexity);
             }
         }
+    }
+}
+
+/// The rules of a task's own `data` section (transfer): the section's own rules, and
+/// that its images reach the encoder at the encoder's input shape. The conversions are
+/// the section's `channels` (gray ↔ RGB) and `image_size` (resize) keys, so a mismatch
+/// names the key to set rather than converting silently.
+fn transfer(
+    r: &Recipe,
+    own: &crate::spec::data::Data,
+    p: &str,
+    t: &crate::spec::downstream::Task,
+    out: &mut Vec<Diagnostic>,
+) {
+    use crate::spec::data::MixedSizes;
+    use crate::spec::downstream::Task;
+    let at = format!("{p}.data");
+    check_data_section(own, &at, out);
+    let enc = &r.data;
+    if own.channels != enc.channels && matches!(own.channels, 1 | 3) {
+        let how = if enc.channels == 3 {
+            "a gray source is replicated to 3 channels"
+        } else {
+            "a colour source is converted to luma"
+        };
+        err(
+            out,
+            format!("{at}.channels"),
+            format!(
+                "the encoder takes {}-channel images (`data.channels: {}`), but this task's \
+                 data gives it {}",
+                enc.channels, enc.channels, own.channels
+            ),
+        )
+        .help = Some(format!(
+            "set `channels: {}` in this task's `data` ({how})",
+            enc.channels
+        ));
+    }
+    if own.image_size != enc.image_size {
+        err(
+            out,
+            format!("{at}.image_size"),
+            format!(
+                "the encoder takes {0}×{0} images (`data.image_size: {0}`), but this task's \
+                 data gives it {1}×{1}",
+                enc.image_size, own.image_size
+            ),
+        )
+        .help = Some(format!(
+            "set `image_size: {}` in this task's `data` (images of another size are resized, \
+             bilinear)",
+            enc.image_size
+        ));
+    }
+    // A source whose size is known here, at another size, with resizing refused.
+    let native = match &own.source {
+        // Every built-in dataset is 28×28.
+        Source::Builtin { .. } => Some(28),
+        Source::Cifar { .. } => Some(32),
+        _ => None,
+    };
+    if let Some(n) = native
+        && n != own.image_size
+        && own.mixed_sizes == MixedSizes::Error
+    {
+        err(
+            out,
+            format!("{at}.mixed_sizes"),
+            format!(
+                "this source's images are {n}×{n}, `image_size` is {0}×{0}, and \
+                 `mixed_sizes: error` refuses to resize them",
+                own.image_size
+            ),
+        )
+        .help = Some("set `mixed_sizes: resize` in this task's `data`".into());
+    }
+    if let Task::Knn { every_epochs, .. } = t
+        && *every_epochs > 0
+    {
+        err(
+            out,
+            format!("{p}.every_epochs"),
+            "`every_epochs` measures the pretraining data during training; a task with its \
+             own `data` runs after training only",
+        )
+        .help = Some(
+            "remove `every_epochs` here, or add a `knn` task without `data` that has it".into(),
+        );
     }
 }
 

@@ -262,9 +262,30 @@ pub(super) fn resolve_data_paths(doc: &mut Node, sources: &Sources) {
     let NodeKind::Map(root) = &mut doc.kind else {
         return;
     };
-    let Some((_, data)) = root.iter_mut().find(|(k, _)| k.name == "data") else {
-        return;
-    };
+    for (k, v) in root.iter_mut() {
+        match k.name.as_str() {
+            "data" => resolve_section_paths(v, sources),
+            // A task's own `data` (transfer).
+            "downstream" => {
+                let NodeKind::Seq(tasks) = &mut v.kind else {
+                    continue;
+                };
+                for t in tasks {
+                    let NodeKind::Map(t) = &mut t.kind else {
+                        continue;
+                    };
+                    if let Some((_, data)) = t.iter_mut().find(|(k, _)| k.name == "data") {
+                        resolve_section_paths(data, sources);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// [`resolve_data_paths`] for one `data` section's `source`.
+fn resolve_section_paths(data: &mut Node, sources: &Sources) {
     let NodeKind::Map(data) = &mut data.kind else {
         return;
     };
