@@ -1,7 +1,8 @@
-//! The embedded Fashion-MNIST subset: size, class balance, and checksums of the decoded
-//! pixels and labels (the values in `assets/fashion-mnist-subset/README.md`).
+//! The embedded Fashion-MNIST and MNIST subsets: size, class balance, and checksums of
+//! the decoded pixels and labels (the values in `assets/fashion-mnist-subset/README.md`
+//! and `assets/mnist-subset/README.md`).
 
-use recipe::data::{DataConfig, Source, builtin, load};
+use recipe::data::{Builtin, DataConfig, Source, builtin, load};
 use sha2::{Digest, Sha256};
 
 fn hex(bytes: &[u8]) -> String {
@@ -55,7 +56,7 @@ fn builtin_is_balanced_and_matches_its_checksums() {
 
 #[test]
 fn builtin_through_load_with_subset_and_rgb() {
-    let mut cfg = DataConfig::new(Source::Builtin);
+    let mut cfg = DataConfig::new(Source::Builtin(Builtin::FashionMnist));
     cfg.subset = Some(0.05);
     cfg.channels = Some(3);
     cfg.image_size = Some((32, 32));
@@ -73,8 +74,114 @@ fn builtin_through_load_with_subset_and_rgb() {
     assert_eq!(&p[..1024], &p[1024..2048]);
     assert_eq!(&p[..1024], &p[2048..]);
     // The built-in source has a test split, so a hold-out is refused.
-    let mut bad = DataConfig::new(Source::Builtin);
+    let mut bad = DataConfig::new(Source::Builtin(Builtin::FashionMnist));
     bad.holdout = Some(0.1);
     let err = load(&bad).unwrap_err().to_string();
     assert!(err.contains("own test split"), "{err}");
+}
+
+#[test]
+fn mnist_is_balanced_and_matches_its_checksums() {
+    let (train, test) = builtin::mnist_subset().unwrap();
+    assert_eq!(train.shape(), (1, 28, 28));
+    assert_eq!(test.shape(), (1, 28, 28));
+    assert_eq!(train.len(), builtin::TRAIN_LEN);
+    assert_eq!(test.len(), builtin::TEST_LEN);
+    assert_eq!(train.class_counts(), vec![1000; 10]);
+    assert_eq!(test.class_counts(), vec![200; 10]);
+    assert_eq!(train.classes(), builtin::MNIST_CLASSES.map(String::from));
+    assert_eq!(test.classes(), train.classes());
+    assert_eq!(train.origin(), "builtin:mnist-subset/train");
+    assert_eq!(test.origin(), "builtin:mnist-subset/t10k");
+    assert_eq!(
+        digests(&train),
+        (
+            "f83ddfb6346264b52ed4a5c96f7891bb59b5b151c2cb216648d82f22e3c85195".to_string(),
+            "81018dafcfe18151c97046f4634773cc19464ce01f34c11a89a445656fa5599c".to_string()
+        )
+    );
+    assert_eq!(
+        digests(&test),
+        (
+            "e4b06aa7d06a546c5a606533ecb3e3f39cb8dfb1e76da47a92a3ca261a79302e".to_string(),
+            "6ef716f0c2574b8aefde1819960be0672f42dd393741e1b8182410ad15658864".to_string()
+        )
+    );
+    // MNIST's first training images are 5, 0, 4, 1, 9 (all kept: the subset starts
+    // with the source's first image).
+    let first: Vec<u32> = train.labels().unwrap()[..5].to_vec();
+    assert_eq!(first, vec![5, 0, 4, 1, 9]);
+    // The pixel statistics are close to the usual MNIST normalisation.
+    let (mean, std) = Builtin::Mnist.mean_std();
+    let (m, s) = pixel_stats(&train);
+    assert!(
+        (m - mean).abs() < 0.002 && (s - std).abs() < 0.002,
+        "{m} {s}"
+    );
+}
+
+fn pixel_stats(ds: &recipe::data::Dataset) -> (f64, f64) {
+    let (mut sum, mut sq, mut n) = (0.0f64, 0.0f64, 0usize);
+    for i in 0..ds.len() {
+        for &p in ds.pixels(i) {
+            let v = p as f64 / 255.0;
+            sum += v;
+            sq += v * v;
+            n += 1;
+        }
+    }
+    let mean = sum / n as f64;
+    (mean, (sq / n as f64 - mean * mean).sqrt())
+}
+
+#[test]
+fn fashion_mnist_statistics_match_its_usual_normalisation() {
+    let (train, _) = builtin::fashion_mnist_subset().unwrap();
+    let (mean, std) = Builtin::FashionMnist.mean_std();
+    let (m, s) = pixel_stats(&train);
+    assert!(
+        (m - mean).abs() < 0.002 && (s - std).abs() < 0.002,
+        "{m} {s}"
+    );
+}
+
+#[test]
+fn the_recipe_names_each_builtin() {
+    for (name, want) in [
+        ("fashion_mnist", Builtin::FashionMnist),
+        ("mnist", Builtin::Mnist),
+    ] {
+        let yaml =
+            format!("source: {{format: builtin, name: {name}}}\nimage_size: 28\nchannels: 1\n");
+        let d: recipe::spec::data::Data = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(d.source.known_train_len(), Some(builtin::TRAIN_LEN));
+        let cfg = recipe::build::data::config(&d, 1);
+        assert_eq!(cfg.source, Source::Builtin(want));
+    }
+    // The name defaults to Fashion-MNIST.
+    let d: recipe::spec::data::Data =
+        serde_yaml::from_str("source: {format: builtin}\nimage_size: 28\n").unwrap();
+    let cfg = recipe::build::data::config(&d, 1);
+    assert_eq!(cfg.source, Source::Builtin(Builtin::FashionMnist));
+}
+
+#[test]
+fn mnist_through_load_with_subset() {
+    let mut cfg = DataConfig::new(Source::Builtin(Builtin::Mnist));
+    cfg.subset = Some(0.1);
+    cfg.channels = Some(1);
+    cfg.image_size = Some((28, 28));
+    cfg.seed = 3;
+    let data = load(&cfg).unwrap();
+    assert_eq!(data.train.len(), 1000);
+    assert_eq!(data.train.class_counts(), vec![100; 10]);
+    assert_eq!(data.test.unwrap().class_counts(), vec![200; 10]);
+    // A hold-out is refused, naming the dataset.
+    let mut bad = DataConfig::new(Source::Builtin(Builtin::Mnist));
+    bad.holdout = Some(0.1);
+    let err = load(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("builtin:mnist-subset") && err.contains("own test split"),
+        "{err}"
+    );
 }

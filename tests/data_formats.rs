@@ -6,7 +6,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use recipe::data::{
-    CifarFiles, CifarKind, DataConfig, DataError, IdxFiles, Resize, Source, check_paths, load,
+    Builtin, CifarFiles, CifarKind, DataConfig, DataError, IdxFiles, Resize, Source, check_paths,
+    load,
 };
 
 // ---------- helpers that write files ----------
@@ -668,7 +669,7 @@ fn check_paths_reports_each_field() {
     let problems = check_paths(&DataConfig::new(f));
     assert_eq!(problems[0].problem, "is a file, expected a folder");
     assert_eq!(problems[1].field, "source.test");
-    assert!(check_paths(&DataConfig::new(Source::Builtin)).is_empty());
+    assert!(check_paths(&DataConfig::new(Source::Builtin(Builtin::FashionMnist))).is_empty());
 }
 
 // ---------- the recipe adapter ----------
@@ -684,7 +685,7 @@ fn recipe_data_section_maps_onto_the_config() {
          labels: false\nsubset: 0.1\n",
     );
     let cfg = recipe::build::data::config(&d, 5);
-    assert_eq!(cfg.source, Source::Builtin);
+    assert_eq!(cfg.source, Source::Builtin(Builtin::FashionMnist));
     assert_eq!(
         (cfg.channels, cfg.image_size, cfg.resize),
         (Some(1), Some((28, 28)), Resize::Error)

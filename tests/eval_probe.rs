@@ -3,7 +3,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use recipe::data::{DataConfig, Dataset, Source, load};
+use recipe::data::{Builtin, DataConfig, Dataset, Source, load};
 use recipe::eval::{
     EvalError, FeatureMatrix, Normalize, ProbeConfig, linear_probe, linear_probe_select, raw_pixels,
 };
@@ -125,7 +125,7 @@ fn balanced(d: &Dataset, per_class: usize) -> Dataset {
 
 #[test]
 fn raw_pixels_of_fashion_mnist_are_a_reasonable_baseline() {
-    let data = load(&DataConfig::new(Source::Builtin)).unwrap();
+    let data = load(&DataConfig::new(Source::Builtin(Builtin::FashionMnist))).unwrap();
     let train = balanced(&data.train, 50);
     let test = balanced(data.test.as_ref().unwrap(), 30);
     let norm = Normalize::new(vec![0.2860], vec![0.3530]).unwrap();

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use crate::data::{
-    CifarFiles, CifarKind, DataConfig, IdxFiles, PathProblem, Resize, Source, check_paths,
+    Builtin, CifarFiles, CifarKind, DataConfig, IdxFiles, PathProblem, Resize, Source, check_paths,
 };
 use crate::spec::data as spec;
 
@@ -18,9 +18,10 @@ use crate::spec::data as spec;
 /// loading: the augment chain applies it.
 pub fn config(d: &spec::Data, seed: u64) -> DataConfig {
     let source = match &d.source {
-        spec::Source::Builtin {
-            name: spec::BuiltinDataset::FashionMnist,
-        } => Source::Builtin,
+        spec::Source::Builtin { name } => Source::Builtin(match name {
+            spec::BuiltinDataset::FashionMnist => Builtin::FashionMnist,
+            spec::BuiltinDataset::Mnist => Builtin::Mnist,
+        }),
         spec::Source::Idx {
             train_images,
             train_labels,

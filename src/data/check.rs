@@ -38,7 +38,7 @@ fn want(field: String, path: &Path, dir: bool, out: &mut Vec<PathProblem>) {
 pub fn check_paths(cfg: &DataConfig) -> Vec<PathProblem> {
     let mut out = Vec::new();
     match &cfg.source {
-        Source::Builtin => {}
+        Source::Builtin(_) => {}
         Source::Idx(f) => {
             want(
                 "source.train_images".into(),
@@ -172,10 +172,10 @@ pub fn survey(cfg: &DataConfig) -> Survey {
             }
         };
     match &cfg.source {
-        Source::Builtin => {
+        Source::Builtin(b) => {
             s.train_len = Some(super::builtin::TRAIN_LEN);
             let shape = (1, 28, 28);
-            let origin = Path::new(super::builtin::BUILTIN_NAME);
+            let origin = Path::new(b.origin());
             let n = super::builtin::TRAIN_LEN + super::builtin::TEST_LEN;
             uniform(&mut s, "source", origin, n, shape);
         }

@@ -150,7 +150,8 @@ impl Dataset {
         })
     }
 
-    /// Where the dataset came from (a path or `builtin:fashion-mnist-subset/...`).
+    /// Where the dataset came from (a path, or `builtin:fashion-mnist-subset/...` /
+    /// `builtin:mnist-subset/...`).
     pub fn origin(&self) -> &str {
         &self.origin
     }

@@ -10,7 +10,7 @@
 //!
 //! Sources ([`Source`]): IDX files ([`idx`], MNIST / Fashion-MNIST, raw or gzipped),
 //! CIFAR-10/100 binary batches ([`cifar`]), image folders ([`folder`]), and the built-in
-//! Fashion-MNIST subset compiled into the binary ([`builtin`]).
+//! Fashion-MNIST and MNIST subsets compiled into the binary ([`builtin`]).
 //!
 //! Invariants this module keeps:
 //! - A [`Dataset`] holds 8-bit images that all share one `(channels, height, width)`,
@@ -42,6 +42,7 @@ pub mod loader;
 pub mod source;
 pub mod views;
 
+pub use builtin::Builtin;
 pub use check::{Conversion, ConversionKind, PathProblem, Survey, check_paths, survey};
 pub use cifar::CifarKind;
 pub use dataset::Dataset;

@@ -15,8 +15,9 @@ use super::{DataError, Dataset, builtin, idx};
 /// Where the images come from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Source {
-    /// The embedded Fashion-MNIST subset (10,000 train / 2,000 test, 1 x 28 x 28).
-    Builtin,
+    /// An embedded dataset (10,000 train / 2,000 test, 1 x 28 x 28): the Fashion-MNIST
+    /// or the MNIST subset.
+    Builtin(builtin::Builtin),
     /// IDX files (MNIST / Fashion-MNIST), raw or gzipped.
     Idx(IdxFiles),
     /// CIFAR-10 or CIFAR-100 binary batches.
@@ -34,7 +35,7 @@ impl Source {
     /// Whether the source has test files of its own (then `holdout` must not be set).
     pub fn has_test_split(&self) -> bool {
         match self {
-            Source::Builtin => true,
+            Source::Builtin(_) => true,
             Source::Idx(f) => f.test_images.is_some(),
             Source::Cifar(f) => !f.test.is_empty(),
             Source::ImageFolder { test, .. } => test.is_some(),
@@ -569,7 +570,7 @@ fn conform(ds: Dataset, cfg: &DataConfig) -> Result<Dataset, DataError> {
 
 fn describe(source: &Source) -> String {
     match source {
-        Source::Builtin => "the built-in dataset".into(),
+        Source::Builtin(b) => format!("the built-in dataset `{}`", b.origin()),
         Source::Idx(f) => format!("IDX source `{}`", f.train_images.display()),
         Source::Cifar(f) => format!(
             "CIFAR source `{}`",
@@ -591,8 +592,8 @@ pub fn load(cfg: &DataConfig) -> Result<LoadedData, DataError> {
     cfg.validate()?;
     let mut skipped = Vec::new();
     let (train, test) = match &cfg.source {
-        Source::Builtin => {
-            let (tr, te) = builtin::fashion_mnist_subset()?;
+        Source::Builtin(b) => {
+            let (tr, te) = b.load()?;
             (tr, Some(te))
         }
         Source::Idx(files) => load_idx(files)?,
