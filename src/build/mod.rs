@@ -10,7 +10,7 @@ pub mod data;
 mod downstream;
 
 pub use check::check_data_paths;
-pub use downstream::{downstream, wants_curves};
+pub use downstream::downstream;
 
 use crate::nn::ModelError;
 use crate::nn::device::{DeviceChoice, NoCuda};

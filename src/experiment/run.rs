@@ -402,13 +402,9 @@ fn run_on<D: EngineDevice>(
         trainer.step,
     )?;
     let eval_secs = eval_started.elapsed().as_secs_f64();
-    let curves = if crate::build::wants_curves(r) {
-        crate::report::curves::training_curves(&dir)?
-    } else {
-        Vec::new()
-    };
+    // Every run draws its training curves, whatever its `visualize` task asks.
     let mut figures = results.figures.clone();
-    figures.extend(curves);
+    figures.extend(crate::report::curves::training_curves(&dir)?);
     let mut notes = results.notes.clone();
     let mut timings_watch = Vec::new();
     if let Some(w) = &watch {
