@@ -21,6 +21,7 @@ use crate::nn::EngineDevice;
 use crate::nn::device::OnDevice;
 use crate::report::markdown::{ReportInput, write_report};
 use crate::report::metrics::MetricsWriter;
+use crate::report::tensorboard::{EventWriter, downstream_scalars};
 use crate::runtime;
 use crate::spec::Recipe;
 use crate::train::TrainError;
@@ -258,6 +259,14 @@ fn run_on<D: EngineDevice>(
         Some(m) => Some(MetricsWriter::resume(&dir, columns, m.step)?.0),
         None => Some(MetricsWriter::create(&dir, columns)?),
     };
+    // The TensorBoard events file sees every record the metrics files do; a resumed
+    // run cuts the earlier files back to its checkpoint and opens a new one.
+    if let Some(m) = metrics.as_mut() {
+        m.attach_events(match &req.resume {
+            Some(_) => EventWriter::resume(&dir, resumed.as_ref().map_or(0, |m| m.step))?,
+            None => EventWriter::create(&dir)?,
+        });
+    }
     let norm = normalization(r);
     // kNN during training, every `every_epochs` epochs, on the test split.
     let tasks = crate::build::downstream(r).map_err(recipe_err)?;
@@ -416,6 +425,13 @@ fn run_on<D: EngineDevice>(
         notes.push(w.note.clone());
         if let Some(s) = w.seconds_per_epoch {
             timings_watch.push(("collapse indicators (per epoch)".to_string(), s));
+        }
+    }
+    // The downstream results and the pictures, at the final step.
+    if let Some(ev) = metrics.events() {
+        ev.scalars(trainer.step, &downstream_scalars(&results.json))?;
+        for (_, file) in &figures {
+            ev.png_file(trainer.step, &dir, file)?;
         }
     }
     let total = started.elapsed().as_secs_f64();
