@@ -36,7 +36,7 @@ fn crc_bitwise(data: &[u8]) -> u32 {
 }
 
 fn mask(c: u32) -> u32 {
-    ((c >> 15) | (c << 17)).wrapping_add(0xA282_EAD8)
+    c.rotate_right(15).wrapping_add(0xA282_EAD8)
 }
 
 fn u32_le(b: &[u8]) -> u32 {
