@@ -119,7 +119,7 @@ pub fn downstream(r: &Recipe) -> Result<Vec<eval::downstream::Task>, String> {
                         Plot::EmbeddingPca => Some(Figure::EmbeddingPca),
                         Plot::EmbeddingTsne => Some(Figure::EmbeddingTsne),
                         Plot::AugmentationViews => Some(Figure::AugmentationViews),
-                        // Drawn from the metrics file after the run (`wants_curves`).
+                        // Drawn from the metrics file after every run.
                         Plot::TrainingCurves => None,
                     })
                     .collect();
@@ -143,16 +143,6 @@ pub fn downstream(r: &Recipe) -> Result<Vec<eval::downstream::Task>, String> {
         });
     }
     Ok(out)
-}
-
-/// Whether a `visualize` task asks for the training curves (`loss.png`, `lr.png`,
-/// `knn.png`), which are drawn from the metrics file once training is over.
-pub fn wants_curves(r: &Recipe) -> bool {
-    use crate::spec::downstream::{Plot, Task as SpecTask};
-    r.downstream.iter().any(|t| match t {
-        SpecTask::Visualize { plots, .. } => plots.contains(&Plot::TrainingCurves),
-        SpecTask::Knn { .. } | SpecTask::LinearProbe { .. } | SpecTask::FineTune { .. } => false,
-    })
 }
 
 /// The downstream tasks' own `data` sections (transfer): each distinct section once,

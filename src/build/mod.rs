@@ -10,7 +10,7 @@ pub mod data;
 mod downstream;
 
 pub use check::check_data_paths;
-pub use downstream::{data_label, downstream, task_data, wants_curves};
+pub use downstream::{data_label, downstream, task_data};
 
 use crate::nn::ModelError;
 use crate::nn::device::{DeviceChoice, NoCuda};

@@ -21,6 +21,7 @@ use crate::nn::EngineDevice;
 use crate::nn::device::OnDevice;
 use crate::report::markdown::{ReportInput, write_report};
 use crate::report::metrics::MetricsWriter;
+use crate::report::tensorboard::{EventWriter, downstream_scalars};
 use crate::runtime;
 use crate::spec::Recipe;
 use crate::train::TrainError;
@@ -264,6 +265,14 @@ fn run_on<D: EngineDevice>(
         Some(m) => Some(MetricsWriter::resume(&dir, columns, m.step)?.0),
         None => Some(MetricsWriter::create(&dir, columns)?),
     };
+    // The TensorBoard events file sees every record the metrics files do; a resumed
+    // run cuts the earlier files back to its checkpoint and opens a new one.
+    if let Some(m) = metrics.as_mut() {
+        m.attach_events(match &req.resume {
+            Some(_) => EventWriter::resume(&dir, resumed.as_ref().map_or(0, |m| m.step))?,
+            None => EventWriter::create(&dir)?,
+        });
+    }
     let norm = normalization(r);
     // kNN during training, every `every_epochs` epochs, on the test split.
     let tasks = crate::build::downstream(r).map_err(recipe_err)?;
@@ -415,13 +424,9 @@ fn run_on<D: EngineDevice>(
         trainer.step,
     )?;
     let eval_secs = eval_started.elapsed().as_secs_f64();
-    let curves = if crate::build::wants_curves(r) {
-        crate::report::curves::training_curves(&dir)?
-    } else {
-        Vec::new()
-    };
+    // Every run draws its training curves, whatever its `visualize` task asks.
     let mut figures = results.figures.clone();
-    figures.extend(curves);
+    figures.extend(crate::report::curves::training_curves(&dir)?);
     let mut notes = results.notes.clone();
     let mut timings_watch = Vec::new();
     if let Some(w) = &watch {
@@ -433,6 +438,13 @@ fn run_on<D: EngineDevice>(
         notes.push(w.note.clone());
         if let Some(s) = w.seconds_per_epoch {
             timings_watch.push(("collapse indicators (per epoch)".to_string(), s));
+        }
+    }
+    // The downstream results and the pictures, at the final step.
+    if let Some(ev) = metrics.events() {
+        ev.scalars(trainer.step, &downstream_scalars(&results.json))?;
+        for (_, file) in &figures {
+            ev.png_file(trainer.step, &dir, file)?;
         }
     }
     let total = started.elapsed().as_secs_f64();

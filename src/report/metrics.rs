@@ -15,6 +15,11 @@
 //! On resume, [`MetricsWriter::resume`] keeps the records up to the checkpoint's step,
 //! rewrites both files from them (the CSV header grows to cover every field those
 //! records use) and hands them back to rebuild the curves.
+//!
+//! A writer can also carry the run's TensorBoard [`EventWriter`]
+//! ([`attach_events`](MetricsWriter::attach_events)): every record then goes to the
+//! events file too, under the tags [`record_tags`](super::tensorboard::record_tags)
+//! gives it.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -22,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use super::tensorboard::EventWriter;
 use super::{ReportError, io_err};
 
 /// Name of the JSONL file in a run directory.
@@ -161,6 +167,7 @@ pub struct MetricsWriter {
     jsonl_path: PathBuf,
     csv_path: PathBuf,
     columns: Vec<String>,
+    events: Option<EventWriter>,
 }
 
 fn header(extra: &[&str], seen: &[Record]) -> Result<Vec<String>, ReportError> {
@@ -243,6 +250,7 @@ impl MetricsWriter {
             jsonl_path,
             csv_path,
             columns,
+            events: None,
         })
     }
 
@@ -251,7 +259,18 @@ impl MetricsWriter {
         &self.columns
     }
 
-    /// Appends `record` to both files and flushes them.
+    /// Sends every record written from now on to `events` as well.
+    pub fn attach_events(&mut self, events: EventWriter) {
+        self.events = Some(events);
+    }
+
+    /// The attached events file, if any (for the run's outputs after training).
+    pub fn events(&mut self) -> Option<&mut EventWriter> {
+        self.events.as_mut()
+    }
+
+    /// Appends `record` to both files and flushes them (and to the attached events
+    /// file, if any).
     pub fn write(&mut self, record: &Record) -> Result<(), ReportError> {
         for (n, _) in &record.fields {
             check_name(n)?;
@@ -265,7 +284,11 @@ impl MetricsWriter {
         self.csv
             .write_all(c.as_bytes())
             .and_then(|_| self.csv.flush())
-            .map_err(io_err(&self.csv_path))
+            .map_err(io_err(&self.csv_path))?;
+        match &mut self.events {
+            Some(e) => e.record(record),
+            None => Ok(()),
+        }
     }
 }
 

@@ -7,10 +7,13 @@
 //! - [`plots`](mod@crate::report::plots): line charts (training curves) and class-coloured
 //!   scatter plots (the embedding PCA), drawn with `plotters`. Text uses DejaVu Sans
 //!   compiled into the binary, so charts render the same on machines without system fonts.
-//! - [`curves`](mod@crate::report::curves): `loss.png`, `lr.png` and `knn.png` from a
-//!   run's metrics file.
+//! - [`curves`](mod@crate::report::curves): `loss.png`, `lr.png` and `knn.png` (drawn
+//!   for every run) and the collapse curves, from a run's metrics file.
 //! - [`grid`](mod@crate::report::grid): PNG grids of images: first-layer filters,
 //!   activation maps, nearest neighbours with green/red frames, augmented views.
+//! - [`tensorboard`](mod@crate::report::tensorboard): the TensorBoard events file of
+//!   every run (scalars and the pictures), written by hand (records with masked
+//!   CRC-32C around a few protobuf fields).
 //! - [`markdown`](mod@crate::report::markdown): `report.md`, with the run's facts, the
 //!   downstream table against its baselines, and links to the pictures.
 //!
@@ -27,6 +30,7 @@ pub mod grid;
 pub mod markdown;
 pub mod metrics;
 pub mod plots;
+pub mod tensorboard;
 
 pub use grid::{feature_maps_png, filters_png, neighbors_png, views_png};
 pub use markdown::{MetricsTable, ReportInput, render_report, write_report};

@@ -381,7 +381,8 @@ pub enum Plot {
     EmbeddingTsne,
     /// Test images (queries) next to their nearest training neighbours.
     NearestNeighbors,
-    /// The training loss, learning rate and kNN accuracy over training.
+    /// The training loss, learning rate and kNN accuracy over training (every run
+    /// draws them now; naming this plot changes nothing).
     TrainingCurves,
     /// A grid of augmented views of a few training images.
     AugmentationViews,
