@@ -632,7 +632,12 @@ pub fn run_all<'a, D: EngineDevice>(
         }
         json["seconds"] = serde_json::json!(t0.elapsed().as_secs_f64());
         out.json.push(json);
-        out.notes.extend(notes);
+        // A task's remarks about its own data say which data they are about.
+        out.notes
+            .extend(notes.into_iter().map(|n| match data.label {
+                Some(l) => format!("*· {l}*: {n}"),
+                None => n,
+            }));
         out.figures.extend(figures);
     }
     out.notes.push(
