@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use recipe::diag::render_human;
 use recipe::spec::Loader;
 use recipe::spec::load::Override;
-use recipe::sweep::{self, SweepRequest, grid, summary::Metric};
+use recipe::sweep::summary::{Metric, RowStatus};
+use recipe::sweep::{self, SweepRequest, grid};
 use recipe::train::fit::Progress;
 use recipe::train::resume::shell_line;
 use recipe::train::signal;
@@ -132,7 +133,7 @@ pub fn sweep(a: SweepArgs) -> ExitCode {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(&first.output.dir));
-    let dir = sweep::sweep_dir(&parent, &first.name, &recipes);
+    let dir = sweep::sweep_dir(&parent, &first.name, &axes, &recipes);
     let command = continue_command();
     let req = SweepRequest {
         recipe_path: a.file.clone(),
@@ -156,7 +157,10 @@ pub fn sweep(a: SweepArgs) -> ExitCode {
         req.combinations.len(),
         req.axes
             .iter()
-            .map(|x| format!("{} ({} values)", x.path, x.values.len()))
+            .map(|x| match x.values.len() {
+                1 => format!("{} (1 value)", x.path),
+                n => format!("{} ({n} values)", x.path),
+            })
             .collect::<Vec<_>>()
             .join(" × "),
         dir.display()
@@ -174,9 +178,15 @@ pub fn sweep(a: SweepArgs) -> ExitCode {
     let total = out.rows.len();
     let failed = out.failed();
     if out.interrupted {
+        let kept = out
+            .rows
+            .iter()
+            .find(|r| r.status == RowStatus::Interrupted)
+            .map(|r| format!("; {} keeps its checkpoint and resumes from it", r.dir))
+            .unwrap_or_default();
         eprintln!(
-            "sweep stopped: {} of {total} combination(s) finished ({} in this run, {} earlier); \
-             the interrupted one keeps its checkpoint",
+            "sweep stopped: {} of {total} combination(s) finished ({} by this command, {} \
+             earlier){kept}",
             out.finished(),
             out.ran,
             out.skipped

@@ -210,10 +210,20 @@ pub fn validate(
 }
 
 /// The sweep directory: `<parent>/<name>-sweep-<8 hex digits>`, the digits from the
-/// resolved recipes of every combination in order, so the same sweep (same recipe,
-/// `--set`s, grid and sample) finds the same directory and any change makes a new one.
-pub fn sweep_dir(parent: &Path, name: &str, recipes: &[Recipe]) -> PathBuf {
+/// grid (paths and values as typed) and the resolved recipes of every combination in
+/// order, so the same sweep (same recipe, `--set`s, grid and sample) finds the same
+/// directory and any change makes a new one.
+pub fn sweep_dir(parent: &Path, name: &str, axes: &[grid::Axis], recipes: &[Recipe]) -> PathBuf {
     let mut h = Sha256::new();
+    // The grid as typed names the run directories, so it is part of the identity.
+    for a in axes {
+        h.update(a.path.as_bytes());
+        for t in a.texts() {
+            h.update(b"\0");
+            h.update(t.as_bytes());
+        }
+        h.update(b"\n");
+    }
     for r in recipes {
         h.update(crate::experiment::recipe_hash(r).as_bytes());
         h.update(b"\n");
