@@ -151,8 +151,15 @@ pub fn sweep(a: SweepArgs) -> ExitCode {
         },
         stop_after_steps: a.stop_after_steps,
     };
+    let total = grid::product_size(&req.axes).unwrap_or(u64::MAX);
+    let drawn = match a.random {
+        Some(_) if (req.combinations.len() as u64) < total => {
+            format!(" (drawn from {total} with seed {})", a.seed)
+        }
+        _ => String::new(),
+    };
     eprintln!(
-        "sweep `{}`: {} combination(s) of {} in {}",
+        "sweep `{}`: {} combination(s){drawn} of {} in {}",
         first.name,
         req.combinations.len(),
         req.axes

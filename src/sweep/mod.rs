@@ -111,24 +111,41 @@ pub fn validate(
         None => groups.push((text, error, data, vec![n])),
     };
     let mut recipes = Vec::with_capacity(combos.len());
-    let mut data_seen: Vec<Value> = Vec::new();
+    // Each distinct data section, with what its check found (rendered, is error).
+    let mut data_seen: Vec<(Value, Vec<(String, bool)>)> = Vec::new();
     let mut threads: Option<(usize, usize)> = None;
     for c in combos {
         let mut loaded = loader.load_file_with(file, &c.overrides)?;
         let before = loaded.diagnostics.len();
+        let mut data_key = None;
         if data_check && let Some(r) = &loaded.recipe {
             let key = json!([
                 r.data,
                 r.downstream.iter().map(|t| t.data()).collect::<Vec<_>>()
             ]);
-            if !data_seen.contains(&key) {
-                data_seen.push(key);
-                crate::build::check_data_paths(&mut loaded);
+            match data_seen.iter().find(|(k, _)| *k == key) {
+                // Checked once: its findings hold for this combination too.
+                Some((_, found)) => {
+                    for (text, error) in found {
+                        add(text.clone(), *error, true, c.number);
+                    }
+                }
+                None => {
+                    crate::build::check_data_paths(&mut loaded);
+                    data_key = Some(key);
+                }
             }
         }
+        let mut found = Vec::new();
         for (i, d) in loaded.diagnostics.iter().enumerate() {
             let text = render_human(std::slice::from_ref(d), &loaded.sources);
+            if i >= before {
+                found.push((text.clone(), d.is_error()));
+            }
             add(text, d.is_error(), i >= before, c.number);
+        }
+        if let Some(key) = data_key {
+            data_seen.push((key, found));
         }
         let mut extra = Vec::new();
         if let Some(r) = &loaded.recipe {
