@@ -274,6 +274,11 @@ pub fn expand(axes: &[Axis], random: Option<(usize, u64)>) -> Result<Vec<Vec<usi
 /// A file-name-safe form of a value text: letters, digits, `.`, `+` and `-` kept,
 /// runs of anything else one `_`, at most 32 characters.
 pub fn sanitize(text: &str) -> String {
+    sanitize_to(text, 32)
+}
+
+/// [`sanitize`] to at most `max` characters.
+pub fn sanitize_to(text: &str, max: usize) -> String {
     let mut out = String::new();
     for c in text.chars() {
         if c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '-') {
@@ -283,7 +288,7 @@ pub fn sanitize(text: &str) -> String {
         }
     }
     let out = out.trim_matches('_');
-    let out: String = out.chars().take(32).collect();
+    let out: String = out.chars().take(max).collect();
     if out.is_empty() { "_".into() } else { out }
 }
 

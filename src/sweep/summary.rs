@@ -333,7 +333,7 @@ fn number(text: &str) -> Option<f64> {
 
 /// The plot file of a swept path: `metric_<path>.png`.
 pub fn plot_name(path: &str) -> String {
-    format!("metric_{}.png", super::grid::sanitize(path))
+    format!("metric_{}.png", super::grid::sanitize_to(path, 200))
 }
 
 /// One PNG per swept path of the metric against its values: a numeric axis when
