@@ -402,3 +402,65 @@ fn a_tiny_sweep_is_interrupted_then_the_same_command_skips_and_resumes() {
         2
     );
 }
+
+#[test]
+fn a_failed_combination_does_not_stop_the_others_and_is_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tiny(tmp.path());
+    let out = tmp.path().join("out");
+    let sweep = || {
+        recipe(&[
+            "sweep",
+            file.to_str().unwrap(),
+            "--grid",
+            "optimizer.lr=[1.0e+30, 0.05]",
+            "--out",
+            out.to_str().unwrap(),
+            "-q",
+        ])
+    };
+    // A learning rate of 1e30 passes validation and diverges in the first epoch.
+    let o = sweep();
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("combination 1/2 (optimizer.lr=1.0e+30): failed: the loss diverged"),
+        "{err}"
+    );
+    assert!(
+        err.contains("combination 2/2 (optimizer.lr=0.05): finished"),
+        "{err}"
+    );
+    assert!(err.contains("1 of 2 combination(s) failed:"), "{err}");
+    let sweep_dir = std::fs::read_dir(&out)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let csv = read(&sweep_dir.join("summary.csv"));
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert!(
+        rows[0].starts_with("2,0.05,") && rows[0].contains(",finished,"),
+        "{csv}"
+    );
+    assert!(
+        rows[1].starts_with("1,1.0e+30,,") && rows[1].contains(",failed,"),
+        "{csv}"
+    );
+    let md = read(&sweep_dir.join("summary.md"));
+    assert!(
+        md.contains("## Failed") && md.contains("the loss diverged"),
+        "{md}"
+    );
+    // Again: the finished one is skipped; the failed one, which left no checkpoint, is
+    // kept aside and started afresh (and fails again).
+    let o = sweep();
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("combination 2/2 (optimizer.lr=0.05): finished earlier, skipped"),
+        "{err}"
+    );
+    assert!(err.contains("had no checkpoint; kept as"), "{err}");
+}
