@@ -464,3 +464,60 @@ fn a_failed_combination_does_not_stop_the_others_and_is_listed() {
     );
     assert!(err.contains("had no checkpoint; kept as"), "{err}");
 }
+
+#[test]
+fn ctrl_c_stops_the_sweep_and_prints_the_command_that_continues() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tiny(tmp.path());
+    let out = tmp.path().join("out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_recipe"))
+        .args([
+            "sweep",
+            file.to_str().unwrap(),
+            "--grid",
+            "loss.temperature=[0.1, 0.5]",
+            "--set",
+            "train.epochs=50",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let (mut seen, mut line) = (String::new(), String::new());
+    while err.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.contains("step 2/") {
+            // SAFETY: sending a signal to our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        }
+        line.clear();
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}");
+    assert!(
+        seen.contains("sweep stopped: 0 of 2 combination(s) finished"),
+        "{seen}"
+    );
+    assert!(seen.contains("continue with: recipe sweep "), "{seen}");
+    assert!(
+        !seen.contains("combination 2/2"),
+        "the second never started: {seen}"
+    );
+    let sweep_dir = std::fs::read_dir(&out)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(
+        sweep_dir
+            .join("0001-temperature=0.1/checkpoints/last.safetensors")
+            .is_file()
+    );
+    assert!(!sweep_dir.join("0002-temperature=0.5").exists());
+}
