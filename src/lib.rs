@@ -33,4 +33,5 @@ pub mod plan;
 pub mod report;
 pub mod runtime;
 pub mod spec;
+pub mod sweep;
 pub mod train;

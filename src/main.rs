@@ -114,6 +114,44 @@ enum Command {
         #[arg(long, value_name = "N", hide = true)]
         stop_after_steps: Option<u64>,
     },
+    /// Run a recipe over a grid of values of some of its keys: every combination is
+    /// validated first, runs as an ordinary run directory inside one sweep directory,
+    /// and a summary sorted by the metric (Markdown, CSV, JSON) and plots end it. The
+    /// same command again skips finished combinations and resumes an interrupted one.
+    Sweep {
+        /// Recipe file.
+        file: PathBuf,
+        /// A swept key and its values, a YAML list: `--grid loss.temperature=[0.1, 0.2]`
+        /// (repeatable; every combination of the values runs).
+        #[arg(long = "grid", value_name = "PATH=[V1,V2,…]", required = true)]
+        grids: Vec<String>,
+        /// Override a key in every combination (value is YAML).
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        sets: Vec<String>,
+        /// Run N distinct combinations drawn from the grid instead of all of them.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        random: Option<u64>,
+        /// The seed of `--random`'s draw.
+        #[arg(long, value_name = "S", requires = "random", default_value_t = 0)]
+        seed: u64,
+        /// What the summary is sorted by: `TASK.top1` or `TASK.top5` of the trained
+        /// encoder (`knn`, `linear_probe`, `fine_tune`) on the pretraining data.
+        #[arg(long, value_name = "TASK.FIELD", default_value = "knn.top1")]
+        metric: String,
+        /// Parent of the sweep directory (default: the recipe's `output.dir`).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Do not check that the data files and folders exist.
+        #[arg(long)]
+        no_data_check: bool,
+        /// No progress output from the runs.
+        #[arg(long, short)]
+        quiet: bool,
+        /// Stop as if interrupted once the runs have trained this many steps in all
+        /// (for tests).
+        #[arg(long, value_name = "N", hide = true)]
+        stop_after_steps: Option<u64>,
+    },
     /// Run downstream tasks on a saved model: a run directory or a checkpoint in one.
     Eval {
         /// Run directory or checkpoint file.
@@ -218,6 +256,29 @@ fn main() -> ExitCode {
             quiet,
             stop_after_steps,
         ),
+        Command::Sweep {
+            file,
+            grids,
+            sets,
+            random,
+            seed,
+            metric,
+            out,
+            no_data_check,
+            quiet,
+            stop_after_steps,
+        } => commands::sweep::sweep(commands::sweep::SweepArgs {
+            file,
+            grids,
+            sets,
+            random: random.map(|n| n as usize),
+            seed,
+            metric,
+            out,
+            no_data_check,
+            quiet,
+            stop_after_steps,
+        }),
         Command::Eval {
             target,
             tasks,

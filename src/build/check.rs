@@ -31,11 +31,12 @@ pub fn check_data_paths(loaded: &mut crate::spec::Loaded) -> usize {
     // `--set` paths are not made absolute (see `spec::load`): they are relative to the
     // current directory, unlike paths in recipe files.
     let help_for = |field: &str| {
-        let from_set = span(field).is_some_and(|s| loaded.sources.get(s.file).name == "--set");
-        if from_set {
-            "paths given with `--set` are relative to the current directory; `--no-data-check` skips this check"
-        } else {
-            "paths are relative to the recipe file that names them; `--no-data-check` skips this check"
+        let source = span(field).map(|s| loaded.sources.get(s.file).name.as_str());
+        match source {
+            Some(flag) if crate::spec::load::is_argument_source(flag) => format!(
+                "paths given with `{flag}` are relative to the current directory; `--no-data-check` skips this check"
+            ),
+            _ => "paths are relative to the recipe file that names them; `--no-data-check` skips this check".to_string(),
         }
     };
     let mut out = Vec::new();

@@ -9,6 +9,7 @@ pub mod plan;
 pub mod preview;
 pub mod render;
 pub mod run;
+pub mod sweep;
 pub mod validate;
 
 use std::path::Path;

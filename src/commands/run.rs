@@ -68,6 +68,7 @@ pub fn run(
         overrides: sets.to_vec(),
         command: recipe::train::resume::shell_line(&command),
         out,
+        dir: None,
         resume,
         force,
         progress: if quiet {

@@ -197,6 +197,10 @@ pub struct RunRequest {
     pub command: String,
     /// Parent of the run directory instead of `output.dir`.
     pub out: Option<PathBuf>,
+    /// Create the run directory at exactly this path (which must not exist) instead of
+    /// `<out>/<name>-<timestamp>`: `recipe sweep` names its combinations' directories.
+    /// Ignored with `resume`.
+    pub dir: Option<PathBuf>,
     /// Continue this run directory from its last checkpoint.
     pub resume: Option<PathBuf>,
     /// Resume even if the recipe changed.

@@ -88,11 +88,17 @@ fn run_on<D: EngineDevice>(
         }
         // Only rank 0 creates (and names) the run directory; the others never write.
         None if writer => {
-            let parent = req
-                .out
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(&r.output.dir));
-            let dir = rundir::create(&parent, &r.name, &text).map_err(ExperimentError::Files)?;
+            let dir = match &req.dir {
+                Some(at) => rundir::create_at(at, &text),
+                None => {
+                    let parent = req
+                        .out
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from(&r.output.dir));
+                    rundir::create(&parent, &r.name, &text)
+                }
+            }
+            .map_err(ExperimentError::Files)?;
             if world > 1 {
                 resume::world_size_note(&dir, world, false, r.train.sync_batch_norm)
                     .map_err(ExperimentError::Files)?;

@@ -140,6 +140,34 @@ pub fn line_chart_with_x(
     series: &[Series],
     x_tick: &dyn Fn(&f64) -> String,
 ) -> Result<(), ReportError> {
+    draw_lines(path, title, x_label, series, x_tick, false)
+}
+
+/// [`line_chart_with_x`] with a dot on every point, so a series of one point shows
+/// (a sweep's metric against a swept value).
+pub fn marked_line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    series: &[Series],
+    x_tick: &dyn Fn(&f64) -> String,
+) -> Result<(), ReportError> {
+    draw_lines(path, title, x_label, series, x_tick, true)
+}
+
+/// The tick labels of [`line_chart`]'s axes, for a caller's own `x_tick`.
+pub fn tick_label(v: &f64) -> String {
+    tick(v)
+}
+
+fn draw_lines(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    series: &[Series],
+    x_tick: &dyn Fn(&f64) -> String,
+    markers: bool,
+) -> Result<(), ReportError> {
     let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
     let all = || series.iter().flat_map(|s| s.points.iter().filter(finite));
     let (x0, x1) = padded_range(all().map(|p| p.0));
@@ -171,6 +199,14 @@ pub fn line_chart_with_x(
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
                 });
+            if markers {
+                chart.draw_series(
+                    s.points
+                        .iter()
+                        .filter(finite)
+                        .map(|&p| Circle::new(p, 4, c.filled())),
+                )?;
+            }
         }
         if !series.is_empty() {
             chart

@@ -75,6 +75,24 @@ pub fn create(parent: &Path, name: &str, recipe_text: &str) -> Result<PathBuf, S
     Ok(dir)
 }
 
+/// Creates the run directory `dir` itself (its parents as needed; `dir` must not exist)
+/// with its `checkpoints/` folder and `recipe.yaml`, as [`create`] does for a named one.
+pub fn create_at(dir: &Path, recipe_text: &str) -> Result<PathBuf, String> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(|e| {
+            format!(
+                "cannot create the output directory `{}`: {e}",
+                parent.display()
+            )
+        })?;
+    }
+    fs::create_dir(dir)
+        .and_then(|_| fs::create_dir(dir.join(CHECKPOINTS)))
+        .and_then(|_| fs::write(dir.join(RECIPE_FILE), recipe_text))
+        .map_err(|e| format!("cannot create the run directory `{}`: {e}", dir.display()))?;
+    Ok(dir.to_path_buf())
+}
+
 /// Writes `text` to `path` through a temporary file and a rename, so a reader never
 /// sees half a file.
 pub fn write_text(path: &Path, text: &str) -> Result<(), String> {

@@ -301,7 +301,7 @@ fn resolve_section_paths(data: &mut Node, sources: &Sources) {
             continue;
         }
         let file = &sources.get(v.span.file).name;
-        if file == "--set" {
+        if super::is_argument_source(file) {
             continue;
         }
         if let Some(dir) = Path::new(file).parent() {

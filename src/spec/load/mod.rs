@@ -55,6 +55,50 @@ impl fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
+/// The source name of `--set` arguments in [`Sources`] (what diagnostics show).
+pub const SET_SOURCE: &str = "--set";
+/// The source name of `recipe sweep`'s `--grid` arguments.
+pub const GRID_SOURCE: &str = "--grid";
+
+/// Whether a source is a command-line argument (`--set`, `--grid`) rather than a file:
+/// data paths in it are relative to the current directory, not to a recipe file.
+pub fn is_argument_source(name: &str) -> bool {
+    name == SET_SOURCE || name == GRID_SOURCE
+}
+
+/// One key override applied after `extends`: a `--set PATH=VALUE` argument, or one
+/// value of a longer argument (a sweep's `--grid PATH=[v1, v2]`), so that its
+/// diagnostics point into the argument as typed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Override {
+    /// The source name diagnostics show ([`SET_SOURCE`], [`GRID_SOURCE`]).
+    pub flag: &'static str,
+    /// The whole argument as typed (the line diagnostics show).
+    pub arg: String,
+    /// The dotted path, split at the dots.
+    pub path: Vec<String>,
+    /// Where the value's text starts in `arg` (in characters) and the text, YAML.
+    pub value: (usize, String),
+}
+
+impl Override {
+    /// Parses a `--set PATH=VALUE` argument.
+    pub fn set(arg: &str) -> Result<Self, LoadError> {
+        let (arg, path, (offset, text)) = parse_set(arg)?;
+        Ok(Override {
+            flag: SET_SOURCE,
+            arg,
+            path,
+            value: (offset, text),
+        })
+    }
+
+    /// The override as a `--set` argument would write it: `path=value`.
+    pub fn as_set(&self) -> String {
+        format!("{}={}", self.path.join("."), self.value.1)
+    }
+}
+
 /// The outcome of loading one recipe.
 #[derive(Debug)]
 pub struct Loaded {
@@ -107,11 +151,25 @@ impl Loader {
 
     /// Loads the recipe at `path` with `--set` overrides applied in order.
     pub fn load_file(&self, path: &Path, sets: &[String]) -> Result<Loaded, LoadError> {
+        let overrides = sets
+            .iter()
+            .map(|s| Override::set(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.load_file_with(path, &overrides)
+    }
+
+    /// Loads the recipe at `path` with `overrides` applied in order.
+    pub fn load_file_with(&self, path: &Path, overrides: &[Override]) -> Result<Loaded, LoadError> {
         let bytes = std::fs::read(path).map_err(|error| LoadError::Io {
             path: path.to_path_buf(),
             error,
         })?;
-        self.load_bytes(&path.display().to_string(), path.parent(), &bytes, sets)
+        Ok(self.load_bytes_with(
+            &path.display().to_string(),
+            path.parent(),
+            &bytes,
+            overrides,
+        ))
     }
 
     /// Loads a recipe from bytes; `name` is shown in diagnostics and `dir` resolves
@@ -123,10 +181,22 @@ impl Loader {
         bytes: &[u8],
         sets: &[String],
     ) -> Result<Loaded, LoadError> {
-        let parsed_sets = sets
+        let overrides = sets
             .iter()
-            .map(|s| parse_set(s))
+            .map(|s| Override::set(s))
             .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.load_bytes_with(name, dir, bytes, &overrides))
+    }
+
+    /// [`Loader::load_bytes`] with parsed overrides (which cannot fail to apply: their
+    /// problems are diagnostics).
+    pub fn load_bytes_with(
+        &self,
+        name: &str,
+        dir: Option<&Path>,
+        bytes: &[u8],
+        overrides: &[Override],
+    ) -> Loaded {
         let mut sources = Sources::new();
         let mut diagnostics = Vec::new();
         let mut chain = vec![canonical(dir, name)];
@@ -138,21 +208,22 @@ impl Loader {
             document: None,
         };
         let Some(mut doc) = document else {
-            return Ok(loaded);
+            return loaded;
         };
-        for (arg, path, value) in parsed_sets {
+        for o in overrides {
             apply_set(
                 &mut doc,
-                &arg,
-                &path,
-                value,
+                o.flag,
+                &o.arg,
+                &o.path,
+                o.value.clone(),
                 &mut loaded.sources,
                 &mut loaded.diagnostics,
             );
         }
         if loaded.has_errors() {
             loaded.document = Some(doc);
-            return Ok(loaded);
+            return loaded;
         }
         resolve_data_paths(&mut doc, &loaded.sources);
         let mut nf = Vec::new();
@@ -194,7 +265,7 @@ impl Loader {
         loaded.diagnostics.extend(schema_diags);
         loaded.diagnostics.extend(sem);
         loaded.document = Some(doc);
-        Ok(loaded)
+        loaded
     }
 }
 

@@ -22,18 +22,23 @@ pub(super) fn parse_set(arg: &str) -> Result<SetArg, LoadError> {
     if segs.iter().any(|s| s.is_empty()) {
         return Err(LoadError::BadSet(arg.to_string()));
     }
-    Ok((arg.to_string(), segs, (path.len() + 1, value.to_string())))
+    Ok((
+        arg.to_string(),
+        segs,
+        (path.chars().count() + 1, value.to_string()),
+    ))
 }
 
 pub(super) fn apply_set(
     doc: &mut Node,
+    flag: &str,
     arg: &str,
     path: &[String],
     (offset, text): (usize, String),
     sources: &mut Sources,
     diags: &mut Vec<Diagnostic>,
 ) {
-    let file = sources.add("--set", arg);
+    let file = sources.add(flag, arg);
     let whole = Span {
         file,
         line: 1,
@@ -71,7 +76,7 @@ pub(super) fn apply_set(
                         let key = Key {
                             name: seg.clone(),
                             span: Span {
-                                len: arg.chars().count() - text.chars().count() - 1,
+                                len: arg.split_once('=').map_or(0, |(p, _)| p.chars().count()),
                                 ..whole
                             },
                         };
