@@ -216,8 +216,8 @@ pub(super) fn pow2_at_most(n: usize) -> usize {
 ///   and DINO's EMA momentum 0.99 for runs under 10,000 steps, 0.996 (the papers')
 ///   from there; Barlow Twins and VICReg with a wide projector (512 on `small_cnn`,
 ///   2048 on ResNet) and LARS; DINO with SwAV's multi-crop (the reference's ResNet-50
-///   uses SwAV's crop scales), `loss.out_dim` about a tenth of the images as a power of two
-///   (64 to 65,536) and the teacher temperature warmed up over 30% of the epochs;
+///   uses SwAV's crop scales), `loss.out_dim` about a tenth of the images as a power
+///   of two (64 to 65,536) and the teacher temperature warmed up over 30% of the epochs;
 ///   rotation with one view, a crop of 50–100% and a flip only (RotNet's), the head a
 ///   classifier with one output per rotation, and RotNet's Nesterov SGD;
 /// - downstream: kNN, a linear probe and all pictures with labels; pictures that need
