@@ -173,7 +173,7 @@ enum Command {
         /// (or `val/`), IDX files or CIFAR batches (an IDX or CIFAR file names its folder).
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
-        /// The contrastive method (`supcon` needs labels).
+        /// The training method, the recipe's `loss.method` (`supcon` needs labels).
         #[arg(long, value_enum, default_value_t = commands::init::MethodArg::Simclr)]
         method: commands::init::MethodArg,
         /// The recipe file to write.

@@ -1,7 +1,8 @@
 //! `recipe init`: the recipe it writes for class folders (gray and RGB), a train/test
 //! folder layout, a flat folder, mixed sizes and IDX files is valid and says what the
 //! data is; the measured normalisation matches the data; the `$schema` modeline
-//! resolves; SupCon without labels and an existing file are refused.
+//! resolves; SupCon without labels and an existing file are refused; every `--method`
+//! writes a valid recipe with the keys its method needs, and DINO's and rotation's train.
 
 mod common;
 use common::{recipe, text};
@@ -237,6 +238,87 @@ fn rgb_train_test_layout() {
     );
 }
 
+/// Every `--method` value.
+const METHODS: [&str; 11] = [
+    "simclr",
+    "moco",
+    "memory_bank",
+    "swav",
+    "supcon",
+    "byol",
+    "simsiam",
+    "barlow_twins",
+    "vicreg",
+    "dino",
+    "rotation",
+];
+
+/// The keys a recipe for its method needs beyond the loss itself: a predictor of the
+/// projection's width for BYOL and SimSiam (and none elsewhere), one view and a 4-way
+/// head for rotation, a wide projector and LARS for Barlow Twins and VICReg, DINO's
+/// last layer and teacher-temperature warmup within the run.
+fn method_keys(r: &Recipe, text: &str) {
+    use recipe::spec::loss::Loss;
+    use recipe::spec::optim::Optimizer;
+    let method = r.loss.method();
+    let predictor = r.model.predictor.as_ref();
+    assert_eq!(
+        predictor.is_some(),
+        matches!(method, "byol" | "simsiam"),
+        "{text}"
+    );
+    if let Some(p) = predictor {
+        let hidden = p.hidden.clone().expect("predictor.hidden is written");
+        let head = &r.model.head;
+        if method == "byol" {
+            assert_eq!(hidden, head.hidden, "{text}");
+        } else {
+            assert_eq!(hidden, [head.out_dim / 4], "{text}");
+        }
+    }
+    match &r.loss {
+        Loss::Rotation { rotations, .. } => {
+            assert_eq!(rotations.len(), 4);
+            assert_eq!(r.model.head.out_dim, 4, "{text}");
+            assert_eq!(r.augment.total_views(), 1, "{text}");
+            assert_eq!(ops(r), ["random_resized_crop", "horizontal_flip"], "{text}");
+        }
+        Loss::BarlowTwins { .. } | Loss::Vicreg { .. } => {
+            assert!(r.model.head.out_dim >= 512, "{text}");
+            assert_eq!(r.model.head.hidden.len(), 2, "{text}");
+            assert!(matches!(r.optimizer, Optimizer::Lars { .. }), "{text}");
+            assert_eq!(r.augment.total_views(), 2, "{text}");
+        }
+        Loss::Byol { momentum } => assert_eq!(*momentum, 0.99, "{text}"),
+        Loss::Dino {
+            out_dim,
+            warmup_teacher_temp_epochs,
+            teacher_momentum,
+            ..
+        } => {
+            assert!(out_dim.is_power_of_two() && *out_dim >= 64, "{text}");
+            assert!(*warmup_teacher_temp_epochs < r.train.epochs, "{text}");
+            assert_eq!(*teacher_momentum, 0.99, "{text}");
+        }
+        _ => {}
+    }
+    // Every value the method adds under `loss` and `model` says what it is.
+    let new = matches!(
+        method,
+        "byol" | "simsiam" | "barlow_twins" | "vicreg" | "dino" | "rotation"
+    );
+    let mut section = "";
+    for l in text.lines() {
+        if !l.starts_with(' ') {
+            section = l;
+            continue;
+        }
+        if new && section == "loss:" && !l.trim_start().starts_with("method:") {
+            assert!(l.contains(" # "), "no comment on `{l}`\n{text}");
+        }
+    }
+}
+
 #[test]
 fn every_method_writes_a_valid_recipe() {
     let dir = tempfile::tempdir().unwrap();
@@ -245,7 +327,7 @@ fn every_method_writes_a_valid_recipe() {
     let rgb = dir.path().join("rgb");
     class_folder(&rgb, &["a", "b"], 12, 96, 3);
     for data in [&gray, &rgb] {
-        for method in ["simclr", "moco", "memory_bank", "swav", "supcon"] {
+        for method in METHODS {
             let file = dir.path().join(format!(
                 "{}-{method}.yaml",
                 data.file_name().unwrap().to_string_lossy()
@@ -260,11 +342,12 @@ fn every_method_writes_a_valid_recipe() {
             ]));
             let r = load(&file);
             assert_eq!(r.loss.method(), method);
-            if method == "swav" {
+            if matches!(method, "swav" | "dino") {
                 let mc = r.augment.multi_crop.as_ref().expect("multi-crop");
                 assert_eq!((mc.global.count, mc.global.size), (2, r.data.image_size));
                 assert!(mc.local.size < mc.global.size);
             }
+            method_keys(&r, &std::fs::read_to_string(&file).unwrap());
         }
     }
     // 96 px: ImageNet stem and a blur of about 10% of the side (odd).
@@ -288,6 +371,55 @@ fn every_method_writes_a_valid_recipe() {
             .iter()
             .all(|o| !matches!(o, Op::GaussianBlur(_)))
     );
+}
+
+/// What `init` writes trains: one short epoch of DINO (multi-crop, an EMA teacher) and
+/// of rotation (one view, the 4-way head) on a small unlabelled folder.
+#[test]
+fn new_method_recipes_train() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("flat");
+    std::fs::create_dir_all(&data).unwrap();
+    for i in 0..16 {
+        save(&data.join(format!("{i:02}.png")), i, 8, 8, 1);
+    }
+    for method in ["dino", "rotation"] {
+        let file = dir.path().join(format!("{method}.yaml"));
+        ok(&init(&[
+            "--data",
+            data.to_str().unwrap(),
+            "--method",
+            method,
+            "-o",
+            file.to_str().unwrap(),
+        ]));
+        let runs = dir.path().join(format!("runs-{method}"));
+        let out = recipe(&[
+            "run",
+            file.to_str().unwrap(),
+            "--out",
+            runs.to_str().unwrap(),
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "schedule.warmup_epochs=0",
+            "--set",
+            "data.subset=0.5",
+            "--set",
+            "downstream=[]",
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{method}\nstdout:\n{}\nstderr:\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        let run = std::fs::read_dir(&runs).unwrap().next().unwrap().unwrap();
+        let results = std::fs::read_to_string(run.path().join("results.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&results).unwrap();
+        assert!(v.is_object(), "{method}: {results}");
+    }
 }
 
 #[test]

@@ -20,6 +20,18 @@ pub enum MethodArg {
     Swav,
     /// Supervised contrastive learning (needs class subfolders or labelled files).
     Supcon,
+    /// BYOL (an online network and predictor regress an EMA target's projection).
+    Byol,
+    /// SimSiam (a predictor and a stop-gradient, no momentum encoder).
+    Simsiam,
+    /// Barlow Twins (the views' cross-correlation driven to the identity).
+    BarlowTwins,
+    /// VICReg (invariance, variance and covariance terms).
+    Vicreg,
+    /// DINO self-distillation (multi-crop where the images are large enough).
+    Dino,
+    /// RotNet rotation prediction (one view, the head a 4-way classifier).
+    Rotation,
 }
 
 impl From<MethodArg> for Method {
@@ -30,6 +42,12 @@ impl From<MethodArg> for Method {
             MethodArg::MemoryBank => Method::MemoryBank,
             MethodArg::Swav => Method::Swav,
             MethodArg::Supcon => Method::Supcon,
+            MethodArg::Byol => Method::Byol,
+            MethodArg::Simsiam => Method::Simsiam,
+            MethodArg::BarlowTwins => Method::BarlowTwins,
+            MethodArg::Vicreg => Method::Vicreg,
+            MethodArg::Dino => Method::Dino,
+            MethodArg::Rotation => Method::Rotation,
         }
     }
 }

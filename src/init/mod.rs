@@ -39,7 +39,8 @@ pub use detect::{Detected, DetectedSource, TestSplit, channel_stats, detect};
 use render::*;
 pub use render::{find_schema, relative_path, render, thousands};
 
-/// The contrastive method a recipe is written for (`loss.method`).
+/// The self-supervised (or supervised contrastive) method a recipe is written for
+/// (`loss.method`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
     /// SimCLR's NT-Xent over two views.
@@ -52,6 +53,18 @@ pub enum Method {
     Swav,
     /// Supervised contrastive learning; needs labels.
     Supcon,
+    /// BYOL: an online network with a predictor regresses an EMA target's projection.
+    Byol,
+    /// SimSiam: a predictor and a stop-gradient, no momentum encoder.
+    Simsiam,
+    /// Barlow Twins: the two views' cross-correlation driven to the identity.
+    BarlowTwins,
+    /// VICReg: invariance, variance and covariance terms.
+    Vicreg,
+    /// DINO self-distillation, with multi-crop where the images are large enough.
+    Dino,
+    /// RotNet rotation prediction: one view, the head a 4-way classifier.
+    Rotation,
 }
 
 impl Method {
@@ -63,6 +76,12 @@ impl Method {
             Method::MemoryBank => "memory_bank",
             Method::Swav => "swav",
             Method::Supcon => "supcon",
+            Method::Byol => "byol",
+            Method::Simsiam => "simsiam",
+            Method::BarlowTwins => "barlow_twins",
+            Method::Vicreg => "vicreg",
+            Method::Dino => "dino",
+            Method::Rotation => "rotation",
         }
     }
 }

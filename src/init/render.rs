@@ -211,7 +211,15 @@ pub(super) fn pow2_at_most(n: usize) -> usize {
 ///   4096 negatives, at most `N / 2`; SwAV multi-crop (2 global + 4 local crops) where
 ///   a local crop of about half the side still fits the backbone, 10 prototypes per
 ///   class (or `N / 10`, at most `N / 2`), the prototypes frozen for the first epoch;
-///   SupCon only with labels;
+///   SupCon only with labels; BYOL and SimSiam with `model.predictor` (BYOL's as wide
+///   as the projector's hidden layer, SimSiam's a quarter of the projection), BYOL's
+///   and DINO's EMA momentum 0.99 for runs under 10,000 steps, 0.996 (the papers')
+///   from there; Barlow Twins and VICReg with a wide projector (512 on `small_cnn`,
+///   2048 on ResNet) and LARS; DINO with SwAV's multi-crop (the reference's ResNet-50
+///   uses SwAV's crop scales), `loss.out_dim` about a tenth of the images as a power
+///   of two (64 to 65,536) and the teacher temperature warmed up over 30% of the epochs;
+///   rotation with one view, a crop of 50–100% and a flip only (RotNet's), the head a
+///   classifier with one output per rotation, and RotNet's Nesterov SGD;
 /// - downstream: kNN, a linear probe and all pictures with labels; pictures that need
 ///   no labels without them.
 pub fn render(
@@ -223,7 +231,8 @@ pub fn render(
     if method == Method::Supcon && !d.labelled() {
         return Err(InitError::Usage(format!(
             "`--method supcon` needs labels, but {} has none; use class subfolders \
-             (one per class), or a self-supervised method (simclr, moco, memory_bank, swav)",
+             (one per class), or a self-supervised method (simclr, moco, memory_bank, swav, \
+             byol, simsiam, barlow_twins, vicreg, dino, rotation)",
             d.layout
         )));
     }
@@ -442,7 +451,7 @@ pub fn render(
             "- gaussian_blur: {{kernel_size: {k}, sigma: [0.1, 2.0], p: 0.5}}\u{1}# about 10% of the side, odd"
         )
     });
-    let multi_crop = (method == Method::Swav).then(|| {
+    let multi_crop = matches!(method, Method::Swav | Method::Dino).then(|| {
         let local = if s <= 64 { s / 2 } else { (s * 3).div_ceil(7) }.max(net.min_side());
         (local < s).then_some(local)
     });
@@ -452,6 +461,8 @@ pub fn render(
             let (g, l) = if s < 32 {
                 ("[0.35, 1.0]", "[0.1, 0.35]")
             } else {
+                // Also DINO's scales for a ResNet-50 (facebookresearch/dino's
+                // `dino_resnet50` arguments); its ViT defaults are 0.4 and 0.05–0.4.
                 ("[0.14, 1.0]", "[0.05, 0.14]")
             };
             line("  pipeline:\u{1}# applied to every crop after it is made");
@@ -462,34 +473,54 @@ pub fn render(
             for o in &ops {
                 line(&format!("    {o}"));
             }
-            line("  multi_crop:\u{1}# SwAV: codes from the global crops, predicted from all");
+            if method == Method::Dino {
+                line(
+                    "  multi_crop:\u{1}# DINO: the teacher sees the global crops, the student all",
+                );
+            } else {
+                line("  multi_crop:\u{1}# SwAV: codes from the global crops, predicted from all");
+            }
             line(&format!("    global: {{count: 2, size: {s}, scale: {g}}}"));
             line(&format!(
                 "    local: {{count: 4, size: {local}, scale: {l}}}"
             ));
         }
         _ => {
-            let views = if method == Method::MemoryBank { 1 } else { 2 };
-            line(&format!(
-                "  views: {views}{}",
-                if views == 1 {
-                    "\u{1}# the memory bank compares one view with its stored embedding"
-                } else {
-                    ""
+            let views = match method {
+                Method::MemoryBank => {
+                    "1\u{1}# the memory bank compares one view with its stored embedding"
                 }
-            ));
+                Method::Rotation => "1\u{1}# RotNet: one view, fed at every rotation",
+                Method::Swav | Method::Dino => {
+                    "2\u{1}# too small for multi-crop's local crops: two views"
+                }
+                _ => "2",
+            };
+            line(&format!("  views: {views}"));
             line("  pipeline:");
-            ops.push(format!(
-                "- random_resized_crop: {{size: {s}, scale: [{}, 1.0]}}\u{1}# the whole side; crops down to {:.0}% of the area",
-                num(crop_lo),
-                crop_lo * 100.0
-            ));
-            ops.push(flip);
-            ops.push(jitter);
-            ops.extend(gray);
-            ops.extend(blur);
+            if method == Method::Rotation {
+                // RotNet's CIFAR augmentation is a padded random crop and a flip: the
+                // rotation is the task, and colour changes do not hide it.
+                ops.push(format!(
+                    "- random_resized_crop: {{size: {s}, scale: [0.5, 1.0]}}\u{1}# a mild crop, as rotation.yaml (RotNet: a padded crop)"
+                ));
+                ops.push(flip);
+            } else {
+                ops.push(format!(
+                    "- random_resized_crop: {{size: {s}, scale: [{}, 1.0]}}\u{1}# the whole side; crops down to {:.0}% of the area",
+                    num(crop_lo),
+                    crop_lo * 100.0
+                ));
+                ops.push(flip);
+                ops.push(jitter);
+                ops.extend(gray);
+                ops.extend(blur);
+            }
             for o in &ops {
                 line(&format!("    {o}"));
+            }
+            if method == Method::Rotation {
+                line("    # no colour ops: RotNet's augmentation is a crop and a flip");
             }
         }
     }
@@ -514,12 +545,52 @@ pub fn render(
             "  backbone: {{arch: resnet18, stem: imagenet}}\u{1}# {s} px: the 7×7 stride-2 stem and max pool"
         )),
     }
-    if method == Method::MemoryBank {
-        line("  head: {hidden: [], out_dim: 128}\u{1}# InstDisc: one linear layer to 128-d");
-    } else if matches!(net, Net::Small(_)) {
-        line("  head: {hidden: [128], out_dim: 64, batch_norm: true}");
-    } else {
-        line("  head: {hidden: [512], out_dim: 128, batch_norm: true}");
+    let small = matches!(net, Net::Small(_));
+    match method {
+        Method::MemoryBank => {
+            line("  head: {hidden: [], out_dim: 128}\u{1}# InstDisc: one linear layer to 128-d")
+        }
+        Method::Rotation => line(&format!(
+            "  head: {{hidden: [{}], out_dim: 4, batch_norm: true}}\u{1}# the rotation classifier: one output per rotation",
+            if small { 128 } else { 512 }
+        )),
+        Method::Byol => {
+            // byol.yaml's 256 → 64 projector on the small CNN; the predictor is as wide
+            // as the projector, as in the paper (4096 for both).
+            let (hidden, out) = if small { (256, 64) } else { (512, 128) };
+            line(&format!(
+                "  head: {{hidden: [{hidden}], out_dim: {out}, batch_norm: true}}\u{1}# the projector (the paper's 4096 → 256, scaled down)"
+            ));
+            line(&format!(
+                "  predictor: {{hidden: [{hidden}]}}\u{1}# BYOL's predictor: as wide as the projector, back to {out}"
+            ));
+        }
+        Method::Simsiam => {
+            // The projection as wide as the backbone's features (the paper's 2048 for
+            // ResNet-50's), the predictor a bottleneck of a quarter of it.
+            let width = if small { 128 } else { 512 };
+            line(&format!(
+                "  head: {{hidden: [{width}], out_dim: {width}, batch_norm: true}}\u{1}# the projector, as wide as the features"
+            ));
+            line(&format!(
+                "  predictor: {{hidden: [{}]}}\u{1}# SimSiam's bottleneck: a quarter of the projection",
+                width / 4
+            ));
+        }
+        Method::BarlowTwins | Method::Vicreg => {
+            let w = if small { 512 } else { 2048 };
+            line(&format!(
+                "  head: {{hidden: [{w}, {w}], out_dim: {w}, batch_norm: true}}\u{1}# a wide projector (the paper's 8192-8192-8192, scaled down)"
+            ));
+        }
+        Method::Dino => {
+            let (hidden, out) = if small { (256, 64) } else { (512, 128) };
+            line(&format!(
+                "  head: {{hidden: [{hidden}, {hidden}], out_dim: {out}, batch_norm: true}}\u{1}# DINOHead's MLP to its bottleneck (2048, 2048 → 256 in the paper)"
+            ));
+        }
+        _ if small => line("  head: {hidden: [128], out_dim: 64, batch_norm: true}"),
+        _ => line("  head: {hidden: [512], out_dim: 128, batch_norm: true}"),
     }
 
     // --- training length and batch
@@ -532,8 +603,27 @@ pub fn render(
     let steps = (n / batch).max(1);
 
     // --- loss
+    // BYOL's and DINO's EMA rate rises to 1 over the run from this base: the papers'
+    // 0.996 moves the target too slowly over a short run (byol.yaml and dino.yaml use
+    // 0.99 for a few hundred steps, as solo-learn's CIFAR recipes).
+    let total_steps = steps * epochs;
+    let ema = if total_steps >= 10_000 {
+        format!(
+            "0.996\u{1}# the paper's, for {} steps; rises to 1 on a cosine",
+            thousands(total_steps)
+        )
+    } else {
+        format!(
+            "0.99\u{1}# {} steps: the paper's 0.996 is for longer runs; rises to 1 on a cosine",
+            thousands(total_steps)
+        )
+    };
     line("loss:");
-    line(&format!("  method: {}", method.name()));
+    if method == Method::Simsiam {
+        line("  method: simsiam\u{1}# no keys: the predictor and a stop-gradient do the work");
+    } else {
+        line(&format!("  method: {}", method.name()));
+    }
     match method {
         Method::Simclr => line("  temperature: 0.2"),
         Method::Moco => {
@@ -596,11 +686,61 @@ pub fn render(
             line("  temperature: 0.1");
             line("  base_temperature: 0.07");
         }
+        Method::Byol => line(&format!("  momentum: {ema}")),
+        Method::Simsiam => {}
+        Method::BarlowTwins => {
+            line("  lambda: 0.0051\u{1}# off-diagonal weight, the reference's `--lambd`");
+            line("  scale_loss: 0.1\u{1}# solo-learn's CIFAR value, as barlow_twins.yaml");
+        }
+        Method::Vicreg => {
+            line("  invariance_coeff: 25.0\u{1}# the paper's 25 : 25 : 1");
+            line("  variance_coeff: 25.0\u{1}# keeps each feature's std over the batch at 1");
+            line("  covariance_coeff: 1.0\u{1}# decorrelates the features");
+            line("  variance_epsilon: 1.0e-4\u{1}# in sqrt(Var + ε), as the reference");
+        }
+        Method::Dino => {
+            // About a tenth of the images, as a power of two: dino.yaml's 1024 for
+            // 10,000 images; the reference's 65,536 for ImageNet.
+            let out_dim = (n / 10).next_power_of_two().clamp(64, 65536);
+            let warm = (epochs * 3 / 10).max(1);
+            line(&format!(
+                "  out_dim: {out_dim}\u{1}# the last layer's outputs: about a tenth of the images, a power of two"
+            ));
+            line("  student_temp: 0.1\u{1}# the paper's τ_s");
+            line("  warmup_teacher_temp: 0.04\u{1}# τ_t rises from 0.04 to 0.07, as the paper");
+            line("  teacher_temp: 0.07\u{1}# sharper than the student's");
+            line(&format!(
+                "  warmup_teacher_temp_epochs: {warm}\u{1}# 30% of the epochs (the paper: 30 of 100)"
+            ));
+            line(&format!("  teacher_momentum: {ema}"));
+            line("  center_momentum: 0.9\u{1}# of the teacher outputs' centre");
+            line("  freeze_last_layer: 1\u{1}# epochs the last layer stays fixed, as the paper");
+        }
+        Method::Rotation => {
+            line("  rotations: [0, 90, 180, 270]\u{1}# RotNet's four: head.out_dim is their count");
+            line("  all_rotations: true\u{1}# every rotation of every image in each batch");
+        }
     }
 
     // --- optimiser and schedule
     line("optimizer:");
     match method {
+        Method::BarlowTwins | Method::Vicreg => {
+            line("  name: lars\u{1}# as barlow_twins.yaml and vicreg.yaml");
+            line("  lr: 0.3\u{1}# their 0.3 × batch/256");
+            line("  lr_scaling: linear\u{1}# × batch/256");
+            line("  momentum: 0.9");
+            line("  weight_decay: 1.0e-5\u{1}# light: LARS adapts each layer's step");
+            line("  trust_coefficient: 0.02\u{1}# LARS's η, as solo-learn");
+        }
+        Method::Rotation => {
+            line("  name: sgd\u{1}# RotNet's CIFAR settings: lr 0.1 at batch 128, Nesterov");
+            line("  lr: 0.2\u{1}# 0.1 at batch 128");
+            line("  lr_scaling: linear\u{1}# × batch/256");
+            line("  momentum: 0.9");
+            line("  nesterov: true\u{1}# RotNet's Nesterov momentum");
+            line("  weight_decay: 5.0e-4\u{1}# RotNet's");
+        }
         Method::Swav => {
             line("  name: lars");
             line("  lr: 0.6");
@@ -614,10 +754,27 @@ pub fn render(
                 Method::Moco => ("0.06", "5.0e-4", true),
                 Method::MemoryBank => ("0.03", "5.0e-4", false),
                 Method::Supcon => ("0.5", "1.0e-4", true),
+                // byol.yaml and simsiam.yaml: 0.1 beat 0.05 on their short runs.
+                Method::Byol | Method::Simsiam => ("0.1", "5.0e-4", true),
                 _ => ("0.3", "1.0e-4", true),
             };
-            line("  name: sgd");
-            line(&format!("  lr: {lr}"));
+            let (name_note, lr_note) = match method {
+                Method::Byol => (
+                    "\u{1}# as byol.yaml (the paper: LARS, for batches of 4096)",
+                    "\u{1}# 0.1 beat 0.05 in byol.yaml's short runs",
+                ),
+                Method::Simsiam => (
+                    "\u{1}# SGD with momentum, as the paper",
+                    "\u{1}# 0.1 beat the paper's 0.05 in simsiam.yaml's short runs",
+                ),
+                Method::Dino => (
+                    "\u{1}# SGD, as dino.yaml and the reference's ResNet-50",
+                    "\u{1}# dino.yaml's",
+                ),
+                _ => ("", ""),
+            };
+            line(&format!("  name: sgd{name_note}"));
+            line(&format!("  lr: {lr}{lr_note}"));
             if scaled {
                 line("  lr_scaling: linear\u{1}# × batch/256");
             }
