@@ -215,12 +215,17 @@ pub fn status(dir: &Path) -> RunStatus {
 }
 
 /// The start time of process `pid` in clock ticks since boot (field 22 of
-/// `/proc/PID/stat`), or `None` without `/proc` or such a process.
+/// `/proc/PID/stat`), or `None` without `/proc`, such a process, or with a process
+/// that has exited and awaits its parent (a zombie: state `Z` or `X`).
 fn process_start(pid: &str) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Field 2, the command name, is in parentheses and may hold spaces.
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = rest.split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X" | "x")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// Whether process `pid` (started at `start` ticks, when known) is alive on this host.
