@@ -308,6 +308,19 @@ fn show_value(v: &Option<Value>) -> String {
     }
 }
 
+/// The widest recipe value `recipe compare` prints (`compare.md` has them whole).
+const TEXT_CELL: usize = 40;
+
+/// `s` cut to `max` characters, the last one `…`.
+fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
+    t.push('…');
+    t
+}
+
 /// `s` safe inside a markdown table cell.
 fn md_cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
@@ -417,7 +430,11 @@ impl Comparison {
                 std::iter::once(l.label.clone())
                     .chain(l.cells.iter().map(|c| {
                         let s = show_value(c);
-                        if md { md_cell(&s) } else { s }
+                        if md {
+                            md_cell(&s)
+                        } else {
+                            shorten(&s, TEXT_CELL)
+                        }
                     }))
                     .collect()
             })
@@ -436,7 +453,7 @@ impl Comparison {
     }
 
     /// What `recipe compare` prints: the downstream table (top-1 %), then the recipe
-    /// keys that differ.
+    /// keys that differ (values over 40 characters shortened with `…`).
     pub fn text(&self) -> String {
         let mut s = String::new();
         if self.results.is_empty() {
