@@ -126,9 +126,9 @@ enum Command {
         #[arg(long = "set", value_name = "PATH=VALUE")]
         sets: Vec<String>,
     },
-    /// List the run directories under a folder (and one level of sweep folders below
-    /// it): name, method, start time, status (running / finished / interrupted /
-    /// failed), epochs done, kNN and linear top-1 of the trained encoder; oldest first.
+    /// List the run directories under a folder, sweep folders included (up to three
+    /// levels down): name, method, start time, status (running / finished / interrupted
+    /// / failed), epochs done, kNN and linear top-1 of the trained encoder; oldest first.
     Runs {
         /// The folder to list (`output.dir` of the recipes: `runs` by default).
         #[arg(default_value = "runs")]
