@@ -31,6 +31,7 @@ pub mod optim;
 pub mod plan;
 /// Run outputs for people: metrics files, charts, image grids and `report.md`.
 pub mod report;
+pub mod runs;
 pub mod runtime;
 pub mod spec;
 pub mod sweep;

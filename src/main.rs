@@ -164,6 +164,31 @@ enum Command {
         #[arg(long = "set", value_name = "PATH=VALUE")]
         sets: Vec<String>,
     },
+    /// List the run directories under a folder, sweep folders included (up to three
+    /// levels down): name, method, start time, status (running / finished / interrupted
+    /// / failed), epochs done, kNN and linear top-1 of the trained encoder; oldest first.
+    Runs {
+        /// The folder to list (`output.dir` of the recipes: `runs` by default).
+        #[arg(default_value = "runs")]
+        dir: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Compare run directories side by side: every downstream result, the recipe keys
+    /// that differ, and the loss and kNN curves overlaid. Prints the tables and writes
+    /// compare.md, compare_loss.png and compare_knn.png into --out.
+    Compare {
+        /// Two or more run directories.
+        #[arg(value_name = "RUN_DIR")]
+        dirs: Vec<PathBuf>,
+        /// Folder for compare.md and the pictures (created if needed).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: PathBuf,
+        /// Output format of what is printed (`json`: the comparison as JSON).
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
     /// Write a starting recipe for a dataset: an image folder (one subfolder per class,
     /// or flat and unlabelled), MNIST-style IDX files or CIFAR binary batches. Detects
     /// size, channels, classes and the test split, measures the normalisation, sizes
@@ -284,6 +309,8 @@ fn main() -> ExitCode {
             tasks,
             sets,
         } => commands::run::eval(&target, &tasks, &sets),
+        Command::Runs { dir, format } => commands::runs::runs(&dir, format),
+        Command::Compare { dirs, out, format } => commands::compare::compare(&dirs, &out, format),
         Command::Init {
             data,
             method,

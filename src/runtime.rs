@@ -82,6 +82,35 @@ pub fn cpu_time() -> Option<Duration> {
     Some(tv(u.ru_utime) + tv(u.ru_stime))
 }
 
+/// This machine's name as it may appear in a file name: characters other than ASCII
+/// letters, digits, `-`, `_` and `.` become `_` (`localhost` when unknown). The
+/// TensorBoard events file names carry it; `status.json` records it.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for `buf.len()` bytes; gethostname writes at most
+    // that many and we read up to the first NUL within the buffer.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let name: String = if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end])
+            .chars()
+            .map(
+                |c| match c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                    true => c,
+                    false => '_',
+                },
+            )
+            .collect()
+    } else {
+        String::new()
+    };
+    if name.is_empty() {
+        "localhost".into()
+    } else {
+        name
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,12 +3,14 @@
 //! 1 invalid recipe or failed run, 2 usage or I/O error, 130 interrupted).
 
 pub mod bench;
+pub mod compare;
 pub mod device_check;
 pub mod init;
 pub mod plan;
 pub mod preview;
 pub mod render;
 pub mod run;
+pub mod runs;
 pub mod sweep;
 pub mod validate;
 

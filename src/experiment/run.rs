@@ -41,17 +41,50 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, ExperimentError> {
     impl OnDevice for Run<'_> {
         type Output = Result<RunOutcome, ExperimentError>;
         fn run<D: EngineDevice>(self, dev: D) -> Self::Output {
-            run_on(self.0, dev, self.1)
+            run_recorded(self.0, dev, self.1)
         }
     }
     let name = device.name();
     device.dispatch(Run(req, name))
 }
 
+/// [`run_on`], with its outcome recorded in the run directory's `status.json` once
+/// the invocation has a directory of its own to record it in (see [`rundir::status`]).
+fn run_recorded<D: EngineDevice>(
+    req: &RunRequest,
+    dev: D,
+    device_name: &str,
+) -> Result<RunOutcome, ExperimentError> {
+    // Dropped while a panic unwinds, it records `failed`.
+    let mut live = None;
+    let out = run_on(req, dev, device_name, &mut live);
+    if let Some(live) = live {
+        let outcome = match &out {
+            Ok(RunOutcome::Finished { results, .. }) => rundir::Outcome::Finished {
+                step: results["training"]["steps"].as_u64().unwrap_or(0),
+            },
+            Ok(RunOutcome::Interrupted { step, .. }) => {
+                rundir::Outcome::Interrupted { step: *step }
+            }
+            Err(e) => rundir::Outcome::Failed {
+                error: e.to_string(),
+            },
+        };
+        if let Err(e) = live.end(&outcome) {
+            eprintln!("warning: cannot record how the run ended: {e}");
+        }
+    }
+    out
+}
+
+/// The run itself; `live` receives the run directory's [`rundir::LiveStatus`] as soon
+/// as this invocation owns the directory: at once for a new run, after the checks and
+/// `invocations.jsonl` for a resumed one (a refused resume leaves the status alone).
 fn run_on<D: EngineDevice>(
     req: &RunRequest,
     dev: D,
     device_name: &str,
+    live: &mut Option<rundir::LiveStatus>,
 ) -> Result<RunOutcome, ExperimentError> {
     let r = &req.recipe;
     let started = Instant::now();
@@ -99,6 +132,7 @@ fn run_on<D: EngineDevice>(
                 }
             }
             .map_err(ExperimentError::Files)?;
+            *live = Some(rundir::LiveStatus::start(&dir, 0).map_err(ExperimentError::Files)?);
             if world > 1 {
                 resume::world_size_note(&dir, world, false, r.train.sync_batch_norm)
                     .map_err(ExperimentError::Files)?;
@@ -252,6 +286,10 @@ fn run_on<D: EngineDevice>(
             },
         )
         .map_err(ExperimentError::Files)?;
+        if live.is_none() {
+            *live =
+                Some(rundir::LiveStatus::start(&dir, start_step).map_err(ExperimentError::Files)?);
+        }
     }
     // The collapse indicators' fixed sample (rank 0 alone measures them).
     let watch_set: Option<Dataset> = (writer && r.train.watch_samples > 0).then(|| {

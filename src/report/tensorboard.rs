@@ -429,33 +429,6 @@ pub fn event_files(dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
     Ok(out)
 }
 
-/// This machine's name as it may appear in a file name (`localhost` when unknown).
-fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for `buf.len()` bytes; gethostname writes at most
-    // that many and we read up to the first NUL within the buffer.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let name: String = if rc == 0 {
-        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        String::from_utf8_lossy(&buf[..end])
-            .chars()
-            .map(
-                |c| match c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                    true => c,
-                    false => '_',
-                },
-            )
-            .collect()
-    } else {
-        String::new()
-    };
-    if name.is_empty() {
-        "localhost".into()
-    } else {
-        name
-    }
-}
-
 fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -538,7 +511,7 @@ impl EventWriter {
         let secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let base = format!("{FILE_PREFIX}{secs}.{}", hostname());
+        let base = format!("{FILE_PREFIX}{secs}.{}", crate::runtime::hostname());
         let mut path = dir.join(&base);
         let mut n = 1;
         while path.exists() {

@@ -76,26 +76,37 @@ impl SweepOutcome {
 }
 
 /// What a combination's run directory holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum DirStatus {
     /// `results.json` is written: skip it.
     Finished,
     /// A checkpoint without results: resume it.
     Interrupted,
+    /// Another live process is running it: leave it alone.
+    Running(String),
     /// Nothing to continue from: start it.
     Fresh,
 }
 
-/// Interim rule until `train::rundir::status()` (written on another branch) lands;
-/// swap this function for it: finished when `results.json` exists, interrupted when
-/// `checkpoints/last.safetensors` does, otherwise fresh.
+/// [`rundir::status`], as the sweep acts on it: a run that stopped with a checkpoint
+/// (interrupted, or failed after one) is resumed; one that failed before any is
+/// started again.
 fn status(dir: &Path) -> DirStatus {
-    if dir.join("results.json").is_file() {
-        DirStatus::Finished
-    } else if dir.join(rundir::CHECKPOINTS).join(rundir::LAST).is_file() {
-        DirStatus::Interrupted
-    } else {
-        DirStatus::Fresh
+    let checkpoint = dir.join(rundir::CHECKPOINTS).join(rundir::LAST).is_file();
+    if !dir.exists() {
+        return DirStatus::Fresh;
+    }
+    match rundir::status(dir) {
+        rundir::RunStatus::Finished => DirStatus::Finished,
+        rundir::RunStatus::Running { pid, host } => {
+            DirStatus::Running(format!("process {pid} on {host} is running it"))
+        }
+        rundir::RunStatus::Interrupted { .. } | rundir::RunStatus::Failed { .. } if checkpoint => {
+            DirStatus::Interrupted
+        }
+        rundir::RunStatus::Interrupted { .. } | rundir::RunStatus::Failed { .. } => {
+            DirStatus::Fresh
+        }
     }
 }
 
@@ -138,6 +149,11 @@ pub fn run(req: &SweepRequest) -> Result<SweepOutcome, ExperimentError> {
             DirStatus::Finished => {
                 eprintln!("{head}: finished earlier, skipped ({})", dir.display());
                 skipped += 1;
+                continue;
+            }
+            DirStatus::Running(why) => {
+                eprintln!("{head}: not started: {why} ({})", dir.display());
+                errors[i] = Some(why);
                 continue;
             }
             DirStatus::Interrupted => {
