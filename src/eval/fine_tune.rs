@@ -1,9 +1,10 @@
 //! Fine-tuning: the whole backbone plus a fresh linear classifier, trained end to end on
 //! labelled images.
 //!
-//! What runs, per step: a batch of training images, each flipped horizontally with
-//! probability 0.5 (the only augmentation, so the score measures the representation and
-//! not an augmentation recipe) and normalised; the backbone in training mode (batch
+//! What runs, per step: a batch of training images, each augmented ([`Augmentation`]:
+//! by default only a horizontal flip with probability 0.5, so the score measures the
+//! representation and not an augmentation recipe; or the recipe's first view) and
+//! normalised; the backbone in training mode (batch
 //! norm uses and updates batch statistics); the classifier `fc` (`Linear`, PyTorch's
 //! default init from the seed); the mean cross-entropy; then two SGD steps (momentum
 //! 0.9, coupled weight decay on weights, not on biases or norm parameters: the engine's
@@ -285,6 +286,10 @@ pub struct FineTuneTask {
     pub fractions: Vec<f64>,
     /// Fine-tuning epochs per fraction.
     pub epochs: Vec<usize>,
+    /// Batch size per fraction (fine-tuning and the supervised baseline).
+    pub batch_sizes: Vec<usize>,
+    /// How the fine-tuned networks (trained and untrained) augment training images.
+    pub augment: Augmentation,
     /// The supervised row, when asked for.
     pub supervised: Option<SupervisedConfig>,
 }
@@ -312,14 +317,17 @@ impl FineTuneTask {
                 picked = enc.train.select(&subset);
                 &picked
             };
+            let pick =
+                |v: &[usize], default: usize| v.get(i).or(v.last()).copied().unwrap_or(default);
             let cfg = FineTuneConfig {
-                epochs: self.epochs[i.min(self.epochs.len() - 1)],
+                epochs: pick(&self.epochs, self.cfg.epochs),
+                batch_size: pick(&self.batch_sizes, self.cfg.batch_size),
                 ..self.cfg
             };
-            let flip = Augmentation::Flip;
-            let res = fine_tune(&m, enc.store, train, test, enc.norm, &cfg, &flip)?;
+            let aug = &self.augment;
+            let res = fine_tune(&m, enc.store, train, test, enc.norm, &cfg, aug)?;
             let untrained = enc.untrained().1;
-            let base = fine_tune(&m0, untrained, train, test, enc.norm, &cfg, &flip)?;
+            let base = fine_tune(&m0, untrained, train, test, enc.norm, &cfg, aug)?;
             let sup = match &self.supervised {
                 Some(s) => Some(fine_tune(
                     &m0,
@@ -332,7 +340,7 @@ impl FineTuneTask {
                         lr: s.lr,
                         backbone_lr_scale: 1.0,
                         weight_decay: s.weight_decay,
-                        ..self.cfg
+                        ..cfg
                     },
                     &Augmentation::Pipeline(s.augment.clone()),
                 )?),
@@ -340,8 +348,14 @@ impl FineTuneTask {
             };
             by.push((f, subset.len(), [Some(res), Some(base), None, sup]));
         }
+        let augment = match self.augment {
+            Augmentation::Flip => "flip",
+            Augmentation::Pipeline(_) => "first_view",
+        };
         let json = serde_json::json!({"task": "fine_tune", "epochs": self.epochs,
-            "lr": self.cfg.lr, "backbone_lr_scale": self.cfg.backbone_lr_scale});
+            "batch_size": self.batch_sizes, "lr": self.cfg.lr,
+            "backbone_lr_scale": self.cfg.backbone_lr_scale,
+            "weight_decay": self.cfg.weight_decay, "augment": augment});
         let mut out = super::downstream::fraction_output(
             json,
             "fine-tune top-1",
