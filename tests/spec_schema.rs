@@ -294,7 +294,7 @@ fn new_downstream_keys_have_their_documented_defaults() {
     // and the recipe's first view when asked.
     let sets = [
         "downstream=[{task: fine_tune}, {task: fine_tune, label_fraction: [0.01, 1.0], \
-         batch_size: [16, 256], augment: first_view}]"
+         batch_size: [16, 256], augment: first_view, head_norm: true}]"
             .to_string(),
     ];
     let loaded = loader
@@ -306,11 +306,13 @@ fn new_downstream_keys_have_their_documented_defaults() {
             Task::FineTune {
                 batch_size: Epochs::One(256),
                 augment: FineTuneAugment::Flip,
+                head_norm: false,
                 ..
             },
             Task::FineTune {
                 batch_size: Epochs::PerFraction(b),
                 augment: FineTuneAugment::FirstView,
+                head_norm: true,
                 ..
             },
         ] => assert_eq!(b, &[16, 256]),
@@ -320,4 +322,5 @@ fn new_downstream_keys_have_their_documented_defaults() {
     assert_eq!(rendered["downstream"][0]["batch_size"], 256);
     assert_eq!(rendered["downstream"][0]["augment"], "flip");
     assert_eq!(rendered["downstream"][1]["augment"], "first_view");
+    assert_eq!(rendered["downstream"][0]["head_norm"], false);
 }

@@ -70,6 +70,7 @@ pub fn downstream(r: &Recipe) -> Result<Vec<eval::downstream::Task>, String> {
                 weight_decay,
                 label_fraction,
                 augment,
+                head_norm,
                 supervised,
             } => {
                 let fractions = label_fraction.values();
@@ -104,6 +105,7 @@ pub fn downstream(r: &Recipe) -> Result<Vec<eval::downstream::Task>, String> {
                         backbone_lr_scale: *backbone_lr_scale,
                         weight_decay: *weight_decay,
                         seed: r.seed,
+                        head_norm: *head_norm,
                     },
                     epochs: epochs.per_fraction(fractions.len()),
                     batch_sizes,

@@ -133,6 +133,11 @@ pub enum Task {
         /// and flips).
         #[serde(default)]
         augment: FineTuneAugment,
+        /// Put a batch norm (affine, learned, not decayed) between the pooled features
+        /// and the linear classifier of every row (trained, untrained, supervised), so
+        /// the classifier sees standardised features, as the linear probe does.
+        #[serde(default)]
+        head_norm: bool,
         /// Also train the supervised baseline: the same backbone and a linear
         /// classifier from scratch with cross-entropy on the same labelled images, with
         /// the recipe's first-view augmentation — the row that answers "did pretraining

@@ -109,6 +109,7 @@ pub(super) fn check_downstream(r: &Recipe, out: &mut Vec<Diagnostic>) {
                 label_fraction,
                 supervised,
                 augment: _,
+                head_norm: _,
             } => {
                 let n = fractions(out, &p, label_fraction);
                 per_fraction_epochs(out, &format!("{p}.epochs"), epochs, n);
