@@ -30,7 +30,9 @@ train: {epochs: 2, batch_size: 32, threads: 2}
 downstream:
   - {task: knn, k: 5, label_fraction: [0.1, 1.0]}
   - {task: linear_probe, epochs: 2, batch_size: 64, weight_decay: [0.0, 1.0e-3], label_fraction: [0.1, 1.0]}
-  - {task: fine_tune, epochs: [2, 1], batch_size: 16, label_fraction: [0.1, 1.0], supervised: {epochs: [2, 1], lr: 0.05}}
+  - {task: fine_tune, epochs: [2, 1], batch_size: [4, 16], augment: first_view, head_norm: true,
+     label_fraction: [0.1, 1.0],
+     supervised: {epochs: [2, 1], lr: 0.05}}
 "#;
 
 fn run(dir: &Path) -> (PathBuf, String) {
@@ -111,6 +113,13 @@ fn fractions_give_balanced_subsets_tables_plots_and_a_supervised_row() {
         ft["supervised"]["config"]["epochs"],
         serde_json::json!([2, 1])
     );
+
+    // Per-fraction batch sizes (4 images per step at 10%, 16 with every label) and the
+    // recipe's first view for the fine-tuned networks, and a batch norm before the
+    // classifiers, recorded with the results.
+    assert_eq!(ft["batch_size"], serde_json::json!([4, 16]), "{ft}");
+    assert_eq!(ft["augment"], "first_view", "{ft}");
+    assert_eq!(ft["head_norm"], true, "{ft}");
 
     let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
     for heading in [

@@ -130,6 +130,7 @@ fn fine_tuning_learns_the_task_on_a_copy_of_the_store() {
         backbone_lr_scale: 0.5,
         weight_decay: 1e-4,
         seed: 9,
+        head_norm: false,
     };
     let untrained = fine_tune(
         &model,
@@ -176,6 +177,24 @@ fn fine_tuning_learns_the_task_on_a_copy_of_the_store() {
     )
     .unwrap();
     assert_eq!(again, tuned);
+    // With a batch norm before the classifier: it learns the task too (the test
+    // features go through the running statistics), differently from without one.
+    let normed = fine_tune(
+        &model,
+        &store,
+        &train,
+        &test,
+        &norm(),
+        &FineTuneConfig {
+            head_norm: true,
+            ..cfg
+        },
+        &Augmentation::Flip,
+    )
+    .unwrap();
+    assert!(normed.top1 >= 95.0, "with head_norm: top-1 {}", normed.top1);
+    assert_ne!(normed, tuned);
+    assert_eq!(snapshot(&store), before);
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use recipe::spec::Loader;
-use recipe::spec::downstream::{Plot, Task};
+use recipe::spec::downstream::{Epochs, FineTuneAugment, Plot, Task};
 use recipe::spec::schema;
 use serde_json::{Value, json};
 
@@ -289,4 +289,38 @@ fn new_downstream_keys_have_their_documented_defaults() {
             "augmentation_views"
         ])
     );
+
+    // fine_tune: batches of 256 at every fraction, flips only; a list of batch sizes
+    // and the recipe's first view when asked.
+    let sets = [
+        "downstream=[{task: fine_tune}, {task: fine_tune, label_fraction: [0.01, 1.0], \
+         batch_size: [16, 256], augment: first_view, head_norm: true}]"
+            .to_string(),
+    ];
+    let loaded = loader
+        .load_file(Path::new("tests/valid/minimal.yaml"), &sets)
+        .unwrap();
+    let r = loaded.valid_recipe().expect("valid");
+    match &r.downstream[..] {
+        [
+            Task::FineTune {
+                batch_size: Epochs::One(256),
+                augment: FineTuneAugment::Flip,
+                head_norm: false,
+                ..
+            },
+            Task::FineTune {
+                batch_size: Epochs::PerFraction(b),
+                augment: FineTuneAugment::FirstView,
+                head_norm: true,
+                ..
+            },
+        ] => assert_eq!(b, &[16, 256]),
+        other => panic!("{other:?}"),
+    }
+    let rendered = serde_json::to_value(r).unwrap();
+    assert_eq!(rendered["downstream"][0]["batch_size"], 256);
+    assert_eq!(rendered["downstream"][0]["augment"], "flip");
+    assert_eq!(rendered["downstream"][1]["augment"], "first_view");
+    assert_eq!(rendered["downstream"][0]["head_norm"], false);
 }

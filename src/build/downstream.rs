@@ -6,7 +6,9 @@ use crate::spec::Recipe;
 /// The recipe's downstream tasks as engine-side [`eval::downstream::Task`]s (in recipe
 /// order). `augment`'s chain is built only when a `visualize` task draws the views.
 pub fn downstream(r: &Recipe) -> Result<Vec<eval::downstream::Task>, String> {
-    use crate::spec::downstream::{Features, Metric as SpecMetric, Plot, Task as SpecTask};
+    use crate::spec::downstream::{
+        Features, FineTuneAugment, Metric as SpecMetric, Plot, Task as SpecTask,
+    };
     use eval::downstream::Task;
     let which = |f: Features| match f {
         Features::Backbone => eval::Which::Backbone,
@@ -69,34 +71,48 @@ pub fn downstream(r: &Recipe) -> Result<Vec<eval::downstream::Task>, String> {
                 backbone_lr_scale,
                 weight_decay,
                 label_fraction,
+                augment,
+                head_norm,
                 supervised,
                 data: _,
             } => {
                 let fractions = label_fraction.values();
+                // The supervised baseline trains on the recipe's first view, and so do
+                // the fine-tuned networks with `augment: first_view`.
+                let first_view = || -> Result<_, String> {
+                    let chain = crate::build::augment::chain(&r.augment, &r.data)
+                        .map_err(|e| e.to_string())?;
+                    Ok(std::sync::Arc::new(chain.pipelines()[0].clone()))
+                };
                 let supervised = match supervised {
-                    Some(s) => {
-                        // The supervised baseline trains on the recipe's first view.
-                        let chain = crate::build::augment::chain(&r.augment, &r.data)
-                            .map_err(|e| e.to_string())?;
-                        Some(eval::fine_tune::SupervisedConfig {
-                            epochs: s.epochs.per_fraction(fractions.len()),
-                            lr: s.lr,
-                            weight_decay: s.weight_decay,
-                            augment: std::sync::Arc::new(chain.pipelines()[0].clone()),
-                        })
-                    }
+                    Some(s) => Some(eval::fine_tune::SupervisedConfig {
+                        epochs: s.epochs.per_fraction(fractions.len()),
+                        lr: s.lr,
+                        weight_decay: s.weight_decay,
+                        augment: first_view()?,
+                    }),
                     None => None,
                 };
+                let augment = match augment {
+                    FineTuneAugment::Flip => eval::fine_tune::Augmentation::Flip,
+                    FineTuneAugment::FirstView => {
+                        eval::fine_tune::Augmentation::Pipeline(first_view()?)
+                    }
+                };
+                let batch_sizes = batch_size.per_fraction(fractions.len());
                 Task::FineTune(eval::fine_tune::FineTuneTask {
                     cfg: eval::FineTuneConfig {
                         epochs: epochs.per_fraction(1)[0],
-                        batch_size: *batch_size,
+                        batch_size: batch_size.per_fraction(1)[0],
                         lr: *lr,
                         backbone_lr_scale: *backbone_lr_scale,
                         weight_decay: *weight_decay,
                         seed: r.seed,
+                        head_norm: *head_norm,
                     },
                     epochs: epochs.per_fraction(fractions.len()),
+                    batch_sizes,
+                    augment,
                     fractions,
                     supervised,
                 })

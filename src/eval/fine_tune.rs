@@ -1,11 +1,13 @@
 //! Fine-tuning: the whole backbone plus a fresh linear classifier, trained end to end on
 //! labelled images.
 //!
-//! What runs, per step: a batch of training images, each flipped horizontally with
-//! probability 0.5 (the only augmentation, so the score measures the representation and
-//! not an augmentation recipe) and normalised; the backbone in training mode (batch
-//! norm uses and updates batch statistics); the classifier `fc` (`Linear`, PyTorch's
-//! default init from the seed); the mean cross-entropy; then two SGD steps (momentum
+//! What runs, per step: a batch of training images, each augmented ([`Augmentation`]:
+//! by default only a horizontal flip with probability 0.5, so the score measures the
+//! representation and not an augmentation recipe; or the recipe's first view) and
+//! normalised; the backbone in training mode (batch
+//! norm uses and updates batch statistics); with [`FineTuneConfig::head_norm`] a batch
+//! norm `bn` over the pooled features (training mode; its running statistics at test
+//! time); the classifier `fc` (`Linear`, PyTorch's default init from the seed); the mean cross-entropy; then two SGD steps (momentum
 //! 0.9, coupled weight decay on weights, not on biases or norm parameters: the engine's
 //! default decay policy).
 //!
@@ -36,7 +38,7 @@ use std::sync::Arc;
 use crate::augment::{HorizontalFlip, Op};
 use crate::data::{Dataset, Image};
 use crate::nn::init::Init;
-use crate::nn::layers::Linear;
+use crate::nn::layers::{BatchNorm, Linear};
 use crate::nn::model::Model;
 use crate::nn::ops::EngineDevice;
 use crate::nn::params::ParamStore;
@@ -59,6 +61,10 @@ pub struct FineTuneConfig {
     pub weight_decay: f64,
     /// Seed of the classifier's init, the epoch order and the flips.
     pub seed: u64,
+    /// A batch norm (affine, not decayed) between the pooled features and the
+    /// classifier: the features reach the classifier standardised, as the linear
+    /// probe's do, so one learning rate fits every encoder's feature scale.
+    pub head_norm: bool,
 }
 
 impl Default for FineTuneConfig {
@@ -71,6 +77,7 @@ impl Default for FineTuneConfig {
             backbone_lr_scale: 0.1,
             weight_decay: 5e-4,
             seed: 0,
+            head_norm: false,
         }
     }
 }
@@ -184,6 +191,11 @@ pub fn fine_tune<D: EngineDevice>(
     let dev = store.device().clone();
     let mut head = ParamStore::new(dev.clone());
     let mut init = Init::new(mix(cfg.seed, 1, 0));
+    let bn = if cfg.head_norm {
+        Some(BatchNorm::new(&mut head, "bn", dim)?)
+    } else {
+        None
+    };
     let fc = Linear::new(&mut head, &mut init, "fc", dim, classes, true)?;
     let sgd = OptimizerConfig::Sgd(SgdConfig {
         momentum: 0.9,
@@ -219,6 +231,10 @@ pub fn fine_tune<D: EngineDevice>(
             })?;
             let x = dev.tensor_from_vec(px, (batch.len(), c, h, w));
             let f = net.features(&mut bb, x.trace(Gradients::leaky()), true)?;
+            let f = match &bn {
+                Some(bn) => bn.forward1d(&mut head, f, true),
+                None => f,
+            };
             let logits = fc.forward(&head, f);
             let targets: Vec<usize> = batch.iter().map(|&i| ytrain[i] as usize).collect();
             let targets = dev.tensor_from_vec(targets, (batch.len(),));
@@ -236,7 +252,18 @@ pub fn fine_tune<D: EngineDevice>(
         train_loss = sum / batches.max(1) as f64;
     }
 
-    let feats = extract(model, &mut bb, test, norm, Which::Backbone, bs)?;
+    let mut feats = extract(model, &mut bb, test, norm, Which::Backbone, bs)?;
+    if let Some(bn) = &bn {
+        // Evaluation mode: the running statistics, then the affine map.
+        let get = |what: &str| head.data(head.id(&format!("{}.{what}", bn.name)).unwrap());
+        let (mean, var) = (get("running_mean"), get("running_var"));
+        let (g, b) = (get("weight"), get("bias"));
+        for r in feats.data.chunks_exact_mut(dim) {
+            for (j, v) in r.iter_mut().enumerate() {
+                *v = (*v - mean[j]) / (var[j] + bn.cfg.eps).sqrt() * g[j] + b[j];
+            }
+        }
+    }
     let weight = head.data(fc.weight_id());
     let bias = head
         .id("fc.bias")
@@ -285,6 +312,10 @@ pub struct FineTuneTask {
     pub fractions: Vec<f64>,
     /// Fine-tuning epochs per fraction.
     pub epochs: Vec<usize>,
+    /// Batch size per fraction (fine-tuning and the supervised baseline).
+    pub batch_sizes: Vec<usize>,
+    /// How the fine-tuned networks (trained and untrained) augment training images.
+    pub augment: Augmentation,
     /// The supervised row, when asked for.
     pub supervised: Option<SupervisedConfig>,
 }
@@ -312,14 +343,17 @@ impl FineTuneTask {
                 picked = enc.train.select(&subset);
                 &picked
             };
+            let pick =
+                |v: &[usize], default: usize| v.get(i).or(v.last()).copied().unwrap_or(default);
             let cfg = FineTuneConfig {
-                epochs: self.epochs[i.min(self.epochs.len() - 1)],
+                epochs: pick(&self.epochs, self.cfg.epochs),
+                batch_size: pick(&self.batch_sizes, self.cfg.batch_size),
                 ..self.cfg
             };
-            let flip = Augmentation::Flip;
-            let res = fine_tune(&m, enc.store, train, test, enc.norm, &cfg, &flip)?;
+            let aug = &self.augment;
+            let res = fine_tune(&m, enc.store, train, test, enc.norm, &cfg, aug)?;
             let untrained = enc.untrained().1;
-            let base = fine_tune(&m0, untrained, train, test, enc.norm, &cfg, &flip)?;
+            let base = fine_tune(&m0, untrained, train, test, enc.norm, &cfg, aug)?;
             let sup = match &self.supervised {
                 Some(s) => Some(fine_tune(
                     &m0,
@@ -332,7 +366,7 @@ impl FineTuneTask {
                         lr: s.lr,
                         backbone_lr_scale: 1.0,
                         weight_decay: s.weight_decay,
-                        ..self.cfg
+                        ..cfg
                     },
                     &Augmentation::Pipeline(s.augment.clone()),
                 )?),
@@ -340,8 +374,15 @@ impl FineTuneTask {
             };
             by.push((f, subset.len(), [Some(res), Some(base), None, sup]));
         }
+        let augment = match self.augment {
+            Augmentation::Flip => "flip",
+            Augmentation::Pipeline(_) => "first_view",
+        };
         let json = serde_json::json!({"task": "fine_tune", "epochs": self.epochs,
-            "lr": self.cfg.lr, "backbone_lr_scale": self.cfg.backbone_lr_scale});
+            "batch_size": self.batch_sizes, "lr": self.cfg.lr,
+            "backbone_lr_scale": self.cfg.backbone_lr_scale,
+            "weight_decay": self.cfg.weight_decay, "augment": augment,
+            "head_norm": self.cfg.head_norm});
         let mut out = super::downstream::fraction_output(
             json,
             "fine-tune top-1",

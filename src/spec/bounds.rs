@@ -209,6 +209,18 @@ pub fn count_or_list(_: &mut SchemaGenerator) -> Schema {
     one_or_list(counts_item())
 }
 
+/// A whole number ≥ 2, or a non-empty list of them (fine-tuning's batch size per label
+/// fraction: batch norm needs two images).
+pub fn batch_or_list(_: &mut SchemaGenerator) -> Schema {
+    one_or_list(
+        Range {
+            min: Some(2.0),
+            ..Range::default()
+        }
+        .number(InstanceType::Integer),
+    )
+}
+
 /// 2 to 4 angles, each 0, 90, 180 or 270 (RotNet's rotations, in degrees).
 pub fn right_angles(_: &mut SchemaGenerator) -> Schema {
     let angle = SchemaObject {

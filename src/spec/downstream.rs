@@ -118,10 +118,14 @@ pub enum Task {
         #[serde(default = "ft_epochs")]
         #[schemars(schema_with = "super::bounds::count_or_list")]
         epochs: Epochs,
-        /// Batch size (≥ 1).
-        #[serde(default = "probe_batch")]
-        #[schemars(range(min = 1))]
-        batch_size: usize,
+        /// Images per step (≥ 2: batch norm trains on batch statistics): one value for
+        /// every label fraction, or a list with one per fraction. A fraction with fewer
+        /// images uses them all in one batch, so at 1% of 10,000 images a batch of 256
+        /// is one step per epoch; a smaller batch there gives the optimiser more steps
+        /// for the same compute. The supervised baseline uses the same batches.
+        #[serde(default = "ft_batch")]
+        #[schemars(schema_with = "super::bounds::batch_or_list")]
+        batch_size: Epochs,
         /// Learning rate of the classifier (> 0; SGD with momentum 0.9, cosine decay).
         #[serde(default = "ft_lr")]
         #[schemars(schema_with = "super::bounds::positive")]
@@ -142,6 +146,18 @@ pub enum Task {
         #[serde(default)]
         #[schemars(schema_with = "super::bounds::fraction_or_list")]
         label_fraction: LabelFraction,
+        /// How the fine-tuned networks (trained and untrained) see each training image:
+        /// `flip` (a horizontal flip with probability 0.5, the score measures the
+        /// representation) or `first_view` (the recipe's first-view pipeline, as the
+        /// supervised baseline; SimCLR's semi-supervised fine-tuning used random crops
+        /// and flips).
+        #[serde(default)]
+        augment: FineTuneAugment,
+        /// Put a batch norm (affine, learned, not decayed) between the pooled features
+        /// and the linear classifier of every row (trained, untrained, supervised), so
+        /// the classifier sees standardised features, as the linear probe does.
+        #[serde(default)]
+        head_norm: bool,
         /// Also train the supervised baseline: the same backbone and a linear
         /// classifier from scratch with cross-entropy on the same labelled images, with
         /// the recipe's first-view augmentation — the row that answers "did pretraining
@@ -286,7 +302,18 @@ impl LabelFraction {
     }
 }
 
-/// Epochs: one value, or one per label fraction.
+/// How `fine_tune` augments the training images of the fine-tuned networks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FineTuneAugment {
+    /// A horizontal flip with probability 0.5.
+    #[default]
+    Flip,
+    /// The recipe's first-view pipeline (the supervised baseline's augmentation).
+    FirstView,
+}
+
+/// A count per label fraction (epochs, batch sizes): one value, or one per fraction.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Epochs {
@@ -418,6 +445,9 @@ fn probe_lr() -> f64 {
 }
 fn ft_epochs() -> Epochs {
     Epochs::One(10)
+}
+fn ft_batch() -> Epochs {
+    Epochs::One(256)
 }
 fn ft_lr() -> f64 {
     0.01

@@ -120,8 +120,11 @@ pub(super) fn check_downstream(r: &Recipe, out: &mut Vec<Diagnostic>) {
             } => {
                 let n = fractions(out, &p, label_fraction);
                 per_fraction_epochs(out, &format!("{p}.epochs"), epochs, n);
+                let bs = format!("{p}.batch_size");
+                per_fraction_counts(out, &bs, "batch_size", 2, batch_size, n);
                 let first = epochs.values().first().copied().unwrap_or(1);
-                probe_common(out, &p, first, *batch_size, *lr, *weight_decay);
+                // batch_size is checked above, per fraction.
+                probe_common(out, &p, first, 2, *lr, *weight_decay);
                 if let Some(s) = supervised {
                     per_fraction_epochs(out, &format!("{p}.supervised.epochs"), &s.epochs, n);
                     positive(out, &format!("{p}.supervised.lr"), "lr", s.lr);
@@ -289,18 +292,36 @@ fn per_fraction_epochs(
     epochs: &crate::spec::downstream::Epochs,
     n: usize,
 ) {
+    per_fraction_counts(out, path, "epochs", 1, epochs, n);
+}
+
+/// A count (`what`: epochs, batch_size) of at least `min`, as one value or one per
+/// label fraction (`n` of them).
+fn per_fraction_counts(
+    out: &mut Vec<Diagnostic>,
+    path: &str,
+    what: &str,
+    min: usize,
+    counts: &crate::spec::downstream::Epochs,
+    n: usize,
+) {
     use crate::spec::downstream::Epochs;
-    if epochs.values().contains(&0) {
-        err(out, path, "epochs must be at least 1");
+    if counts.values().iter().any(|&v| v < min) {
+        let why = if what == "batch_size" {
+            " (fine-tuning's batch norm trains on batch statistics)"
+        } else {
+            ""
+        };
+        err(out, path, format!("{what} must be at least {min}{why}"));
     }
-    if let Epochs::PerFraction(v) = epochs
+    if let Epochs::PerFraction(v) = counts
         && v.len() != n
     {
         err(
             out,
             path,
             format!(
-                "a list of epochs gives one value per label fraction; there are {n} fraction(s) and {} value(s)",
+                "a list of {what} gives one value per label fraction; there are {n} fraction(s) and {} value(s)",
                 v.len()
             ),
         )
