@@ -261,6 +261,15 @@ struct Caches {
     subsets: BTreeMap<u64, std::sync::Arc<Vec<usize>>>,
 }
 
+/// The file name of a picture `stem` of the data labelled `label`: `stem.png`, or
+/// `stem_<label>.png` for a task's own data ([`Encoders::file`] of the data in use).
+pub fn labelled_file(label: Option<&str>, stem: &str) -> String {
+    match label {
+        Some(l) => format!("{stem}_{l}.png"),
+        None => format!("{stem}.png"),
+    }
+}
+
 /// The data and the encoders the tasks measure, with each row's features extracted
 /// once per dataset (and feature kind) and shared by every task.
 pub struct Encoders<'a, D: EngineDevice> {
@@ -353,10 +362,7 @@ impl<'a, D: EngineDevice> Encoders<'a, D> {
     /// The file name of a picture `stem` of the data in use: `stem.png`, or
     /// `stem_<label>.png` for a task's own data.
     pub fn file(&self, stem: &str) -> String {
-        match self.label {
-            Some(l) => format!("{stem}_{l}.png"),
-            None => format!("{stem}.png"),
-        }
+        labelled_file(self.label, stem)
     }
 
     /// A title or heading `t` naming the data in use when it is a task's own.
@@ -638,7 +644,9 @@ pub fn run_all<'a, D: EngineDevice>(
                 Some(l) => format!("*· {l}*: {n}"),
                 None => n,
             }));
-        out.figures.extend(figures);
+        // A task's pictures of its own data say which data they show.
+        out.figures
+            .extend(figures.into_iter().map(|(t, f)| (enc.titled(&t), f)));
     }
     out.notes.push(
         "Baselines: *untrained network* is the same architecture with the recipe's seed \

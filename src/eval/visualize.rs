@@ -85,12 +85,9 @@ impl VisualizeTask {
         let mut json = serde_json::Map::new();
         let eval_set = enc.test.unwrap_or(enc.train);
         let dir = enc.dir;
-        // On a task's own data, files and titles carry its label.
+        // On a task's own data, file names carry its label (`run_all` adds it to titles).
         let label = enc.label;
-        let file = |stem: &str| match label {
-            Some(l) => format!("{stem}_{l}.png"),
-            None => format!("{stem}.png"),
-        };
+        let file = |stem: &str| super::downstream::labelled_file(label, stem);
         let queries = self.queries;
         // The embedded images and their features, shared by the PCA and t-SNE pictures.
         let mut embedded: Option<(crate::data::Dataset, FeatureMatrix)> = None;
@@ -261,11 +258,6 @@ impl VisualizeTask {
                         file("augmentation_views"),
                     ));
                 }
-            }
-        }
-        if let Some(l) = label {
-            for (title, _) in &mut figs {
-                *title = format!("{title} · {l}");
             }
         }
         let mut out = serde_json::Map::new();

@@ -254,14 +254,19 @@ pub fn recipe_hash(r: &Recipe) -> String {
 /// The recipe's normalisation (identity when it has none).
 pub fn normalization(r: &Recipe) -> Normalize {
     match &r.data.normalize {
-        Some(n) => Normalize {
-            mean: n.mean.iter().map(|&x| x as f32).collect(),
-            std: n.std.iter().map(|&x| x as f32).collect(),
-        },
+        Some(n) => to_normalize(n),
         None => Normalize {
             mean: vec![0.0; r.data.channels],
             std: vec![1.0; r.data.channels],
         },
+    }
+}
+
+/// A recipe's `normalize` section as the engine's [`Normalize`].
+fn to_normalize(n: &crate::spec::data::Normalize) -> Normalize {
+    Normalize {
+        mean: n.mean.iter().map(|&x| x as f32).collect(),
+        std: n.std.iter().map(|&x| x as f32).collect(),
     }
 }
 
@@ -295,13 +300,10 @@ impl TaskDatasets {
                         source,
                     }
                 })?;
-            let norm = match &d.normalize {
-                Some(n) => Normalize {
-                    mean: n.mean.iter().map(|&x| x as f32).collect(),
-                    std: n.std.iter().map(|&x| x as f32).collect(),
-                },
-                None => normalization(r),
-            };
+            let norm = d
+                .normalize
+                .as_ref()
+                .map_or_else(|| normalization(r), to_normalize);
             sets.push((label, loaded.train, loaded.test, norm));
         }
         Ok(TaskDatasets { sets, of_task })
