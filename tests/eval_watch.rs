@@ -272,28 +272,11 @@ fn tsne_refuses_what_it_cannot_do() {
 }
 
 mod common;
-use common::{recipe, text};
+use common::{recipe, text, tiny_recipe};
 
-/// The tiny recipe of `run_cli.rs` (2% of the built-in subset, a two-stage CNN, two
-/// epochs of six steps), with a `visualize` task drawing the t-SNE map and the curves.
-const TINY: &str = r#"version: 1
-name: tiny
-seed: 3
-data:
-  source: {format: builtin}
-  image_size: 28
-  channels: 1
-  subset: 0.02
-  normalize: {mean: [0.286], std: [0.353]}
-augment:
-  views: 2
-  pipeline:
-    - random_resized_crop: {size: 16, scale: [0.3, 1.0]}
-    - horizontal_flip: {p: 0.5}
-model:
-  backbone: {arch: small_cnn, channels: [8, 16]}
-  head: {hidden: [16], out_dim: 8, batch_norm: true}
-loss: {method: simclr, temperature: 0.5}
+/// After [`common::TINY_START`]: two epochs of six steps, with a `visualize` task
+/// drawing the t-SNE map and the curves.
+const TINY_REST: &str = r#"loss: {method: simclr, temperature: 0.5}
 optimizer: {name: sgd, lr: 0.05, momentum: 0.9, weight_decay: 1.0e-4}
 schedule: {kind: warmup_cosine, warmup_epochs: 1}
 train: {epochs: 2, batch_size: 32, log_every: 1, threads: 2, watch_samples: 100}
@@ -331,7 +314,7 @@ fn indicators(dir: &std::path::Path) -> Vec<[String; 3]> {
 fn a_run_logs_reports_and_resumes_the_indicators() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("tiny.yaml");
-    std::fs::write(&file, TINY).unwrap();
+    std::fs::write(&file, tiny_recipe(TINY_REST)).unwrap();
     let f = file.to_str().unwrap();
     let whole = tmp.path().join("whole");
     let o = recipe(&["run", f, "--out", whole.to_str().unwrap()]);

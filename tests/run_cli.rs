@@ -8,26 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 mod common;
-use common::{recipe, text};
+use common::{recipe, text, tiny_recipe};
 
-const BASE: &str = r#"version: 1
-name: tiny
-seed: 3
-data:
-  source: {format: builtin}
-  image_size: 28
-  channels: 1
-  subset: 0.02
-  normalize: {mean: [0.286], std: [0.353]}
-augment:
-  views: 2
-  pipeline:
-    - random_resized_crop: {size: 16, scale: [0.3, 1.0]}
-    - horizontal_flip: {p: 0.5}
-model:
-  backbone: {arch: small_cnn, channels: [8, 16]}
-  head: {hidden: [16], out_dim: 8, batch_norm: true}
-optimizer: {name: sgd, lr: 0.05, momentum: 0.9, weight_decay: 1.0e-4}
+/// After [`common::TINY_START`]: two short epochs, a checkpoint each, kNN every epoch
+/// and a linear probe; [`tiny`] adds the loss.
+const BASE_REST: &str = r#"optimizer: {name: sgd, lr: 0.05, momentum: 0.9, weight_decay: 1.0e-4}
 schedule: {kind: warmup_cosine, warmup_epochs: 1}
 train: {epochs: 2, batch_size: 32, log_every: 1, checkpoint_every: 1, threads: 2}
 downstream:
@@ -41,7 +26,11 @@ const PREDICTOR: &str = "model.predictor={hidden: [16]}";
 /// Writes the tiny base recipe with `loss` (and any extra top-level YAML) to `dir`.
 fn tiny(dir: &Path, name: &str, loss: &str, extra: &str) -> PathBuf {
     let p = dir.join(format!("{name}.yaml"));
-    std::fs::write(&p, format!("{BASE}loss: {loss}\n{extra}")).unwrap();
+    std::fs::write(
+        &p,
+        format!("{}loss: {loss}\n{extra}", tiny_recipe(BASE_REST)),
+    )
+    .unwrap();
     p
 }
 

@@ -11,26 +11,10 @@ use recipe::sweep::grid::{self, MAX_COMBINATIONS, expand, parse_axes};
 use recipe::sweep::summary::{self, Metric, Row, RowStatus};
 
 mod common;
-use common::{recipe, text};
+use common::{recipe, text, tiny_recipe};
 
-const TINY: &str = r#"version: 1
-name: tiny
-seed: 3
-data:
-  source: {format: builtin}
-  image_size: 28
-  channels: 1
-  subset: 0.02
-  normalize: {mean: [0.286], std: [0.353]}
-augment:
-  views: 2
-  pipeline:
-    - random_resized_crop: {size: 16, scale: [0.3, 1.0]}
-    - horizontal_flip: {p: 0.5}
-model:
-  backbone: {arch: small_cnn, channels: [8, 16]}
-  head: {hidden: [16], out_dim: 8, batch_norm: true}
-loss: {method: simclr, temperature: 0.5}
+/// After [`common::TINY_START`]: one epoch of SimCLR and a kNN.
+const TINY_REST: &str = r#"loss: {method: simclr, temperature: 0.5}
 optimizer: {name: sgd, lr: 0.05, momentum: 0.9, weight_decay: 1.0e-4}
 schedule: {kind: constant}
 train: {epochs: 1, batch_size: 32, log_every: 1, checkpoint_every: 1, threads: 2}
@@ -44,7 +28,7 @@ fn args(v: &[&str]) -> Vec<String> {
 
 fn tiny(dir: &Path) -> PathBuf {
     let p = dir.join("tiny.yaml");
-    std::fs::write(&p, TINY).unwrap();
+    std::fs::write(&p, tiny_recipe(TINY_REST)).unwrap();
     p
 }
 

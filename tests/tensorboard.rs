@@ -15,7 +15,7 @@ use recipe::report::tensorboard::{
 };
 
 mod common;
-use common::{recipe, text};
+use common::{recipe, text, tiny_recipe};
 
 // --- an independent reader -------------------------------------------------------
 
@@ -432,24 +432,8 @@ fn resume_cuts_earlier_files_back_to_the_checkpoint() {
 
 // --- a run -----------------------------------------------------------------------
 
-const TINY: &str = r#"version: 1
-name: tiny
-seed: 3
-data:
-  source: {format: builtin}
-  image_size: 28
-  channels: 1
-  subset: 0.02
-  normalize: {mean: [0.286], std: [0.353]}
-augment:
-  views: 2
-  pipeline:
-    - random_resized_crop: {size: 16, scale: [0.3, 1.0]}
-    - horizontal_flip: {p: 0.5}
-model:
-  backbone: {arch: small_cnn, channels: [8, 16]}
-  head: {hidden: [16], out_dim: 8, batch_norm: true}
-optimizer: {name: sgd, lr: 0.05, momentum: 0.9, weight_decay: 1.0e-4}
+/// After [`common::TINY_START`]: two epochs of MoCo with a checkpoint each.
+const TINY_REST: &str = r#"optimizer: {name: sgd, lr: 0.05, momentum: 0.9, weight_decay: 1.0e-4}
 schedule: {kind: warmup_cosine, warmup_epochs: 1}
 train: {epochs: 2, batch_size: 32, log_every: 1, checkpoint_every: 1, threads: 2, watch_samples: 64}
 loss: {method: moco, temperature: 0.2, momentum: 0.9, queue_size: 64}
@@ -487,7 +471,7 @@ fn jsonl_losses(dir: &Path) -> Vec<(i64, f32)> {
 fn a_run_writes_events_and_curves_and_a_resume_logs_no_step_twice() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("tiny.yaml");
-    std::fs::write(&file, TINY).unwrap();
+    std::fs::write(&file, tiny_recipe(TINY_REST)).unwrap();
     let f = file.to_str().unwrap();
 
     // Whole.
