@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{recipe, text};
+use common::{recipe, run_dir, text};
 
 /// The tiny pretraining recipe (2% of the built-in Fashion-MNIST, two short epochs) at
 /// `channels` × `size`², with `downstream` appended.
@@ -79,17 +79,6 @@ fn stripes(root: &Path) {
             }
         }
     }
-}
-
-/// The single run directory under `out`.
-fn run_dir(out: &Path) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    assert_eq!(dirs.len(), 1, "{dirs:?}");
-    dirs.pop().unwrap()
 }
 
 fn json(path: &Path) -> serde_json::Value {

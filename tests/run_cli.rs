@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 mod common;
-use common::{recipe, text, tiny_recipe};
+use common::{recipe, run_dir, text, tiny_recipe};
 
 /// After [`common::TINY_START`]: two short epochs, a checkpoint each, kNN every epoch
 /// and a linear probe; [`tiny`] adds the loss.
@@ -32,23 +32,6 @@ fn tiny(dir: &Path, name: &str, loss: &str, extra: &str) -> PathBuf {
     )
     .unwrap();
     p
-}
-
-/// The run directory a finished or stopped run printed.
-fn run_dir(out: &Path) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    dirs.sort();
-    assert_eq!(
-        dirs.len(),
-        1,
-        "one run directory in {}: {dirs:?}",
-        out.display()
-    );
-    dirs.pop().unwrap()
 }
 
 fn digest_of(checkpoint: &Path) -> String {

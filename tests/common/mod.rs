@@ -44,3 +44,21 @@ model:
 pub fn tiny_recipe(rest: &str) -> String {
     format!("{TINY_START}{rest}")
 }
+
+/// The one run directory a finished or stopped run made under `out`.
+#[allow(dead_code)]
+pub fn run_dir(out: &std::path::Path) -> std::path::PathBuf {
+    let mut dirs: Vec<std::path::PathBuf> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    assert_eq!(
+        dirs.len(),
+        1,
+        "one run directory in {}: {dirs:?}",
+        out.display()
+    );
+    dirs.pop().unwrap()
+}
